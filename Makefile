@@ -1,0 +1,25 @@
+# One virtualenv in .venv; every target installs what it needs first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+
+demo: install
+	$(BIN)/retrain demo
+
+lint: install
+	$(BIN)/ruff check retrain registry flows tests bench
+	$(BIN)/ruff format --check retrain registry flows tests bench
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest

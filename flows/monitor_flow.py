@@ -1,0 +1,127 @@
+"""The monitor flow of the continual mode: measure signals, decide, emit an event.
+
+monitor -> signals stored in the ledger -> trigger policy -> (maybe) a typed Prefect event
+``retrain.model.retrain-requested`` on the model's resource, which the continual deployment's
+trigger turns into a stateful retrain with the reasons as parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from flows.retrain_flow import _flow_run_id, load_champion, make_registry
+from flows.settings import resolve_spec
+from retrain.config import ModelSpec
+from retrain.ledger import Ledger
+from retrain.pipeline import Champion, MonitorResult, monitor_check, parse_as_of
+from retrain.reports import drift_report
+
+logger = logging.getLogger(__name__)
+
+RETRAIN_EVENT = "retrain.model.retrain-requested"
+
+
+def model_resource(model: str) -> dict[str, str]:
+    return {"prefect.resource.id": f"retrain.model.{model}", "prefect.resource.name": model}
+
+
+def _key(*parts: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def report_path(spec: ModelSpec, check_id: int) -> Path:
+    return (spec.state.dir / "reports" / f"drift-check-{check_id}.png").resolve()
+
+
+@task(cache_policy=NO_CACHE)
+def check_signals(
+    spec: ModelSpec, ledger: Ledger, champion: Champion, as_of: str | None
+) -> MonitorResult:
+    return monitor_check(spec, ledger, champion, parse_as_of(as_of))
+
+
+@flow(name="retrain-monitor")
+def monitor_flow(
+    spec_path: str, as_of: str | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One monitor check of a model; emits a retrain request when the policy says so."""
+    spec = resolve_spec(spec_path, overrides)
+    ledger = Ledger(spec.state.ledger)
+    ledger.migrate()
+    registry = make_registry(spec, ledger)
+    champion = load_champion(registry)
+    if champion is None:
+        message = f"{spec.name} has no champion yet: train one first (`retrain run manual`)"
+        get_run_logger().warning(message)
+        return {"model": spec.name, "status": "no-champion", "retrain": False, "reasons": [message]}
+    result = check_signals(spec, ledger, champion, as_of)
+    decision = result.decision
+    reasons = list(decision.reasons)
+    retrain = decision.retrain
+    in_flight = ledger.retrain_in_flight(spec.name)
+    if retrain and in_flight is not None:
+        retrain = False
+        reasons.append(f"a retrain of {spec.name} is already running (ledger run {in_flight.id})")
+    check_id = ledger.record_check(
+        spec.name,
+        result.as_of,
+        champion.version,
+        result.signals,
+        retrain=retrain,
+        fired=decision.fired,
+        reasons=reasons,
+        blocked_by=decision.blocked_by,
+        flow_run_id=_flow_run_id(),
+    )
+    drift_report(report_path(spec, check_id), result)
+    create_table_artifact(
+        key=_key(spec.name, "signals"),
+        table=result.table(),
+        description=f"signals of {spec.name} champion v{champion.version} at {result.as_of}",
+    )
+    create_markdown_artifact(
+        key=_key(spec.name, "trigger-decision"),
+        markdown=f"## {'Retrain requested' if retrain else 'No retrain'}\n\n"
+        + "\n".join(f"- {r}" for r in reasons)
+        + (
+            "\n\n### Data problems\n" + "\n".join(f"- {b}" for b in decision.blocked_by)
+            if decision.blocked_by
+            else ""
+        ),
+    )
+    if retrain:
+        emit_event(
+            event=RETRAIN_EVENT,
+            resource=model_resource(spec.name),
+            payload={
+                "reason": "continual trigger: " + "; ".join(reasons),
+                "reasons": reasons,
+                "as_of": "" if as_of is None else str(as_of),
+                "check_id": str(check_id),
+                "champion_version": champion.version,
+                "signals": {
+                    f"{s.name}:{s.feature}" if s.feature else s.name: round(s.value, 6)
+                    for s in result.signals
+                    if s.fired
+                },
+            },
+        )
+        get_run_logger().info("retrain requested for %s: %s", spec.name, "; ".join(reasons))
+    return {
+        "model": spec.name,
+        "status": "checked",
+        "check_id": check_id,
+        "retrain": retrain,
+        "reasons": reasons,
+        "blocked_by": list(decision.blocked_by),
+        "fired": list(decision.fired),
+        "fresh_rows": result.fresh_rows,
+    }

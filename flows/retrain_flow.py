@@ -1,0 +1,424 @@
+"""The retrain flow: features -> train -> backtest -> register -> (approval) -> promote.
+
+It reads like the data flow in DESIGN.md. Every decision is made in ``retrain``; the registry
+carries it out. An operator approves in the Prefect UI (a paused run with a typed form), or
+``auto_approve`` approves scripted runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from prefect import flow, get_run_logger, pause_flow_run, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import FlowPauseTimeout
+from prefect.input import RunInput
+from prefect.runtime import flow_run
+
+from flows.settings import resolve_spec
+from registry import CandidateRecord, ModelRegistry
+from retrain.config import ModelSpec
+from retrain.ledger import Ledger
+from retrain.pipeline import (
+    Champion,
+    Evaluated,
+    Prepared,
+    Trained,
+    evaluate,
+    fit_candidate,
+    lineage_tags,
+    parse_as_of,
+    prepare,
+    sample_rows,
+    write_evidence,
+)
+from retrain.promotion import (
+    Approval,
+    PromotionDecision,
+    automatic_approval,
+    decide,
+    needs_operator,
+)
+from retrain.stateful import plan_training, skip_reason
+
+logger = logging.getLogger(__name__)
+
+# A claim on a model outlives the approval timeout by this much before it counts as stale.
+CLAIM_MARGIN = pd.Timedelta(hours=12)
+
+
+class ApprovalInput(RunInput):
+    """The form an operator fills in the Prefect UI to answer "promote this candidate?"."""
+
+    decision: Literal["approve", "reject"] = "reject"
+    approver: str = ""
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    model: str
+    mode: str
+    run_id: int
+    version: str
+    data_version: str
+    strategy: str
+    metric: str
+    candidate: float
+    champion: float | None
+    baseline: float
+    gate_passed: bool
+    promoted: bool
+    decision: str
+    previous_champion: str | None
+    features_computed: int
+    features_cached: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": "promoted" if self.promoted else "rejected", **asdict(self)}
+
+
+def _artifact_key(*parts: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def _rounded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Table rows with floats shown to 4 decimals (Prefect table artifacts print them raw)."""
+    return [{k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+
+
+def _flow_run_id() -> str | None:
+    value = flow_run.get_id()
+    return str(value) if value else None
+
+
+@task(cache_policy=NO_CACHE)
+def prepare_data(spec: ModelSpec, as_of: pd.Timestamp | None, ledger: Ledger) -> Prepared:
+    prepared = prepare(spec, as_of=as_of, ledger=ledger)
+    get_run_logger().info(
+        "%d partitions ingested (%d quarantined); features computed for %d, cached for %d; "
+        "train %s %s, holdout %s",
+        len(prepared.ingest.partitions),
+        len(prepared.ingest.quarantined),
+        len(prepared.cache.computed),
+        len(prepared.cache.hits),
+        prepared.train.describe(),
+        prepared.train.version,
+        prepared.holdout.describe(),
+    )
+    return prepared
+
+
+@task(cache_policy=NO_CACHE)
+def load_champion(registry: ModelRegistry) -> Champion | None:
+    version = registry.alias_version("champion")
+    if version is None:
+        return None
+    info = registry.version(version)
+    end = info.tags.get("retrain.window_end")
+    lineage = info.tags.get("retrain.data_versions") or info.tags.get("retrain.data_version", "")
+    return Champion(
+        version=version,
+        model=registry.load_model(version),
+        train_end=pd.Timestamp(end) if end else None,
+        data_versions=tuple(v for v in lineage.split(",") if v),
+        tags=info.tags,
+    )
+
+
+@task(cache_policy=NO_CACHE)
+def train_candidate(
+    spec: ModelSpec, mode: str, prepared: Prepared, champion: Champion | None
+) -> Trained:
+    plan = plan_training(
+        mode,
+        spec.stateful,
+        champion.state() if champion else None,
+        spec.features.columns,
+        spec.features.categorical,
+    )
+    get_run_logger().info("training plan: %s", plan.reason)
+    return fit_candidate(spec, prepared, plan, champion)
+
+
+@task(cache_policy=NO_CACHE)
+def backtest_candidate(
+    spec: ModelSpec, trained: Trained, prepared: Prepared, champion: Champion | None
+) -> Evaluated:
+    evaluated = evaluate(spec, trained, prepared.holdout, champion)
+    get_run_logger().info("backtest: %s", "; ".join(evaluated.result.reasons))
+    result = evaluated.result
+    create_markdown_artifact(
+        key=_artifact_key(spec.name, "backtest"),
+        markdown=result.markdown(),
+        description=f"backtest verdict for {spec.name}",
+    )
+    create_table_artifact(
+        key=_artifact_key(spec.name, "backtest-table"),
+        table=_rounded(result.table()),
+        description=f"{result.metric} of candidate, champion and baseline on the same holdout",
+    )
+    if len(result.windows) > 1:
+        create_table_artifact(
+            key=_artifact_key(spec.name, "backtest-windows"),
+            table=_rounded(result.window_table()),
+            description=f"{result.metric} per backtest window; improvement > 0: candidate better",
+        )
+    return evaluated
+
+
+@task(cache_policy=NO_CACHE)
+def register_candidate(
+    spec: ModelSpec,
+    registry: ModelRegistry,
+    mode: str,
+    reason: str,
+    actor: str,
+    as_of: pd.Timestamp | None,
+    prepared: Prepared,
+    trained: Trained,
+    evaluated: Evaluated,
+    champion: Champion | None,
+    trigger_check: str | None = None,
+) -> str:
+    result = evaluated.result
+    workdir = Path(tempfile.mkdtemp(prefix="candidate-", dir=_tmp_root(spec)))
+    try:
+        model_dir = trained.model.save(workdir / "trainer")
+        evidence = write_evidence(workdir / "evidence", spec, prepared, trained, evaluated)
+        tags = lineage_tags(
+            spec,
+            mode,
+            reason,
+            trained,
+            prepared,
+            evaluated,
+            champion.version if champion else None,
+            actor,
+        )
+        if trigger_check:
+            report = spec.state.dir / "reports" / f"drift-check-{trigger_check}.png"
+            if report.exists():
+                evidence["drift_report"] = report.resolve()
+            tags["retrain.trigger_check"] = trigger_check
+        params: dict[str, Any] = {
+            **trained.model.non_default_params(),
+            "windows.train": spec.windows.train,
+            "strategy_reason": trained.plan.reason,
+            "windows.holdout": spec.windows.holdout,
+            "as_of": str(as_of) if as_of is not None else "latest",
+        }
+        metrics: dict[str, float] = {
+            f"backtest_{result.metric}": result.candidate,
+            f"baseline_{result.metric}": result.baseline,
+            "train_rows": float(trained.rows),
+            "holdout_rows": float(result.rows),
+        }
+        if result.champion is not None:
+            metrics[f"champion_{result.metric}"] = result.champion
+            metrics["improvement"] = float(result.improvement or 0.0)
+        metrics.update({f"label_{k}": v for k, v in trained.label_stats.items()})
+        curves = {
+            f"train_{name}": values
+            for name, values in trained.model.evals_result_.get("train", {}).items()
+        }
+        record = CandidateRecord(
+            model_dir=model_dir,
+            description=f"{mode} retrain ({trained.plan.strategy}): {reason}",
+            params=params,
+            metrics=metrics,
+            version_tags=tags,
+            artifacts=evidence,
+            curves=curves,
+            run_name=f"{mode}-{trained.plan.strategy}-{trained.window.version}",
+            sample=sample_rows(spec, prepared.holdout, n=5)[list(spec.features.columns)],
+        )
+        return registry.register_candidate(record, actor=actor, flow_run_id=_flow_run_id())
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _tmp_root(spec: ModelSpec) -> Path:
+    root = spec.state.dir / "tmp"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def wait_for_approval(spec: ModelSpec, version: str, evaluated: Evaluated) -> Approval:
+    """Pause the flow run until an operator answers the form in the Prefect UI (or time out)."""
+    description = (
+        f"# Promote {spec.name} version {version} to champion?\n\n"
+        + evaluated.result.markdown()
+        + "\n\nChoose **approve** or **reject**, give your name and a comment, then Submit."
+    )
+    form = ApprovalInput.with_initial_data(description=description, decision="reject")
+    try:
+        timeout = spec.gate.approval_timeout_seconds
+        answer = pause_flow_run(
+            wait_for_input=form,
+            timeout=timeout,
+            poll_interval=max(1, min(10, timeout // 4)),
+            key=_artifact_key("approve", spec.name, version),
+        )
+    except FlowPauseTimeout:
+        return Approval(
+            approved=False,
+            approver="timeout",
+            comment=f"no answer within {spec.gate.approval_timeout}: rejected",
+        )
+    approver = answer.approver.strip() or "unknown operator"
+    return Approval(answer.decision == "approve", approver, answer.comment)
+
+
+@task(cache_policy=NO_CACHE)
+def apply_decision(registry: ModelRegistry, decision: PromotionDecision, actor: str) -> str | None:
+    """Tag the version with the decision; move ``champion`` only when it says promote."""
+    registry.record_decision(decision)
+    if not decision.promote:
+        get_run_logger().info("version %s not promoted: %s", decision.version, decision.reason)
+        return registry.alias_version("champion")
+    return registry.promote(decision, actor=decision.approver or actor, flow_run_id=_flow_run_id())
+
+
+def _skipped(ledger: Ledger, spec: ModelSpec, mode: str, run_id: int, why: str) -> dict[str, Any]:
+    """Record a run that had nothing to do (or was not allowed to run) and say why."""
+    get_run_logger().info("retrain of %s skipped: %s", spec.name, why)
+    ledger.finish_run(run_id, "skipped", promoted=False, error=why)
+    return {
+        "status": "skipped",
+        "model": spec.name,
+        "mode": mode,
+        "run_id": run_id,
+        "decision": why,
+    }
+
+
+def make_registry(spec: ModelSpec, ledger: Ledger) -> ModelRegistry:
+    return ModelRegistry(
+        tracking_uri=spec.state.tracking,
+        model_name=spec.name,
+        ledger=ledger,
+        artifact_root=spec.state.artifacts if spec.state.tracking_uri is None else None,
+    )
+
+
+@flow(name="retrain", log_prints=False)
+def retrain_flow(
+    spec_path: str,
+    mode: str = "manual",
+    reason: str = "operator request",
+    as_of: str | None = None,
+    auto_approve: bool = False,
+    actor: str = "operator",
+    overrides: dict[str, Any] | None = None,
+    trigger_check: str | None = None,
+) -> dict[str, Any]:
+    """Retrain one model and promote the candidate if it earns it.
+
+    ``mode`` is manual or scheduled (from scratch on the sliding window), stateful or continual
+    (warm start / refit from the champion on the partitions since its training end, from
+    scratch every ``stateful.scratch_every`` increments). ``trigger_check`` is the ledger id of
+    the monitor check that requested a continual retrain: its drift report is logged with the
+    new version.
+    """
+    spec = resolve_spec(spec_path, overrides)
+    cutoff = parse_as_of(as_of)
+    ledger = Ledger(spec.state.ledger)
+    ledger.migrate()
+    registry = make_registry(spec, ledger)
+    run_id = ledger.start_run(spec.name, mode, reason, actor=actor, flow_run_id=_flow_run_id())
+    # one retrain per model: a run still waiting for approval keeps its claim until it ends
+    holder = ledger.claim_model(
+        spec.name, run_id, stale_after=pd.Timedelta(spec.gate.approval_timeout) + CLAIM_MARGIN
+    )
+    if holder is not None:
+        note = f"another retrain of {spec.name} is running (ledger run {holder})"
+        return _skipped(ledger, spec, mode, run_id, note)
+    try:
+        prepared = prepare_data(spec, cutoff, ledger)
+        champion = load_champion(registry)
+        skip = skip_reason(
+            mode,
+            champion.state() if champion else None,
+            champion.data_versions[-1] if champion and champion.data_versions else None,
+            prepared.train.version,
+            prepared.holdout.start,
+        )
+        if skip is not None:
+            return _skipped(ledger, spec, mode, run_id, skip)
+        trained = train_candidate(spec, mode, prepared, champion)
+        ledger.update_run(
+            run_id,
+            data_version=trained.window.version,
+            train_start=trained.window.start,
+            train_end=trained.window.end,
+            rows=trained.rows,
+        )
+        evaluated = backtest_candidate(spec, trained, prepared, champion)
+        version = register_candidate(
+            spec,
+            registry,
+            mode,
+            reason,
+            actor,
+            cutoff,
+            prepared,
+            trained,
+            evaluated,
+            champion,
+            trigger_check or None,
+        )
+        ledger.update_run(run_id, model_version=version, metrics=evaluated.result.to_dict())
+        result = evaluated.result
+        if needs_operator(result.passed, spec.gate.require_approval, auto_approve):
+            approval: Approval | None = wait_for_approval(spec, version, evaluated)
+        elif result.passed:
+            approval = automatic_approval(actor)
+        else:
+            approval = None
+        decision = decide(
+            version=version,
+            gate_passed=result.passed,
+            gate_reasons=result.reasons,
+            approval=approval,
+        )
+        previous = apply_decision(registry, decision, actor)
+        ledger.finish_run(
+            run_id,
+            "promoted" if decision.promote else "rejected",
+            promoted=decision.promote,
+            actor=decision.approver or actor,
+            error=None if decision.promote else decision.reason,
+        )
+    except BaseException as exc:
+        ledger.finish_run(run_id, "failed", promoted=False, error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        ledger.release_model(spec.name, run_id)
+    outcome = RetrainOutcome(
+        model=spec.name,
+        mode=mode,
+        run_id=run_id,
+        version=version,
+        data_version=trained.window.version,
+        strategy=trained.plan.strategy,
+        metric=result.metric,
+        candidate=result.candidate,
+        champion=result.champion,
+        baseline=result.baseline,
+        gate_passed=result.passed,
+        promoted=decision.promote,
+        decision=decision.reason,
+        previous_champion=previous if decision.promote else None,
+        features_computed=len(prepared.cache.computed),
+        features_cached=len(prepared.cache.hits),
+    )
+    return outcome.to_dict()

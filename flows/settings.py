@@ -1,0 +1,26 @@
+"""Environment variables are read here, at the edge, and nowhere else."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from retrain.config import ModelSpec, load_spec
+
+ENV_OVERRIDES = {
+    "RETRAIN_STATE_DIR": "state.dir",
+    "RETRAIN_LEDGER_URL": "state.ledger_url",
+    "RETRAIN_TRACKING_URI": "state.tracking_uri",
+}
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    env = os.environ if environ is None else environ
+    return {key: env[name] for name, key in ENV_OVERRIDES.items() if env.get(name)}
+
+
+def resolve_spec(spec_path: str | Path, overrides: dict[str, Any] | None = None) -> ModelSpec:
+    """The spec file, then environment variables, then explicit overrides (strongest)."""
+    merged = {**env_overrides(), **(overrides or {})}
+    return load_spec(spec_path, overrides=merged)

@@ -1,0 +1,15 @@
+"""Errors raised by the registry layer."""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    """Base class of registry errors."""
+
+
+class PromotionRefused(RegistryError):
+    """An alias move that would break the invariant: champion = gated and approved version."""
+
+
+class VersionNotFound(RegistryError):
+    """A model version or alias does not exist."""

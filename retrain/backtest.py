@@ -1,0 +1,404 @@
+"""Backtest: candidate, champion and a trivial baseline scored on the same unseen holdout.
+
+The verdict compares the candidate with the champion (relative tolerance from the spec) and with
+the baseline (training-window mean for regression, majority class for classification); the
+candidate must beat the baseline. A paired bootstrap gives a confidence interval of the
+improvement over the champion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from retrain.config import GREATER_IS_BETTER
+from retrain.errors import BacktestError
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    from scipy.stats import rankdata
+
+    pos = y == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(p)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _logloss(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-15, 1 - 1e-15)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def _mape(y: np.ndarray, p: np.ndarray) -> float:
+    mask = y != 0
+    return float(np.mean(np.abs((y[mask] - p[mask]) / y[mask]))) if mask.any() else float("nan")
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "mae": lambda y, p: float(np.mean(np.abs(y - p))),
+    "rmse": lambda y, p: float(np.sqrt(np.mean((y - p) ** 2))),
+    "mape": _mape,
+    "auc": _auc,
+    "logloss": _logloss,
+    "accuracy": lambda y, p: float(np.mean((p >= 0.5) == (y == 1))),
+}
+
+
+def score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
+    if metric not in METRICS:
+        raise BacktestError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)}")
+    return METRICS[metric](np.asarray(y, dtype="float64"), np.asarray(pred, dtype="float64"))
+
+
+def baseline_predictions(
+    task: str, y_train: np.ndarray, n: int, metric: str | None = None
+) -> np.ndarray:
+    """The trivial model: training-window mean (regression) or majority class (binary).
+
+    For a probability metric (logloss) the binary baseline predicts the training positive rate
+    instead of a hard 0/1, which any clipped log loss would punish without meaning.
+    """
+    y_train = np.asarray(y_train, dtype="float64")
+    if task == "binary":
+        if metric == "logloss":
+            return np.full(n, float(np.mean(y_train)))
+        majority = float(np.mean(y_train) >= 0.5)
+        return np.full(n, majority)
+    return np.full(n, float(np.mean(y_train)))
+
+
+def paired_bootstrap(
+    metric: str,
+    y: np.ndarray,
+    candidate: np.ndarray,
+    reference: np.ndarray,
+    samples: int,
+    seed: int,
+    greater_is_better: bool,
+) -> tuple[float, float]:
+    """95% interval of the candidate's improvement over the reference (positive = better)."""
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    sign = 1.0 if greater_is_better else -1.0
+    diffs = np.empty(samples)
+    for i in range(samples):
+        idx = rng.integers(0, n, n)
+        diffs[i] = sign * (
+            score(metric, y[idx], candidate[idx]) - score(metric, y[idx], reference[idx])
+        )
+    diffs = diffs[~np.isnan(diffs)]
+    if diffs.size == 0:
+        return float("nan"), float("nan")
+    low, high = np.quantile(diffs, [0.025, 0.975])
+    return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class WindowScore:
+    """One backtest window: every model's metric and the candidate's improvement."""
+
+    start: str
+    end: str
+    rows: int
+    candidate: float
+    baseline: float
+    champion: float | None
+    improvement: float | None
+
+
+@dataclass(frozen=True)
+class SliceScore:
+    """One slice (a value of a categorical feature): the candidate's change vs the champion."""
+
+    feature: str
+    value: str
+    rows: int
+    candidate: float
+    champion: float
+    # relative change of the metric, positive = the candidate is worse on this slice
+    degradation: float
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    """Evidence and verdict of one backtest. ``improvement`` > 0 means the candidate is better."""
+
+    metric: str
+    greater_is_better: bool
+    holdout_start: str
+    holdout_end: str
+    rows: int
+    candidate: float
+    baseline: float
+    champion: float | None
+    champion_version: str | None
+    improvement: float | None
+    ci_low: float | None
+    ci_high: float | None
+    tolerance: float
+    passed: bool
+    reasons: tuple[str, ...]
+    windows: tuple[WindowScore, ...] = ()
+    windows_lost: int | None = None
+    slices: tuple[SliceScore, ...] = ()
+
+    def table(self) -> list[dict[str, Any]]:
+        rows = [{"model": "candidate", "version": "(new)", self.metric: self.candidate}]
+        if self.champion is not None:
+            rows.append(
+                {"model": "champion", "version": self.champion_version, self.metric: self.champion}
+            )
+        rows.append({"model": "baseline", "version": "-", self.metric: self.baseline})
+        return rows
+
+    def window_table(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "window": f"{w.start[:16]} .. {w.end[:16]}",
+                "rows": w.rows,
+                "candidate": w.candidate,
+                "champion": w.champion,
+                "baseline": w.baseline,
+                "improvement": w.improvement,
+            }
+            for w in self.windows
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["reasons"] = list(self.reasons)
+        return out
+
+    def markdown(self) -> str:
+        def num(value: float | None) -> str:
+            return "-" if value is None else f"{value:.4f}"
+
+        verdict = "PASSED" if self.passed else "FAILED"
+        lines = [
+            f"## Backtest {verdict}",
+            "",
+            f"Holdout `{self.holdout_start}` to `{self.holdout_end}` ({self.rows} rows), metric "
+            f"**{self.metric}** ({'higher' if self.greater_is_better else 'lower'} is better).",
+            "",
+            f"| model | version | {self.metric} |",
+            "|---|---|---|",
+        ]
+        for row in self.table():
+            lines.append(f"| {row['model']} | {row['version']} | {row[self.metric]:.4f} |")
+        if self.improvement is not None:
+            lines += [
+                "",
+                f"Improvement over the champion: {self.improvement:+.4f} "
+                f"(95% paired bootstrap CI {self.ci_low:+.4f} to {self.ci_high:+.4f}); "
+                f"tolerance {self.tolerance:.1%} of the champion's metric.",
+            ]
+        if len(self.windows) > 1:
+            lines += [
+                "",
+                f"### Per window ({self.windows_lost or 0} lost by the candidate)",
+                "",
+                "| window | rows | candidate | champion | baseline | improvement |",
+                "|---|---|---|---|---|---|",
+            ]
+            for w in self.windows:
+                lines.append(
+                    f"| {w.start[:16]} .. {w.end[:16]} | {w.rows} | {num(w.candidate)} | "
+                    f"{num(w.champion)} | {num(w.baseline)} | {num(w.improvement)} |"
+                )
+        if self.slices:
+            lines += [
+                "",
+                "### Per slice (degradation > 0: the candidate is worse)",
+                "",
+                "| feature | value | rows | candidate | champion | degradation |",
+                "|---|---|---|---|---|---|",
+            ]
+            for sl in self.slices:
+                lines.append(
+                    f"| {sl.feature} | {sl.value} | {sl.rows} | {sl.candidate:.4f} | "
+                    f"{sl.champion:.4f} | {sl.degradation:+.1%} |"
+                )
+        lines += ["", "### Verdict", *[f"- {r}" for r in self.reasons]]
+        return "\n".join(lines)
+
+
+def _better(a: float, b: float, greater_is_better: bool) -> bool:
+    return a > b if greater_is_better else a < b
+
+
+def _improvement(cand: float, champ: float, gib: bool) -> float:
+    return (cand - champ) if gib else (champ - cand)
+
+
+def backtest(
+    *,
+    metric: str,
+    task: str,
+    y_holdout: np.ndarray,
+    candidate_pred: np.ndarray,
+    y_train: np.ndarray,
+    holdout_start: pd.Timestamp,
+    holdout_end: pd.Timestamp,
+    tolerance: float,
+    champion_pred: np.ndarray | None = None,
+    champion_version: str | None = None,
+    champion_train_end: pd.Timestamp | None = None,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+    window_ids: np.ndarray | None = None,
+    window_bounds: Sequence[tuple[pd.Timestamp, pd.Timestamp]] = (),
+    max_windows_lost: int | None = None,
+    slices: Mapping[str, np.ndarray] | None = None,
+    max_slice_degradation: float | None = None,
+    min_slice_rows: int = 30,
+) -> BacktestResult:
+    """Score candidate, champion and baseline on the same holdout windows; give the verdict.
+
+    The gate: the candidate beats the baseline; with a champion, the lower bound of the 95%
+    paired bootstrap interval of the improvement is above ``-tolerance x |champion metric|``,
+    the candidate loses at most ``max_windows_lost`` windows, and no slice of ``slices`` with
+    at least ``min_slice_rows`` rows degrades by more than ``max_slice_degradation``.
+    """
+    y = np.asarray(y_holdout, dtype="float64")
+    if y.size == 0:
+        raise BacktestError("the holdout holds no row: widen windows.holdout")
+    gib = metric in GREATER_IS_BETTER
+    candidate_pred = np.asarray(candidate_pred, dtype="float64")
+    cand = score(metric, y, candidate_pred)
+    base_pred = baseline_predictions(task, y_train, y.size, metric)
+    base = score(metric, y, base_pred)
+    reasons: list[str] = []
+    passed = True
+    if np.isnan(cand):
+        passed = False
+        reasons.append(f"{metric} is undefined on this holdout (e.g. one class only)")
+    elif _better(cand, base, gib):
+        reasons.append(f"candidate beats the baseline ({cand:.4f} vs {base:.4f})")
+    else:
+        passed = False
+        reasons.append(
+            f"candidate does not beat the trivial baseline ({cand:.4f} vs {base:.4f}): the "
+            "model learned nothing useful on this window"
+        )
+
+    champ_pred = None if champion_pred is None else np.asarray(champion_pred, dtype="float64")
+    leaked = champion_train_end is not None and champion_train_end > holdout_start
+    if champ_pred is not None and leaked:
+        raise BacktestError(
+            f"the champion ({champion_version}) trained on data up to {champion_train_end}, "
+            f"inside the holdout that starts at {holdout_start}: the comparison would not be "
+            "fair. Retrain with a later --as-of so the holdout lies after both models' "
+            "training data."
+        )
+
+    windows: list[WindowScore] = []
+    ids = np.zeros(y.size, dtype=int) if window_ids is None else np.asarray(window_ids)
+    bounds = list(window_bounds) or [(holdout_start, holdout_end)]
+    for i, (start, end) in enumerate(bounds):
+        mask = ids == i
+        if not mask.any():
+            continue
+        w_cand = score(metric, y[mask], candidate_pred[mask])
+        w_champ = None if champ_pred is None else score(metric, y[mask], champ_pred[mask])
+        windows.append(
+            WindowScore(
+                start=str(start),
+                end=str(end),
+                rows=int(mask.sum()),
+                candidate=w_cand,
+                baseline=score(metric, y[mask], base_pred[mask]),
+                champion=w_champ,
+                improvement=None if w_champ is None else _improvement(w_cand, w_champ, gib),
+            )
+        )
+
+    champ = improvement = low = high = None
+    windows_lost = None
+    slice_scores: list[SliceScore] = []
+    if champ_pred is not None:
+        champ = score(metric, y, champ_pred)
+        improvement = _improvement(cand, champ, gib)
+        low, high = paired_bootstrap(
+            metric, y, candidate_pred, champ_pred, bootstrap_samples, seed, gib
+        )
+        windows_lost = sum(1 for w in windows if (w.improvement or 0.0) < 0)
+        if max_windows_lost is not None and windows_lost > max_windows_lost:
+            passed = False
+            reasons.append(
+                f"candidate loses {windows_lost} of {len(windows)} backtest windows to the "
+                f"champion (at most {max_windows_lost} allowed)"
+            )
+        elif len(windows) > 1:
+            reasons.append(f"candidate loses {windows_lost} of {len(windows)} backtest windows")
+        for feature, values in (slices or {}).items():
+            as_str = pd.Series(values).astype("string").fillna("<missing>").to_numpy()
+            for value in sorted(set(as_str)):
+                mask = as_str == value
+                if int(mask.sum()) < min_slice_rows:
+                    continue
+                s_cand = score(metric, y[mask], candidate_pred[mask])
+                s_champ = score(metric, y[mask], champ_pred[mask])
+                worse = -_improvement(s_cand, s_champ, gib)
+                degradation = worse / abs(s_champ) if s_champ else float(worse > 0)
+                slice_scores.append(
+                    SliceScore(feature, str(value), int(mask.sum()), s_cand, s_champ, degradation)
+                )
+        if max_slice_degradation is not None:
+            bad = [sl for sl in slice_scores if sl.degradation > max_slice_degradation]
+            if bad:
+                passed = False
+                worst = max(bad, key=lambda sl: sl.degradation)
+                reasons.append(
+                    f"{len(bad)} slice(s) degrade by more than {max_slice_degradation:.0%}, worst "
+                    f"{worst.feature}={worst.value} ({worst.degradation:+.1%}, {worst.rows} rows)"
+                )
+        allowed = tolerance * abs(champ)
+        lower = improvement if np.isnan(low) else low
+        if improvement >= -allowed and lower >= -allowed:
+            reasons.append(
+                f"candidate {'beats' if improvement > 0 else 'is within tolerance of'} the "
+                f"champion v{champion_version} ({cand:.4f} vs {champ:.4f}; 95% CI of the "
+                f"improvement {low:+.4f} to {high:+.4f})"
+            )
+        elif improvement >= -allowed:
+            passed = False
+            reasons.append(
+                f"candidate may be worse than the champion v{champion_version}: the 95% CI of "
+                f"the improvement reaches {low:+.4f}, below the {tolerance:.1%} tolerance "
+                f"(-{allowed:.4f}): the champion stays"
+            )
+        else:
+            passed = False
+            reasons.append(
+                f"candidate is worse than the champion v{champion_version} ({cand:.4f} vs "
+                f"{champ:.4f}, more than the {tolerance:.1%} tolerance): the champion stays"
+            )
+    else:
+        reasons.append("no champion yet: the candidate only has to beat the baseline")
+
+    return BacktestResult(
+        metric=metric,
+        greater_is_better=gib,
+        holdout_start=str(holdout_start),
+        holdout_end=str(holdout_end),
+        rows=int(y.size),
+        candidate=cand,
+        baseline=base,
+        champion=champ,
+        champion_version=champion_version,
+        improvement=improvement,
+        ci_low=low,
+        ci_high=high,
+        tolerance=tolerance,
+        passed=passed,
+        reasons=tuple(reasons),
+        windows=tuple(windows),
+        windows_lost=windows_lost,
+        slices=tuple(slice_scores),
+    )

@@ -1,0 +1,453 @@
+"""The model spec: one validated config file (TOML or YAML) per model.
+
+The spec names the data source, the timestamp, the label, the features, the model family, the
+metric, the windows, the promotion gate and the state directory. Unknown keys and wrong types
+raise :class:`~retrain.errors.SpecError` with the key's dotted path and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import tomllib
+import zoneinfo
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import yaml
+from cronsim import CronSim, CronSimError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from retrain.errors import SpecError
+
+REGRESSION_METRICS = {"mae", "rmse", "mape"}
+CLASSIFICATION_METRICS = {"auc", "logloss", "accuracy"}
+# Metrics where a larger value is better; every other metric is a loss.
+GREATER_IS_BETTER = {"auc", "accuracy"}
+DERIVED_FEATURES = {"hour", "dayofweek", "month", "dayofyear", "is_weekend"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _duration(value: str, key: str) -> pd.Timedelta:
+    try:
+        delta = pd.Timedelta(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"{value!r} is not a duration; write it like '90D', '14 days' or '12h' ({exc})"
+        ) from exc
+    if delta <= pd.Timedelta(0):
+        raise ValueError(f"{key} must be a positive duration, got {value!r}")
+    return delta
+
+
+class SourceSpec(_Strict):
+    """Where the raw rows come from: a folder of parquet/CSV files or a SQL table."""
+
+    kind: Literal["files", "sql"] = "files"
+    path: Path | None = None
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    url: str | None = None
+    table: str | None = None
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> SourceSpec:
+        if self.kind == "files" and self.path is None:
+            raise ValueError("source.kind = 'files' needs source.path (a folder or a file)")
+        if self.kind == "sql" and (self.url is None or self.table is None):
+            raise ValueError(
+                "source.kind = 'sql' needs source.url (an SQLAlchemy URL) and source.table"
+            )
+        return self
+
+
+class TimestampSpec(_Strict):
+    """The event-time column. ``hours_from`` adds an integer hour column (date + hour data)."""
+
+    column: str
+    hours_from: str | None = None
+    format: str | None = None
+
+
+class FeatureSpec(_Strict):
+    numeric: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    derived: tuple[str, ...] = ()
+    # Columns that must never be features (e.g. parts of the label): listing one is an error.
+    leakage: tuple[str, ...] = ()
+
+    @field_validator("derived")
+    @classmethod
+    def _known_derived(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - DERIVED_FEATURES)
+        if unknown:
+            raise ValueError(
+                f"unknown derived feature(s) {unknown}; choose from {sorted(DERIVED_FEATURES)}"
+            )
+        return value
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.numeric + self.categorical + self.derived
+
+
+class PartitionSpec(_Strict):
+    freq: str = "D"
+
+    @field_validator("freq")
+    @classmethod
+    def _valid_freq(cls, value: str) -> str:
+        try:
+            pd.Period("2020-01-01", freq=value)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(
+                f"{value!r} is not a pandas period frequency; use 'D' (day), 'h', 'W' or 'M'"
+            ) from exc
+        return value
+
+
+class WindowSpec(_Strict):
+    train: str = "90D"
+    holdout: str = "14D"
+
+    @field_validator("train", "holdout")
+    @classmethod
+    def _valid_duration(cls, value: str, info: Any) -> str:
+        _duration(value, f"windows.{info.field_name}")
+        return value
+
+    @property
+    def train_delta(self) -> pd.Timedelta:
+        return pd.Timedelta(self.train)
+
+    @property
+    def holdout_delta(self) -> pd.Timedelta:
+        return pd.Timedelta(self.holdout)
+
+
+class GateSpec(_Strict):
+    """When a candidate may replace the champion."""
+
+    # Relative tolerance: the candidate may be this fraction worse than the champion.
+    tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
+    require_approval: bool = True
+    approval_timeout: str = "24h"
+    bootstrap_samples: int = Field(default=1000, ge=100)
+    # the holdout is split into this many consecutive backtest windows of equal length
+    backtest_windows: int = Field(default=1, ge=1, le=100)
+    # the candidate may lose at most this many windows to the champion (None: no limit)
+    max_windows_lost: int | None = Field(default=None, ge=0)
+    # categorical features whose values are checked one by one ...
+    slices: tuple[str, ...] = ()
+    # ... and may not get worse than this (relative) on any value with min_slice_rows rows
+    max_slice_degradation: float = Field(default=0.1, ge=0.0)
+    min_slice_rows: int = Field(default=30, ge=1)
+
+    @field_validator("approval_timeout")
+    @classmethod
+    def _valid_timeout(cls, value: str) -> str:
+        _duration(value, "gate.approval_timeout")
+        return value
+
+    @property
+    def approval_timeout_seconds(self) -> int:
+        return int(pd.Timedelta(self.approval_timeout).total_seconds())
+
+
+class LightGBMSpec(_Strict):
+    num_boost_round: int = Field(default=200, ge=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class StatefulSpec(_Strict):
+    """How the stateful and continual modes retrain from the champion."""
+
+    # warm: continue boosting from the champion on the new partitions; refit: same trees, new
+    # leaf values (cheaper)
+    strategy: Literal["warm", "refit"] = "warm"
+    # boosting rounds added by one warm increment
+    increment_rounds: int = Field(default=50, ge=1)
+    # a full retrain from scratch after this many warm/refit increments in a row
+    scratch_every: int = Field(default=7, ge=1)
+    # also train from scratch and keep whichever backtests better (costs a scratch fit)
+    compare_with_scratch: bool = False
+    # what a changed feature set does to warm start: fail (the default) or retrain from scratch
+    on_schema_change: Literal["fail", "scratch"] = "fail"
+    # refit only: weight of the old leaf values
+    refit_decay_rate: float = Field(default=0.9, ge=0.0, le=1.0)
+
+
+# Cron macros Prefect accepts, as the five fields they stand for (cronsim knows only fields).
+CRON_MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+
+class ScheduleSpec(_Strict):
+    """When the scheduled (stateless) mode retrains: a cron schedule served by Prefect."""
+
+    # minute hour day-of-month month day-of-week, in ``timezone``; nightly at 02:00 by default
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    # does a scheduled candidate that passed the gate wait for an operator? None: as
+    # gate.require_approval says
+    require_approval: bool | None = None
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        expression = " ".join(value.split())
+        try:
+            CronSim(CRON_MACROS.get(expression.lower(), expression), datetime(2000, 1, 1))
+        except CronSimError as exc:
+            raise ValueError(
+                f"not a cron expression ({exc}); write five fields "
+                "'minute hour day-of-month month day-of-week', e.g. schedule.cron = '0 2 * * *' "
+                "for 02:00 every night, or a macro like '@daily'"
+            ) from None
+        return expression
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        if value not in zoneinfo.available_timezones():
+            guess = difflib.get_close_matches(value, sorted(zoneinfo.available_timezones()), n=1)
+            hint = f"did you mean {guess[0]!r}? " if guess else ""
+            raise ValueError(
+                f"not an IANA time zone; {hint}write e.g. schedule.timezone = "
+                "'UTC' or 'Europe/Berlin'"
+            )
+        return value
+
+    def requires_approval(self, gate: GateSpec) -> bool:
+        """Whether a scheduled candidate that passed the gate waits for an operator."""
+        return gate.require_approval if self.require_approval is None else self.require_approval
+
+
+SIGNAL_NAMES = ("age", "volume", "drift", "prediction_drift", "quality")
+
+
+class MonitorSpec(_Strict):
+    """Signals of the continual mode and the policy that turns them into a retrain."""
+
+    interval: str = "1h"  # how often the monitor flow checks
+    max_age: str = "7D"  # age fires when the champion's training end is this old
+    min_new_rows: int = Field(default=1000, ge=1)  # volume fires at this many new rows
+    min_rows: int = Field(default=200, ge=10)  # no drift/quality verdict on smaller samples
+    alpha: float = Field(default=0.01, gt=0.0, lt=1.0)  # after Holm's correction
+    psi_threshold: float = Field(default=0.2, gt=0.0)  # drift also needs this effect size
+    min_drifted_features: int = Field(default=1, ge=1)
+    quality_decay: float = Field(default=0.1, gt=0.0)  # relative worsening vs its backtest
+    label_delay: str = "0h"  # labels of a partition are complete this long after its end
+    any: tuple[str, ...] = ("drift", "quality", "age")  # retrain when any of these fires
+    all: tuple[str, ...] = ()  # ... or when all of these fire together
+    cooldown: str = "1D"  # minimum gap between two triggered retrains
+    debounce: int = Field(default=1, ge=1)  # a signal must fire in this many checks in a row
+
+    @field_validator("interval", "max_age", "cooldown")
+    @classmethod
+    def _positive(cls, value: str, info: Any) -> str:
+        _duration(value, f"monitor.{info.field_name}")
+        return value
+
+    @field_validator("label_delay")
+    @classmethod
+    def _delay(cls, value: str) -> str:
+        try:
+            if pd.Timedelta(value) < pd.Timedelta(0):
+                raise ValueError("monitor.label_delay cannot be negative")
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{value!r} is not a duration like '2D' ({exc})") from exc
+        return value
+
+    @field_validator("any", "all")
+    @classmethod
+    def _known_signals(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(SIGNAL_NAMES))
+        if unknown:
+            raise ValueError(f"unknown signal(s) {unknown}; choose from {list(SIGNAL_NAMES)}")
+        return value
+
+    @property
+    def max_age_delta(self) -> pd.Timedelta:
+        return pd.Timedelta(self.max_age)
+
+
+class StateSpec(_Strict):
+    dir: Path = Path(".retrain")
+    ledger_url: str | None = None
+    tracking_uri: str | None = None
+
+    @property
+    def ledger(self) -> str:
+        return self.ledger_url or f"sqlite:///{(self.dir / 'ledger.db').resolve()}"
+
+    @property
+    def tracking(self) -> str:
+        return self.tracking_uri or f"sqlite:///{(self.dir / 'mlflow.db').resolve()}"
+
+    @property
+    def artifacts(self) -> Path:
+        return (self.dir / "mlartifacts").resolve()
+
+    @property
+    def features(self) -> Path:
+        return (self.dir / "features").resolve()
+
+
+class ModelSpec(_Strict):
+    """A whole model spec. ``name`` is the registered model name."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    family: Literal["lightgbm"] = "lightgbm"
+    task: Literal["regression", "binary"] = "regression"
+    label: str
+    metric: str = "mae"
+    seed: int = 42
+    source: SourceSpec
+    timestamp: TimestampSpec
+    features: FeatureSpec
+    partitions: PartitionSpec = PartitionSpec()
+    windows: WindowSpec = WindowSpec()
+    gate: GateSpec = GateSpec()
+    lightgbm: LightGBMSpec = LightGBMSpec()
+    stateful: StatefulSpec = StatefulSpec()
+    monitor: MonitorSpec = MonitorSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+    state: StateSpec = StateSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        allowed = REGRESSION_METRICS if self.task == "regression" else CLASSIFICATION_METRICS
+        if self.metric not in allowed:
+            raise ValueError(
+                f"metric {self.metric!r} does not fit task {self.task!r}; choose one of "
+                f"{sorted(allowed)}"
+            )
+        if not self.features.columns:
+            raise ValueError("features lists no column: add features.numeric or .categorical")
+        leaked = sorted(set(self.features.columns) & ({self.label} | set(self.features.leakage)))
+        if leaked:
+            raise ValueError(
+                f"features {leaked} are the label or listed in features.leakage: remove them "
+                "from features.numeric/categorical (they leak the target)"
+            )
+        unknown_slices = sorted(set(self.gate.slices) - set(self.features.columns))
+        if unknown_slices:
+            raise ValueError(
+                f"gate.slices {unknown_slices} are not features of this spec: name features "
+                "listed under features.categorical (or numeric codes)"
+            )
+        overlap = sorted(set(self.features.numeric) & set(self.features.categorical))
+        if overlap:
+            raise ValueError(f"features {overlap} are both numeric and categorical: pick one")
+        return self
+
+    @property
+    def greater_is_better(self) -> bool:
+        return self.metric in GREATER_IS_BETTER
+
+    def feature_spec_hash(self) -> str:
+        """Hash of everything that decides the content of the cached feature partitions."""
+        payload = {
+            "code": FEATURE_CODE_VERSION,
+            "timestamp": self.timestamp.model_dump(mode="json"),
+            "label": self.label,
+            "features": self.features.model_dump(mode="json"),
+            "partitions": self.partitions.model_dump(mode="json"),
+        }
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+# Bump when the feature computation code changes meaning: every cached partition goes stale.
+FEATURE_CODE_VERSION = 2
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc if not isinstance(part, int)) or "(top level)"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = ModelSpec
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        model = field.annotation
+    return sorted(getattr(model, "model_fields", {}))
+
+
+def _explain(exc: ValidationError, origin: str) -> SpecError:
+    lines = []
+    for err in exc.errors():
+        key = _loc(err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(err["loc"])
+            guess = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
+            hint = f"did you mean {guess[0]!r}? " if guess else ""
+            lines.append(f"{key}: unknown key; {hint}allowed here: {', '.join(allowed)}")
+        elif err["type"] == "missing":
+            lines.append(f"{key}: required key is missing; add it to the spec")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            value = err.get("input")
+            # A whole section (dict) is not echoed: it is noise and may hold a URL's password.
+            got = "" if isinstance(value, dict) else f" (got {value!r})"
+            lines.append(f"{key}: {msg}{got}")
+    return SpecError(f"invalid model spec {origin}:\n  " + "\n  ".join(lines))
+
+
+def parse_spec(data: dict[str, Any], base_dir: Path | None = None, origin: str = "") -> ModelSpec:
+    """Validate a spec mapping. Relative paths are resolved against ``base_dir``."""
+    try:
+        spec = ModelSpec.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(exc, origin) from None
+    if base_dir is not None:
+        updates: dict[str, Any] = {}
+        if spec.source.path is not None and not spec.source.path.is_absolute():
+            source = spec.source.model_copy(update={"path": (base_dir / spec.source.path)})
+            updates["source"] = source
+        if updates:
+            spec = spec.model_copy(update=updates)
+    return spec
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> ModelSpec:
+    """Read a TOML or YAML spec file. ``overrides`` (dotted keys) win over the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file {path} does not exist: pass the path of a .toml or .yaml file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in {".yaml", ".yml"}:
+            data = yaml.safe_load(text) or {}
+        else:
+            raise SpecError(f"spec file {path} must end in .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise SpecError(f"spec file {path} does not parse: {exc}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"spec file {path} must hold a mapping of keys, not {type(data).__name__}")
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return parse_spec(data, base_dir=path.parent.resolve(), origin=str(path))

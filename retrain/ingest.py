@@ -1,0 +1,256 @@
+"""Ingest: read the source, validate its schema, dedupe, split into time partitions.
+
+Every partition gets a content fingerprint. A partition that cannot be used (no labelled row, a
+feature that does not parse as a number) is quarantined with the reason; the other partitions
+still flow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from retrain.config import ModelSpec, SourceSpec
+from retrain.errors import DataError, SchemaError
+
+logger = logging.getLogger(__name__)
+
+TS = "__ts__"
+SUPPORTED = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One time partition of validated rows (``[start, end)``)."""
+
+    key: str
+    start: pd.Timestamp
+    end: pd.Timestamp
+    fingerprint: str
+    frame: pd.DataFrame = field(repr=False, compare=False)
+
+    @property
+    def rows(self) -> int:
+        return len(self.frame)
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """A partition kept out of training, with the reason and the fix."""
+
+    key: str
+    rows: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    partitions: tuple[Partition, ...]
+    quarantined: tuple[Quarantine, ...]
+    duplicates_dropped: int
+    source_rows: int
+
+
+def _source_files(source: SourceSpec) -> list[tuple[Path, str]]:
+    assert source.path is not None
+    path = source.path
+    if not path.exists():
+        raise DataError(f"source.path {path} does not exist: point it at a folder or a file")
+    candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = []
+    for candidate in candidates:
+        if candidate.name.startswith(".") or candidate.suffix.lower() in {".md", ".txt"}:
+            continue  # README, SOURCE.md, licence texts travel with the data
+        fmt = SUPPORTED.get(candidate.suffix.lower())
+        if source.format != "auto" and fmt is not None and fmt != source.format:
+            continue
+        if fmt is None:
+            raise DataError(
+                f"{candidate} is not a parquet or CSV file: move it out of {path} "
+                "(only .csv, .parquet and .pq files are read; .md/.txt are skipped)"
+            )
+        files.append((candidate, fmt))
+    if not files:
+        raise DataError(f"source.path {path} holds no .csv or .parquet file")
+    return files
+
+
+def read_source(source: SourceSpec) -> pd.DataFrame:
+    """Read every row of the source as one frame (strings left as they are)."""
+    if source.kind == "sql":
+        assert source.url is not None and source.table is not None
+        engine = sa.create_engine(source.url)
+        try:
+            with engine.connect() as conn:
+                table = sa.Table(source.table, sa.MetaData(), autoload_with=conn)
+                return pd.read_sql(sa.select(table), conn)
+        except sa.exc.NoSuchTableError:
+            raise DataError(
+                f"table {source.table!r} does not exist in {engine.url.render_as_string()}: "
+                "fix source.table"
+            ) from None
+        except sa.exc.OperationalError as exc:
+            raise DataError(
+                f"cannot read the SQL source {engine.url.render_as_string()}: {exc.orig}"
+            ) from None
+        finally:
+            engine.dispose()
+    frames = []
+    for path, fmt in _source_files(source):
+        try:
+            frame = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
+        except Exception as exc:  # pandas/pyarrow raise many types for a bad file
+            raise DataError(
+                f"{path} cannot be read as {fmt}: {exc}; fix or remove the file"
+            ) from exc
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def _require_columns(frame: pd.DataFrame, spec: ModelSpec) -> None:
+    needs = {spec.timestamp.column: "timestamp.column", spec.label: "label"}
+    if spec.timestamp.hours_from:
+        needs[spec.timestamp.hours_from] = "timestamp.hours_from"
+    for col in spec.features.numeric:
+        needs[col] = "features.numeric"
+    for col in spec.features.categorical:
+        needs[col] = "features.categorical"
+    missing = [f"{col!r} ({role})" for col, role in needs.items() if col not in frame.columns]
+    if missing:
+        raise SchemaError(
+            f"column(s) {', '.join(missing)} missing from the source; it has "
+            f"{list(frame.columns)}. Fix the spec or the data."
+        )
+
+
+def parse_timestamps(frame: pd.DataFrame, spec: ModelSpec) -> pd.Series:
+    """Event time of every row; raises SchemaError naming unparseable values."""
+    raw = frame[spec.timestamp.column]
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        ts = raw
+    elif pd.api.types.is_numeric_dtype(raw) and spec.timestamp.format in {"s", "ms"}:
+        ts = pd.to_datetime(raw, unit=spec.timestamp.format, errors="coerce")
+    else:
+        ts = pd.to_datetime(raw, format=spec.timestamp.format, errors="coerce")
+    bad = ts.isna() & raw.notna()
+    if bad.any() or raw.isna().any():
+        examples = raw[bad | raw.isna()].head(3).tolist()
+        raise SchemaError(
+            f"timestamp column {spec.timestamp.column!r} does not parse in "
+            f"{int((bad | raw.isna()).sum())} row(s), e.g. {examples}; fix the data or set "
+            "timestamp.format (a strftime pattern, or 's'/'ms' for epoch numbers)"
+        )
+    if getattr(ts.dt, "tz", None) is not None:
+        ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+    if spec.timestamp.hours_from:
+        hours = pd.to_numeric(frame[spec.timestamp.hours_from], errors="coerce")
+        if hours.isna().any():
+            raise SchemaError(
+                f"timestamp.hours_from column {spec.timestamp.hours_from!r} has non-numeric "
+                "values; fix the data"
+            )
+        ts = ts + pd.to_timedelta(hours, unit="h")
+    return ts.astype("datetime64[ns]")
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """Content hash of a partition, independent of row order."""
+    hashed = np.sort(pd.util.hash_pandas_object(frame, index=False).to_numpy())
+    digest = hashlib.sha256(hashed.tobytes())
+    digest.update(",".join(map(str, frame.columns)).encode())
+    return digest.hexdigest()
+
+
+def _check_partition(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, str | None]:
+    """Clean one partition; returns the usable rows and a quarantine reason (or None)."""
+    for col in spec.features.numeric:
+        values = frame[col]
+        if not pd.api.types.is_numeric_dtype(values):
+            coerced = pd.to_numeric(values, errors="coerce")
+            bad = coerced.isna() & values.notna()
+            if bad.any():
+                return frame, (
+                    f"numeric feature {col!r} has {int(bad.sum())} non-numeric value(s), e.g. "
+                    f"{values[bad].head(2).tolist()}; fix the data or list {col!r} under "
+                    "features.categorical"
+                )
+    labelled = frame[frame[spec.label].notna()]
+    if labelled.empty:
+        return frame, f"label {spec.label!r} is null in every row; wait for labels or fix the data"
+    if spec.task == "binary":
+        values = set(pd.unique(labelled[spec.label]))
+        if not values <= {0, 1}:
+            return frame, (
+                f"label {spec.label!r} of a binary task holds {sorted(map(str, values))[:5]}; "
+                "it must be 0/1"
+            )
+    return labelled, None
+
+
+def utc_now() -> pd.Timestamp:
+    """The wall-clock time as a naive UTC timestamp, like the event times after parsing."""
+    return pd.Timestamp.now(tz="UTC").tz_localize(None)
+
+
+def ingest(
+    spec: ModelSpec, as_of: pd.Timestamp | None = None, now: pd.Timestamp | None = None
+) -> IngestResult:
+    """Read, validate and partition the source. Rows at or after ``as_of`` are not visible.
+
+    Only complete partitions are used: one that ends after ``as_of`` or, without ``as_of``,
+    after ``now`` (the wall clock, UTC, by default) is still filling up and is left out, so a
+    window ends at the newest complete partition.
+    """
+    if as_of is not None:
+        complete_by = as_of
+    elif now is None:
+        complete_by = utc_now()
+    else:
+        complete_by = now.tz_convert("UTC").tz_localize(None) if now.tzinfo else now
+    raw = read_source(spec.source)
+    if raw.empty:
+        raise DataError("the source holds no row: check source.path / source.table")
+    _require_columns(raw, spec)
+    ts = parse_timestamps(raw, spec)
+    keep = [spec.label, *spec.features.numeric, *spec.features.categorical]
+    frame = raw[list(dict.fromkeys(keep))].copy()
+    frame.insert(0, TS, ts)
+    if as_of is not None:
+        frame = frame[frame[TS] < as_of]
+    before = len(frame)
+    frame = frame.drop_duplicates(ignore_index=True)
+    dropped = before - len(frame)
+    if dropped:
+        logger.warning("dropped %d duplicated row(s)", dropped)
+
+    periods = frame[TS].dt.to_period(spec.partitions.freq)
+    partitions: list[Partition] = []
+    quarantined: list[Quarantine] = []
+    for period, part in frame.groupby(periods, sort=True):
+        start = period.start_time
+        end = (period + 1).start_time
+        if end > complete_by:
+            # the newest partition is still filling up
+            if as_of is None:
+                logger.info(
+                    "partition %s ends at %s, after now (%s): still filling up, not used",
+                    period,
+                    end,
+                    complete_by,
+                )
+            continue
+        part = part.sort_values(TS, kind="stable").reset_index(drop=True)
+        usable, reason = _check_partition(part, spec)
+        key = str(period)
+        if reason is not None:
+            logger.warning("quarantined partition %s: %s", key, reason)
+            quarantined.append(Quarantine(key=key, rows=len(part), reason=reason))
+            continue
+        partitions.append(Partition(key, start, end, fingerprint(usable), usable))
+    return IngestResult(tuple(partitions), tuple(quarantined), dropped, len(raw))

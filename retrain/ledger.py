@@ -1,0 +1,562 @@
+"""The ledger: retrain's own state in a relational database through SQLAlchemy.
+
+Ingest manifest, retrain runs and the audit of every alias change. SQLite in the state directory
+by default, any SQLAlchemy URL in config (PostgreSQL in production). The schema is created and
+migrated by :meth:`Ledger.migrate`, never at import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from retrain.errors import LedgerError
+
+logger = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "retrain_schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.DateTime, nullable=False),
+)
+
+ingest_manifest = sa.Table(
+    "ingest_manifest",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("partition_key", sa.String(64), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # ok | quarantined
+    sa.Column("reason", sa.Text),
+    sa.Column("recorded_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("model", "partition_key", "fingerprint", "status", name="uq_manifest"),
+)
+
+retrain_runs = sa.Table(
+    "retrain_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(200), nullable=False, index=True),
+    sa.Column("mode", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text),
+    # running | succeeded | rejected | failed | skipped
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("data_version", sa.String(64)),
+    sa.Column("train_start", sa.DateTime),
+    sa.Column("train_end", sa.DateTime),
+    sa.Column("rows", sa.Integer),
+    sa.Column("model_version", sa.String(32)),
+    sa.Column("promoted", sa.Boolean),
+    sa.Column("metrics", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("actor", sa.String(200)),
+    sa.Column("flow_run_id", sa.String(64)),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime),
+)
+
+alias_audit = sa.Table(
+    "alias_audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(200), nullable=False, index=True),
+    sa.Column("alias", sa.String(64), nullable=False),
+    sa.Column("from_version", sa.String(32)),
+    sa.Column("to_version", sa.String(32)),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("flow_run_id", sa.String(64)),
+    sa.Column("at", sa.DateTime, nullable=False),
+)
+
+
+monitor_checks = sa.Table(
+    "monitor_checks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(200), nullable=False, index=True),
+    sa.Column("as_of", sa.DateTime, nullable=False),
+    sa.Column("champion_version", sa.String(32)),
+    sa.Column("retrain", sa.Boolean, nullable=False),
+    sa.Column("fired", sa.Text),  # comma-separated signal names
+    sa.Column("reasons", sa.Text),
+    sa.Column("blocked_by", sa.Text),
+    sa.Column("flow_run_id", sa.String(64)),
+    sa.Column("checked_at", sa.DateTime, nullable=False),
+)
+
+signals = sa.Table(
+    "signals",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("check_id", sa.Integer, sa.ForeignKey("monitor_checks.id"), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False, index=True),
+    sa.Column("as_of", sa.DateTime, nullable=False),
+    sa.Column("name", sa.String(32), nullable=False),
+    sa.Column("feature", sa.String(200)),
+    sa.Column("value", sa.Float),
+    sa.Column("threshold", sa.Float),
+    sa.Column("p_value", sa.Float),
+    sa.Column("fired", sa.Boolean, nullable=False),
+    sa.Column("detail", sa.Text),
+)
+
+
+model_locks = sa.Table(
+    "model_locks",
+    metadata,
+    # one row per model while a retrain of it runs: the primary key makes the claim atomic
+    sa.Column("model", sa.String(200), primary_key=True),
+    sa.Column("run_id", sa.Integer, nullable=False),
+    sa.Column("owner", sa.String(300), nullable=False),  # host:pid of the claiming process
+    sa.Column("acquired_at", sa.DateTime, nullable=False),
+)
+
+
+def process_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True when the owner is a process of this host that no longer exists."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine: only the stale limit can tell
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _v1(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[ingest_manifest, retrain_runs, alias_audit])
+
+
+def _v2(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[monitor_checks, signals])
+
+
+def _v3(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[model_locks])
+
+
+# Ordered migrations: index i brings the schema to version i + 1. Append, never edit.
+MIGRATIONS: Sequence[Callable[[Connection], None]] = (_v1, _v2, _v3)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _ts(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    return value.to_pydatetime() if hasattr(value, "to_pydatetime") else value
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    model: str
+    mode: str
+    reason: str | None
+    status: str
+    data_version: str | None
+    model_version: str | None
+    promoted: bool | None
+    metrics: dict[str, Any]
+    error: str | None
+    actor: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+class Ledger:
+    """Access to the ledger database. Call :meth:`migrate` once before use."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: Engine | None = None
+        self._schema_checked = False
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            url = sa.make_url(self.url)
+            if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            self._engine = sa.create_engine(url, pool_pre_ping=True)
+        return self._engine
+
+    def safe_url(self) -> str:
+        """The URL with any password masked, for messages and logs."""
+        return sa.make_url(self.url).render_as_string(hide_password=True)
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    # -- schema -----------------------------------------------------------------------------
+    def current_version(self) -> int:
+        try:
+            with self.engine.connect() as conn:
+                if not sa.inspect(conn).has_table(schema_version.name):
+                    return 0
+                value = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
+                return int(value or 0)
+        except sa.exc.OperationalError as exc:
+            raise LedgerError(f"cannot reach the ledger at {self.safe_url()}: {exc.orig}") from None
+
+    def migrate(self) -> int:
+        """Bring the schema to the newest version; returns the number of steps applied."""
+        try:
+            with self.engine.begin() as conn:
+                metadata.create_all(conn, tables=[schema_version])
+                current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
+                current = int(current or 0)
+                if current > SCHEMA_VERSION:
+                    raise LedgerError(
+                        f"the ledger at {self.safe_url()} has schema version {current}, newer "
+                        f"than this retrain ({SCHEMA_VERSION}): upgrade retrain"
+                    )
+                for version in range(current, SCHEMA_VERSION):
+                    MIGRATIONS[version](conn)
+                    conn.execute(
+                        schema_version.insert().values(version=version + 1, applied_at=now())
+                    )
+                applied = SCHEMA_VERSION - current
+        except sa.exc.OperationalError as exc:
+            raise LedgerError(f"cannot reach the ledger at {self.safe_url()}: {exc.orig}") from None
+        if applied:
+            logger.info("ledger %s migrated to schema version %d", self.safe_url(), SCHEMA_VERSION)
+        self._schema_checked = True
+        return applied
+
+    def _require_schema(self) -> None:
+        if self._schema_checked:
+            return  # checked once per Ledger object: the schema never goes backwards
+        version = self.current_version()
+        if version != SCHEMA_VERSION:
+            raise LedgerError(
+                f"the ledger at {self.safe_url()} is at schema version {version}, expected "
+                f"{SCHEMA_VERSION}: run `retrain ledger migrate --spec FILE` (or Ledger.migrate())"
+            )
+        self._schema_checked = True
+
+    # -- ingest manifest --------------------------------------------------------------------
+    def record_partitions(
+        self, model: str, rows: Sequence[tuple[str, str, int, str, str | None]]
+    ) -> int:
+        """Record (partition, fingerprint, rows, status, reason); returns how many were new."""
+        self._require_schema()
+        new = 0
+        with self.engine.begin() as conn:
+            seen = {
+                (r.partition_key, r.fingerprint, r.status)
+                for r in conn.execute(
+                    sa.select(
+                        ingest_manifest.c.partition_key,
+                        ingest_manifest.c.fingerprint,
+                        ingest_manifest.c.status,
+                    ).where(ingest_manifest.c.model == model)
+                )
+            }
+            fresh = [
+                {
+                    "model": model,
+                    "partition_key": key,
+                    "fingerprint": fp,
+                    "rows": n,
+                    "status": status,
+                    "reason": reason,
+                    "recorded_at": now(),
+                }
+                for key, fp, n, status, reason in rows
+                if (key, fp, status) not in seen
+            ]
+            if fresh:
+                conn.execute(ingest_manifest.insert(), fresh)
+                new = len(fresh)
+        return new
+
+    def manifest(self, model: str) -> list[dict[str, Any]]:
+        self._require_schema()
+        with self.engine.connect() as conn:
+            result = conn.execute(
+                sa.select(ingest_manifest)
+                .where(ingest_manifest.c.model == model)
+                .order_by(ingest_manifest.c.partition_key, ingest_manifest.c.id)
+            )
+            return [dict(r._mapping) for r in result]
+
+    # -- retrain runs -----------------------------------------------------------------------
+    def start_run(
+        self,
+        model: str,
+        mode: str,
+        reason: str | None,
+        actor: str | None = None,
+        flow_run_id: str | None = None,
+    ) -> int:
+        self._require_schema()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                retrain_runs.insert().values(
+                    model=model,
+                    mode=mode,
+                    reason=reason,
+                    status="running",
+                    actor=actor,
+                    flow_run_id=flow_run_id,
+                    started_at=now(),
+                )
+            )
+            run_id = result.inserted_primary_key
+            assert run_id is not None
+            return int(run_id[0])
+
+    def update_run(self, run_id: int, **values: Any) -> None:
+        allowed = set(retrain_runs.c.keys()) - {"id", "model", "started_at"}
+        unknown = set(values) - allowed
+        if unknown:
+            raise LedgerError(f"unknown retrain_runs column(s) {sorted(unknown)}")
+        if "metrics" in values and not isinstance(values["metrics"], str | None):
+            values["metrics"] = json.dumps(values["metrics"], sort_keys=True, default=str)
+        for key in ("train_start", "train_end"):
+            if key in values:
+                values[key] = _ts(values[key])
+        self._require_schema()
+        with self.engine.begin() as conn:
+            conn.execute(retrain_runs.update().where(retrain_runs.c.id == run_id).values(**values))
+
+    def finish_run(self, run_id: int, status: str, **values: Any) -> None:
+        self.update_run(run_id, status=status, finished_at=now(), **values)
+
+    def runs(self, model: str | None = None, limit: int = 20) -> list[RunRecord]:
+        query = sa.select(retrain_runs).order_by(retrain_runs.c.id.desc()).limit(limit)
+        if model is not None:
+            query = query.where(retrain_runs.c.model == model)
+        self._require_schema()
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            RunRecord(
+                id=r.id,
+                model=r.model,
+                mode=r.mode,
+                reason=r.reason,
+                status=r.status,
+                data_version=r.data_version,
+                model_version=r.model_version,
+                promoted=r.promoted,
+                metrics=json.loads(r.metrics) if r.metrics else {},
+                error=r.error,
+                actor=r.actor,
+                started_at=r.started_at,
+                finished_at=r.finished_at,
+            )
+            for r in rows
+        ]
+
+    # -- alias audit ------------------------------------------------------------------------
+    def record_alias_change(
+        self,
+        model: str,
+        alias: str,
+        from_version: str | None,
+        to_version: str | None,
+        actor: str,
+        reason: str,
+        flow_run_id: str | None = None,
+    ) -> None:
+        self._require_schema()
+        with self.engine.begin() as conn:
+            conn.execute(
+                alias_audit.insert().values(
+                    model=model,
+                    alias=alias,
+                    from_version=from_version,
+                    to_version=to_version,
+                    actor=actor,
+                    reason=reason,
+                    flow_run_id=flow_run_id,
+                    at=now(),
+                )
+            )
+
+    def alias_history(self, model: str) -> list[dict[str, Any]]:
+        self._require_schema()
+        with self.engine.connect() as conn:
+            result = conn.execute(
+                sa.select(alias_audit)
+                .where(alias_audit.c.model == model)
+                .order_by(alias_audit.c.id)
+            )
+            return [dict(r._mapping) for r in result]
+
+    # -- monitor checks and signals ---------------------------------------------------------
+    def record_check(
+        self,
+        model: str,
+        as_of: Any,
+        champion_version: str | None,
+        measured: Sequence[Any],
+        retrain: bool,
+        fired: Sequence[str],
+        reasons: Sequence[str],
+        blocked_by: Sequence[str] = (),
+        flow_run_id: str | None = None,
+    ) -> int:
+        """Store one monitor check and every signal it measured (one transaction)."""
+        self._require_schema()
+        at = _ts(as_of)
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                monitor_checks.insert().values(
+                    model=model,
+                    as_of=at,
+                    champion_version=champion_version,
+                    retrain=retrain,
+                    fired=",".join(fired),
+                    reasons="\n".join(reasons),
+                    blocked_by="\n".join(blocked_by),
+                    flow_run_id=flow_run_id,
+                    checked_at=now(),
+                )
+            )
+            key = result.inserted_primary_key
+            assert key is not None
+            check_id = int(key[0])
+            rows = [
+                {
+                    "check_id": check_id,
+                    "model": model,
+                    "as_of": at,
+                    "name": sig.name,
+                    "feature": sig.feature,
+                    "value": sig.value,
+                    "threshold": sig.threshold,
+                    "p_value": sig.p_value,
+                    "fired": sig.fired,
+                    "detail": sig.detail,
+                }
+                for sig in measured
+            ]
+            if rows:
+                conn.execute(signals.insert(), rows)
+        return check_id
+
+    def recent_checks(self, model: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The last monitor checks of a model, oldest first."""
+        self._require_schema()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(monitor_checks)
+                .where(monitor_checks.c.model == model)
+                .order_by(monitor_checks.c.id.desc())
+                .limit(limit)
+            ).all()
+        return [dict(r._mapping) for r in reversed(rows)]
+
+    def last_triggered(self, model: str) -> datetime | None:
+        """``as_of`` of the last check that decided to retrain."""
+        self._require_schema()
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(sa.func.max(monitor_checks.c.as_of)).where(
+                    monitor_checks.c.model == model, monitor_checks.c.retrain.is_(True)
+                )
+            ).scalar()
+        return value
+
+    def signal_history(self, model: str, name: str | None = None) -> list[dict[str, Any]]:
+        """Every stored signal of a model (a time series per signal and feature)."""
+        self._require_schema()
+        query = sa.select(signals).where(signals.c.model == model).order_by(signals.c.id)
+        if name is not None:
+            query = query.where(signals.c.name == name)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    # -- one retrain per model ----------------------------------------------------------------
+    def claim_model(self, model: str, run_id: int, stale_after: timedelta) -> int | None:
+        """Claim the model for run ``run_id``; returns None on success, else the holder's run id.
+
+        The claim is one INSERT on a primary key, so of two processes claiming at the same
+        moment exactly one wins (on PostgreSQL as on SQLite). A claim older than
+        ``stale_after`` whose run is no longer running (a crashed process) is taken over.
+        """
+        self._require_schema()
+        for _ in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        model_locks.insert().values(
+                            model=model, run_id=run_id, owner=process_owner(), acquired_at=now()
+                        )
+                    )
+                return None
+            except sa.exc.IntegrityError:
+                pass
+            with self.engine.begin() as conn:
+                holder = conn.execute(
+                    sa.select(model_locks).where(model_locks.c.model == model)
+                ).first()
+                if holder is None:
+                    continue  # released in between: try again
+                status = conn.execute(
+                    sa.select(retrain_runs.c.status).where(retrain_runs.c.id == holder.run_id)
+                ).scalar()
+                expired = now() - holder.acquired_at > stale_after
+                dead = owner_is_dead(holder.owner)
+                if status == "running" and not expired and not dead:
+                    return int(holder.run_id)
+                # the holder died (killed), finished without releasing, or is older than
+                # stale_after: its run failed, whatever it said
+                if status == "running":
+                    why = "its process died" if dead else f"no end after {stale_after}"
+                    conn.execute(
+                        retrain_runs.update()
+                        .where(retrain_runs.c.id == holder.run_id)
+                        .values(status="failed", finished_at=now(), error=f"abandoned: {why}")
+                    )
+                conn.execute(
+                    model_locks.delete().where(
+                        model_locks.c.model == model, model_locks.c.run_id == holder.run_id
+                    )
+                )
+                logger.warning("took over the stale claim of run %s on %s", holder.run_id, model)
+        raise LedgerError(f"could not claim {model}: the claim kept changing hands; retry")
+
+    def release_model(self, model: str, run_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                model_locks.delete().where(
+                    model_locks.c.model == model, model_locks.c.run_id == run_id
+                )
+            )
+
+    def retrain_in_flight(self, model: str) -> RunRecord | None:
+        """A retrain of this model that is still running (the newest), if any."""
+        running = [r for r in self.runs(model, limit=5) if r.status == "running"]
+        return running[0] if running else None

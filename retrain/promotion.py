@@ -1,0 +1,96 @@
+"""Promotion policy: whether a candidate becomes the champion. Pure functions, frozen decisions.
+
+>>> approval = Approval(approved=True, approver="ana", comment="looks good")
+>>> decide(version="3", gate_passed=True, gate_reasons=("beats champion",), approval=approval)
+PromotionDecision(version='3', promote=True, gate_passed=True, approved=True, approver='ana', \
+comment='looks good', automatic=False, reason='gate passed; approved by ana: looks good')
+>>> decide(version="4", gate_passed=False, gate_reasons=("worse than champion",), approval=None)
+PromotionDecision(version='4', promote=False, gate_passed=False, approved=False, approver=None, \
+comment=None, automatic=False, reason='gate failed: worse than champion')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Approval:
+    """An operator's (or the automation's) answer to "promote this version?"."""
+
+    approved: bool
+    approver: str
+    comment: str = ""
+    automatic: bool = False
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    version: str
+    promote: bool
+    gate_passed: bool
+    approved: bool
+    approver: str | None
+    comment: str | None
+    automatic: bool
+    reason: str
+
+
+def needs_operator(gate_passed: bool, require_approval: bool, auto_approve: bool) -> bool:
+    """An operator is asked only for a candidate that passed the gate and when config wants one.
+
+    >>> needs_operator(True, True, False), needs_operator(False, True, False)
+    (True, False)
+    >>> needs_operator(True, True, True), needs_operator(True, False, False)
+    (False, False)
+    """
+    return gate_passed and require_approval and not auto_approve
+
+
+def automatic_approval(actor: str) -> Approval:
+    return Approval(approved=True, approver=actor, comment="auto-approved", automatic=True)
+
+
+def decide(
+    *,
+    version: str,
+    gate_passed: bool,
+    gate_reasons: tuple[str, ...],
+    approval: Approval | None,
+) -> PromotionDecision:
+    """Promote only when the gate passed AND the promotion was approved."""
+    if not gate_passed:
+        return PromotionDecision(
+            version=version,
+            promote=False,
+            gate_passed=False,
+            approved=False,
+            approver=None,
+            comment=None,
+            automatic=False,
+            reason="gate failed: " + "; ".join(r for r in gate_reasons),
+        )
+    if approval is None:
+        return PromotionDecision(
+            version=version,
+            promote=False,
+            gate_passed=True,
+            approved=False,
+            approver=None,
+            comment=None,
+            automatic=False,
+            reason="gate passed but nobody approved the promotion",
+        )
+    who = "automatically" if approval.automatic else f"by {approval.approver}"
+    verb = "approved" if approval.approved else "rejected"
+    note = f": {approval.comment}" if approval.comment and not approval.automatic else ""
+    return PromotionDecision(
+        version=version,
+        promote=approval.approved,
+        gate_passed=True,
+        approved=approval.approved,
+        approver=approval.approver,
+        comment=approval.comment,
+        automatic=approval.automatic,
+        reason=f"gate passed; {verb} {who}{note}",
+    )

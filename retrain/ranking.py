@@ -1,0 +1,319 @@
+"""Ranking backtest: top-k recommendations scored on a later, unseen period.
+
+A time split: the holdout's rows are strictly after the training end. The users scored are the
+users *active* in the holdout: those with at least one relevant item, i.e. a holdout positive
+(weight > 0 and >= ``min_rating`` when set) that they had not seen in training (items seen in
+training are filtered from every recommendation list, so they can never count). Users seen in
+training are WARM, the others COLD (new users, whom a factor model can only serve a fallback);
+each segment is reported on its own, beside all users together. The popularity baseline (the
+most popular items of the last ``popularity_window`` of training, seen items filtered) is scored
+on the same users.
+
+Metrics, per user, averaged over the users of a segment, with R the user's relevant items and
+hit(i) = 1 when the item at rank i is in R:
+
+- precision@k = hits in the top k / k (the usual definition: a user with fewer than k relevant
+  items cannot reach 1). implicit's ``ranking_metrics_at_k`` reports instead
+  sum(hits) / sum(min(k, |R|)) over all users (``implicit_precision`` in ``user_metrics``);
+- MAP@k = mean over users of sum_i hit(i) * precision@i / min(k, |R|) (as implicit);
+- NDCG@k = DCG / IDCG with binary gains and 1/log2(i + 1) discounts, IDCG over min(k, |R|)
+  items (as implicit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from retrain.errors import BacktestError, TrainingError
+from retrain.trainers.interactions import check_interactions, positive_mask
+from retrain.trainers.popularity import PopularityRecommender
+
+SEGMENTS = ("all", "warm", "cold")
+
+
+class Recommender(Protocol):
+    def recommend(
+        self, user_ids: Sequence[Any], k: int = 10, filter_seen: bool = True
+    ) -> pd.DataFrame: ...
+
+
+@dataclass(frozen=True)
+class SegmentScores:
+    """The metrics of one user segment (NaN when the segment has no user)."""
+
+    users: int
+    precision: float
+    map: float
+    ndcg: float
+    # users served by a popularity fallback instead of the model itself
+    fallback_users: int
+
+
+@dataclass(frozen=True)
+class RankingScores:
+    """One model's metrics on the holdout: all active users, then warm and cold ones."""
+
+    model: str
+    k: int
+    all: SegmentScores
+    warm: SegmentScores
+    cold: SegmentScores
+
+    def segment(self, name: str) -> SegmentScores:
+        if name not in SEGMENTS:
+            raise BacktestError(f"segment {name!r} is unknown; use one of {SEGMENTS}")
+        return getattr(self, name)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class RankingBacktest:
+    """Candidate, champion (if any) and the popularity baseline on the same holdout users."""
+
+    k: int
+    train_end: str
+    holdout_start: str
+    holdout_end: str
+    popularity_window: str
+    candidate: RankingScores
+    baseline: RankingScores
+    champion: RankingScores | None = None
+
+    @property
+    def models(self) -> tuple[RankingScores, ...]:
+        scored = [self.candidate]
+        if self.champion is not None:
+            scored.append(self.champion)
+        return (*scored, self.baseline)
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per model and segment."""
+        return [
+            {
+                "model": scores.model,
+                "segment": name,
+                **asdict(scores.segment(name)),
+            }
+            for scores in self.models
+            for name in SEGMENTS
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def markdown(self) -> str:
+        k = self.k
+        lines = [
+            f"Holdout `{self.holdout_start}` to `{self.holdout_end}` (training ends "
+            f"`{self.train_end}`); seen items filtered; baseline: the most popular items of the "
+            f"last {self.popularity_window} of training.",
+            "",
+            f"| model | segment | users | precision@{k} | MAP@{k} | NDCG@{k} | fallback users |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in self.table():
+            lines.append(
+                f"| {row['model']} | {row['segment']} | {row['users']} | "
+                f"{row['precision']:.4f} | {row['map']:.4f} | {row['ndcg']:.4f} | "
+                f"{row['fallback_users']} |"
+            )
+        return "\n".join(lines)
+
+
+def _check_split(train: pd.DataFrame, holdout: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    try:
+        train = check_interactions(train)
+        holdout = check_interactions(holdout)
+    except TrainingError as exc:
+        raise BacktestError(f"cannot backtest: {exc}") from exc
+    train_end, holdout_start = train["ts"].max(), holdout["ts"].min()
+    if holdout_start <= train_end:
+        raise BacktestError(
+            f"the holdout starts at {holdout_start}, not after the training end {train_end}: "
+            "a ranking backtest needs a time split; take the holdout rows strictly after the "
+            "training window"
+        )
+    return train, holdout
+
+
+def relevant_items(
+    train: pd.DataFrame, holdout: pd.DataFrame, min_rating: float | None = None
+) -> pd.DataFrame:
+    """(user, item) pairs to find: holdout positives the user had not seen in training."""
+    weights = holdout["weight"].to_numpy(dtype="float64")
+    positives = holdout.loc[positive_mask(weights, min_rating), ["user", "item"]]
+    pairs = positives.drop_duplicates()
+    seen = train[["user", "item"]].drop_duplicates()
+    merged = pairs.merge(seen, on=["user", "item"], how="left", indicator=True)
+    fresh = merged[merged["_merge"] == "left_only"]
+    return fresh[["user", "item"]].reset_index(drop=True)
+
+
+def user_metrics(recommendations: pd.DataFrame, relevant: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Per-user precision@k, AP@k and NDCG@k for every user of ``relevant``.
+
+    ``recommendations`` has ``user, rank, item`` (rank 1 is the best); ranks above k are ignored.
+    Returns ``user, relevant, hits, precision, ap, ndcg, implicit_precision_den`` (the last is
+    min(k, |R|): sum(hits) / sum(den) is implicit's precision). Users without any
+    recommendation score 0.
+    """
+    missing = [c for c in ("user", "rank", "item") if c not in recommendations.columns]
+    if missing:
+        raise BacktestError(f"recommendations lack column(s) {missing}: need user, rank, item")
+    n_relevant = relevant.groupby("user", sort=False).size().rename("relevant")
+    recs = recommendations.loc[recommendations["rank"] <= k, ["user", "rank", "item"]]
+    recs = recs.drop_duplicates(["user", "item"]).sort_values(["user", "rank"], kind="stable")
+    recs = recs[recs["user"].isin(n_relevant.index)]
+    flagged = recs.merge(relevant.assign(hit=1), on=["user", "item"], how="left")
+    hit = flagged["hit"].fillna(0).to_numpy(dtype="float64")
+    rank = flagged["rank"].to_numpy(dtype="float64")
+    cum_hits = pd.Series(hit).groupby(flagged["user"].to_numpy(), sort=False).cumsum().to_numpy()
+    per_rec = pd.DataFrame(
+        {
+            "user": flagged["user"].to_numpy(),
+            "hit": hit,
+            "ap": hit * cum_hits / rank,
+            "dcg": hit / np.log2(rank + 1.0),
+        }
+    )
+    sums = per_rec.groupby("user", sort=False)[["hit", "ap", "dcg"]].sum()
+    out = n_relevant.to_frame().join(sums, how="left").fillna(0.0)
+    den = np.minimum(out["relevant"].to_numpy(), k)
+    ideal = np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))[den - 1]
+    return pd.DataFrame(
+        {
+            "user": out.index.to_numpy(),
+            "relevant": out["relevant"].to_numpy(dtype="int64"),
+            "hits": out["hit"].to_numpy(dtype="int64"),
+            "precision": out["hit"].to_numpy() / k,
+            "ap": out["ap"].to_numpy() / den,
+            "ndcg": out["dcg"].to_numpy() / ideal,
+            "implicit_precision_den": den,
+        }
+    )
+
+
+def _segment(metrics: pd.DataFrame, mask: np.ndarray, fallback: np.ndarray) -> SegmentScores:
+    users = int(mask.sum())
+    if users == 0:
+        nan = float("nan")
+        return SegmentScores(users=0, precision=nan, map=nan, ndcg=nan, fallback_users=0)
+    part = metrics[mask]
+    return SegmentScores(
+        users=users,
+        precision=float(part["precision"].mean()),
+        map=float(part["ap"].mean()),
+        ndcg=float(part["ndcg"].mean()),
+        fallback_users=int(fallback[mask].sum()),
+    )
+
+
+def _score(
+    name: str,
+    model: Recommender,
+    relevant: pd.DataFrame,
+    warm_users: pd.Index,
+    k: int,
+    fallback_source: str,
+) -> RankingScores:
+    users = relevant["user"].drop_duplicates()
+    recs = model.recommend(users.tolist(), k=k, filter_seen=True)
+    metrics = user_metrics(recs, relevant, k)
+    warm = metrics["user"].isin(warm_users).to_numpy()
+    if "source" in recs.columns:
+        fell_back = recs.loc[recs["source"] == fallback_source, "user"].unique()
+    else:
+        fell_back = np.array([])
+    fallback = metrics["user"].isin(fell_back).to_numpy()
+    everyone = np.ones(len(metrics), dtype=bool)
+    return RankingScores(
+        model=name,
+        k=k,
+        all=_segment(metrics, everyone, fallback),
+        warm=_segment(metrics, warm, fallback),
+        cold=_segment(metrics, ~warm, fallback),
+    )
+
+
+def evaluate_ranking(
+    model: Recommender,
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    *,
+    k: int = 10,
+    min_rating: float | None = None,
+    name: str = "model",
+) -> RankingScores:
+    """One model's precision/MAP/NDCG@k on the users active in the holdout, by segment."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise BacktestError(f"k must be a positive integer, got {k!r}")
+    train, holdout = _check_split(train, holdout)
+    relevant = relevant_items(train, holdout, min_rating)
+    if relevant.empty:
+        raise BacktestError(
+            "no user has a relevant holdout item (a positive not seen in training): widen the "
+            "holdout window or lower min_rating"
+        )
+    _check_model_end(model, holdout)
+    return _score(name, model, relevant, pd.Index(train["user"].unique()), k, "popularity")
+
+
+def _check_model_end(model: Recommender, holdout: pd.DataFrame) -> None:
+    end = getattr(model, "train_end_", None)
+    start = holdout["ts"].min()
+    if end is not None and pd.Timestamp(end) >= start:
+        raise BacktestError(
+            f"the model trained on data up to {end}, inside the holdout that starts at {start}: "
+            "the comparison would not be fair; score it on a holdout after its training end"
+        )
+
+
+def ranking_backtest(
+    candidate: Recommender,
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    *,
+    k: int = 10,
+    popularity_window: str | pd.Timedelta = "30D",
+    min_rating: float | None = None,
+    champion: Recommender | None = None,
+) -> RankingBacktest:
+    """Candidate, champion and the popularity baseline, scored on the same holdout users.
+
+    ``train`` is the candidate's training history (it defines which items each user has seen
+    and which users are warm); every model must have finished training before the holdout.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise BacktestError(f"k must be a positive integer, got {k!r}")
+    train, holdout = _check_split(train, holdout)
+    relevant = relevant_items(train, holdout, min_rating)
+    if relevant.empty:
+        raise BacktestError(
+            "no user has a relevant holdout item (a positive not seen in training): widen the "
+            "holdout window or lower min_rating"
+        )
+    for model in (candidate, champion):
+        if model is not None:
+            _check_model_end(model, holdout)
+    try:
+        baseline = PopularityRecommender(window=popularity_window, min_rating=min_rating)
+        baseline.fit(train)
+    except TrainingError as exc:
+        raise BacktestError(f"cannot fit the popularity baseline: {exc}") from exc
+    warm = pd.Index(train["user"].unique())
+    return RankingBacktest(
+        k=k,
+        train_end=str(train["ts"].max()),
+        holdout_start=str(holdout["ts"].min()),
+        holdout_end=str(holdout["ts"].max()),
+        popularity_window=str(pd.Timedelta(popularity_window)),
+        candidate=_score("candidate", candidate, relevant, warm, k, "popularity"),
+        champion=None
+        if champion is None
+        else _score("champion", champion, relevant, warm, k, "popularity"),
+        baseline=_score("popularity", baseline, relevant, warm, k, "_none_"),
+    )

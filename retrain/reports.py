@@ -1,0 +1,113 @@
+"""Plots and tables that go with a retrain (PNG files written where the caller says)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from retrain.backtest import BacktestResult
+
+
+def backtest_plot(
+    path: Path,
+    result: BacktestResult,
+    timestamps: pd.Series,
+    y: np.ndarray,
+    candidate: np.ndarray,
+    baseline: np.ndarray,
+    champion: np.ndarray | None = None,
+) -> Path:
+    """Daily actual vs predicted on the holdout, and the metric of each model."""
+    frame = pd.DataFrame(
+        {"actual": y, "candidate": candidate, "baseline": baseline},
+        index=pd.DatetimeIndex(timestamps),
+    )
+    if champion is not None:
+        frame["champion"] = champion
+    daily = frame.resample("D").mean().dropna(how="all")
+    per_window = len(result.windows) > 1
+    fig = Figure(figsize=(15 if per_window else 11, 4.2), layout="constrained")
+    if per_window:
+        ax, win, bar = fig.subplots(1, 3, width_ratios=[3, 2, 1])
+        x = np.arange(1, len(result.windows) + 1)
+        win.plot(x, [w.candidate for w in result.windows], "C0o-", label="candidate")
+        if result.champion is not None:
+            win.plot(x, [w.champion for w in result.windows], "C1s--", label="champion")
+        win.plot(x, [w.baseline for w in result.windows], "C7^:", label="baseline")
+        win.set_xticks(x)
+        win.set_xlabel("backtest window")
+        win.set_title(f"{result.metric} per window")
+        win.legend(fontsize=8)
+    else:
+        ax, bar = fig.subplots(1, 2, width_ratios=[3, 1])
+    styles = {"actual": "k-", "candidate": "C0-", "champion": "C1--", "baseline": "C7:"}
+    for col in daily.columns:
+        ax.plot(daily.index, daily[col], styles[col], label=col, linewidth=1.4)
+    ax.set_title("holdout: daily mean of label and predictions")
+    ax.legend(loc="best", fontsize=8)
+    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    rows = result.table()
+    names = [r["model"] for r in rows]
+    values = [r[result.metric] for r in rows]
+    colors = {"candidate": "C0", "champion": "C1", "baseline": "C7"}
+    bar.bar(names, values, color=[colors[n] for n in names])
+    bar.set_title(f"{result.metric} ({'higher' if result.greater_is_better else 'lower'} better)")
+    for i, value in enumerate(values):
+        bar.annotate(f"{value:.2f}", (i, value), ha="center", va="bottom", fontsize=8)
+    fig.suptitle(f"Backtest {'PASSED' if result.passed else 'FAILED'}", fontsize=11)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def learning_curve_plot(path: Path, evals: dict[str, dict[str, list[float]]]) -> Path | None:
+    if not evals:
+        return None
+    fig = Figure(figsize=(6, 3.5), layout="constrained")
+    ax = fig.subplots()
+    for data_name, metrics in evals.items():
+        for metric_name, values in metrics.items():
+            ax.plot(np.arange(1, len(values) + 1), values, label=f"{data_name} {metric_name}")
+    ax.set_xlabel("boosting round")
+    ax.set_title("learning curve")
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def importance_plot(path: Path, importance: pd.DataFrame) -> Path:
+    top = importance.head(20).iloc[::-1]
+    fig = Figure(figsize=(6, 0.3 * len(top) + 1.2), layout="constrained")
+    ax = fig.subplots()
+    ax.barh(top["feature"], top["gain"], color="C0")
+    ax.set_title("feature importance (gain)")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def drift_report(path: Path, result: Any) -> Path:
+    """PSI of every feature (and the champion's scores) with its threshold, fired in red."""
+    drift = [s for s in result.signals if s.name in {"drift", "prediction_drift"} and s.threshold]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(8, 0.35 * max(len(drift), 3) + 1.6), layout="constrained")
+    ax = fig.subplots()
+    if drift:
+        names = [s.feature or "(model scores)" for s in drift]
+        ax.barh(names, [s.value for s in drift], color=["C3" if s.fired else "C0" for s in drift])
+        ax.axvline(drift[0].threshold, color="k", linestyle="--", linewidth=1, label="threshold")
+        ax.legend(fontsize=8)
+        ax.set_xlabel("population stability index (red: drift, significant after Holm)")
+    else:
+        ax.text(0.5, 0.5, "no drift test (not enough rows)", ha="center", va="center")
+        ax.set_axis_off()
+    decision = "retrain" if result.decision.retrain else "no retrain"
+    ax.set_title(
+        f"{result.model} champion v{result.champion_version} at {result.as_of:%Y-%m-%d %H:%M}: "
+        f"{decision} ({result.fresh_rows} fresh rows)",
+        fontsize=9,
+    )
+    fig.savefig(path, dpi=110)
+    return path

@@ -1,0 +1,122 @@
+"""Stateful retraining policy: warm start, refit, or back to scratch. Pure, frozen decisions.
+
+>>> from retrain.config import StatefulSpec
+>>> champ = ChampionState(version="4", increments=2, train_end=None, feature_names=("a",),
+...                       categorical=())
+>>> plan_training("stateful", StatefulSpec(scratch_every=3), champ, ("a",), ())
+TrainingPlan(strategy='warm', reason='warm start from champion v4 (increment 3 of 3)', \
+parent_version='4', increments=3)
+>>> plan_training("stateful", StatefulSpec(scratch_every=2), champ, ("a",), ()).strategy
+'scratch'
+>>> plan_training("manual", StatefulSpec(), champ, ("a",), ()).reason
+'manual mode retrains from scratch'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from retrain.config import StatefulSpec
+from retrain.errors import SchemaChangeError
+from retrain.trainers.lightgbm import schema_differences
+
+STATEFUL_MODES = ("stateful", "continual")
+
+
+@dataclass(frozen=True)
+class ChampionState:
+    """What the policy needs to know about the champion."""
+
+    version: str
+    increments: int
+    train_end: pd.Timestamp | None
+    feature_names: tuple[str, ...]
+    categorical: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    strategy: str  # scratch | warm | refit
+    reason: str
+    parent_version: str | None
+    increments: int  # warm/refit increments since the last scratch model, this one included
+
+
+def scratch(reason: str) -> TrainingPlan:
+    return TrainingPlan("scratch", reason, None, 0)
+
+
+def plan_training(
+    mode: str,
+    stateful: StatefulSpec,
+    champion: ChampionState | None,
+    features: Sequence[str],
+    categorical: Sequence[str],
+) -> TrainingPlan:
+    """Decide how to train the next candidate."""
+    if mode not in STATEFUL_MODES:
+        return scratch(f"{mode} mode retrains from scratch")
+    if champion is None:
+        return scratch("no champion to warm-start from: first model of the lineage")
+    problems = schema_differences(
+        champion.feature_names, champion.categorical, features, categorical
+    )
+    if problems:
+        detail = "; ".join(problems)
+        if stateful.on_schema_change == "scratch":
+            return scratch(f"schema changed since champion v{champion.version} ({detail})")
+        raise SchemaChangeError(
+            f"cannot warm-start from champion v{champion.version}: {detail}. Retrain from "
+            "scratch (`retrain run manual`), or set stateful.on_schema_change = 'scratch'"
+        )
+    increments = champion.increments + 1
+    if increments > stateful.scratch_every:
+        return scratch(
+            f"full retrain: {champion.increments} increments since the last scratch model "
+            f"(stateful.scratch_every = {stateful.scratch_every})"
+        )
+    verb = "warm start" if stateful.strategy == "warm" else "refit"
+    return TrainingPlan(
+        stateful.strategy,
+        f"{verb} from champion v{champion.version} (increment {increments} of "
+        f"{stateful.scratch_every})",
+        champion.version,
+        increments,
+    )
+
+
+def skip_reason(
+    mode: str,
+    champion: ChampionState | None,
+    champion_data_version: str | None,
+    train_data_version: str,
+    holdout_start: pd.Timestamp,
+) -> str | None:
+    """Why an automated retrain has nothing to do (None: go ahead). Manual runs never skip.
+
+    >>> champ = ChampionState("2", 0, pd.Timestamp("2011-04-01"), ("a",), ())
+    >>> skip_reason("stateful", champ, "dv-1", "dv-9", pd.Timestamp("2011-04-01"))
+    "no partition arrived after champion v2's training end (2011-04-01 00:00:00)"
+    >>> skip_reason("scheduled", champ, "dv-1", "dv-1", pd.Timestamp("2011-04-09")) is not None
+    True
+    >>> skip_reason("manual", champ, "dv-1", "dv-1", pd.Timestamp("2011-04-01")) is None
+    True
+    """
+    if mode == "manual" or champion is None:
+        return None
+    if mode in STATEFUL_MODES:
+        if champion.train_end is not None and champion.train_end >= holdout_start:
+            return (
+                f"no partition arrived after champion v{champion.version}'s training end "
+                f"({champion.train_end})"
+            )
+        return None
+    if champion_data_version == train_data_version:
+        return (
+            f"the training window's data version {train_data_version} is the one champion "
+            f"v{champion.version} was trained on: no new data"
+        )
+    return None

@@ -1,0 +1,295 @@
+"""Interaction tables for the recommendation family: checks, id maps, sparse matrices, popularity.
+
+An interaction table has one row per event: ``user`` and ``item`` (external ids, int or str),
+``weight`` (a rating, a count or 1.0; never negative) and ``ts`` (a timestamp). A row is a
+*positive* when its weight is above zero and, if ``min_rating`` is set, at least ``min_rating``;
+only positives teach a model what a user likes, but every row counts as *seen* (a user who rated
+a film 1 star has still watched it: recommending it again is wasted).
+
+Recommendations are a table ``user, rank, item, score, source`` (rank 1 is the best item;
+``source`` says which model produced the row, e.g. ``"als"`` or ``"popularity"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from retrain.errors import TrainingError
+
+COLUMNS = ("user", "item", "weight", "ts")
+RECOMMENDATION_COLUMNS = ("user", "rank", "item", "score", "source")
+DUPLICATES = ("sum", "last")
+
+
+def check_interactions(frame: Any) -> pd.DataFrame:
+    """The four columns of ``frame`` after checking them; raises TrainingError naming the fix."""
+    if not isinstance(frame, pd.DataFrame):
+        raise TrainingError(
+            "interactions must be a pandas DataFrame with columns user, item, weight, ts; "
+            f"got {type(frame).__name__}"
+        )
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise TrainingError(
+            f"interactions lack column(s) {missing}: rename the source columns to user, item, "
+            "weight, ts (MovieLens: userId -> user, movieId -> item, rating -> weight, "
+            "timestamp -> ts)"
+        )
+    if len(frame) == 0:
+        raise TrainingError(
+            "no interactions to fit on: the training window is empty; widen it or check ingest"
+        )
+    for col in ("user", "item"):
+        nulls = int(frame[col].isna().sum())
+        if nulls:
+            raise TrainingError(f"{nulls} interaction(s) have no {col} id: drop them in ingest")
+    weight = frame["weight"]
+    if not pd.api.types.is_numeric_dtype(weight) or pd.api.types.is_bool_dtype(weight):
+        raise TrainingError(
+            f"column weight must be numeric (a rating, a count or 1.0), got {weight.dtype}"
+        )
+    values = weight.to_numpy(dtype="float64", na_value=np.nan)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise TrainingError(
+            f"{int(bad.sum())} interaction(s) have a missing or infinite weight: fill or drop "
+            "them in ingest"
+        )
+    negative = values < 0
+    if negative.any():
+        first = int(np.flatnonzero(negative)[0])
+        raise TrainingError(
+            f"{int(negative.sum())} interaction(s) have negative weights (e.g. "
+            f"{values[first]:g} for user {frame['user'].iloc[first]!r}, item "
+            f"{frame['item'].iloc[first]!r}): ALS reads a negative confidence as a dislike and "
+            "would learn it silently; drop or clip these rows (or shift the rating scale) "
+            "before fit"
+        )
+    if not pd.api.types.is_datetime64_any_dtype(frame["ts"]):
+        raise TrainingError(
+            f"column ts must hold timestamps (datetime64), got {frame['ts'].dtype}: convert it, "
+            "e.g. pd.to_datetime(frame['ts'], unit='s') for Unix seconds"
+        )
+    if frame["ts"].isna().any():
+        raise TrainingError(
+            f"{int(frame['ts'].isna().sum())} interaction(s) have no timestamp: drop them in ingest"
+        )
+    return frame.loc[:, list(COLUMNS)]
+
+
+def check_min_rating(min_rating: float | None) -> None:
+    if min_rating is not None and (
+        isinstance(min_rating, bool) or not np.isfinite(float(min_rating))
+    ):
+        raise TrainingError(f"min_rating must be a finite number or None, got {min_rating!r}")
+
+
+def positive_mask(weights: np.ndarray, min_rating: float | None) -> np.ndarray:
+    """Rows that count as positives: weight > 0 and weight >= min_rating (when set)."""
+    mask = weights > 0
+    if min_rating is not None:
+        mask &= weights >= float(min_rating)
+    return mask
+
+
+def check_positives(mask: np.ndarray, min_rating: float | None) -> None:
+    if not mask.any():
+        rule = "weight > 0" + ("" if min_rating is None else f" and weight >= {min_rating:g}")
+        raise TrainingError(
+            f"none of the {mask.size} interactions counts as a positive ({rule}): lower "
+            "min_rating or widen the training window"
+        )
+
+
+def dedupe_last(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep only the latest row of each (user, item) pair (ties: the later row of the input)."""
+    ordered = frame.sort_values("ts", kind="stable")
+    return ordered.drop_duplicates(["user", "item"], keep="last").sort_index()
+
+
+def id_array(values: Iterable[Any] | pd.Series | np.ndarray) -> np.ndarray:
+    """External ids as a plain numpy array (int64 for integer ids, object for strings)."""
+    series = values if isinstance(values, pd.Series) else pd.Series(list(values))
+    if pd.api.types.is_integer_dtype(series):
+        return series.to_numpy(dtype="int64")
+    return series.to_numpy(dtype=object)
+
+
+def sorted_unique(values: pd.Series, what: str) -> np.ndarray:
+    """Distinct ids in sorted order (so row numbers do not depend on the input's row order)."""
+    unique = id_array(pd.Series(pd.unique(values), dtype=values.dtype))
+    try:
+        return np.sort(unique)
+    except TypeError as exc:
+        raise TrainingError(
+            f"{what} ids mix types (e.g. 1 and '1'): cast the column to one type in ingest"
+        ) from exc
+
+
+def encode_ids(
+    index: np.ndarray | None, values: pd.Series, positive: np.ndarray, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row of every value, and the id map: ``index`` plus the ids of positive rows it lacks.
+
+    Without an ``index`` the map is the sorted distinct ids of the positive rows. Otherwise
+    ``index`` keeps its rows (a row never changes meaning) and the ids it lacks are appended,
+    sorted. An id with no positive row gets no row (-1).
+    """
+    if index is None or index.size == 0:
+        new_index = sorted_unique(values[positive], what)
+        return lookup(new_index, values), new_index
+    codes = lookup(index, values)
+    absent = codes < 0
+    if not absent.any():
+        return codes, index
+    candidates = values[absent]
+    unique = sorted_unique(candidates[positive[absent]], what)
+    if unique.size == 0:
+        return codes, index
+    if index.dtype.kind != unique.dtype.kind:
+        raise TrainingError(
+            f"{what} ids are {unique.dtype} in the new data but {index.dtype} in the model: "
+            "cast them to the model's type in ingest"
+        )
+    extra = lookup(unique, candidates)
+    codes[absent] = np.where(extra >= 0, extra + index.size, -1)
+    return codes, np.concatenate([index, unique.astype(index.dtype, copy=False)])
+
+
+def lookup(index: np.ndarray, values: Any) -> np.ndarray:
+    """Row of each value in ``index`` (-1 when absent)."""
+    return np.asarray(pd.Index(index).get_indexer(pd.Index(values)), dtype="int64")
+
+
+def coerce_ids(index: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Query ids in the index's type: '42' finds user 42 when the model's ids are integers."""
+    if index.dtype.kind in "iu" and ids.dtype.kind not in "iu":
+        numeric = pd.to_numeric(pd.Series(ids, dtype=object), errors="coerce")
+        whole = numeric.notna() & (numeric == numeric.round())
+        if whole.all():
+            return numeric.to_numpy(dtype="int64")
+    return ids
+
+
+def sparse_matrix(
+    rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, int]
+) -> sp.csr_matrix:
+    """CSR matrix with duplicates summed (in float64) and sorted column indices."""
+    matrix = sp.csr_matrix(
+        (np.asarray(values, dtype="float64"), (rows, cols)), shape=shape, dtype="float64"
+    )
+    matrix.sum_duplicates()
+    matrix.sort_indices()
+    return matrix
+
+
+def pad_rows_cols(matrix: sp.csr_matrix, shape: tuple[int, int]) -> sp.csr_matrix:
+    """``matrix`` grown to ``shape`` with empty rows and columns at the end."""
+    rows, cols = matrix.shape
+    if (rows, cols) == shape:
+        return matrix
+    indptr = np.concatenate(
+        [matrix.indptr, np.full(shape[0] - rows, matrix.indptr[-1], dtype=matrix.indptr.dtype)]
+    )
+    return sp.csr_matrix((matrix.data, matrix.indices, indptr), shape=shape)
+
+
+def popularity_ranking(
+    user_rows: np.ndarray,
+    item_rows: np.ndarray,
+    ts: np.ndarray,
+    n_items: int,
+    end: pd.Timestamp,
+    window: pd.Timedelta,
+    overall: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every item row ordered by recent popularity; returns (item rows, scores).
+
+    The score is the number of distinct users with a positive interaction in the window
+    ``(end - window, end]``; ties (and items not seen in the window) are ordered by the number
+    of distinct users over all the given rows (``overall``, computed when not given), then by
+    item row.
+    """
+    n_items = int(n_items)
+    recent = ts > np.datetime64((end - window).to_datetime64())
+    scores = _distinct_users_per_item(user_rows[recent], item_rows[recent], n_items)
+    if overall is None:
+        overall = _distinct_users_per_item(user_rows, item_rows, n_items)
+    order = np.lexsort((np.arange(n_items), -overall, -scores))
+    return order, scores[order].astype("float64")
+
+
+def _distinct_users_per_item(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    if users.size == 0:
+        return np.zeros(n_items, dtype="int64")
+    pairs = np.unique(users.astype("int64") * n_items + items.astype("int64"))
+    return np.bincount(pairs % n_items, minlength=n_items)
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Columns of the k best scores of each row, best first (ties: lower column first)."""
+    n_cols = scores.shape[1]
+    kk = min(k, n_cols)
+    if kk < n_cols:
+        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        part.sort(axis=1)
+    else:
+        part = np.broadcast_to(np.arange(n_cols), scores.shape).copy()
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
+
+
+def recommendation_frame(
+    users: np.ndarray, items: np.ndarray, scores: np.ndarray, source: str
+) -> pd.DataFrame:
+    """Rows ``user, rank, item, score, source`` from (n_users, k) item and score arrays.
+
+    Entries whose score is -inf (filtered) are left out, so a user may get fewer than k rows.
+    """
+    width = items.shape[1]
+    keep = np.isfinite(scores)
+    ranks = np.cumsum(keep, axis=1)
+    return pd.DataFrame(
+        {
+            "user": np.repeat(users, width)[keep.ravel()],
+            "rank": ranks[keep].astype("int64"),
+            "item": items[keep],
+            "score": scores[keep].astype("float64"),
+            "source": np.full(int(keep.sum()), source, dtype=object),
+        }
+    )
+
+
+def empty_recommendations() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in RECOMMENDATION_COLUMNS})
+
+
+def query_ids(user_ids: Any) -> np.ndarray:
+    """The distinct query ids, in the order first given."""
+    if isinstance(user_ids, str | int | np.integer):
+        user_ids = [user_ids]
+    return id_array(pd.Series(pd.unique(pd.Series(list(user_ids)))))
+
+
+def check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise TrainingError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def check_window(window: Any) -> pd.Timedelta:
+    try:
+        value = pd.Timedelta(window)
+    except (TypeError, ValueError) as exc:
+        raise TrainingError(
+            f"popularity window {window!r} is not a duration: use e.g. '30D' or '12h'"
+        ) from exc
+    if pd.isna(value) or value <= pd.Timedelta(0):
+        raise TrainingError(f"popularity window must be positive, got {window!r}")
+    return value

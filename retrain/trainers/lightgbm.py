@@ -1,0 +1,326 @@
+"""LightGBM trainer: from scratch, warm start (continued boosting) and refit.
+
+Categorical features are encoded with the category list learned by the first (scratch) model of
+a lineage; a category the model never saw becomes missing (NaN) instead of silently taking
+another category's code. The bin boundaries are frozen the same way: every dataset of a lineage
+is binned against the same reference sample of the scratch model's training rows, so a warm
+increment splits on exactly the bins its champion used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from retrain.errors import NotFittedError, SchemaChangeError, TrainingError
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVES = {"regression": "regression", "binary": "binary"}
+STRATEGIES = ("scratch", "warm", "refit")
+# Fixed for reproducibility: same data + same config + same seed = byte-identical booster.
+REPRODUCIBLE = {"deterministic": True, "force_row_wise": True, "num_threads": 1, "verbosity": -1}
+MODEL_FILE = "model.txt"
+META_FILE = "encoding.json"
+REFERENCE_FILE = "bin_reference.parquet"
+
+
+def schema_differences(
+    old_features: Sequence[str],
+    old_categorical: Sequence[str],
+    new_features: Sequence[str],
+    new_categorical: Sequence[str],
+) -> list[str]:
+    """What changed between two feature schemas, in words (empty when nothing did).
+
+    >>> for problem in schema_differences(["a", "b"], ["b"], ["a", "c"], ["a"]):
+    ...     print(problem)
+    feature 'c' is new
+    feature 'b' was removed
+    feature 'a' changed from numeric to categorical
+    """
+    problems = [f"feature {c!r} is new" for c in new_features if c not in old_features]
+    problems += [f"feature {c!r} was removed" for c in old_features if c not in new_features]
+    for col in new_features:
+        if col in old_features and (col in old_categorical) != (col in new_categorical):
+            before, after = (
+                ("categorical", "numeric") if col in old_categorical else ("numeric", "categorical")
+            )
+            problems.append(f"feature {col!r} changed from {before} to {after}")
+    return problems
+
+
+class LightGBMTrainer:
+    """Gradient-boosted trees, sklearn style.
+
+    ``strategy`` is ``scratch`` (a new model), ``warm`` (continue boosting ``init_model`` for
+    ``num_boost_round`` more rounds on the new rows, with its encodings and bins) or ``refit``
+    (``init_model``'s trees with leaf values refitted on the new rows). Parameters are stored as
+    given; ``fit`` validates them. Learned state: ``booster_``, ``feature_names_``,
+    ``categories_``, ``reference_``, ``increments_``, ``evals_result_``.
+    """
+
+    booster_: lgb.Booster
+    feature_names_: list[str]
+    categories_: dict[str, list[str]]
+    reference_: pd.DataFrame
+    increments_: int
+    n_train_rows_: int
+    evals_result_: dict[str, dict[str, list[float]]]
+
+    def __init__(
+        self,
+        task: str = "regression",
+        params: dict[str, Any] | None = None,
+        num_boost_round: int = 200,
+        categorical: Sequence[str] = (),
+        random_state: int = 42,
+        strategy: str = "scratch",
+        init_model: LightGBMTrainer | None = None,
+        refit_decay_rate: float = 0.9,
+        reference_rows: int = 20_000,
+    ) -> None:
+        self.task = task
+        self.params = params
+        self.num_boost_round = num_boost_round
+        self.categorical = categorical
+        self.random_state = random_state
+        self.strategy = strategy
+        self.init_model = init_model
+        self.refit_decay_rate = refit_decay_rate
+        self.reference_rows = reference_rows
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _lgb_params(self) -> dict[str, Any]:
+        if self.task not in OBJECTIVES:
+            raise TrainingError(f"task {self.task!r} is not supported; use {sorted(OBJECTIVES)}")
+        params: dict[str, Any] = {"objective": OBJECTIVES[self.task], **REPRODUCIBLE}
+        params.update(self.params or {})
+        params["seed"] = self.random_state
+        return params
+
+    def non_default_params(self) -> dict[str, Any]:
+        """The parameters that differ from LightGBM's defaults (what an MLflow run logs)."""
+        out = dict(self.params or {})
+        out.update(
+            task=self.task,
+            num_boost_round=self.num_boost_round,
+            seed=self.random_state,
+            strategy=self.strategy,
+        )
+        if self.strategy == "refit":
+            out["refit_decay_rate"] = self.refit_decay_rate
+        return out
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "booster_"):
+            raise NotFittedError("this LightGBMTrainer is not fitted yet: call fit(X, y) first")
+
+    def encode(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Columns in training order; categoricals as the frozen integer codes."""
+        if not hasattr(self, "categories_"):
+            raise NotFittedError("this LightGBMTrainer is not fitted yet: call fit(X, y) first")
+        missing = [c for c in self.feature_names_ if c not in X.columns]
+        if missing:
+            raise TrainingError(
+                f"feature column(s) {missing} are missing from the data the model is asked to "
+                "score; the model was trained with " + ", ".join(self.feature_names_)
+            )
+        out = X[self.feature_names_].copy()
+        for col, cats in self.categories_.items():
+            codes = {value: float(i) for i, value in enumerate(cats)}
+            as_str = out[col].astype("string")
+            mapped = as_str.map(codes)
+            unseen = mapped.isna() & as_str.notna()
+            if unseen.any():
+                logger.warning(
+                    "feature %r: %d row(s) with categories the model never saw (e.g. %s) are "
+                    "scored as missing",
+                    col,
+                    int(unseen.sum()),
+                    as_str[unseen].unique()[:3].tolist(),
+                )
+            out[col] = mapped.astype("float64")
+        return out.astype("float64")
+
+    def _reference_dataset(self, params: dict[str, Any]) -> lgb.Dataset:
+        return lgb.Dataset(
+            self.reference_,
+            categorical_feature=list(self.categories_) or "auto",
+            params=params,
+            free_raw_data=False,
+        )
+
+    def _validate(self, X: pd.DataFrame, y: Any) -> np.ndarray:
+        if not isinstance(X, pd.DataFrame):
+            raise TrainingError("X must be a pandas DataFrame with named feature columns")
+        if len(X) == 0:
+            raise TrainingError("cannot fit on zero rows: widen the training window")
+        target = np.asarray(y, dtype="float64")
+        if target.shape[0] != len(X):
+            raise TrainingError(f"X has {len(X)} rows but y has {target.shape[0]}")
+        if np.isnan(target).any():
+            raise TrainingError("y holds missing labels: drop unlabelled rows before fit")
+        if self.task == "binary" and not set(np.unique(target)) <= {0.0, 1.0}:
+            raise TrainingError("a binary task needs labels 0/1")
+        if self.num_boost_round < 1:
+            raise TrainingError("num_boost_round must be at least 1")
+        if self.strategy not in STRATEGIES:
+            raise TrainingError(f"strategy {self.strategy!r} is unknown; use one of {STRATEGIES}")
+        unknown = [c for c in self.categorical if c not in X.columns]
+        if unknown:
+            raise TrainingError(f"categorical feature(s) {unknown} are not columns of X")
+        if self.strategy != "scratch":
+            init = self.init_model
+            if init is None or not hasattr(init, "booster_"):
+                raise TrainingError(
+                    f"strategy {self.strategy!r} needs a fitted init_model (the champion)"
+                )
+            if init.task != self.task:
+                raise SchemaChangeError(
+                    f"the champion is a {init.task} model, this spec is {self.task}: retrain "
+                    "from scratch"
+                )
+            problems = schema_differences(
+                init.feature_names_, list(init.categories_), list(X.columns), self.categorical
+            )
+            if problems:
+                raise SchemaChangeError(
+                    "cannot warm-start from the champion: "
+                    + "; ".join(problems)
+                    + ". Retrain from scratch (set stateful.on_schema_change = 'scratch' to do "
+                    "it automatically)"
+                )
+        return target
+
+    # -- estimator API ------------------------------------------------------------------------
+    def fit(self, X: pd.DataFrame, y: Sequence[float] | pd.Series | np.ndarray) -> LightGBMTrainer:
+        target = self._validate(X, y)
+        params = self._lgb_params()
+        self.feature_names_ = [str(c) for c in X.columns]
+        init = self.init_model
+        if self.strategy == "scratch" or init is None:
+            self.categories_ = {
+                col: sorted(X[col].dropna().astype("string").unique().tolist())
+                for col in self.categorical
+            }
+            encoded = self.encode(X)
+            n_ref = min(self.reference_rows, len(encoded))
+            self.reference_ = encoded.sample(n_ref, random_state=self.random_state).sort_index()
+            self.increments_ = 0
+        else:
+            self.categories_ = {k: list(v) for k, v in init.categories_.items()}
+            self.reference_ = init.reference_
+            self.increments_ = init.increments_ + 1
+            encoded = self.encode(X)
+        self.evals_result_ = {}
+
+        if self.strategy == "refit":
+            assert init is not None
+            self.booster_ = init.booster_.refit(
+                encoded, target, decay_rate=self.refit_decay_rate, reference=None
+            )
+        else:
+            dataset = lgb.Dataset(
+                encoded,
+                label=target,
+                categorical_feature=list(self.categories_) or "auto",
+                reference=self._reference_dataset(params),
+                params=params,
+                free_raw_data=False,
+            )
+            self.booster_ = lgb.train(
+                params,
+                dataset,
+                num_boost_round=self.num_boost_round,
+                init_model=init.booster_ if self.strategy == "warm" and init else None,
+                valid_sets=[dataset],
+                valid_names=["train"],
+                callbacks=[lgb.record_evaluation(self.evals_result_)],
+            )
+        self.n_train_rows_ = len(X)
+        return self
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        self._check_fitted()
+        return np.asarray(self.booster_.predict(self.encode(X)), dtype="float64")
+
+    def feature_importance(self) -> pd.DataFrame:
+        self._check_fitted()
+        return (
+            pd.DataFrame(
+                {
+                    "feature": self.feature_names_,
+                    "gain": self.booster_.feature_importance("gain"),
+                    "splits": self.booster_.feature_importance("split"),
+                }
+            )
+            .sort_values("gain", ascending=False)
+            .reset_index(drop=True)
+        )
+
+    def model_string(self) -> str:
+        """The booster as text: equal strings mean byte-identical models."""
+        self._check_fitted()
+        return str(self.booster_.model_to_string())
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, directory: Path) -> Path:
+        """Write the booster, the frozen encodings and the bin reference; returns the dir."""
+        self._check_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.booster_.save_model(str(directory / MODEL_FILE))
+        self.reference_.to_parquet(directory / REFERENCE_FILE)
+        meta = {
+            "family": "lightgbm",
+            "task": self.task,
+            "params": self.params or {},
+            "num_boost_round": self.num_boost_round,
+            "categorical": list(self.categorical),
+            "random_state": self.random_state,
+            "strategy": self.strategy,
+            "refit_decay_rate": self.refit_decay_rate,
+            "reference_rows": self.reference_rows,
+            "feature_names": self.feature_names_,
+            "categories": self.categories_,
+            "increments": self.increments_,
+            "n_train_rows": self.n_train_rows_,
+        }
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> LightGBMTrainer:
+        directory = Path(directory)
+        meta_path = directory / META_FILE
+        if not meta_path.exists() or not (directory / MODEL_FILE).exists():
+            raise TrainingError(
+                f"{directory} holds no saved LightGBM model ({MODEL_FILE} and {META_FILE})"
+            )
+        meta = json.loads(meta_path.read_text())
+        model = cls(
+            task=meta["task"],
+            params=meta["params"],
+            num_boost_round=meta["num_boost_round"],
+            categorical=meta["categorical"],
+            random_state=meta["random_state"],
+            strategy=meta.get("strategy", "scratch"),
+            refit_decay_rate=meta.get("refit_decay_rate", 0.9),
+            reference_rows=meta.get("reference_rows", 20_000),
+        )
+        model.booster_ = lgb.Booster(model_file=str(directory / MODEL_FILE))
+        model.feature_names_ = meta["feature_names"]
+        model.categories_ = meta["categories"]
+        model.increments_ = meta.get("increments", 0)
+        model.n_train_rows_ = meta["n_train_rows"]
+        model.reference_ = pd.read_parquet(directory / REFERENCE_FILE)
+        model.evals_result_ = {}
+        return model

@@ -1,0 +1,160 @@
+"""The retrain command line, run in-process against the test Prefect server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flows.cli import app
+from retrain.ledger import SCHEMA_VERSION
+from tests.conftest import spec_dict
+
+runner = CliRunner()
+
+
+def flat(result) -> str:
+    """Output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+def write_spec(tmp_path: Path, bike_dir: Path, **overrides) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec_dict(bike_dir, tmp_path / "state", **overrides)))
+    return path
+
+
+def test_run_manual_prints_the_outcome_and_status_shows_the_champion(tmp_path, bike_dir):
+    spec = write_spec(tmp_path, bike_dir)
+
+    result = runner.invoke(
+        app, ["run", "manual", "--spec", str(spec), "--as-of", "2011-04-29", "--auto-approve"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "gate passed; approved automatically" in flat(result)
+
+    status = runner.invoke(app, ["status", "--spec", str(spec)])
+    assert status.exit_code == 0, status.output
+    assert "champion" in flat(status)
+    assert "promoted" in flat(status)
+
+
+def test_a_spec_with_a_typo_is_refused_with_the_key_and_a_suggestion(tmp_path, bike_dir):
+    data = spec_dict(bike_dir, tmp_path / "state")
+    data["windows"]["trian"] = data["windows"].pop("train")
+    spec = tmp_path / "typo.yaml"
+    spec.write_text(yaml.safe_dump(data))
+
+    result = runner.invoke(app, ["run", "manual", "--spec", str(spec), "--auto-approve"])
+
+    assert result.exit_code == 2
+    assert "windows.trian: unknown key; did you mean 'train'?" in flat(result)
+    assert not (tmp_path / "state").exists()  # nothing was created
+
+
+def test_an_unparseable_as_of_is_an_error_that_says_how_to_write_it(tmp_path, bike_dir):
+    spec = write_spec(tmp_path, bike_dir)
+    result = runner.invoke(app, ["run", "manual", "--spec", str(spec), "--as-of", "yesterdayish"])
+    assert result.exit_code == 2
+    assert "write it like 2011-06-01" in flat(result)
+
+
+def test_ledger_migrate_creates_the_schema_once(tmp_path, bike_dir):
+    spec = write_spec(tmp_path, bike_dir)
+    first = runner.invoke(app, ["ledger", "migrate", "--spec", str(spec)])
+    second = runner.invoke(app, ["ledger", "migrate", "--spec", str(spec)])
+    assert f"{SCHEMA_VERSION} migration(s) applied" in flat(first)
+    assert "0 migration(s) applied" in flat(second)
+
+
+@pytest.mark.slow
+def test_demo_trains_promotes_and_refuses_a_careless_retrain(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    result = runner.invoke(app, ["demo", "--state-dir", "demo-state"])
+
+    assert result.exit_code == 0, result.output
+    assert "champion -> v2" in flat(result)
+    assert "previous -> v1" in flat(result)
+    assert "challenger -> v3" in flat(result)
+    assert "worse than the champion v2" in flat(result)
+
+    again = runner.invoke(app, ["demo", "--state-dir", "demo-state"])
+    assert again.exit_code == 2
+    assert "retrain demo --reset" in flat(again)
+
+
+def test_rollback_moves_champion_back_to_previous_and_is_audited(tmp_path, bike_dir):
+    from retrain.config import load_spec
+    from retrain.ledger import Ledger
+
+    spec = write_spec(tmp_path, bike_dir, **{"gate.tolerance": 0.5})
+    for as_of in ("2011-04-22", "2011-04-29"):
+        result = runner.invoke(
+            app, ["run", "manual", "--spec", str(spec), "--as-of", as_of, "--auto-approve"]
+        )
+        assert result.exit_code == 0, result.output
+
+    rolled = runner.invoke(
+        app,
+        [
+            "rollback",
+            "bike-test",
+            "--spec",
+            str(spec),
+            "--actor",
+            "oncall",
+            "--reason",
+            "complaints",
+        ],
+    )
+
+    assert rolled.exit_code == 0, rolled.output
+    assert "champion v2 -> v1" in flat(rolled)
+    model_spec = load_spec(spec)
+    last = Ledger(model_spec.state.ledger).alias_history("bike-test")[-2:]
+    assert [(a["alias"], a["from_version"], a["to_version"], a["actor"]) for a in last] == [
+        ("champion", "2", "1", "oncall"),
+        ("previous", "1", "2", "oncall"),
+    ]
+    again = runner.invoke(app, ["rollback", "bike-test", "--spec", str(spec)])
+    assert again.exit_code == 0  # rolling back twice swaps back: previous always exists
+    assert "champion v1 -> v2" in flat(again)
+
+
+def test_rollback_without_a_previous_champion_says_so(tmp_path, bike_dir):
+    spec = write_spec(tmp_path, bike_dir)
+    result = runner.invoke(app, ["rollback", "bike-test", "--spec", str(spec)])
+    assert result.exit_code == 2
+    assert "has no champion version: there is nothing to roll back to" in flat(result)
+
+
+def test_an_unreachable_tracking_server_fails_the_run_cleanly_and_records_it(
+    tmp_path, bike_dir, monkeypatch
+):
+    import socket
+
+    from retrain.config import load_spec
+    from retrain.ledger import Ledger
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    spec = write_spec(
+        tmp_path, bike_dir, **{"state.tracking_uri": f"http://ops:pw123@127.0.0.1:{port}"}
+    )
+
+    result = runner.invoke(
+        app, ["run", "manual", "--spec", str(spec), "--as-of", "2011-04-29", "--auto-approve"]
+    )
+
+    assert result.exit_code == 2
+    assert "does not answer (gave up after its retries)" in flat(result)
+    assert "pw123" not in result.output
+    model_spec = load_spec(spec)
+    [run] = Ledger(model_spec.state.ledger).runs("bike-test")
+    assert run.status == "failed" and "pw123" not in (run.error or "")

@@ -1,0 +1,154 @@
+"""The monitor flow on a real season change (summer -> December) and on stable summer data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.monitor_flow import monitor_flow, report_path
+from flows.retrain_flow import make_registry, retrain_flow
+from retrain.config import load_spec
+from retrain.ledger import Ledger
+from tests.conftest import bike_slice, spec_dict
+
+runner = CliRunner()
+
+
+def redate(frame: pd.DataFrame, first_day: str) -> pd.DataFrame:
+    """Real rows moved to consecutive days starting at first_day (hours kept)."""
+    days = pd.to_datetime(frame["dteday"])
+    offset = pd.Timestamp(first_day) - days.min()
+    return frame.assign(dteday=(days + offset).dt.strftime("%Y-%m-%d"))
+
+
+DECEMBER = ("2011-12-01", "2011-12-15")  # moved to 2011-08-15 .. 08-29: a season change
+AUGUST = ("2011-08-15", "2011-08-22")  # the real next week
+
+
+def write_case(tmp_path: Path, bike_hourly: pd.DataFrame, fresh: tuple[str, str]) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    # real summer 2011 (stable weather from mid-June to late August), then the fresh days
+    bike_slice(bike_hourly, "2011-06-15", "2011-08-15").to_csv(folder / "summer.csv", index=False)
+    later = redate(bike_slice(bike_hourly, *fresh), "2011-08-15")
+    later.to_csv(folder / "fresh.csv", index=False)
+    spec = spec_dict(
+        folder,
+        tmp_path / "state",
+        **{
+            "windows.train": "47D",
+            "windows.holdout": "14D",
+            "monitor.any": ["drift"],
+            "monitor.max_age": "365D",
+            "monitor.min_new_rows": 1_000_000,
+            "monitor.cooldown": "1h",
+        },
+    )
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    # champion: trained on [06-15, 08-01), backtested on [08-01, 08-15)
+    retrain_flow(str(path), as_of="2011-08-15", auto_approve=True)
+    return path
+
+
+def test_a_season_change_requests_a_continual_retrain_with_its_reasons(tmp_path, bike_hourly):
+    spec_path = write_case(tmp_path, bike_hourly, DECEMBER)
+
+    out = monitor_flow(str(spec_path), as_of="2011-08-29")
+
+    assert out["retrain"], out["reasons"]
+    assert "drift" in out["fired"]
+    assert any(r.startswith("drift: drift in") and "temp" in r for r in out["reasons"])
+    spec = load_spec(spec_path)
+    ledger = Ledger(spec.state.ledger)
+    [check] = ledger.recent_checks(spec.name)
+    assert check["retrain"] and check["champion_version"] == "1"
+    temp = [s for s in ledger.signal_history(spec.name, "drift") if s["feature"] == "temp"]
+    assert temp and temp[0]["fired"]
+    assert report_path(spec, out["check_id"]).exists()
+
+    outcome = retrain_flow(
+        str(spec_path),
+        mode="continual",
+        reason="continual trigger: " + "; ".join(out["reasons"]),
+        as_of="2011-08-29",
+        actor="monitor",
+        auto_approve=True,
+        trigger_check=str(out["check_id"]),
+    )
+
+    registry = make_registry(spec, ledger)
+    tags = registry.version(outcome["version"]).tags
+    assert tags["retrain.mode"] == "continual"
+    assert "drift in" in tags["retrain.reason"]
+    assert tags["retrain.trigger_check"] == str(out["check_id"])
+    assert tags["retrain.strategy"] == "warm"
+    artifacts = {
+        f.path
+        for f in registry.client.list_artifacts(
+            registry.version(outcome["version"]).run_id, "evidence"
+        )
+    }
+    assert f"evidence/drift-check-{out['check_id']}.png" in artifacts
+
+
+def test_stable_data_requests_no_retrain(tmp_path, bike_hourly):
+    spec_path = write_case(tmp_path, bike_hourly, AUGUST)
+
+    out = monitor_flow(str(spec_path), as_of="2011-08-22")
+
+    assert not out["retrain"]
+    assert "drift" not in out["fired"]
+    assert out["reasons"] == ["no rule fired"]
+
+
+def test_no_second_retrain_while_one_is_in_flight(tmp_path, bike_hourly):
+    spec_path = write_case(tmp_path, bike_hourly, DECEMBER)
+    spec = load_spec(spec_path)
+    ledger = Ledger(spec.state.ledger)
+    running = ledger.start_run(spec.name, "continual", "earlier trigger")
+
+    out = monitor_flow(str(spec_path), as_of="2011-08-29")
+
+    assert not out["retrain"]
+    assert f"a retrain of bike-test is already running (ledger run {running})" in out["reasons"]
+
+
+def test_monitor_and_signals_commands_print_the_check_and_the_history(tmp_path, bike_hourly):
+    spec_path = write_case(tmp_path, bike_hourly, DECEMBER)
+
+    checked = runner.invoke(app, ["monitor", "--spec", str(spec_path), "--as-of", "2011-08-29"])
+    history = runner.invoke(app, ["signals", "bike-test", "--spec", str(spec_path)])
+
+    assert checked.exit_code == 0, checked.output
+    assert "retrain requested" in " ".join(checked.output.split())
+    assert history.exit_code == 0, history.output
+    assert "trigger decisions" in history.output and "temp" in history.output
+
+
+def test_the_monitor_says_when_there_is_no_champion_yet(tmp_path, bike_dir):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec_dict(bike_dir, tmp_path / "state")))
+    result = runner.invoke(app, ["monitor", "--spec", str(path)])
+    assert result.exit_code == 2
+    assert "has no champion yet: train one first" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("missing", ["hum"])
+def test_a_feature_missing_from_fresh_data_blocks_the_trigger(tmp_path, bike_hourly, missing):
+    spec_path = write_case(tmp_path, bike_hourly, DECEMBER)
+    fresh = Path(yaml.safe_load(spec_path.read_text())["source"]["path"]) / "fresh.csv"
+    pd.read_csv(fresh).drop(columns=[missing]).to_csv(fresh, index=False)
+
+    out = monitor_flow(str(spec_path), as_of="2011-08-29")
+
+    assert not out["retrain"]
+    assert any(
+        f"feature '{missing}' is null in every row of partition(s) 2011-08-15, 2011-08-16" in b
+        for b in out["blocked_by"]
+    ), out["blocked_by"]

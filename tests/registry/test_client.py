@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from registry import ModelRegistry, PromotionRefused, RegistryError
+from retrain.promotion import Approval, automatic_approval, decide
+from tests.registry.conftest import FEATURES
+
+
+def approved(version: str, who: str = "ana"):
+    return decide(
+        version=version,
+        gate_passed=True,
+        gate_reasons=("beats the champion",),
+        approval=Approval(approved=True, approver=who, comment="ok"),
+    )
+
+
+def promote_new(registry: ModelRegistry, make_record) -> str:
+    version = registry.register_candidate(make_record(), actor="test")
+    decision = approved(version)
+    registry.record_decision(decision)
+    registry.promote(decision, actor="ana")
+    return version
+
+
+def test_register_creates_a_version_with_lineage_tags_and_the_challenger_alias(
+    registry, make_record, ledger
+):
+    version = registry.register_candidate(make_record(), actor="tester", flow_run_id="fr-1")
+
+    info = registry.version(version)
+    assert version == "1"
+    assert info.tags["retrain.data_version"] == "dv-test"
+    assert info.tags["retrain.mode"] == "manual"
+    assert registry.aliases() == {"challenger": "1"}
+    audit = ledger.alias_history(registry.model_name)
+    assert [(a["alias"], a["from_version"], a["to_version"], a["actor"]) for a in audit] == [
+        ("challenger", None, "1", "tester")
+    ]
+    assert audit[0]["flow_run_id"] == "fr-1"
+
+
+def test_the_run_holds_params_metrics_curve_description_and_evidence(
+    registry, make_record, tracking_uri
+):
+    version = registry.register_candidate(make_record(), actor="tester")
+    run_id = registry.version(version).run_id
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+
+    assert run.data.params["learning_rate"] == "0.1"
+    assert run.data.metrics["backtest_mae"] == 12.5
+    assert run.data.tags["mlflow.note.content"] == "manual retrain: test"
+    history = client.get_metric_history(run_id, "train_l2")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == [3.0, 2.0, 1.5]
+    evidence = {f.path for f in client.list_artifacts(run_id, "evidence")}
+    assert "evidence/backtest.csv" in evidence
+    assert run.info.status == "FINISHED"
+
+
+def test_the_logged_model_scores_raw_frames_with_its_frozen_categories(
+    registry, make_record, fitted, small_frame
+):
+    version = registry.register_candidate(make_record(), actor="tester")
+    X = small_frame[FEATURES].assign(weathersit=small_frame["weathersit"].astype(str))
+
+    loaded = registry.load_model(version)
+    np.testing.assert_array_equal(loaded.predict(X), fitted.predict(X))
+    pyfunc = mlflow.pyfunc.load_model(
+        registry.client.get_model_version_download_uri(registry.model_name, version)
+    )
+    np.testing.assert_allclose(np.asarray(pyfunc.predict(X)), fitted.predict(X))
+
+
+def test_promotion_moves_champion_and_keeps_the_old_one_as_previous(registry, make_record, ledger):
+    first = promote_new(registry, make_record)
+    second = promote_new(registry, make_record)
+
+    assert registry.aliases() == {"champion": second, "previous": first}
+    history = [
+        (a["alias"], a["from_version"], a["to_version"])
+        for a in ledger.alias_history(registry.model_name)
+    ]
+    assert ("champion", first, second) in history
+    assert ("previous", None, first) in history
+    assert ("challenger", second, None) in history
+    assert registry.version(second).tags["retrain.approver"] == "ana"
+
+
+def test_a_rejected_or_failed_decision_never_moves_the_champion(registry, make_record):
+    champion = promote_new(registry, make_record)
+    candidate = registry.register_candidate(make_record(), actor="test")
+    rejected = decide(
+        version=candidate,
+        gate_passed=True,
+        gate_reasons=("ok",),
+        approval=Approval(approved=False, approver="bob", comment="not convinced"),
+    )
+    registry.record_decision(rejected)
+
+    with pytest.raises(PromotionRefused, match="not promoted: gate passed; rejected by bob"):
+        registry.promote(rejected, actor="bob")
+    assert registry.alias_version("champion") == champion
+    assert registry.version(candidate).tags["retrain.approval"] == "rejected"
+
+
+def test_the_registry_refuses_a_champion_whose_tags_do_not_say_gated_and_approved(
+    registry, make_record
+):
+    version = registry.register_candidate(make_record(), actor="test")
+    # A decision object that claims promotion, but nothing was recorded on the version.
+    forged = approved(version)
+
+    with pytest.raises(PromotionRefused, match="only a version that passed the backtest gate"):
+        registry.promote(forged, actor="mallory")
+    assert registry.alias_version("champion") is None
+
+    failed_gate = decide(version=version, gate_passed=False, gate_reasons=("worse",), approval=None)
+    registry.record_decision(failed_gate)
+    with pytest.raises(PromotionRefused, match="only a version that passed"):
+        registry.promote(automatic_approval_decision(version), actor="mallory")
+
+
+def automatic_approval_decision(version: str):
+    return decide(
+        version=version, gate_passed=True, gate_reasons=("x",), approval=automatic_approval("bot")
+    )
+
+
+def test_rollback_swaps_champion_and_previous_and_is_audited(registry, make_record, ledger):
+    first = promote_new(registry, make_record)
+    second = promote_new(registry, make_record)
+
+    assert registry.rollback(actor="oncall", reason="bad predictions") == (second, first)
+    assert registry.aliases() == {"champion": first, "previous": second}
+    last = ledger.alias_history(registry.model_name)[-2]
+    assert (last["alias"], last["to_version"], last["actor"]) == ("champion", first, "oncall")
+    assert "rollback: bad predictions" in last["reason"]
+
+
+def test_rollback_without_a_previous_champion_is_an_error(registry, make_record):
+    promote_new(registry, make_record)
+    with pytest.raises(RegistryError, match="no previous version: there is nothing to roll back"):
+        registry.rollback(actor="oncall", reason="x")
+
+
+def test_unknown_version_is_reported_with_the_model_name(registry):
+    with pytest.raises(RegistryError, match=r"has no version 42"):
+        registry.version("42")
+    assert registry.alias_version("champion") is None
+    assert registry.aliases() == {}
+    assert registry.versions() == []
+
+
+def test_version_listing_is_in_version_order(registry, make_record):
+    for _ in range(3):
+        registry.register_candidate(make_record(), actor="t")
+    assert [v.version for v in registry.versions()] == ["1", "2", "3"]
+    assert pd.Series([v.aliases for v in registry.versions()]).tolist()[-1] == ("challenger",)

@@ -1,0 +1,350 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from retrain.backtest import backtest, baseline_predictions, paired_bootstrap, score
+from retrain.errors import BacktestError
+
+HOLDOUT_START = pd.Timestamp("2011-04-01")
+HOLDOUT_END = pd.Timestamp("2011-04-08")
+# A holdout of 40 rows; a training window whose mean (the baseline) is 20.5, far from most rows.
+Y = np.arange(1.0, 41.0)
+Y_TRAIN = np.full(10, 20.5)
+
+
+def run(candidate_offset: float, champion_offset: float | None = None, **kwargs):
+    options = {
+        "metric": "mae",
+        "task": "regression",
+        "y_holdout": Y,
+        "candidate_pred": Y + candidate_offset,
+        "y_train": Y_TRAIN,
+        "holdout_start": HOLDOUT_START,
+        "holdout_end": HOLDOUT_END,
+        "tolerance": 0.0,
+        "bootstrap_samples": 200,
+        "seed": 0,
+    }
+    if champion_offset is not None:
+        options.update(champion_pred=Y + champion_offset, champion_version="3")
+    options.update(kwargs)
+    return backtest(**options)
+
+
+@pytest.mark.parametrize(
+    ("metric", "y", "pred", "expected"),
+    [
+        ("mae", [1, 2, 3, 4], [2, 2, 2, 2], 1.0),
+        ("rmse", [1, 2, 3, 4], [2, 2, 2, 2], math.sqrt(1.5)),
+        # rows with y == 0 are left out: (1/2 + 1/4) / 2
+        ("mape", [0, 2, 4], [1, 1, 5], 0.375),
+        # 3 of the 4 (positive, negative) pairs are ordered right
+        ("auc", [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], 0.75),
+        ("auc", [0, 1, 0, 1], [0.3, 0.3, 0.3, 0.3], 0.5),
+        ("logloss", [1, 0], [0.8, 0.2], -math.log(0.8)),
+        ("accuracy", [1, 0, 1, 0], [0.9, 0.6, 0.4, 0.1], 0.5),
+    ],
+)
+def test_score_on_hand_computed_examples(metric, y, pred, expected):
+    assert score(metric, np.array(y), np.array(pred)) == pytest.approx(expected)
+
+
+def test_auc_of_a_holdout_with_one_class_is_undefined():
+    assert math.isnan(score("auc", np.array([1, 1, 1]), np.array([0.2, 0.5, 0.9])))
+
+
+def test_an_unknown_metric_is_an_error_listing_the_known_ones():
+    with pytest.raises(BacktestError, match=r"unknown metric 'r2'; choose one of \['accuracy'"):
+        score("r2", np.array([1.0]), np.array([1.0]))
+
+
+def test_the_regression_baseline_is_the_training_mean():
+    assert baseline_predictions("regression", np.array([1.0, 2.0, 6.0]), 2).tolist() == [3.0, 3.0]
+
+
+@pytest.mark.parametrize(("y_train", "expected"), [([1, 1, 0], 1.0), ([0, 0, 1], 0.0)])
+def test_the_binary_baseline_is_the_majority_class(y_train, expected):
+    assert baseline_predictions("binary", np.array(y_train), 3).tolist() == [expected] * 3
+
+
+def test_a_candidate_that_does_not_beat_the_baseline_fails_saying_so():
+    # Always predicting 30 is worse than the training mean 20.5 on 1..40.
+    result = run(0.0, candidate_pred=np.full(40, 30.0))
+
+    assert not result.passed
+    assert result.candidate > result.baseline
+    assert any("does not beat the trivial baseline" in reason for reason in result.reasons)
+
+
+def test_without_a_champion_beating_the_baseline_is_enough():
+    result = run(1.0)
+
+    assert result.passed
+    assert result.champion is None and result.improvement is None
+    assert result.candidate == pytest.approx(1.0)
+    assert result.baseline == pytest.approx(np.mean(np.abs(Y - 20.5)))
+    assert result.reasons[-1] == "no champion yet: the candidate only has to beat the baseline"
+
+
+def test_a_candidate_better_than_the_champion_passes():
+    result = run(1.0, champion_offset=2.0)
+
+    assert result.passed
+    assert result.improvement == pytest.approx(1.0)
+    assert "candidate beats the champion v3" in result.reasons[-1]
+
+
+def test_a_candidate_worse_than_the_champion_beyond_tolerance_fails():
+    # MAE 2.5 vs 2.0: 25% worse, the tolerance is 10%.
+    result = run(2.5, champion_offset=2.0, tolerance=0.1)
+
+    assert not result.passed
+    assert result.improvement == pytest.approx(-0.5)
+    assert "worse than the champion v3" in result.reasons[-1]
+    assert "the champion stays" in result.reasons[-1]
+
+
+def test_a_candidate_worse_than_the_champion_within_tolerance_passes():
+    # MAE 2.1 vs 2.0: 5% worse, the tolerance is 10%.
+    result = run(2.1, champion_offset=2.0, tolerance=0.1)
+
+    assert result.passed
+    assert "within tolerance of the champion v3" in result.reasons[-1]
+
+
+def test_with_a_greater_is_better_metric_a_higher_candidate_is_the_improvement():
+    y = np.array([0, 0, 1, 1] * 10, dtype=float)
+    candidate = np.array([0.1, 0.2, 0.8, 0.9] * 10)
+    champion = np.array([0.1, 0.4, 0.35, 0.8] * 10)
+
+    result = backtest(
+        metric="auc",
+        task="binary",
+        y_holdout=y,
+        candidate_pred=candidate,
+        y_train=np.array([0, 1, 1]),
+        holdout_start=HOLDOUT_START,
+        holdout_end=HOLDOUT_END,
+        tolerance=0.0,
+        champion_pred=champion,
+        champion_version="3",
+        bootstrap_samples=200,
+    )
+
+    assert result.greater_is_better
+    assert result.passed
+    assert result.improvement == pytest.approx(1.0 - 0.75)
+
+
+def test_a_champion_trained_into_the_holdout_cannot_be_compared():
+    with pytest.raises(BacktestError, match=r"champion \(3\) trained on data up to .*--as-of"):
+        run(1.0, champion_offset=2.0, champion_train_end=HOLDOUT_START + pd.Timedelta("1h"))
+
+
+def test_a_champion_trained_up_to_the_holdout_start_is_compared():
+    result = run(1.0, champion_offset=2.0, champion_train_end=HOLDOUT_START)
+
+    assert result.champion == pytest.approx(2.0)
+
+
+def test_an_empty_holdout_is_an_error_saying_to_widen_it():
+    with pytest.raises(BacktestError, match=r"holdout holds no row: widen windows.holdout"):
+        run(1.0, y_holdout=np.array([]), candidate_pred=np.array([]))
+
+
+def test_paired_bootstrap_is_reproducible_with_the_same_seed():
+    rng = np.random.default_rng(0)
+    candidate, reference = Y + rng.normal(0, 1, 40), Y + rng.normal(0, 2, 40)
+
+    first = paired_bootstrap("mae", Y, candidate, reference, 200, seed=5, greater_is_better=False)
+    again = paired_bootstrap("mae", Y, candidate, reference, 200, seed=5, greater_is_better=False)
+    other = paired_bootstrap("mae", Y, candidate, reference, 200, seed=6, greater_is_better=False)
+
+    assert first == again
+    assert other != first
+
+
+def test_paired_bootstrap_interval_holds_a_clear_improvement():
+    rng = np.random.default_rng(1)
+    candidate, reference = Y + rng.normal(0, 0.5, 40), Y + rng.normal(0, 5, 40)
+    point = score("mae", Y, reference) - score("mae", Y, candidate)
+
+    low, high = paired_bootstrap("mae", Y, candidate, reference, 500, 0, greater_is_better=False)
+
+    assert 0 < low < point < high
+
+
+def test_the_backtest_result_carries_the_bootstrap_interval_of_the_improvement():
+    result = run(1.0, champion_offset=3.0)
+
+    # Every row improves by exactly 2, so every resample does too.
+    assert (result.ci_low, result.ci_high) == pytest.approx((2.0, 2.0))
+
+
+def test_markdown_holds_the_table_rows_and_the_verdict():
+    result = run(1.0, champion_offset=2.0)
+
+    text = result.markdown()
+
+    assert "## Backtest PASSED" in text
+    assert "| model | version | mae |" in text
+    assert "| candidate | (new) | 1.0000 |" in text
+    assert "| champion | 3 | 2.0000 |" in text
+    assert f"| baseline | - | {result.baseline:.4f} |" in text
+    assert "- candidate beats the champion v3" in text
+
+
+def test_markdown_of_a_failed_backtest_says_failed_and_why():
+    text = run(2.5, champion_offset=2.0).markdown()
+
+    assert "## Backtest FAILED" in text
+    assert "the champion stays" in text
+
+
+# -- rolling windows, slices and the confidence-bound gate ------------------------------------
+
+WINDOW_BOUNDS = [
+    (pd.Timestamp("2011-04-01"), pd.Timestamp("2011-04-03")),
+    (pd.Timestamp("2011-04-03"), pd.Timestamp("2011-04-05")),
+    (pd.Timestamp("2011-04-05"), pd.Timestamp("2011-04-08")),
+]
+WINDOW_IDS = np.repeat([0, 1, 2], [10, 10, 20])
+
+
+def test_each_window_is_scored_for_both_models_and_lost_windows_are_counted():
+    # the candidate is better (error 1 vs 2) except in the first window (error 3 vs 2)
+    candidate = Y + np.where(WINDOW_IDS == 0, 3.0, 1.0)
+    result = backtest(
+        metric="mae",
+        task="regression",
+        y_holdout=Y,
+        candidate_pred=candidate,
+        y_train=Y_TRAIN,
+        holdout_start=HOLDOUT_START,
+        holdout_end=HOLDOUT_END,
+        tolerance=0.0,
+        champion_pred=Y + 2.0,
+        champion_version="3",
+        window_ids=WINDOW_IDS,
+        window_bounds=WINDOW_BOUNDS,
+        max_windows_lost=0,
+        bootstrap_samples=200,
+    )
+
+    assert [w.rows for w in result.windows] == [10, 10, 20]
+    assert [w.improvement for w in result.windows] == pytest.approx([-1.0, 1.0, 1.0])
+    assert result.windows_lost == 1
+    assert not result.passed
+    assert "loses 1 of 3 backtest windows to the champion (at most 0 allowed)" in " ".join(
+        result.reasons
+    )
+    assert "| 2011-04-01 00:00 .. 2011-04-03 00:00 | 10 |" in result.markdown()
+
+
+def test_allowing_a_lost_window_lets_an_overall_better_candidate_pass():
+    candidate = Y + np.where(WINDOW_IDS == 0, 3.0, 1.0)
+    result = backtest(
+        metric="mae",
+        task="regression",
+        y_holdout=Y,
+        candidate_pred=candidate,
+        y_train=Y_TRAIN,
+        holdout_start=HOLDOUT_START,
+        holdout_end=HOLDOUT_END,
+        tolerance=0.0,
+        champion_pred=Y + 2.0,
+        champion_version="3",
+        window_ids=WINDOW_IDS,
+        window_bounds=WINDOW_BOUNDS,
+        max_windows_lost=1,
+        bootstrap_samples=200,
+    )
+    assert result.passed, result.reasons
+
+
+def test_a_slice_that_degrades_beyond_the_limit_fails_the_gate_and_is_named():
+    weather = np.where(np.arange(40) < 30, "clear", "rain")
+    # better on clear days (error 1 vs 2), much worse on rainy ones (error 4 vs 2)
+    candidate = Y + np.where(weather == "clear", 1.0, 4.0)
+    result = backtest(
+        metric="mae",
+        task="regression",
+        y_holdout=Y,
+        candidate_pred=candidate,
+        y_train=Y_TRAIN,
+        holdout_start=HOLDOUT_START,
+        holdout_end=HOLDOUT_END,
+        tolerance=0.5,
+        champion_pred=Y + 2.0,
+        champion_version="3",
+        slices={"weathersit": weather},
+        max_slice_degradation=0.2,
+        min_slice_rows=5,
+        bootstrap_samples=200,
+    )
+
+    by_value = {sl.value: sl for sl in result.slices}
+    assert by_value["rain"].degradation == pytest.approx(1.0)  # error 4 vs 2: 100% worse
+    assert by_value["clear"].degradation == pytest.approx(-0.5)
+    assert not result.passed
+    assert "worst weathersit=rain (+100.0%, 10 rows)" in " ".join(result.reasons)
+
+
+def test_slices_smaller_than_the_minimum_are_not_judged():
+    weather = np.where(np.arange(40) < 38, "clear", "snow")
+    candidate = Y + np.where(weather == "clear", 1.0, 9.0)
+    result = backtest(
+        metric="mae",
+        task="regression",
+        y_holdout=Y,
+        candidate_pred=candidate,
+        y_train=Y_TRAIN,
+        holdout_start=HOLDOUT_START,
+        holdout_end=HOLDOUT_END,
+        tolerance=0.5,
+        champion_pred=Y + 2.0,
+        champion_version="3",
+        slices={"weathersit": weather},
+        max_slice_degradation=0.2,
+        min_slice_rows=5,
+        bootstrap_samples=200,
+    )
+    assert [sl.value for sl in result.slices] == ["clear"]
+    assert result.passed, result.reasons
+
+
+def test_a_candidate_better_on_average_but_with_an_uncertain_gain_is_refused():
+    rng = np.random.default_rng(1)
+    y = rng.normal(100, 10, 60)
+    errors = rng.normal(0, 10, 60)
+    champion = y + errors
+    # the same errors on other rows, 1% smaller: better on average by construction, but the
+    # paired row differences are all noise, so the lower confidence bound is below zero
+    candidate = y + np.roll(errors, 1) * 0.99
+    result = backtest(
+        metric="mae",
+        task="regression",
+        y_holdout=y,
+        candidate_pred=candidate,
+        y_train=np.full(10, 0.0),
+        holdout_start=HOLDOUT_START,
+        holdout_end=HOLDOUT_END,
+        tolerance=0.0,
+        champion_pred=champion,
+        champion_version="3",
+        bootstrap_samples=500,
+    )
+    assert result.ci_low < 0 < result.ci_high
+    assert not result.passed
+    assert (
+        "may be worse than the champion v3: the 95% CI of the improvement" in (result.reasons[-1])
+    )
+
+
+def test_the_binary_baseline_for_logloss_is_the_training_positive_rate():
+    pred = baseline_predictions("binary", np.array([1, 0, 0, 0]), 3, metric="logloss")
+    assert pred.tolist() == [0.25, 0.25, 0.25]

@@ -1,0 +1,207 @@
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from retrain.errors import DataError, SchemaError
+from retrain.ingest import TS, fingerprint, ingest
+from tests.retrain.conftest import DAYS, day_rows
+
+
+def keys_and_fingerprints(result) -> list[tuple[str, str]]:
+    return [(p.key, p.fingerprint) for p in result.partitions]
+
+
+def test_rows_are_partitioned_per_day_with_the_hour_added_from_hours_from(
+    four_days, write_source, make_spec
+):
+    result = ingest(make_spec(write_source(four_days)))
+
+    assert [p.key for p in result.partitions] == list(DAYS)
+    assert result.quarantined == ()
+    assert result.source_rows == len(four_days)
+    for part in result.partitions:
+        source = four_days[day_rows(four_days, part.key)]
+        assert part.start == pd.Timestamp(part.key)
+        assert part.end == pd.Timestamp(part.key) + pd.Timedelta("1D")
+        assert part.rows == len(source)
+        expected = pd.to_datetime(source["dteday"]) + pd.to_timedelta(source["hr"], unit="h")
+        assert sorted(part.frame[TS]) == sorted(expected)
+
+
+def test_a_missing_label_column_is_a_schema_error_naming_the_column_and_its_role(
+    four_days, write_source, make_spec
+):
+    spec = make_spec(write_source(four_days.drop(columns=["cnt"])))
+
+    with pytest.raises(SchemaError, match=r"'cnt' \(label\)"):
+        ingest(spec)
+
+
+def test_a_file_that_is_neither_parquet_nor_csv_is_a_data_error_naming_it(
+    four_days, write_source, make_spec
+):
+    folder = write_source(four_days)
+    (folder / "data.json").write_text("{}")
+
+    with pytest.raises(DataError, match=r"data\.json is not a parquet or CSV file"):
+        ingest(make_spec(folder))
+
+
+def test_a_corrupt_parquet_file_is_a_data_error_naming_it(four_days, write_source, make_spec):
+    folder = write_source(four_days)
+    (folder / "broken.parquet").write_bytes(b"PAR1 this is not really parquet")
+
+    with pytest.raises(DataError, match=r"broken\.parquet cannot be read as parquet"):
+        ingest(make_spec(folder))
+
+
+def test_a_timestamp_that_does_not_parse_names_the_column_and_an_example(
+    four_days, write_source, make_spec
+):
+    frame = four_days.copy()
+    frame.loc[5, "dteday"] = "31/02/2011?"
+
+    with pytest.raises(SchemaError, match=r"'dteday' does not parse in 1 row.*31/02/2011\?"):
+        ingest(make_spec(write_source(frame)))
+
+
+def test_parquet_files_give_the_same_partitions_as_csv_files_of_the_same_rows(
+    four_days, write_source, make_spec
+):
+    halves = (four_days.iloc[:40], four_days.iloc[40:])
+    from_csv = ingest(make_spec(write_source(*halves, fmt="csv")))
+    from_parquet = ingest(make_spec(write_source(*halves, fmt="parquet")))
+
+    assert keys_and_fingerprints(from_parquet) == keys_and_fingerprints(from_csv)
+
+
+def test_a_single_file_can_be_the_source(four_days, write_source, make_spec):
+    folder = write_source(four_days, fmt="parquet")
+
+    result = ingest(make_spec(folder / "part0.parquet"))
+
+    assert [p.key for p in result.partitions] == list(DAYS)
+
+
+def test_a_sql_table_gives_the_same_partitions_as_files(
+    tmp_path, four_days, write_source, make_spec
+):
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    engine = sa.create_engine(url)
+    four_days.to_sql("hours", engine, index=False)
+    engine.dispose()
+
+    from_sql = ingest(make_spec({"kind": "sql", "url": url, "table": "hours"}))
+    from_csv = ingest(make_spec(write_source(four_days)))
+
+    assert keys_and_fingerprints(from_sql) == keys_and_fingerprints(from_csv)
+
+
+def test_a_missing_sql_table_is_a_data_error_naming_the_table(tmp_path, four_days, make_spec):
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    engine = sa.create_engine(url)
+    four_days.to_sql("hours", engine, index=False)
+    engine.dispose()
+
+    with pytest.raises(DataError, match=r"table 'hourz' does not exist.*fix source\.table"):
+        ingest(make_spec({"kind": "sql", "url": url, "table": "hourz"}))
+
+
+def test_as_of_hides_later_rows_and_drops_the_incomplete_newest_partition(
+    four_days, write_source, make_spec
+):
+    spec = make_spec(write_source(four_days))
+    as_of = pd.Timestamp("2011-03-03 12:00")
+
+    result = ingest(spec, as_of=as_of)
+
+    # 2011-03-03 is only half visible at noon: it is still filling up and must not be used.
+    assert [p.key for p in result.partitions] == ["2011-03-01", "2011-03-02"]
+    assert all((p.frame[TS] < as_of).all() for p in result.partitions)
+    assert max(p.end for p in result.partitions) <= as_of
+
+
+def test_as_of_at_midnight_keeps_the_day_that_ends_there(four_days, write_source, make_spec):
+    result = ingest(make_spec(write_source(four_days)), as_of=pd.Timestamp("2011-03-03"))
+
+    assert [p.key for p in result.partitions] == ["2011-03-01", "2011-03-02"]
+    assert result.partitions[-1].rows == int(day_rows(four_days, "2011-03-02").sum())
+
+
+def test_exact_duplicate_rows_are_dropped_and_counted(four_days, write_source, make_spec):
+    clean = ingest(make_spec(write_source(four_days)))
+    doubled = pd.concat([four_days, four_days.iloc[10:15]], ignore_index=True)
+
+    result = ingest(make_spec(write_source(doubled)))
+
+    assert result.duplicates_dropped == 5
+    assert result.source_rows == len(four_days) + 5
+    assert keys_and_fingerprints(result) == keys_and_fingerprints(clean)
+
+
+def test_a_partition_without_any_label_is_quarantined_and_the_others_still_flow(
+    four_days, write_source, make_spec
+):
+    frame = four_days.copy()
+    frame.loc[day_rows(frame, "2011-03-02"), "cnt"] = None
+
+    result = ingest(make_spec(write_source(frame)))
+
+    assert [p.key for p in result.partitions] == ["2011-03-01", "2011-03-03", "2011-03-04"]
+    [quarantined] = result.quarantined
+    assert quarantined.key == "2011-03-02"
+    assert quarantined.rows == int(day_rows(frame, "2011-03-02").sum())
+    assert "label 'cnt' is null in every row" in quarantined.reason
+
+
+def test_unlabelled_rows_of_a_partition_with_labels_are_dropped_not_quarantined(
+    four_days, write_source, make_spec
+):
+    frame = four_days.copy()
+    frame.loc[[0, 1], "cnt"] = None
+
+    result = ingest(make_spec(write_source(frame)))
+
+    first = result.partitions[0]
+    assert result.quarantined == ()
+    assert first.rows == int(day_rows(frame, "2011-03-01").sum()) - 2
+    assert first.frame["cnt"].notna().all()
+
+
+def test_text_in_a_numeric_feature_quarantines_its_partition_naming_the_column(
+    four_days, write_source, make_spec
+):
+    frame = four_days.copy()
+    frame["temp"] = frame["temp"].astype(object)
+    frame.loc[day_rows(frame, "2011-03-03").idxmax(), "temp"] = "warm"
+
+    result = ingest(make_spec(write_source(frame)))
+
+    assert [p.key for p in result.partitions] == ["2011-03-01", "2011-03-02", "2011-03-04"]
+    [quarantined] = result.quarantined
+    assert quarantined.key == "2011-03-03"
+    assert "numeric feature 'temp'" in quarantined.reason
+    assert "'warm'" in quarantined.reason
+
+
+def test_fingerprint_does_not_depend_on_row_order(four_days):
+    frame = four_days[["dteday", "hr", "cnt", "temp"]]
+    shuffled = frame.sample(frac=1.0, random_state=1).reset_index(drop=True)
+
+    assert fingerprint(shuffled) == fingerprint(frame)
+
+
+def test_fingerprint_changes_when_one_value_changes(four_days):
+    frame = four_days[["dteday", "hr", "cnt", "temp"]]
+    changed = frame.copy()
+    changed.loc[7, "cnt"] += 1
+
+    assert fingerprint(changed) != fingerprint(frame)
+
+
+def test_fingerprint_changes_when_a_column_is_renamed(four_days):
+    frame = four_days[["dteday", "hr", "cnt", "temp"]]
+
+    assert fingerprint(frame.rename(columns={"temp": "atemp"})) != fingerprint(frame)
