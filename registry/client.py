@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import tempfile
 import warnings
@@ -92,6 +93,54 @@ def reachable(method: F) -> F:
     return cast(F, wrapper)
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def initialise_sqlite_store(tracking_uri: str) -> None:
+    """Create a new MLflow SQLite database atomically, so that a crash cannot leave it half-made.
+
+    MLflow creates its schema with a long chain of alembic migrations on first use; on SQLite
+    they are not one transaction, and a process killed in the middle leaves a database that no
+    later process can open (``table _alembic_tmp_... already exists``). Here the schema is built
+    in a private file that is then hard-linked into place, which either happens entirely or not
+    at all; a process that loses the race simply uses the winner's file.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    if path.exists():
+        return
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.init-*"):  # left by a killed process
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            stale.unlink(missing_ok=True)
+    scratch = path.with_name(f".{path.name}.init-{os.getpid()}")
+    scratch.unlink(missing_ok=True)
+    scratch_uri = f"sqlite:///{scratch}"
+    try:
+        store = SqlAlchemyStore(scratch_uri, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+        store.engine.dispose()
+        SqlAlchemyStore._engine_map.pop(scratch_uri, None)
+        try:
+            os.link(scratch, path)
+            logger.info("created the MLflow database %s", path)
+        except FileExistsError:
+            logger.debug("another process created the MLflow database %s first", path)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
 def _is_not_found(exc: MlflowException) -> bool:
     return exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"}
 
@@ -120,6 +169,7 @@ class ModelRegistry:
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
+            initialise_sqlite_store(self.tracking_uri)
             self._client = MlflowClient(
                 tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
             )
