@@ -16,17 +16,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from prefect import flow, get_run_logger, pause_flow_run, task
+from prefect import flow, get_run_logger, pause_flow_run, suspend_flow_run, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.exceptions import FlowPauseTimeout
+from prefect.exceptions import FlowPauseTimeout, Pause
 from prefect.input import RunInput
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 
+from flows.errors import ApprovalError
 from flows.settings import resolve_spec
 from registry import CandidateRecord, ModelRegistry
 from retrain.config import ModelSpec
-from retrain.ledger import Ledger
+from retrain.ledger import Ledger, RunRecord
 from retrain.pipeline import (
     Champion,
     Evaluated,
@@ -43,9 +44,11 @@ from retrain.pipeline import (
 from retrain.promotion import (
     Approval,
     PromotionDecision,
+    approval_wait,
     automatic_approval,
     decide,
     needs_operator,
+    timed_out,
 )
 from retrain.stateful import plan_training, skip_reason
 
@@ -252,16 +255,34 @@ def _tmp_root(spec: ModelSpec) -> Path:
     return root
 
 
-def wait_for_approval(spec: ModelSpec, version: str, evaluated: Evaluated) -> Approval:
-    """Pause the flow run until an operator answers the form in the Prefect UI (or time out)."""
+def wait_for_approval(
+    spec: ModelSpec, ledger: Ledger, run_id: int, version: str, evaluated: Evaluated
+) -> Approval:
+    """Wait until an operator answers the form in the Prefect UI (or the timeout rejects).
+
+    Short waits, and runs outside a deployment, PAUSE: the process polls for the answer. Waits
+    longer than ``gate.suspend_after`` of a deployment's run SUSPEND: the ledger keeps the
+    run's claim on the model, the process exits, and the answer resubmits the flow run, which
+    finds its suspended ledger run and goes straight to :func:`resume_after_answer`.
+    """
     description = (
         f"# Promote {spec.name} version {version} to champion?\n\n"
         + evaluated.result.markdown()
         + "\n\nChoose **approve** or **reject**, give your name and a comment, then Submit."
     )
+    timeout = spec.gate.approval_timeout_seconds
+    how = approval_wait(
+        timeout, spec.gate.suspend_after_seconds, deployment.id is not None
+    )
+    if how == "suspend":
+        get_run_logger().info(
+            "suspending until an operator answers (at most %s); nothing runs meanwhile",
+            spec.gate.approval_timeout,
+        )
+        ledger.suspend_run(spec.name, run_id)
+        return _suspended_answer(spec, version, description)
     form = ApprovalInput.with_initial_data(description=description, decision="reject")
     try:
-        timeout = spec.gate.approval_timeout_seconds
         answer = pause_flow_run(
             wait_for_input=form,
             timeout=timeout,
@@ -269,13 +290,105 @@ def wait_for_approval(spec: ModelSpec, version: str, evaluated: Evaluated) -> Ap
             key=_artifact_key("approve", spec.name, version),
         )
     except FlowPauseTimeout:
-        return Approval(
-            approved=False,
-            approver="timeout",
-            comment=f"no answer within {spec.gate.approval_timeout}: rejected",
-        )
+        return timed_out(spec.gate.approval_timeout)
+    return _approval(answer)
+
+
+def _suspended_answer(spec: ModelSpec, version: str, description: str) -> Approval:
+    """Suspend (raises Prefect's Pause signal: the process exits); once the run was resumed
+    with an answer, the same call (same key) returns that answer instead of suspending."""
+    form = ApprovalInput.with_initial_data(description=description, decision="reject")
+    answer = suspend_flow_run(
+        wait_for_input=form,
+        timeout=spec.gate.approval_timeout_seconds,
+        key=_artifact_key("approve", spec.name, version),
+    )
+    if answer is None:
+        raise ApprovalError(f"flow run resumed without an answer for {spec.name} version {version}")
+    return _approval(answer)
+
+
+def _approval(answer: ApprovalInput) -> Approval:
     approver = answer.approver.strip() or "unknown operator"
     return Approval(answer.decision == "approve", approver, answer.comment)
+
+
+@task(cache_policy=NO_CACHE)
+def expire_unanswered(spec: ModelSpec, ledger: Ledger, registry: ModelRegistry) -> int:
+    """Suspended runs nobody answered within ``gate.approval_timeout`` are rejections: tag the
+    version, finish the ledger run, release the model. Returns how many expired."""
+    expired = ledger.expired_suspensions(spec.name, pd.Timedelta(spec.gate.approval_timeout))
+    for run in expired:
+        decision = _decision_of(run, timed_out(spec.gate.approval_timeout))
+        registry.record_decision(decision)
+        ledger.finish_run(
+            run.id, "rejected", promoted=False, actor="timeout", error=decision.reason
+        )
+        ledger.release_model(spec.name, run.id)
+        get_run_logger().warning(
+            "ledger run %s (version %s) was never answered: %s",
+            run.id,
+            run.model_version,
+            decision.reason,
+        )
+    return len(expired)
+
+
+def _decision_of(run: RunRecord, approval: Approval) -> PromotionDecision:
+    if run.model_version is None:
+        raise ApprovalError(f"suspended ledger run {run.id} has no model version; cannot decide")
+    return decide(
+        version=run.model_version,
+        gate_passed=bool(run.metrics.get("passed")),
+        gate_reasons=tuple(run.metrics.get("reasons", ())),
+        approval=approval,
+    )
+
+
+def resume_after_answer(
+    spec: ModelSpec, ledger: Ledger, registry: ModelRegistry, run: RunRecord, actor: str
+) -> dict[str, Any]:
+    """The second half of a suspended run: read the operator's answer, decide, promote."""
+    version = run.model_version
+    if version is None:
+        raise ApprovalError(f"suspended ledger run {run.id} has no model version; cannot decide")
+    ledger.resume_run(spec.name, run.id)
+    get_run_logger().info("resumed ledger run %s: reading the operator's answer", run.id)
+    suspended = False
+    try:
+        approval = _suspended_answer(spec, version, "")
+        decision = _decision_of(run, approval)
+        previous = apply_decision(registry, decision, actor)
+        ledger.finish_run(
+            run.id,
+            "promoted" if decision.promote else "rejected",
+            promoted=decision.promote,
+            actor=decision.approver or actor,
+            error=None if decision.promote else decision.reason,
+        )
+    except Pause:  # suspended once more (Prefect did not find the answer): keep the claim
+        suspended = True
+        ledger.suspend_run(spec.name, run.id)
+        raise
+    except BaseException as exc:
+        ledger.finish_run(run.id, "failed", promoted=False, error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        if not suspended:
+            ledger.release_model(spec.name, run.id)
+    return {
+        "status": "promoted" if decision.promote else "rejected",
+        "model": spec.name,
+        "mode": run.mode,
+        "run_id": run.id,
+        "version": version,
+        "data_version": run.data_version,
+        "gate_passed": decision.gate_passed,
+        "promoted": decision.promote,
+        "decision": decision.reason,
+        "previous_champion": previous if decision.promote else None,
+        "resumed": True,
+    }
 
 
 @task(cache_policy=NO_CACHE)
@@ -334,6 +447,10 @@ def retrain_flow(
     ledger = Ledger(spec.state.ledger)
     ledger.migrate()
     registry = make_registry(spec, ledger)
+    earlier = ledger.run_of_flow_run(_flow_run_id() or "")
+    if earlier is not None and earlier.status == "suspended":
+        return resume_after_answer(spec, ledger, registry, earlier, actor)
+    expire_unanswered(spec, ledger, registry)
     run_id = ledger.start_run(spec.name, mode, reason, actor=actor, flow_run_id=_flow_run_id())
     # one retrain per model: a run still waiting for approval keeps its claim until it ends
     holder = ledger.claim_model(
@@ -342,6 +459,7 @@ def retrain_flow(
     if holder is not None:
         note = f"another retrain of {spec.name} is running (ledger run {holder})"
         return _skipped(ledger, spec, mode, run_id, note)
+    suspended = False
     try:
         prepared = prepare_data(spec, cutoff, ledger)
         champion = load_champion(registry)
@@ -379,7 +497,7 @@ def retrain_flow(
         ledger.update_run(run_id, model_version=version, metrics=evaluated.result.to_dict())
         result = evaluated.result
         if needs_operator(result.passed, spec.gate.require_approval, auto_approve):
-            approval: Approval | None = wait_for_approval(spec, version, evaluated)
+            approval: Approval | None = wait_for_approval(spec, ledger, run_id, version, evaluated)
         elif result.passed:
             approval = automatic_approval(actor)
         else:
@@ -398,11 +516,15 @@ def retrain_flow(
             actor=decision.approver or actor,
             error=None if decision.promote else decision.reason,
         )
+    except Pause:  # suspended for its operator: the run and its claim wait in the ledger
+        suspended = True
+        raise
     except BaseException as exc:
         ledger.finish_run(run_id, "failed", promoted=False, error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        ledger.release_model(spec.name, run_id)
+        if not suspended:
+            ledger.release_model(spec.name, run_id)
     outcome = RetrainOutcome(
         model=spec.name,
         mode=mode,

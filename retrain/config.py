@@ -137,6 +137,10 @@ class GateSpec(_Strict):
     tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
     require_approval: bool = True
     approval_timeout: str = "24h"
+    # an approval wait longer than this SUSPENDS a run that belongs to a deployment (its process
+    # exits and holds nothing; the run is resubmitted when the operator answers); shorter waits,
+    # and runs started outside a deployment, PAUSE in their process
+    suspend_after: str = "1h"
     bootstrap_samples: int = Field(default=1000, ge=100)
     # the holdout is split into this many consecutive backtest windows of equal length
     backtest_windows: int = Field(default=1, ge=1, le=100)
@@ -153,6 +157,16 @@ class GateSpec(_Strict):
     def _valid_timeout(cls, value: str) -> str:
         _duration(value, "gate.approval_timeout")
         return value
+
+    @field_validator("suspend_after")
+    @classmethod
+    def _valid_suspend_after(cls, value: str) -> str:
+        _duration(value, "gate.suspend_after")
+        return value
+
+    @property
+    def suspend_after_seconds(self) -> int:
+        return int(pd.Timedelta(self.suspend_after).total_seconds())
 
     @property
     def approval_timeout_seconds(self) -> int:

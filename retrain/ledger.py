@@ -54,7 +54,7 @@ retrain_runs = sa.Table(
     sa.Column("model", sa.String(200), nullable=False, index=True),
     sa.Column("mode", sa.String(32), nullable=False),
     sa.Column("reason", sa.Text),
-    # running | succeeded | rejected | failed | skipped
+    # running | suspended (waiting for its operator) | promoted | rejected | failed | skipped
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("data_version", sa.String(64)),
     sa.Column("train_start", sa.DateTime),
@@ -128,6 +128,11 @@ model_locks = sa.Table(
 )
 
 
+# run statuses that keep the model's claim: a suspended run waits for its operator with no process
+HOLDING = ("running", "suspended")
+SUSPENDED_OWNER = "suspended"
+
+
 def process_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -188,6 +193,24 @@ class RunRecord:
     actor: str | None
     started_at: datetime
     finished_at: datetime | None
+
+
+def _record(r: Any) -> RunRecord:
+    return RunRecord(
+        id=r.id,
+        model=r.model,
+        mode=r.mode,
+        reason=r.reason,
+        status=r.status,
+        data_version=r.data_version,
+        model_version=r.model_version,
+        promoted=r.promoted,
+        metrics=json.loads(r.metrics) if r.metrics else {},
+        error=r.error,
+        actor=r.actor,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+    )
 
 
 class Ledger:
@@ -359,24 +382,7 @@ class Ledger:
         self._require_schema()
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [
-            RunRecord(
-                id=r.id,
-                model=r.model,
-                mode=r.mode,
-                reason=r.reason,
-                status=r.status,
-                data_version=r.data_version,
-                model_version=r.model_version,
-                promoted=r.promoted,
-                metrics=json.loads(r.metrics) if r.metrics else {},
-                error=r.error,
-                actor=r.actor,
-                started_at=r.started_at,
-                finished_at=r.finished_at,
-            )
-            for r in rows
-        ]
+        return [_record(r) for r in rows]
 
     # -- alias audit ------------------------------------------------------------------------
     def record_alias_change(
@@ -529,11 +535,11 @@ class Ledger:
                 ).scalar()
                 expired = now() - holder.acquired_at > stale_after
                 dead = owner_is_dead(holder.owner)
-                if status == "running" and not expired and not dead:
+                if status in HOLDING and not expired and not dead:
                     return int(holder.run_id)
                 # the holder died (killed), finished without releasing, or is older than
                 # stale_after: its run failed, whatever it said
-                if status == "running":
+                if status in HOLDING:
                     why = "its process died" if dead else f"no end after {stale_after}"
                     conn.execute(
                         retrain_runs.update()
@@ -556,7 +562,74 @@ class Ledger:
                 )
             )
 
+    def suspend_run(self, model: str, run_id: int) -> None:
+        """The run's process is about to exit while it waits for an operator: keep its claim
+        (stamped now: ``gate.approval_timeout`` counts from here) for the resumed run."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                retrain_runs.update().where(retrain_runs.c.id == run_id).values(status="suspended")
+            )
+            claimed = conn.execute(
+                model_locks.update()
+                .where(model_locks.c.model == model, model_locks.c.run_id == run_id)
+                .values(owner=f"{SUSPENDED_OWNER}:{run_id}", acquired_at=now())
+            )
+            if claimed.rowcount != 1:
+                raise LedgerError(f"run {run_id} does not hold the claim on {model}")
+
+    def resume_run(self, model: str, run_id: int) -> None:
+        """A suspended run is back (its operator answered): this process holds its claim."""
+        with self.engine.begin() as conn:
+            claimed = conn.execute(
+                model_locks.update()
+                .where(model_locks.c.model == model, model_locks.c.run_id == run_id)
+                .values(owner=process_owner())
+            )
+            if claimed.rowcount != 1:
+                raise LedgerError(
+                    f"suspended run {run_id} lost its claim on {model} (timed out or taken over)"
+                )
+            conn.execute(
+                retrain_runs.update().where(retrain_runs.c.id == run_id).values(status="running")
+            )
+
+    def run_of_flow_run(self, flow_run_id: str) -> RunRecord | None:
+        """The ledger run a Prefect flow run started (a resumed flow run starts over)."""
+        self._require_schema()
+        with self.engine.connect() as conn:
+            run_id = conn.execute(
+                sa.select(sa.func.max(retrain_runs.c.id)).where(
+                    retrain_runs.c.flow_run_id == flow_run_id
+                )
+            ).scalar()
+        if run_id is None:
+            return None
+        return self.run(int(run_id))
+
+    def run(self, run_id: int) -> RunRecord:
+        self._require_schema()
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(retrain_runs).where(retrain_runs.c.id == run_id)).first()
+        if row is None:
+            raise LedgerError(f"no retrain run {run_id} in the ledger")
+        return _record(row)
+
+    def expired_suspensions(self, model: str, timeout: timedelta) -> list[RunRecord]:
+        """Suspended runs of ``model`` whose operator did not answer within ``timeout``."""
+        self._require_schema()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(retrain_runs)
+                .join(model_locks, model_locks.c.run_id == retrain_runs.c.id)
+                .where(
+                    retrain_runs.c.model == model,
+                    retrain_runs.c.status == "suspended",
+                    model_locks.c.acquired_at < now() - timeout,
+                )
+            ).all()
+        return [_record(r) for r in rows]
+
     def retrain_in_flight(self, model: str) -> RunRecord | None:
         """A retrain of this model that is still running (the newest), if any."""
-        running = [r for r in self.runs(model, limit=5) if r.status == "running"]
+        running = [r for r in self.runs(model, limit=5) if r.status in HOLDING]
         return running[0] if running else None

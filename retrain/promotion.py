@@ -12,6 +12,7 @@ comment=None, automatic=False, reason='gate failed: worse than champion')
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -93,4 +94,29 @@ def decide(
         comment=approval.comment,
         automatic=approval.automatic,
         reason=f"gate passed; {verb} {who}{note}",
+    )
+
+
+def approval_wait(
+    timeout_seconds: int, suspend_after_seconds: int, in_deployment: bool
+) -> Literal["pause", "suspend"]:
+    """How a run waits for its operator: long waits of deployment runs suspend, others pause.
+
+    A suspended run's process exits and the run is resubmitted when the operator answers, so
+    a 24 h wait holds no worker; only a run that belongs to a deployment can be resubmitted.
+
+    >>> approval_wait(86400, 3600, True), approval_wait(86400, 3600, False)
+    ('suspend', 'pause')
+    >>> approval_wait(600, 3600, True)
+    'pause'
+    """
+    return "suspend" if in_deployment and timeout_seconds > suspend_after_seconds else "pause"
+
+
+def timed_out(approval_timeout: str) -> Approval:
+    """The answer of nobody: a wait that outlived ``gate.approval_timeout`` is a rejection."""
+    return Approval(
+        approved=False,
+        approver="timeout",
+        comment=f"no answer within {approval_timeout}: rejected",
     )

@@ -239,3 +239,13 @@ def test_feature_spec_hash_changes_with_the_features_and_not_with_gate_or_traini
     assert other_features != base
     assert other_settings == base
     assert parse_spec(spec_data).feature_spec_hash() == base
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("later", "gate.suspend_after: 'later' is not a duration"), ("0s", "positive duration")],
+)
+def test_an_invalid_suspend_after_names_the_key_and_the_fix(spec_data, value, expected):
+    message = spec_error(spec_data, **{"gate.suspend_after": value})
+
+    assert expected in message

@@ -358,3 +358,50 @@ def test_a_claim_of_a_killed_process_is_taken_over_and_its_run_marked_failed(led
     assert ledger.claim_model(model, rerun, pd.Timedelta(days=2)) is None
     [old] = [r for r in ledger.runs(model) if r.id == killed]
     assert (old.status, old.error) == ("failed", "abandoned: its process died")
+
+
+def test_a_suspended_run_keeps_its_claim_with_no_process_until_its_timeout(ledger, model):
+    waiting = ledger.start_run(model, "scheduled", "night", flow_run_id="flow-1")
+    assert ledger.claim_model(model, waiting, HOUR) is None
+    ledger.update_run(waiting, model_version="7")
+    ledger.suspend_run(model, waiting)  # its process exits: only the ledger remembers it
+
+    other = ledger.start_run(model, "manual", "operator")
+    assert ledger.claim_model(model, other, HOUR) == waiting
+    ledger.finish_run(other, "skipped", error="another retrain is running")
+    assert ledger.retrain_in_flight(model).id == waiting
+    assert ledger.expired_suspensions(model, HOUR) == []
+    record = ledger.run_of_flow_run("flow-1")
+    assert (record.id, record.status, record.model_version) == (waiting, "suspended", "7")
+
+    ledger.resume_run(model, waiting)  # the operator answered: this process holds the claim
+    assert ledger.run(waiting).status == "running"
+    assert ledger.claim_model(model, ledger.start_run(model, "manual", "again"), HOUR) == waiting
+
+
+def test_a_suspension_past_its_timeout_is_listed_as_expired(ledger, model):
+    waiting = ledger.start_run(model, "scheduled", "night")
+    assert ledger.claim_model(model, waiting, HOUR) is None
+    ledger.suspend_run(model, waiting)
+
+    [expired] = ledger.expired_suspensions(model, pd.Timedelta(0))
+    assert (expired.id, expired.status) == (waiting, "suspended")
+    assert ledger.expired_suspensions("another-model", pd.Timedelta(0)) == []
+
+
+def test_resuming_a_run_whose_claim_was_taken_over_names_the_problem(ledger, model):
+    waiting = ledger.start_run(model, "scheduled", "night")
+    assert ledger.claim_model(model, waiting, HOUR) is None
+    ledger.suspend_run(model, waiting)
+    later = ledger.start_run(model, "manual", "much later")
+    assert ledger.claim_model(model, later, pd.Timedelta(0)) is None  # stale: taken over
+
+    with pytest.raises(LedgerError, match=f"suspended run {waiting} lost its claim on {model}"):
+        ledger.resume_run(model, waiting)
+    assert ledger.run(waiting).status == "failed"
+
+
+def test_suspending_a_run_that_holds_no_claim_is_refused(ledger, model):
+    run_id = ledger.start_run(model, "scheduled", "night")
+    with pytest.raises(LedgerError, match=f"run {run_id} does not hold the claim on {model}"):
+        ledger.suspend_run(model, run_id)

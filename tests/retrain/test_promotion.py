@@ -91,3 +91,28 @@ def test_the_examples_in_the_promotion_docstrings_hold():
 
     assert result.attempted >= 4
     assert result.failed == 0
+
+
+@pytest.mark.parametrize(
+    ("timeout", "in_deployment", "expected"),
+    [
+        (86_400, True, "suspend"),  # a day's wait of a deployment run: no process waits
+        (86_400, False, "pause"),  # an ad-hoc run cannot be resubmitted: it must wait in-process
+        (3_600, True, "pause"),  # not longer than suspend_after: pausing is cheaper
+        (3_601, True, "suspend"),
+    ],
+)
+def test_only_long_waits_of_deployment_runs_suspend(timeout, in_deployment, expected):
+    assert promotion.approval_wait(timeout, 3_600, in_deployment) == expected
+
+
+def test_a_timed_out_wait_is_a_rejection_that_says_so():
+    decision = decide(
+        version="5",
+        gate_passed=True,
+        gate_reasons=(),
+        approval=promotion.timed_out("24h"),
+    )
+
+    assert (decision.promote, decision.approver) == (False, "timeout")
+    assert decision.reason == "gate passed; rejected by timeout: no answer within 24h: rejected"
