@@ -112,7 +112,10 @@ def test_a_long_approval_wait_suspends_holds_the_model_and_resumes_on_the_answer
     [moved] = [r for r in ledger.alias_history(spec.name) if r["alias"] == "champion"]
     assert moved["flow_run_id"] == str(done.id)
     # the claim is released: the next retrain may run
-    assert ledger.claim_model(spec.name, 10_000, stale_after=pd.Timedelta(spec.gate.approval_timeout)) is None
+    assert (
+        ledger.claim_model(spec.name, 10_000, stale_after=pd.Timedelta(spec.gate.approval_timeout))
+        is None
+    )
 
 
 @pytest.mark.slow
