@@ -164,6 +164,13 @@ def backtest_candidate(
             table=_rounded(result.window_table()),
             description=f"{result.metric} per backtest window; improvement > 0: candidate better",
         )
+    ranking = getattr(evaluated, "ranking", None)  # the recommendation family's segments
+    if ranking is not None:
+        create_table_artifact(
+            key=_artifact_key(spec.name, "ranking-segments"),
+            table=_rounded(ranking.table()),
+            description=f"precision/MAP/NDCG@{ranking.k} for all, warm and cold users",
+        )
     return evaluated
 
 

@@ -4,6 +4,7 @@ continual runs, with real implicit, real MLflow (SQLite) and a real Prefect serv
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import mlflow.artifacts
@@ -11,6 +12,8 @@ import mlflow.pyfunc
 import pandas as pd
 import pytest
 import yaml
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -75,6 +78,21 @@ def test_manual_run_registers_a_pyfunc_that_recommends_with_a_stated_fallback(tm
     assert in_taste.mean() >= 0.75, best[~in_taste]
     model_default = model.predict(pd.DataFrame({"user": ["4"]}))
     assert len(model_default) == spec.als.k
+    evidence = {
+        f.path for f in registry.client.list_artifacts(registry.version("1").run_id, "evidence")
+    }
+    assert {"evidence/ranking_segments.csv", "evidence/backtest.md"} <= evidence
+    with get_client(sync_client=True) as client:
+        segments = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["taste-als-ranking-segments"])
+            )
+        )
+    assert segments and {row["segment"] for row in json.loads(segments[0].data)} == {
+        "all",
+        "warm",
+        "cold",
+    }
     assert len(by_user["no-such-user"]) == 5
 
 
