@@ -369,6 +369,11 @@ def rebuild(spec: ModelSpec, tags: dict[str, str], registered: Any, parent: Any)
     (same partition fingerprints, same feature spec); the trainer's parameters and seed come
     from the registered model itself. Equal ``model_string()`` = byte-identical model.
     """
+    if spec.family != "lightgbm":
+        raise TrainingError(
+            f"`retrain rebuild` checks LightGBM boosters only; {spec.name} has family = "
+            f"{spec.family!r}. Its lineage is in `retrain lineage`, its data versions in the tags"
+        )
     expected = tags.get("retrain.data_version")
     start, end = tags.get("retrain.window_start"), tags.get("retrain.window_end")
     if not (expected and start and end):

@@ -79,3 +79,13 @@ def test_the_movielens_demo_promotes_a_first_model_that_recommend_reads(tmp_path
     assert shown.exit_code == 0, shown.output
     assert "top 10 items of movielens-als v1" in flat(shown)
     assert "popularity fallback" not in flat(shown)
+
+
+def test_rebuild_of_an_als_version_says_it_is_not_supported(tmp_path, taste_csv):
+    spec_path = write_spec(tmp_path, als_spec_dict(taste_csv, tmp_path / "state"))
+    retrain_flow(str(spec_path), mode="manual", as_of="2024-01-25", auto_approve=True)
+
+    shown = runner.invoke(app, ["rebuild", "1", "--spec", str(spec_path)])
+
+    assert shown.exit_code == 2
+    assert "checks LightGBM boosters only; taste-als has family = 'als'" in flat(shown)

@@ -130,3 +130,30 @@ def test_compare_with_scratch_keeps_whichever_scores_better_on_the_holdout(make,
     expected = "scratch" if full_score - fold_score > spec.gate.tolerance * full_score else "foldin"
     assert chosen.plan.strategy == expected
     assert f"{fold_score:.4f} vs {full_score:.4f}" in chosen.plan.reason
+
+
+def test_interactions_from_a_sql_table_train_the_same_model_as_from_csv(tmp_path, make):
+    import sqlalchemy as sa
+
+    from tests.conftest import taste_stream
+
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    engine = sa.create_engine(url)
+    taste_stream().to_sql("ratings", engine, index=False)
+    engine.dispose()
+    from_csv = make()
+    from_sql = make(
+        **{
+            "source": {"kind": "sql", "url": url, "table": "ratings"},
+            "state.dir": str(tmp_path / "sql-state"),  # its own feature cache
+        }
+    )
+    as_of = pd.Timestamp("2024-01-25")
+
+    csv_model = fit(from_csv, prepare(from_csv, as_of), scratch("csv"), None).model
+    sql_prepared = prepare(from_sql, as_of)
+    sql_model = fit(from_sql, sql_prepared, scratch("sql"), None).model
+
+    assert sql_prepared.train.rows > 0 and sql_prepared.cache.computed
+    assert list(sql_model.user_index_) == list(csv_model.user_index_)
+    np.testing.assert_array_equal(sql_model.user_factors_, csv_model.user_factors_)
