@@ -576,8 +576,14 @@ def demo(
     console.print(_outcome_table(DEMO_TITLES[family], rows))
     aliases = registry.aliases()
     console.print("aliases now: " + ", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items())))
+    hints = [f"`retrain status --state-dir {state_dir}`"]
+    if family == "als":
+        hints = [
+            f"`retrain status --state-dir {state_dir} --spec {spec_path}`",
+            f"`retrain recommend --user 1 --state-dir {state_dir}`",
+        ]
     console.print(
-        f"state in {state_dir.resolve()}; `retrain status --state-dir {state_dir}`; "
+        f"state in {state_dir.resolve()}; {'; '.join(hints)}; "
         f"MLflow UI: `mlflow ui --backend-store-uri {model_spec.state.tracking}`"
     )
 

@@ -75,6 +75,7 @@ def test_the_movielens_demo_promotes_a_first_model_that_recommend_reads(tmp_path
 
     assert demo.exit_code == 0, demo.output
     assert "MovieLens latest-small, implicit ALS, NDCG@10" in flat(demo)
+    assert f"retrain recommend --user 1 --state-dir {state}" in flat(demo)
     shown = runner.invoke(app, ["recommend", "--user", "1", "--state-dir", str(state)])
     assert shown.exit_code == 0, shown.output
     assert "top 10 items of movielens-als v1" in flat(shown)
