@@ -58,8 +58,9 @@ StateOption = Annotated[
 ]
 
 
-def demo_spec_path() -> Path:
-    return Path(str(resources.files("retrain.demo").joinpath("bike.toml")))
+def demo_spec_path(family: str = "lightgbm") -> Path:
+    name = "movielens.toml" if family == "als" else "bike.toml"
+    return Path(str(resources.files("retrain.demo").joinpath(name)))
 
 
 def _overrides(state_dir: Path | None) -> dict[str, Any]:
@@ -496,6 +497,16 @@ DEMO_STEPS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("2 fresh data", "2011-09-01", {}),
     ("3 careless (3 trees)", "2011-10-01", {"lightgbm.num_boost_round": 3}),
 )
+# the ALS demo on MovieLens latest-small: step, as of, mode, spec overrides
+ALS_DEMO_STEPS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
+    ("1 first model", "2009-01-01", "manual", {}),
+    ("2 fold-in", "2009-07-01", "stateful", {}),
+    ("3 fold-in", "2010-01-01", "stateful", {}),
+)
+DEMO_TITLES = {
+    "lightgbm": "retrain demo: Bike Sharing hourly, LightGBM, MAE",
+    "als": "retrain demo: MovieLens latest-small, implicit ALS, NDCG@10",
+}
 
 
 @app.command()
@@ -505,10 +516,20 @@ def demo(
     ),
     reset: Annotated[bool, typer.Option(help="Delete the demo state first.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    family: Annotated[
+        str, typer.Option(help="lightgbm: Bike Sharing demand; als: MovieLens recommendations.")
+    ] = "lightgbm",
 ) -> None:
-    """Train, backtest and promote the bundled Bike Sharing model in three steps."""
+    """Train, backtest and promote a bundled model step by step (Bike Sharing or MovieLens)."""
     _setup_logging(verbose)
-    spec_path = demo_spec_path()
+    if family not in DEMO_TITLES:
+        _fail(RetrainError(f"--family {family!r} is unknown; use one of {sorted(DEMO_TITLES)}"))
+    spec_path = demo_spec_path(family)
+    steps = (
+        ALS_DEMO_STEPS
+        if family == "als"
+        else tuple((step, as_of, "manual", extra) for step, as_of, extra in DEMO_STEPS)
+    )
     if reset and state_dir.exists():
         if not (state_dir / STATE_MARKER).exists() and any(state_dir.iterdir()):
             _fail(RetrainError(f"{state_dir} is not a retrain state directory; not deleting it"))
@@ -519,7 +540,7 @@ def demo(
         _fail(
             RetrainError(
                 f"the demo already ran in {state_dir}: see "
-                f"`retrain status --state-dir {state_dir}`, "
+                f"`retrain status --state-dir {state_dir} --spec {spec_path}`, "
                 "or start over with `retrain demo --reset`"
             )
         )
@@ -529,12 +550,12 @@ def demo(
     from registry import ModelRegistry
 
     registry = ModelRegistry(model_spec.state.tracking, model_spec.name, ledger)
-    for step, as_of, extra in DEMO_STEPS:
-        console.rule(f"[bold]step {step}[/]: retrain as of {as_of}")
+    for step, as_of, mode, extra in steps:
+        console.rule(f"[bold]step {step}[/]: {mode} retrain as of {as_of}")
         try:
             outcome = _run_flow(
                 spec_path,
-                mode="manual",
+                mode=mode,
                 reason=f"demo step {step}",
                 as_of=as_of,
                 auto_approve=True,
@@ -552,13 +573,74 @@ def demo(
             }
         )
         console.print(f"  decision: {outcome['decision']}")
-    console.print(_outcome_table("retrain demo: Bike Sharing hourly, LightGBM, MAE", rows))
+    console.print(_outcome_table(DEMO_TITLES[family], rows))
     aliases = registry.aliases()
     console.print("aliases now: " + ", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items())))
+    hints = [f"`retrain status --state-dir {state_dir}`"]
+    if family == "als":
+        hints = [
+            f"`retrain status --state-dir {state_dir} --spec {spec_path}`",
+            f"`retrain recommend --user 1 --state-dir {state_dir}`",
+        ]
     console.print(
-        f"state in {state_dir.resolve()}; `retrain status --state-dir {state_dir}`; "
+        f"state in {state_dir.resolve()}; {'; '.join(hints)}; "
         f"MLflow UI: `mlflow ui --backend-store-uri {model_spec.state.tracking}`"
     )
+
+
+@app.command()
+def recommend(
+    user: Annotated[
+        list[str], typer.Option("--user", "-u", help="External user id (repeat for several).")
+    ],
+    k: Annotated[int, typer.Option("--k", "-k", help="Items per user.")] = 10,
+    spec: Annotated[
+        Path | None,
+        typer.Option("--spec", "-s", help="ALS model spec (default: the MovieLens demo)."),
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Model version (default: the champion).")
+    ] = None,
+    state_dir: StateOption = None,
+) -> None:
+    """Top-k items for users from the champion ALS model (unknown users: popularity fallback)."""
+    from registry.errors import RegistryError
+
+    model_spec = _load(spec or demo_spec_path("als"), state_dir)
+    if model_spec.family != "als":
+        _fail(
+            RetrainError(
+                f"{model_spec.name} is a {model_spec.family} model: `retrain recommend` needs "
+                "an ALS spec (family = 'als')"
+            )
+        )
+    if k < 1:
+        _fail(RetrainError(f"--k must be a positive number of items, got {k}"))
+    registry = _registry(model_spec)
+    try:
+        chosen = version or registry.alias_version("champion")
+        if chosen is None:
+            raise RetrainError(
+                f"{model_spec.name} has no champion yet: train one with "
+                "`retrain demo --family als` or `retrain run manual --spec SPEC`"
+            )
+        model = registry.load_model(chosen)
+    except (RegistryError, RetrainError) as exc:
+        _fail(exc)
+    recs = model.recommend(user, k=k)
+    table = Table(title=f"top {k} items of {model_spec.name} v{chosen}")
+    for col in ("user", "rank", "item", "score", "source"):
+        table.add_column(col)
+    for row in recs.itertuples(index=False):
+        table.add_row(str(row.user), str(row.rank), str(row.item), f"{row.score:.4f}", row.source)
+    console.print(table)
+    fallback = sorted({str(u) for u in recs.loc[recs["source"] == "popularity", "user"]})
+    if fallback:
+        console.print(
+            f"popularity fallback for user(s) {', '.join(fallback)}: unknown to v{chosen} (or "
+            f"no positive left), they get the most popular items of the last "
+            f"{model.popularity_window} of its training data, not personal recommendations"
+        )
 
 
 if __name__ == "__main__":

@@ -27,19 +27,16 @@ from flows.errors import ApprovalError
 from flows.settings import resolve_spec
 from registry import CandidateRecord, ModelRegistry
 from retrain.config import ModelSpec
+from retrain.families import family_of
 from retrain.ledger import Ledger, RunRecord
 from retrain.pipeline import (
     Champion,
     Evaluated,
     Prepared,
     Trained,
-    evaluate,
-    fit_candidate,
     lineage_tags,
     parse_as_of,
     prepare,
-    sample_rows,
-    write_evidence,
 )
 from retrain.promotion import (
     Approval,
@@ -50,7 +47,7 @@ from retrain.promotion import (
     needs_operator,
     timed_out,
 )
-from retrain.stateful import plan_training, skip_reason
+from retrain.stateful import skip_reason
 
 logger = logging.getLogger(__name__)
 
@@ -141,22 +138,17 @@ def load_champion(registry: ModelRegistry) -> Champion | None:
 def train_candidate(
     spec: ModelSpec, mode: str, prepared: Prepared, champion: Champion | None
 ) -> Trained:
-    plan = plan_training(
-        mode,
-        spec.stateful,
-        champion.state() if champion else None,
-        spec.features.columns,
-        spec.features.categorical,
-    )
+    family = family_of(spec)
+    plan = family.plan(mode, spec, champion)
     get_run_logger().info("training plan: %s", plan.reason)
-    return fit_candidate(spec, prepared, plan, champion)
+    return family.fit_candidate(spec, prepared, plan, champion)
 
 
 @task(cache_policy=NO_CACHE)
 def backtest_candidate(
     spec: ModelSpec, trained: Trained, prepared: Prepared, champion: Champion | None
 ) -> Evaluated:
-    evaluated = evaluate(spec, trained, prepared.holdout, champion)
+    evaluated = family_of(spec).evaluate(spec, trained, prepared.holdout, champion)
     get_run_logger().info("backtest: %s", "; ".join(evaluated.result.reasons))
     result = evaluated.result
     create_markdown_artifact(
@@ -174,6 +166,13 @@ def backtest_candidate(
             key=_artifact_key(spec.name, "backtest-windows"),
             table=_rounded(result.window_table()),
             description=f"{result.metric} per backtest window; improvement > 0: candidate better",
+        )
+    ranking = getattr(evaluated, "ranking", None)  # the recommendation family's segments
+    if ranking is not None:
+        create_table_artifact(
+            key=_artifact_key(spec.name, "ranking-segments"),
+            table=_rounded(ranking.table()),
+            description=f"precision/MAP/NDCG@{ranking.k} for all, warm and cold users",
         )
     return evaluated
 
@@ -196,7 +195,8 @@ def register_candidate(
     workdir = Path(tempfile.mkdtemp(prefix="candidate-", dir=_tmp_root(spec)))
     try:
         model_dir = trained.model.save(workdir / "trainer")
-        evidence = write_evidence(workdir / "evidence", spec, prepared, trained, evaluated)
+        family = family_of(spec)
+        evidence = family.write_evidence(workdir / "evidence", spec, prepared, trained, evaluated)
         tags = lineage_tags(
             spec,
             mode,
@@ -229,10 +229,6 @@ def register_candidate(
             metrics[f"champion_{result.metric}"] = result.champion
             metrics["improvement"] = float(result.improvement or 0.0)
         metrics.update({f"label_{k}": v for k, v in trained.label_stats.items()})
-        curves = {
-            f"train_{name}": values
-            for name, values in trained.model.evals_result_.get("train", {}).items()
-        }
         record = CandidateRecord(
             model_dir=model_dir,
             description=f"{mode} retrain ({trained.plan.strategy}): {reason}",
@@ -240,9 +236,11 @@ def register_candidate(
             metrics=metrics,
             version_tags=tags,
             artifacts=evidence,
-            curves=curves,
+            curves=family.curves(trained),
             run_name=f"{mode}-{trained.plan.strategy}-{trained.window.version}",
-            sample=sample_rows(spec, prepared.holdout, n=5)[list(spec.features.columns)],
+            sample=family.signature_sample(spec, prepared, trained),
+            family=spec.family,
+            predict_params=family.predict_params(spec),
         )
         return registry.register_candidate(record, actor=actor, flow_run_id=_flow_run_id())
     finally:

@@ -7,6 +7,7 @@ backtest gate passed AND the promotion was approved. Every alias change is writt
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import logging
 import os
 import re
@@ -37,7 +38,11 @@ logger = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 GATE_TAG, APPROVAL_TAG = "retrain.gate", "retrain.approval"
-MODEL_CODE = Path(__file__).with_name("lightgbm_model_code.py")
+# models from code: no pickle, the loader imports registry.pyfunc
+MODEL_CODE = {
+    "lightgbm": Path(__file__).with_name("lightgbm_model_code.py"),
+    "als": Path(__file__).with_name("als_model_code.py"),
+}
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,23 @@ class CandidateRecord:
     run_name: str | None = None
     # A few input rows: the model's signature and input example
     sample: pandas.DataFrame | None = None
+    family: str = "lightgbm"
+    # parameters the model's predict takes, with their defaults (e.g. ALS: {"k": 10})
+    predict_params: Mapping[str, Any] | None = None
+
+
+def _requirements(family: str) -> list[str]:
+    engine = (
+        f"implicit=={importlib.metadata.version('implicit')}"
+        if family == "als"
+        else f"lightgbm=={lightgbm.__version__}"
+    )
+    return [
+        engine,
+        f"pandas=={pandas.__version__}",
+        f"numpy=={numpy.__version__}",
+        f"retrain=={retrain.__version__}",
+    ]
 
 
 @dataclass(frozen=True)
@@ -315,18 +337,17 @@ class ModelRegistry:
                     warnings.filterwarnings("ignore", message=".*type hint.*")
                     mlflow.pyfunc.save_model(
                         str(model_path),
-                        # models from code: no pickle, the loader imports registry.pyfunc
-                        python_model=str(MODEL_CODE),
+                        python_model=str(MODEL_CODE[record.family]),
                         signature=(
-                            infer_signature(record.sample) if record.sample is not None else None
+                            infer_signature(
+                                record.sample,
+                                params=dict(record.predict_params or {}) or None,
+                            )
+                            if record.sample is not None
+                            else None
                         ),
                         artifacts={"trainer": str(record.model_dir)},
-                        pip_requirements=[
-                            f"lightgbm=={lightgbm.__version__}",
-                            f"pandas=={pandas.__version__}",
-                            f"numpy=={numpy.__version__}",
-                            f"retrain=={retrain.__version__}",
-                        ],
+                        pip_requirements=_requirements(record.family),
                     )
                 self.client.log_artifacts(run_id, str(model_path), artifact_path="model")
             source = f"{run.info.artifact_uri}/model"

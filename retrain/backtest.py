@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from retrain.config import GREATER_IS_BETTER
+from retrain.config import GREATER_IS_BETTER, RANKING_METRICS
 from retrain.errors import BacktestError
 
 
@@ -48,6 +48,11 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "logloss": _logloss,
     "accuracy": lambda y, p: float(np.mean((p >= 0.5) == (y == 1))),
 }
+# Ranking metrics arrive already scored, one value per row (a user in a backtest window, see
+# retrain.recommend): the metric of a set of rows is their mean, so windows and the paired
+# bootstrap resample users. ``y`` is not used.
+for _name in RANKING_METRICS:
+    METRICS[_name] = lambda y, p: float(np.mean(p)) if len(p) else float("nan")
 
 
 def score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
@@ -257,6 +262,7 @@ def backtest(
     slices: Mapping[str, np.ndarray] | None = None,
     max_slice_degradation: float | None = None,
     min_slice_rows: int = 30,
+    baseline_pred: np.ndarray | None = None,
 ) -> BacktestResult:
     """Score candidate, champion and baseline on the same holdout windows; give the verdict.
 
@@ -264,6 +270,8 @@ def backtest(
     paired bootstrap interval of the improvement is above ``-tolerance x |champion metric|``,
     the candidate loses at most ``max_windows_lost`` windows, and no slice of ``slices`` with
     at least ``min_slice_rows`` rows degrades by more than ``max_slice_degradation``.
+    ``baseline_pred`` replaces the training-window mean / majority class (the ranking family
+    passes its popularity baseline's per-user scores).
     """
     y = np.asarray(y_holdout, dtype="float64")
     if y.size == 0:
@@ -271,7 +279,11 @@ def backtest(
     gib = metric in GREATER_IS_BETTER
     candidate_pred = np.asarray(candidate_pred, dtype="float64")
     cand = score(metric, y, candidate_pred)
-    base_pred = baseline_predictions(task, y_train, y.size, metric)
+    base_pred = (
+        baseline_predictions(task, y_train, y.size, metric)
+        if baseline_pred is None
+        else np.asarray(baseline_pred, dtype="float64")
+    )
     base = score(metric, y, base_pred)
     reasons: list[str] = []
     passed = True

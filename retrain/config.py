@@ -25,8 +25,10 @@ from retrain.errors import SpecError
 
 REGRESSION_METRICS = {"mae", "rmse", "mape"}
 CLASSIFICATION_METRICS = {"auc", "logloss", "accuracy"}
+# Ranking metrics of the recommendation family, at k = als.k (see retrain.ranking)
+RANKING_METRICS = {"ndcg", "map", "precision"}
 # Metrics where a larger value is better; every other metric is a loss.
-GREATER_IS_BETTER = {"auc", "accuracy"}
+GREATER_IS_BETTER = {"auc", "accuracy", *RANKING_METRICS}
 DERIVED_FEATURES = {"hour", "dayofweek", "month", "dayofyear", "is_weekend"}
 
 
@@ -178,6 +180,57 @@ class LightGBMSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class InteractionsSpec(_Strict):
+    """The recommendation family's columns: who interacted with what, and how strongly.
+
+    The source's timestamp is ``timestamp.column`` as for every family. ``weight`` is a rating,
+    a count or a play time (never negative).
+    """
+
+    user: str
+    item: str
+    weight: str
+
+    @model_validator(mode="after")
+    def _distinct(self) -> InteractionsSpec:
+        columns = [self.user, self.item, self.weight]
+        if len(set(columns)) != 3:
+            raise ValueError(
+                f"interactions.user, .item and .weight must be three different columns, got "
+                f"{columns}"
+            )
+        return self
+
+
+class ALSSpec(_Strict):
+    """Implicit ALS (``retrain.trainers.als``): factors, confidence and the ranking backtest."""
+
+    factors: int = Field(default=64, ge=1)
+    regularization: float = Field(default=0.05, ge=0.0)
+    alpha: float = Field(default=1.0, gt=0.0)
+    iterations: int = Field(default=15, ge=1)
+    # how a weight turns into confidence: linear, threshold (1 per positive), bm25 or tfidf
+    confidence: Literal["linear", "threshold", "bm25", "tfidf"] = "linear"
+    # rows with weight >= min_rating (and > 0) are positives; None: every weight > 0
+    min_rating: float | None = None
+    # several rows of one (user, item) pair: sum them (counts) or keep the last (ratings)
+    duplicates: Literal["sum", "last"] = "sum"
+    bm25_k1: float = Field(default=100.0, gt=0.0)
+    bm25_b: float = Field(default=0.8, ge=0.0, le=1.0)
+    # fold-in refolds items whose number of users grew by this fraction (None: new items only)
+    refresh_items: float | None = Field(default=0.2, ge=0.0)
+    # popularity fallback and baseline: the most popular items of this last stretch of training
+    popularity_window: str = "30D"
+    # length of the recommendation lists the backtest scores
+    k: int = Field(default=10, ge=1, le=1000)
+
+    @field_validator("popularity_window")
+    @classmethod
+    def _valid_window(cls, value: str) -> str:
+        _duration(value, "als.popularity_window")
+        return value
+
+
 class StatefulSpec(_Strict):
     """How the stateful and continual modes retrain from the champion."""
 
@@ -324,8 +377,8 @@ class ModelSpec(_Strict):
     """A whole model spec. ``name`` is the registered model name."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    family: Literal["lightgbm"] = "lightgbm"
-    task: Literal["regression", "binary"] = "regression"
+    family: Literal["lightgbm", "als"] = "lightgbm"
+    task: Literal["regression", "binary", "ranking"] = "regression"
     label: str
     metric: str = "mae"
     seed: int = 42
@@ -336,13 +389,64 @@ class ModelSpec(_Strict):
     windows: WindowSpec = WindowSpec()
     gate: GateSpec = GateSpec()
     lightgbm: LightGBMSpec = LightGBMSpec()
+    interactions: InteractionsSpec | None = None
+    als: ALSSpec = ALSSpec()
     stateful: StatefulSpec = StatefulSpec()
     monitor: MonitorSpec = MonitorSpec()
     schedule: ScheduleSpec = ScheduleSpec()
     state: StateSpec = StateSpec()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _interaction_columns(cls, data: Any) -> Any:
+        """An ALS spec names its columns under [interactions]; they become the cached columns.
+
+        The weight is the "label" and the user and item ids the two categorical "features" of
+        the shared ingest and feature cache, so partitions, fingerprints, quarantine and data
+        versions work as for the tabular family.
+        """
+        if not isinstance(data, dict) or data.get("family") != "als":
+            return data
+        given = sorted(key for key in ("label", "features") if key in data)
+        if given:
+            raise ValueError(
+                f"an ALS spec takes no {' / '.join(given)}: name the columns under "
+                "[interactions] (user, item, weight) instead"
+            )
+        if data.get("task", "ranking") != "ranking":
+            raise ValueError(f"family 'als' has task 'ranking', not {data['task']!r}: remove task")
+        columns = data.get("interactions")
+        if not isinstance(columns, dict):
+            raise ValueError(
+                "family 'als' needs an [interactions] section naming the user, item and weight "
+                "columns, e.g. user = 'userId', item = 'movieId', weight = 'rating'"
+            )
+        out = {**data, "task": "ranking", "metric": data.get("metric", "ndcg")}
+        if all(isinstance(columns.get(key), str) for key in ("user", "item", "weight")):
+            out["label"] = columns["weight"]
+            out["features"] = {"categorical": [columns["user"], columns["item"]]}
+        else:
+            out["label"] = "-"  # the [interactions] errors name what is missing
+            out["features"] = {"numeric": ["--"]}
+        return out
+
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
+        if self.family == "als":
+            if self.metric not in RANKING_METRICS:
+                raise ValueError(
+                    f"metric {self.metric!r} does not fit family 'als'; choose one of "
+                    f"{sorted(RANKING_METRICS)} (at k = als.k)"
+                )
+            if self.gate.slices:
+                raise ValueError("gate.slices is for tabular models: remove it from an ALS spec")
+            return self
+        if self.interactions is not None:
+            raise ValueError(
+                "[interactions] is for family = 'als': remove it or set family = 'als'"
+            )
+        if self.task == "ranking":
+            raise ValueError("task 'ranking' needs family = 'als'")
         allowed = REGRESSION_METRICS if self.task == "regression" else CLASSIFICATION_METRICS
         if self.metric not in allowed:
             raise ValueError(
@@ -381,6 +485,8 @@ class ModelSpec(_Strict):
             "features": self.features.model_dump(mode="json"),
             "partitions": self.partitions.model_dump(mode="json"),
         }
+        if self.family != "lightgbm":
+            payload["family"] = self.family
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 

@@ -64,14 +64,14 @@ class Champion:
             version=self.version,
             increments=int(getattr(self.model, "increments_", 0)),
             train_end=self.train_end,
-            feature_names=tuple(self.model.feature_names_),
-            categorical=tuple(self.model.categories_),
+            feature_names=tuple(getattr(self.model, "feature_names_", ())),
+            categorical=tuple(getattr(self.model, "categories_", ())),
         )
 
 
 @dataclass(frozen=True)
 class Trained:
-    model: LightGBMTrainer
+    model: Any  # LightGBMTrainer or ALSTrainer (retrain.families)
     window: Window
     rows: int
     label_stats: dict[str, float]
@@ -369,6 +369,11 @@ def rebuild(spec: ModelSpec, tags: dict[str, str], registered: Any, parent: Any)
     (same partition fingerprints, same feature spec); the trainer's parameters and seed come
     from the registered model itself. Equal ``model_string()`` = byte-identical model.
     """
+    if spec.family != "lightgbm":
+        raise TrainingError(
+            f"`retrain rebuild` checks LightGBM boosters only; {spec.name} has family = "
+            f"{spec.family!r}. Its lineage is in `retrain lineage`, its data versions in the tags"
+        )
     expected = tags.get("retrain.data_version")
     start, end = tags.get("retrain.window_start"), tags.get("retrain.window_end")
     if not (expected and start and end):
@@ -484,11 +489,12 @@ def monitor_check(
     rows = _missing_periods(spec, champion.train_end, end, {p.key for p in parts})
     quarantined = {q.key for q in result.quarantined}
     rows = {k: v for k, v in rows.items() if k not in quarantined}
-    features = list(spec.features.columns)
+    # the recommendation family's columns are ids: its signals are age and volume
+    features = list(spec.features.columns) if spec.family == "lightgbm" else []
     healthy = not data_problems(fresh_frame, features, {})
     ref_scores = fresh_scores = None
     labelled = None
-    if healthy and len(fresh_frame) and len(ref_frame):
+    if healthy and features and len(fresh_frame) and len(ref_frame):
         ref_scores = champion.model.predict(ref_frame[features])
         fresh_scores = champion.model.predict(fresh_frame[features])
         ripe = now - pd.Timedelta(spec.monitor.label_delay)
@@ -502,7 +508,7 @@ def monitor_check(
     measured = compute_signals(
         config=spec.monitor,
         numeric=[c for c in features if c not in spec.features.categorical],
-        categorical=list(spec.features.categorical),
+        categorical=[c for c in spec.features.categorical if c in features],
         reference=ref_frame,
         fresh=fresh_frame,
         champion_train_end=champion.train_end,

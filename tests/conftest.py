@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -78,3 +79,71 @@ def postgres_url() -> str:
             pytest.fail(f"{POSTGRES_ENV} is not set: .ci/run must export it")
         pytest.skip(f"set {POSTGRES_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)")
     return url
+
+
+# --- the recommendation family ------------------------------------------------------------------
+TASTE_DAY0 = pd.Timestamp("2024-01-01")
+
+
+def taste_stream(days: int = 40, users: int = 90, per_day: int = 30, seed: int = 0) -> pd.DataFrame:
+    """Ratings with a planted structure: user u likes the 20 items of taste u % 3 (ids 100-159).
+
+    Every day ``per_day`` random users rate two items of their taste they had not rated (3 to 5
+    stars), and one in four also rates an item of the 40 "others" (300-339, 1 to 2 stars).
+    Columns as a MovieLens export: userId, movieId, rating, timestamp (Unix seconds).
+    """
+    rng = np.random.default_rng(seed)
+    taken: dict[int, set[int]] = {u: set() for u in range(users)}
+    rows = []
+    for day in range(days):
+        for user in rng.choice(users, per_day, replace=False):
+            taste = 100 + 20 * (int(user) % 3)
+            left = [i for i in range(taste, taste + 20) if i not in taken[user]]
+            picks = list(rng.choice(left, min(2, len(left)), replace=False)) if left else []
+            if rng.random() < 0.25:
+                picks.append(300 + int(rng.integers(40)))
+            for item in picks:
+                taken[int(user)].add(int(item))
+                when = TASTE_DAY0 + pd.Timedelta(days=day, seconds=int(rng.integers(86_400)))
+                stars = float(rng.integers(3, 6)) if item < 300 else float(rng.integers(1, 3))
+                rows.append((int(user), int(item), stars, int(when.timestamp())))
+    return pd.DataFrame(rows, columns=["userId", "movieId", "rating", "timestamp"])
+
+
+def als_spec_dict(source_path: Path, state_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """A small, fast ALS spec for ``taste_stream`` data (daily partitions, 20-day train)."""
+    data: dict[str, Any] = {
+        "name": "taste-als",
+        "family": "als",
+        "metric": "ndcg",
+        "source": {"kind": "files", "path": str(source_path)},
+        "timestamp": {"column": "timestamp", "format": "s"},
+        "interactions": {"user": "userId", "item": "movieId", "weight": "rating"},
+        "windows": {"train": "20D", "holdout": "4D"},
+        "als": {
+            "factors": 8,
+            "iterations": 10,
+            "regularization": 0.1,
+            "alpha": 5.0,
+            "k": 5,
+            "min_rating": 3,
+            "popularity_window": "10D",
+        },
+        "gate": {"bootstrap_samples": 200, "require_approval": False, "tolerance": 0.05},
+        "state": {"dir": str(state_dir)},
+    }
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return data
+
+
+@pytest.fixture
+def taste_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "data" / "ratings.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    taste_stream().to_csv(path, index=False)
+    return path

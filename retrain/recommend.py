@@ -1,0 +1,317 @@
+"""The steps of one retrain of the recommendation family (implicit ALS), as plain functions.
+
+Same spine as the tabular family (``retrain.pipeline``): the shared ``prepare`` ingests the
+interactions and fills the feature cache (the weight is cached as the "label", the user and item
+ids as two categorical columns, see ``ModelSpec``); then
+
+- ``plan``: manual and scheduled runs recompute from scratch on the training window; stateful
+  and continual runs fold new and changed users and new items into the champion, a full
+  recompute every ``stateful.scratch_every`` fold-ins;
+- ``fit_candidate``: a recompute trains on the training window; a fold-in on the FULL history
+  of its lineage (from the recompute's window start up to the holdout), so every changed user
+  is solved from all their interactions, not only the new rows. With
+  ``stateful.compare_with_scratch`` a recompute is fitted too and wins when the fold-in loses
+  to it on the holdout;
+- ``evaluate``: candidate, champion and the popularity baseline recommend top-k for the users
+  active in the holdout (after both models' training end), seen items filtered. Every
+  (user, backtest window) pair is one row of the gate: the same gate code as the tabular family
+  (baseline, tolerance, paired bootstrap over users, windows lost) on the per-user metric. The
+  ranking table by segment (all, warm, cold users) goes with the evidence.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from retrain.backtest import backtest
+from retrain.config import ModelSpec
+from retrain.errors import SchemaChangeError, TrainingError
+from retrain.features import FeatureCache, Window, make_window
+from retrain.ingest import TS
+from retrain.pipeline import Champion, Evaluated, Prepared, Trained, sample_rows, split_windows
+from retrain.ranking import RankingBacktest, ranking_backtest, relevant_items, user_metrics
+from retrain.stateful import STATEFUL_MODES, TrainingPlan, scratch
+from retrain.trainers.als import SHARED, ALSTrainer
+from retrain.trainers.popularity import PopularityRecommender
+
+logger = logging.getLogger(__name__)
+
+# column of ``ranking.user_metrics`` that holds each spec metric
+METRIC_COLUMN = {"ndcg": "ndcg", "map": "ap", "precision": "precision"}
+
+
+@dataclass(frozen=True)
+class RankingEvaluated(Evaluated):
+    """The gate's per-row scores (a row: one user in one backtest window) and the segments."""
+
+    ranking: RankingBacktest | None = field(repr=False, default=None)
+
+
+def _columns(spec: ModelSpec) -> tuple[str, str]:
+    if spec.interactions is None:
+        raise TrainingError(f"spec {spec.name} is not an ALS spec: it has no [interactions]")
+    return spec.interactions.user, spec.interactions.item
+
+
+def interactions(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """Cached rows as the trainers' ``user, item, weight, ts`` table (ids as strings)."""
+    user, item = _columns(spec)
+    return pd.DataFrame(
+        {
+            "user": frame[user].astype(str).to_numpy(dtype=object),
+            "item": frame[item].astype(str).to_numpy(dtype=object),
+            "weight": frame[spec.label].to_numpy(dtype="float64"),
+            "ts": pd.to_datetime(frame[TS]).to_numpy(),
+        }
+    )
+
+
+def load_interactions(spec: ModelSpec, window: Window) -> pd.DataFrame:
+    cache = FeatureCache(spec.state.features, spec)
+    cache.materialize(window.partitions)
+    return interactions(spec, cache.load(window.partitions))
+
+
+def make_trainer(
+    spec: ModelSpec, strategy: str = "scratch", init_model: ALSTrainer | None = None
+) -> ALSTrainer:
+    als = spec.als
+    return ALSTrainer(
+        factors=als.factors,
+        regularization=als.regularization,
+        alpha=als.alpha,
+        iterations=als.iterations,
+        random_state=spec.seed,
+        confidence=als.confidence,
+        min_rating=als.min_rating,
+        strategy="recompute" if strategy == "scratch" else "foldin",
+        init_model=init_model if strategy != "scratch" else None,
+        num_threads=1,
+        popularity_window=als.popularity_window,
+        duplicates=als.duplicates,
+        bm25_k1=als.bm25_k1,
+        bm25_b=als.bm25_b,
+        refresh_items=als.refresh_items,
+    )
+
+
+def plan(mode: str, spec: ModelSpec, champion: Champion | None) -> TrainingPlan:
+    """Recompute or fold in (pure decision, like ``stateful.plan_training``)."""
+    if mode not in STATEFUL_MODES:
+        return scratch(f"{mode} mode recomputes from scratch")
+    if champion is None:
+        return scratch("no champion to fold in to: first model of the lineage")
+    model = champion.model
+    wanted = make_trainer(spec)
+    changed = [
+        f"{name} {getattr(model, name)!r} -> {getattr(wanted, name)!r}"
+        for name in SHARED
+        if getattr(model, name) != getattr(wanted, name)
+    ]
+    if changed:
+        detail = "; ".join(changed)
+        if spec.stateful.on_schema_change == "scratch":
+            return scratch(f"ALS settings changed since champion v{champion.version} ({detail})")
+        raise SchemaChangeError(
+            f"cannot fold in to champion v{champion.version}: {detail}. Recompute "
+            "(`retrain run manual`), or set stateful.on_schema_change = 'scratch'"
+        )
+    increments = int(model.increments_) + 1
+    every = spec.stateful.scratch_every
+    if increments > every:
+        return scratch(
+            f"full recompute: {model.increments_} fold-ins since the last recompute "
+            f"(stateful.scratch_every = {every})"
+        )
+    return TrainingPlan(
+        "foldin",
+        f"fold-in to champion v{champion.version} (increment {increments} of {every})",
+        champion.version,
+        increments,
+    )
+
+
+def _history_window(spec: ModelSpec, prepared: Prepared, champion: Champion) -> Window:
+    """The champion's lineage history (from its recompute's window start) up to the holdout."""
+    start = champion.tags.get("retrain.window_start")
+    if not start:
+        raise TrainingError(
+            f"champion v{champion.version} has no retrain.window_start tag: a fold-in needs "
+            "the start of its history; recompute (`retrain run manual`)"
+        )
+    return make_window(
+        "train",
+        pd.Timestamp(start),
+        prepared.holdout.start,
+        prepared.ingest.partitions,
+        prepared.spec_hash,
+    )
+
+
+def _stats(model: ALSTrainer, frame: pd.DataFrame) -> dict[str, float]:
+    return {
+        "interactions": float(len(frame)),
+        "users": float(model.user_index_.size),
+        "items": float(model.item_index_.size),
+        "positives": float(model.user_items_.nnz),
+        "users_updated": float(model.updated_users_.size),
+        "items_new": float(model.new_items_.size),
+    }
+
+
+def fit(
+    spec: ModelSpec, prepared: Prepared, plan: TrainingPlan, champion: Champion | None
+) -> Trained:
+    """Train the planned candidate: a recompute on the training window, or a fold-in."""
+    lineage: tuple[str, ...] = ()
+    if plan.strategy == "scratch":
+        window = prepared.train
+    else:
+        if champion is None:
+            raise TrainingError("a fold-in needs the champion")
+        window = _history_window(spec, prepared, champion)
+        lineage = champion.data_versions
+    frame = load_interactions(spec, window)
+    init = champion.model if champion is not None and plan.strategy != "scratch" else None
+    model = make_trainer(spec, plan.strategy, init).fit(frame)
+    data_versions = (
+        lineage if lineage and lineage[-1] == window.version else (*lineage, window.version)
+    )
+    return Trained(
+        model, window, len(frame), _stats(model, frame), plan, data_versions, np.empty(0)
+    )
+
+
+def fit_candidate(
+    spec: ModelSpec, prepared: Prepared, plan: TrainingPlan, champion: Champion | None
+) -> Trained:
+    """Fit as planned; with ``stateful.compare_with_scratch`` a recompute wins over a fold-in
+    that loses to it on the holdout."""
+    trained = fit(spec, prepared, plan, champion)
+    if plan.strategy == "scratch" or not spec.stateful.compare_with_scratch:
+        return trained
+    rival = fit(spec, prepared, scratch("compared with the fold-in"), None)
+    fold = evaluate(spec, trained, prepared.holdout, None).result.candidate
+    full = evaluate(spec, rival, prepared.holdout, None).result.candidate
+    if full - fold > spec.gate.tolerance * abs(full):
+        reason = (
+            f"fold-in lost to a full recompute on the holdout ({spec.metric}@{spec.als.k} "
+            f"{fold:.4f} vs {full:.4f}): full recompute instead"
+        )
+        logger.info(reason)
+        return replace(rival, plan=scratch(reason))
+    note = f"{plan.reason}; beat a full recompute on the holdout ({fold:.4f} vs {full:.4f})"
+    return replace(trained, plan=replace(plan, reason=note))
+
+
+def _window_scores(
+    metric: str,
+    model: ALSTrainer | PopularityRecommender,
+    users: list[str],
+    relevant: list[pd.DataFrame],
+    k: int,
+) -> np.ndarray:
+    recs = model.recommend(users, k=k, filter_seen=True)
+    column = METRIC_COLUMN[metric]
+    parts = [user_metrics(recs, rel, k)[column].to_numpy(dtype="float64") for rel in relevant]
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def evaluate(
+    spec: ModelSpec, trained: Trained, holdout: Window, champion: Champion | None
+) -> RankingEvaluated:
+    """Ranking backtest of candidate, champion and popularity on the same holdout users."""
+    als = spec.als
+    train = load_interactions(spec, trained.window)
+    held = load_interactions(spec, holdout)
+    bounds, window_ids = split_windows(holdout, spec.gate.backtest_windows, held["ts"])
+    relevant = [
+        relevant_items(train, held[window_ids == i], als.min_rating) for i in range(len(bounds))
+    ]
+    kept = [(i, rel) for i, rel in enumerate(relevant) if not rel.empty]
+    ranking = ranking_backtest(
+        trained.model,
+        train,
+        held,
+        k=als.k,
+        popularity_window=als.popularity_window,
+        min_rating=als.min_rating,
+        champion=champion.model if champion is not None else None,
+    )
+    users = sorted({u for _, rel in kept for u in rel["user"]})
+    rels = [rel for _, rel in kept]
+    row_window = np.concatenate([np.full(len(rel["user"].unique()), i) for i, rel in kept])
+    baseline = PopularityRecommender(window=als.popularity_window, min_rating=als.min_rating)
+    baseline.fit(train)
+    candidate = _window_scores(spec.metric, trained.model, users, rels, als.k)
+    base = _window_scores(spec.metric, baseline, users, rels, als.k)
+    champ = (
+        None
+        if champion is None
+        else _window_scores(spec.metric, champion.model, users, rels, als.k)
+    )
+    gate = spec.gate
+    result = backtest(
+        metric=spec.metric,
+        task="ranking",
+        y_holdout=np.zeros(candidate.size),
+        candidate_pred=candidate,
+        y_train=np.empty(0),
+        holdout_start=holdout.start,
+        holdout_end=holdout.end,
+        tolerance=gate.tolerance,
+        champion_pred=champ,
+        champion_version=champion.version if champion else None,
+        champion_train_end=champion.train_end if champion else None,
+        bootstrap_samples=gate.bootstrap_samples,
+        seed=spec.seed,
+        window_ids=row_window,
+        window_bounds=bounds,
+        max_windows_lost=gate.max_windows_lost,
+        baseline_pred=base,
+    )
+    starts = pd.Series([bounds[i][0] for i in row_window], dtype="datetime64[ns]")
+    return RankingEvaluated(
+        result, starts, np.zeros(candidate.size), candidate, base, champ, ranking=ranking
+    )
+
+
+def write_evidence(
+    directory: Path, spec: ModelSpec, prepared: Prepared, trained: Trained, evaluated: Evaluated
+) -> dict[str, Path]:
+    """Tables and row samples of one ALS retrain, written to ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    for name, window in (("train_sample", prepared.train), ("holdout_sample", prepared.holdout)):
+        sample_rows(spec, window).to_csv(directory / f"{name}.csv", index=False)
+        out[name] = directory / f"{name}.csv"
+    result = evaluated.result
+    pd.DataFrame(result.table()).to_csv(directory / "backtest.csv", index=False)
+    out["backtest_table"] = directory / "backtest.csv"
+    pd.DataFrame(result.window_table()).to_csv(directory / "backtest_windows.csv", index=False)
+    out["backtest_windows"] = directory / "backtest_windows.csv"
+    report = result.markdown()
+    ranking = getattr(evaluated, "ranking", None)
+    if ranking is not None:
+        pd.DataFrame(ranking.table()).to_csv(directory / "ranking_segments.csv", index=False)
+        out["ranking_segments"] = directory / "ranking_segments.csv"
+        report += "\n\n### Ranking metrics by user segment\n\n" + ranking.markdown()
+    (directory / "backtest.md").write_text(report)
+    out["backtest_report"] = directory / "backtest.md"
+    model: ALSTrainer = trained.model
+    pd.DataFrame(
+        {"user": model.updated_users_, "new": np.isin(model.updated_users_, model.new_users_)}
+    ).to_csv(directory / "updated_users.csv", index=False)
+    out["updated_users"] = directory / "updated_users.csv"
+    return out
+
+
+def signature_sample(spec: ModelSpec, trained: Trained) -> pd.DataFrame:
+    """A few query rows for the pyfunc's signature: ``user`` ids (external, as strings)."""
+    users = trained.model.user_index_[:5]
+    return pd.DataFrame({"user": pd.Series(users, dtype=object).astype(str)})

@@ -1,0 +1,92 @@
+"""`retrain recommend` and `retrain demo --family als`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.retrain_flow import retrain_flow
+from tests.conftest import als_spec_dict, spec_dict
+
+runner = CliRunner()
+
+
+def flat(result) -> str:
+    return " ".join(result.output.split())
+
+
+def write_spec(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_recommend_reads_the_champion_and_states_the_popularity_fallback(tmp_path, taste_csv):
+    spec_path = write_spec(tmp_path, als_spec_dict(taste_csv, tmp_path / "state"))
+    retrain_flow(str(spec_path), mode="manual", as_of="2024-01-25", auto_approve=True)
+
+    shown = runner.invoke(
+        app, ["recommend", "--user", "4", "--user", "nobody", "-k", "3", "--spec", str(spec_path)]
+    )
+
+    assert shown.exit_code == 0, shown.output
+    rows = [line for line in shown.output.splitlines() if " als " in line or "popularity " in line]
+    assert sum(" als " in line for line in rows) == 3
+    assert "top 3 items of taste-als v1" in flat(shown)
+    assert "popularity fallback for user(s) nobody: unknown to v1" in flat(shown)
+
+
+def test_recommend_without_a_champion_says_how_to_train_one(tmp_path, taste_csv):
+    spec_path = write_spec(tmp_path, als_spec_dict(taste_csv, tmp_path / "state"))
+
+    shown = runner.invoke(app, ["recommend", "--user", "4", "--spec", str(spec_path)])
+
+    assert shown.exit_code == 2
+    assert "taste-als has no champion yet: train one with `retrain demo --family als`" in flat(
+        shown
+    )
+
+
+def test_recommend_refuses_a_tabular_spec(tmp_path):
+    spec_path = write_spec(tmp_path, spec_dict(tmp_path, tmp_path / "state"))
+
+    shown = runner.invoke(app, ["recommend", "--user", "4", "--spec", str(spec_path)])
+
+    assert shown.exit_code == 2
+    assert "bike-test is a lightgbm model: `retrain recommend` needs an ALS spec" in flat(shown)
+
+
+def test_an_unknown_demo_family_is_refused_naming_the_choices(tmp_path):
+    shown = runner.invoke(app, ["demo", "--family", "xgboost", "--state-dir", str(tmp_path)])
+
+    assert shown.exit_code == 2
+    assert "--family 'xgboost' is unknown; use one of ['als', 'lightgbm']" in flat(shown)
+
+
+@pytest.mark.slow
+def test_the_movielens_demo_promotes_a_first_model_that_recommend_reads(tmp_path):
+    state = tmp_path / "demo"
+
+    demo = runner.invoke(app, ["demo", "--family", "als", "--state-dir", str(state)])
+
+    assert demo.exit_code == 0, demo.output
+    assert "MovieLens latest-small, implicit ALS, NDCG@10" in flat(demo)
+    assert f"retrain recommend --user 1 --state-dir {state}" in flat(demo)
+    shown = runner.invoke(app, ["recommend", "--user", "1", "--state-dir", str(state)])
+    assert shown.exit_code == 0, shown.output
+    assert "top 10 items of movielens-als v1" in flat(shown)
+    assert "popularity fallback" not in flat(shown)
+
+
+def test_rebuild_of_an_als_version_says_it_is_not_supported(tmp_path, taste_csv):
+    spec_path = write_spec(tmp_path, als_spec_dict(taste_csv, tmp_path / "state"))
+    retrain_flow(str(spec_path), mode="manual", as_of="2024-01-25", auto_approve=True)
+
+    shown = runner.invoke(app, ["rebuild", "1", "--spec", str(spec_path)])
+
+    assert shown.exit_code == 2
+    assert "checks LightGBM boosters only; taste-als has family = 'als'" in flat(shown)

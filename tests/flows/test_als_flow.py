@@ -1,0 +1,176 @@
+"""The implicit-ALS family through the same flows as LightGBM: manual, stateful, scheduled and
+continual runs, with real implicit, real MLflow (SQLite) and a real Prefect server."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import mlflow.artifacts
+import mlflow.pyfunc
+import pandas as pd
+import pytest
+import yaml
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.monitor_flow import monitor_flow
+from flows.retrain_flow import make_registry, retrain_flow
+from retrain.config import load_spec
+from retrain.ledger import Ledger
+from tests.conftest import als_spec_dict
+
+runner = CliRunner()
+
+
+def write_spec(tmp_path: Path, source: Path, **overrides) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(als_spec_dict(source, tmp_path / "state", **overrides)))
+    return path
+
+
+def registry_of(spec_path: Path):
+    spec = load_spec(spec_path)
+    return spec, make_registry(spec, Ledger(spec.state.ledger))
+
+
+def flat(result) -> str:
+    return " ".join(result.output.split())
+
+
+def test_manual_run_registers_a_pyfunc_that_recommends_with_a_stated_fallback(tmp_path, taste_csv):
+    spec_path = write_spec(tmp_path, taste_csv)
+
+    outcome = retrain_flow(str(spec_path), mode="manual", as_of="2024-01-25", auto_approve=True)
+
+    assert outcome["strategy"] == "scratch"
+    assert outcome["metric"] == "ndcg"
+    assert outcome["candidate"] > outcome["baseline"]
+    assert outcome["promoted"], outcome["decision"]
+    spec, registry = registry_of(spec_path)
+    tags = registry.version("1").tags
+    assert tags["retrain.family"] == "als"
+    assert tags["retrain.gate"] == "passed"
+    assert float(tags["retrain.backtest.ndcg.baseline"]) == pytest.approx(outcome["baseline"])
+    assert tags["retrain.window_end"] == "2024-01-21 00:00:00"  # the holdout is the last 4 days
+    uri = registry.client.get_model_version_download_uri(
+        spec.name, registry.alias_version("champion")
+    )
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=uri, dst_path=str(tmp_path / "served"), tracking_uri=registry.tracking_uri
+    )
+    model = mlflow.pyfunc.load_model(local)
+    recs = model.predict(pd.DataFrame({"user": [4, "5", "no-such-user"]}), params={"k": 5})
+    assert list(recs.columns) == ["user", "rank", "item", "score", "source"]
+    by_user = {user: frame for user, frame in recs.groupby("user")}
+    assert set(by_user["no-such-user"]["source"]) == {"popularity"}
+    assert set(by_user["4"]["source"]) == {"als"}
+    assert len(by_user["4"]) == len(by_user["5"]) == 5
+    # the planted structure: user u likes the items of taste u % 3 (ids 100 + 20 * (u % 3) ...)
+    users = [str(u) for u in range(90)]
+    best = model.predict(pd.DataFrame({"user": users}), params={"k": 1})
+    taste = 100 + 20 * (best["user"].astype(int) % 3)
+    in_taste = best["item"].astype(int).between(taste, taste + 19)
+    # (popularity would put about a third there; a user who rated most of a taste gets others)
+    assert in_taste.mean() >= 0.75, best[~in_taste]
+    model_default = model.predict(pd.DataFrame({"user": ["4"]}))
+    assert len(model_default) == spec.als.k
+    evidence = {
+        f.path for f in registry.client.list_artifacts(registry.version("1").run_id, "evidence")
+    }
+    assert {"evidence/ranking_segments.csv", "evidence/backtest.md"} <= evidence
+    with get_client(sync_client=True) as client:
+        segments = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["taste-als-ranking-segments"])
+            )
+        )
+    assert segments and {row["segment"] for row in json.loads(segments[0].data)} == {
+        "all",
+        "warm",
+        "cold",
+    }
+    assert len(by_user["no-such-user"]) == 5
+
+
+def test_stateful_runs_fold_in_with_full_history_then_recompute_every_n(tmp_path, taste_csv):
+    spec_path = write_spec(tmp_path, taste_csv, **{"stateful.scratch_every": 2})
+    days = ["2024-01-25", "2024-01-27", "2024-01-29", "2024-01-31"]
+
+    outcomes = [
+        retrain_flow(str(spec_path), mode="stateful", as_of=day, auto_approve=True) for day in days
+    ]
+
+    assert [o["strategy"] for o in outcomes] == ["scratch", "foldin", "foldin", "scratch"]
+    assert all(o["promoted"] for o in outcomes[:3]), [o["decision"] for o in outcomes]
+    spec, registry = registry_of(spec_path)
+    chain = registry.lineage("3")
+    assert [v.version for v in chain] == ["3", "2", "1"]
+    assert [v.tags["retrain.increments"] for v in chain] == ["2", "1", "0"]
+    for child, parent in itertools.pairwise(chain):
+        # a fold-in trains on the FULL history of its lineage, up to its own holdout
+        assert child.tags["retrain.window_start"] == parent.tags["retrain.window_start"]
+        assert child.tags["retrain.window_end"] > parent.tags["retrain.window_end"]
+        assert int(child.tags["retrain.rows"]) > int(parent.tags["retrain.rows"])
+    data_versions = chain[0].tags["retrain.data_versions"].split(",")
+    assert data_versions == [v.tags["retrain.data_version"] for v in reversed(chain)]
+    folded, parent = registry.load_model("3"), registry.load_model("2")
+    assert folded.increments_ == 2
+    # no row of the id maps changed meaning: the parent's maps are a prefix of the child's
+    assert list(folded.user_index_[: parent.user_index_.size]) == list(parent.user_index_)
+    assert list(folded.item_index_[: parent.item_index_.size]) == list(parent.item_index_)
+    forced = registry.version("4").tags
+    assert forced["retrain.parent_version"] == "none"
+    assert "2 fold-ins since the last recompute" in forced["retrain.strategy_reason"]
+
+    shown = runner.invoke(app, ["lineage", spec.name, "3", "--spec", str(spec_path)])
+    assert shown.exit_code == 0, shown.output
+    assert " -> ".join(data_versions) in flat(shown)
+
+
+def test_scheduled_run_recomputes_and_skips_when_no_new_data_arrived(tmp_path, taste_csv):
+    spec_path = write_spec(tmp_path, taste_csv)
+
+    first = retrain_flow(str(spec_path), mode="scheduled", as_of="2024-01-25")
+    again = retrain_flow(str(spec_path), mode="scheduled", as_of="2024-01-25")
+
+    assert first["strategy"] == "scratch" and first["promoted"], first["decision"]
+    assert again["status"] == "skipped"
+    assert "no new data" in again["decision"]
+
+
+def test_new_interactions_trigger_a_continual_fold_in(tmp_path, taste_csv):
+    spec_path = write_spec(
+        tmp_path,
+        taste_csv,
+        **{
+            "monitor.any": ["volume"],
+            "monitor.min_new_rows": 150,
+            "monitor.max_age": "365D",
+            "monitor.cooldown": "1h",
+        },
+    )
+    retrain_flow(str(spec_path), mode="manual", as_of="2024-01-25", auto_approve=True)
+
+    quiet = monitor_flow(str(spec_path), as_of="2024-01-22")
+    busy = monitor_flow(str(spec_path), as_of="2024-01-29")
+
+    assert quiet["retrain"] is False and quiet["fresh_rows"] < 150
+    assert busy["retrain"] is True, busy["reasons"]
+    assert busy["fired"] == ["volume"]
+    assert busy["fresh_rows"] >= 150
+    outcome = retrain_flow(
+        str(spec_path),
+        mode="continual",
+        reason="; ".join(busy["reasons"]),
+        as_of="2024-01-29",
+        trigger_check=str(busy["check_id"]),
+    )
+    assert outcome["strategy"] == "foldin"
+    _, registry = registry_of(spec_path)
+    tags = registry.version(outcome["version"]).tags
+    assert tags["retrain.trigger_check"] == str(busy["check_id"])
+    assert "new rows" in tags["retrain.reason"]

@@ -1,0 +1,159 @@
+"""The ALS family's steps: plan, fit, the ranking backtest on the shared gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from retrain.backtest import backtest
+from retrain.config import parse_spec
+from retrain.errors import SchemaChangeError
+from retrain.pipeline import Champion, prepare
+from retrain.recommend import evaluate, fit, fit_candidate, plan
+from retrain.stateful import scratch
+from tests.conftest import als_spec_dict
+
+
+@pytest.fixture
+def make(tmp_path: Path, taste_csv: Path):
+    def build(**overrides):
+        return parse_spec(als_spec_dict(taste_csv, tmp_path / "state", **overrides))
+
+    return build
+
+
+def champion_of(trained, version: str = "1") -> Champion:
+    return Champion(
+        version,
+        trained.model,
+        trained.window.end,
+        trained.data_versions,
+        {"retrain.window_start": str(trained.window.start)},
+    )
+
+
+@pytest.fixture
+def first(make):
+    spec = make()
+    prepared = prepare(spec, pd.Timestamp("2024-01-25"))
+    return spec, prepared, fit(spec, prepared, scratch("first"), None)
+
+
+def test_manual_and_scheduled_runs_recompute_and_stateful_ones_fold_in(first):
+    spec, _, trained = first
+    champion = champion_of(trained)
+
+    assert plan("manual", spec, champion).strategy == "scratch"
+    assert plan("scheduled", spec, champion).strategy == "scratch"
+    assert plan("stateful", spec, None).reason == (
+        "no champion to fold in to: first model of the lineage"
+    )
+    folding = plan("continual", spec, champion)
+    assert (folding.strategy, folding.parent_version, folding.increments) == ("foldin", "1", 1)
+
+
+def test_a_full_recompute_comes_after_scratch_every_fold_ins(make, first):
+    _, prepared, trained = first
+    spec = make(**{"stateful.scratch_every": 1})
+    folded = fit(spec, prepared, plan("stateful", spec, champion_of(trained)), champion_of(trained))
+
+    again = plan("stateful", spec, champion_of(folded, "2"))
+
+    assert again.strategy == "scratch"
+    assert "1 fold-ins since the last recompute (stateful.scratch_every = 1)" in again.reason
+
+
+def test_changed_als_settings_stop_the_fold_in_unless_told_to_recompute(make, first):
+    _, _, trained = first
+    champion = champion_of(trained)
+
+    with pytest.raises(SchemaChangeError, match=r"factors 8 -> 16.*stateful.on_schema_change"):
+        plan("stateful", make(**{"als.factors": 16}), champion)
+    relaxed = make(**{"als.factors": 16, "stateful.on_schema_change": "scratch"})
+    assert plan("stateful", relaxed, champion).strategy == "scratch"
+
+
+def test_the_gate_scores_each_active_user_in_each_backtest_window(make):
+    spec = make(**{"gate.backtest_windows": 2})
+    prepared = prepare(spec, pd.Timestamp("2024-01-25"))
+    trained = fit(spec, prepared, scratch("first"), None)
+
+    evaluated = evaluate(spec, trained, prepared.holdout, None)
+
+    result = evaluated.result
+    assert len(result.windows) == 2
+    assert result.rows == sum(w.rows for w in result.windows) == evaluated.candidate.size
+    assert result.candidate == pytest.approx(evaluated.candidate.mean())
+    assert result.baseline == pytest.approx(evaluated.baseline.mean())
+    # the segment table covers the whole holdout: each active user once
+    assert evaluated.ranking is not None
+    assert evaluated.ranking.candidate.all.users <= result.rows
+
+
+def test_a_ranking_candidate_below_the_popularity_baseline_is_refused():
+    users = np.array([0.2, 0.1, 0.0, 0.3])
+
+    result = backtest(
+        metric="ndcg",
+        task="ranking",
+        y_holdout=np.zeros(4),
+        candidate_pred=users,
+        y_train=np.empty(0),
+        holdout_start=pd.Timestamp("2024-01-01"),
+        holdout_end=pd.Timestamp("2024-01-05"),
+        tolerance=0.0,
+        baseline_pred=users + 0.05,
+    )
+
+    assert not result.passed
+    assert result.reasons[0] == (
+        "candidate does not beat the trivial baseline (0.1500 vs 0.2000): the model learned "
+        "nothing useful on this window"
+    )
+
+
+def test_compare_with_scratch_keeps_whichever_scores_better_on_the_holdout(make, first):
+    _, _, trained = first
+    spec = make(**{"stateful.compare_with_scratch": True})
+    prepared = prepare(spec, pd.Timestamp("2024-02-06"))
+    champion = champion_of(trained)
+
+    chosen = fit_candidate(spec, prepared, plan("stateful", spec, champion), champion)
+
+    folded = fit(spec, prepared, plan("stateful", spec, champion), champion)
+    full = fit(spec, prepared, scratch("rival"), None)
+    fold_score = evaluate(spec, folded, prepared.holdout, None).result.candidate
+    full_score = evaluate(spec, full, prepared.holdout, None).result.candidate
+    expected = "scratch" if full_score - fold_score > spec.gate.tolerance * full_score else "foldin"
+    assert chosen.plan.strategy == expected
+    assert f"{fold_score:.4f} vs {full_score:.4f}" in chosen.plan.reason
+
+
+def test_interactions_from_a_sql_table_train_the_same_model_as_from_csv(tmp_path, make):
+    import sqlalchemy as sa
+
+    from tests.conftest import taste_stream
+
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    engine = sa.create_engine(url)
+    taste_stream().to_sql("ratings", engine, index=False)
+    engine.dispose()
+    from_csv = make()
+    from_sql = make(
+        **{
+            "source": {"kind": "sql", "url": url, "table": "ratings"},
+            "state.dir": str(tmp_path / "sql-state"),  # its own feature cache
+        }
+    )
+    as_of = pd.Timestamp("2024-01-25")
+
+    csv_model = fit(from_csv, prepare(from_csv, as_of), scratch("csv"), None).model
+    sql_prepared = prepare(from_sql, as_of)
+    sql_model = fit(from_sql, sql_prepared, scratch("sql"), None).model
+
+    assert sql_prepared.train.rows > 0 and sql_prepared.cache.computed
+    assert list(sql_model.user_index_) == list(csv_model.user_index_)
+    np.testing.assert_array_equal(sql_model.user_factors_, csv_model.user_factors_)
