@@ -269,9 +269,7 @@ def wait_for_approval(
         + "\n\nChoose **approve** or **reject**, give your name and a comment, then Submit."
     )
     timeout = spec.gate.approval_timeout_seconds
-    how = approval_wait(
-        timeout, spec.gate.suspend_after_seconds, deployment.id is not None
-    )
+    how = approval_wait(timeout, spec.gate.suspend_after_seconds, deployment.id is not None)
     if how == "suspend":
         get_run_logger().info(
             "suspending until an operator answers (at most %s); nothing runs meanwhile",
