@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.settings import resolve_spec
+from flows.simulate_cli import simulate_command
 from retrain.config import ModelSpec
 from retrain.errors import RetrainError
 from retrain.ledger import Ledger
@@ -559,6 +560,10 @@ def demo(
         f"state in {state_dir.resolve()}; `retrain status --state-dir {state_dir}`; "
         f"MLflow UI: `mlflow ui --backend-store-uri {model_spec.state.tracking}`"
     )
+
+
+# `retrain simulate` lives in its own module (issue #7); registered here.
+app.command("simulate")(simulate_command)
 
 
 if __name__ == "__main__":
