@@ -17,11 +17,19 @@ from rich.table import Table
 
 from flows.settings import resolve_spec
 from retrain.errors import RetrainError
-from retrain.simulate import load_replay, parse_policies, simulate
+from retrain.simulate import ProgressCallback, Simulation, load_replay, parse_policies, simulate
+from retrain.simulate_als import (
+    RankingSettings,
+    interaction_replay,
+    parse_ranking_policies,
+    read_interactions,
+    simulate_ranking,
+)
 from retrain.simulate_report import write_report
 
 console = Console(width=None if os.isatty(1) else 120)
 DEFAULT_POLICIES = "never,monthly,weekly,daily,stateful,continual,baseline"
+DEFAULT_ALS_POLICIES = "never,monthly,weekly,stateful,popularity"
 
 
 def parse_sets(values: list[str]) -> dict[str, Any]:
@@ -47,6 +55,22 @@ def parse_sets(values: list[str]) -> dict[str, Any]:
     return out
 
 
+class OnceFilter(logging.Filter):
+    """Lets each distinct warning through once: a replay predicts the same partitions again and
+    again, and would repeat e.g. an unseen-category warning for every policy and step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
 def _summary_table(title: str, rows: list[dict[str, Any]], recommended: str) -> Table:
     table = Table(title=title)
     for col in rows[0]:
@@ -59,18 +83,84 @@ def _summary_table(title: str, rows: list[dict[str, Any]], recommended: str) -> 
     return table
 
 
+def _simulate_lightgbm(
+    spec: Path | None,
+    policies: str | None,
+    state_dir: Path | None,
+    sets: list[str] | None,
+    start: str | None,
+    end: str | None,
+    jobs: int,
+    progress: ProgressCallback,
+) -> Simulation:
+    overrides = parse_sets(sets or [])
+    if state_dir is not None:
+        overrides["state.dir"] = str(state_dir)
+    spec_path = spec or Path(str(resources.files("retrain.demo").joinpath("bike.toml")))
+    model_spec = resolve_spec(spec_path, overrides)
+    chosen = parse_policies(policies or DEFAULT_POLICIES, model_spec)
+    data = load_replay(model_spec, start=start, end=end)
+    notes = [
+        f"spec {spec_path}; overrides: "
+        + (", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"),
+        f"boosting rounds: {model_spec.lightgbm.num_boost_round} per scratch model, "
+        f"{model_spec.stateful.increment_rounds} per warm increment; gate: "
+        f"{model_spec.gate.bootstrap_samples} bootstrap samples",
+    ]
+    return simulate(model_spec, chosen, data, progress=progress, notes=notes, jobs=jobs)
+
+
+def _simulate_als(
+    data_path: Path | None,
+    policies: str | None,
+    start: str | None,
+    end: str | None,
+    sets: list[str] | None,
+    progress: ProgressCallback,
+) -> Simulation:
+    if data_path is None:
+        raise RetrainError(
+            "--family als needs --data: a ratings CSV, e.g. "
+            "--data /work/shared/data/movielens_latest_small/ratings.csv"
+        )
+    if sets:
+        raise RetrainError("--set overrides a model spec: the als family takes none")
+    settings = RankingSettings()
+    data = interaction_replay(read_interactions(data_path), settings.freq, end)
+    return simulate_ranking(
+        parse_ranking_policies(policies or DEFAULT_ALS_POLICIES),
+        data,
+        settings,
+        start,
+        name=f"als on {data_path.name}",
+        progress=progress,
+        notes=(
+            f"data {data_path}; ALS {settings.factors} factors, {settings.iterations} "
+            f"iterations; fold-in with a recompute every {settings.scratch_every} increments",
+        ),
+    )
+
+
 def simulate_command(
     spec: Annotated[
         Path | None,
         typer.Option("--spec", "-s", help="Model spec file (default: the Bike Sharing demo)."),
     ] = None,
     policies: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Comma-separated: never, monthly, weekly, daily, stateful, continual, baseline, "
-            "every:<duration>."
+            help="Comma-separated. lightgbm: never, monthly, weekly, daily, stateful, continual, "
+            f"baseline, every:<duration> (default {DEFAULT_POLICIES}); als: never, monthly, "
+            f"weekly, daily, stateful, popularity (default {DEFAULT_ALS_POLICIES})."
         ),
-    ] = DEFAULT_POLICIES,
+    ] = None,
+    family: Annotated[
+        str, typer.Option(help="lightgbm (a model spec) or als (an interaction table, --data).")
+    ] = "lightgbm",
+    data_path: Annotated[
+        Path | None,
+        typer.Option("--data", help="als: a ratings CSV (user,item,weight,ts or MovieLens)."),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Directory of the report.")] = Path("simulation"),
     tolerance: Annotated[
         float,
@@ -85,7 +175,13 @@ def simulate_command(
             "--set", help="Override a spec key for the simulation, e.g. monitor.max_age=30D."
         ),
     ] = None,
-    start: Annotated[str | None, typer.Option(help="Replay from this date on.")] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            help="lightgbm: replay the partitions from this date on; als: the first scored "
+            "date (the first model trains on everything before it)."
+        ),
+    ] = None,
     end: Annotated[str | None, typer.Option(help="Replay the data before this date.")] = None,
     jobs: Annotated[int, typer.Option(help="Policies replayed in parallel processes.")] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -95,24 +191,12 @@ def simulate_command(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    once = OnceFilter()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(once)
     try:
-        overrides = parse_sets(sets or [])
-        if state_dir is not None:
-            overrides["state.dir"] = str(state_dir)
-        spec_path = spec or Path(str(resources.files("retrain.demo").joinpath("bike.toml")))
-        model_spec = resolve_spec(spec_path, overrides)
-        chosen = parse_policies(policies, model_spec)
         if not 0 <= tolerance < 1:
             raise RetrainError(f"--tolerance {tolerance} must be a fraction in [0, 1), e.g. 0.02")
-        with console.status("reading the history and the feature cache"):
-            data = load_replay(model_spec, start=start, end=end)
-        notes = [
-            f"spec {spec_path}; overrides: "
-            + (", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"),
-            f"boosting rounds: {model_spec.lightgbm.num_boost_round} per scratch model, "
-            f"{model_spec.stateful.increment_rounds} per warm increment; gate: "
-            f"{model_spec.gate.bootstrap_samples} bootstrap samples",
-        ]
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -120,12 +204,21 @@ def simulate_command(
             TimeElapsedColumn(),
             console=console,
         ) as bar:
-            tasks = {p.name: bar.add_task(p.name, total=None) for p in chosen}
+            tasks: dict[str, Any] = {}
 
             def report(name: str, done: int, total: int) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(name, total=total)
                 bar.update(tasks[name], completed=done, total=total)
 
-            simulation = simulate(model_spec, chosen, data, progress=report, notes=notes, jobs=jobs)
+            if family == "als":
+                simulation = _simulate_als(data_path, policies, start, end, sets, report)
+            elif family == "lightgbm":
+                simulation = _simulate_lightgbm(
+                    spec, policies, state_dir, sets, start, end, jobs, report
+                )
+            else:
+                raise RetrainError(f"--family {family!r} is unknown: use lightgbm or als")
         result = write_report(simulation, out, tolerance)
     except RetrainError as exc:
         console.print(f"[bold red]error:[/] {exc}")
@@ -137,9 +230,10 @@ def simulate_command(
             result.recommendation.policy,
         )
     )
-    console.print(
-        f"feature cache: {simulation.features_computed} computed, "
-        f"{simulation.features_cached} cached"
-    )
+    if family == "lightgbm":
+        console.print(
+            f"feature cache: {simulation.features_computed} computed, "
+            f"{simulation.features_cached} cached"
+        )
     console.print(f"[bold]recommendation:[/] {result.recommendation.reason}")
     console.print(f"report: {result.html}")
