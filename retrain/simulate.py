@@ -790,7 +790,13 @@ class _Replayer:
                 policy=self.policy.name,
                 at=at,
                 strategy=plan.strategy,
-                reason=plan.reason if plan.strategy != "baseline" else decision.reason,
+                reason=(
+                    f"{decision.reason} -> {plan.reason}"
+                    if decision.mode == "continual"
+                    else decision.reason
+                    if plan.strategy == "baseline"
+                    else plan.reason
+                ),
                 data_start=window.start,
                 data_end=window.end,
                 rows=len(frame),
