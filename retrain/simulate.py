@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -942,7 +943,10 @@ def simulate(
         runs = tuple(replay_policy(spec, p, data, progress) for p in policies)
     else:
         total = len(data.partitions) - t0
-        with ProcessPoolExecutor(max_workers=min(jobs, len(policies))) as pool:
+        # spawn, not fork: a forked child of a process that already ran LightGBM's OpenMP
+        # threads can hang on a lock it inherited
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(jobs, len(policies)), mp_context=context) as pool:
             futures = {pool.submit(replay_policy, spec, p, data): p.name for p in policies}
             done: dict[str, PolicyRun] = {}
             for future in as_completed(futures):

@@ -218,3 +218,18 @@ def test_simulation_report_has_charts_table_and_recommendation(
     steps = pd.read_csv(tmp_path / "report" / "steps.csv")
     assert len(steps) == 4 * simulation.partitions
     assert "| policy | mae |" in markdown_table(report.table)
+
+
+def test_policies_replayed_in_two_processes_give_the_same_answer(
+    bike_spec: ModelSpec, replay: ReplayData
+) -> None:
+    policies = parse_policies("never,weekly", bike_spec)
+    alone = simulate(bike_spec, policies, replay, jobs=1)
+    parallel = simulate(bike_spec, policies, replay, jobs=2)
+    assert [r.policy for r in parallel.runs] == ["never", "weekly"]
+    for a, b in zip(alone.runs, parallel.runs, strict=True):
+        assert a.overall == b.overall
+        assert [s.metric for s in a.steps] == [s.metric for s in b.steps]
+        assert [t.version for t in a.trainings] == [t.version for t in b.trainings]
+    with pytest.raises(SimulationError, match="jobs must be at least 1"):
+        simulate(bike_spec, policies, replay, jobs=0)
