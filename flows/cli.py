@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.settings import resolve_spec
+from flows.simulate_cli import simulate_command
 from retrain.config import ModelSpec
 from retrain.errors import RetrainError
 from retrain.ledger import Ledger
@@ -641,6 +642,10 @@ def recommend(
             f"no positive left), they get the most popular items of the last "
             f"{model.popularity_window} of its training data, not personal recommendations"
         )
+
+
+# `retrain simulate` lives in its own module (issue #7); registered here.
+app.command("simulate")(simulate_command)
 
 
 if __name__ == "__main__":

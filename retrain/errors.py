@@ -45,3 +45,11 @@ class BacktestError(RetrainError):
 
 class FoldInError(TrainingError):
     """A fold-in cannot start from this init model: recompute from scratch instead."""
+
+
+class LookAheadError(RetrainError):
+    """The simulator was asked for data after the current step's cutoff."""
+
+
+class SimulationError(RetrainError):
+    """A retraining-policy simulation cannot run as configured."""

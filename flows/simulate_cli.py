@@ -1,0 +1,239 @@
+"""``retrain simulate``: replay the history under several retraining policies (no Prefect,
+no registry: the simulator runs in-process)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from flows.settings import resolve_spec
+from retrain.errors import RetrainError
+from retrain.simulate import ProgressCallback, Simulation, load_replay, parse_policies, simulate
+from retrain.simulate_als import (
+    RankingSettings,
+    interaction_replay,
+    parse_ranking_policies,
+    read_interactions,
+    simulate_ranking,
+)
+from retrain.simulate_report import write_report
+
+console = Console(width=None if os.isatty(1) else 120)
+DEFAULT_POLICIES = "never,monthly,weekly,daily,stateful,continual,baseline"
+DEFAULT_ALS_POLICIES = "never,monthly,weekly,stateful,popularity"
+
+
+def parse_sets(values: list[str]) -> dict[str, Any]:
+    """``--set key=value`` pairs as spec overrides; values are read as TOML (numbers, lists,
+    booleans, quoted strings), anything else is a plain string.
+
+    >>> parse_sets(["lightgbm.num_boost_round=100", "monitor.max_age=30D",
+    ...             'monitor.any=["drift"]'])
+    {'lightgbm.num_boost_round': 100, 'monitor.max_age': '30D', 'monitor.any': ['drift']}
+    """
+    out: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise RetrainError(
+                f"--set {item!r} is not key=value: write e.g. --set lightgbm.num_boost_round=100"
+            )
+        try:
+            value: Any = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        out[key.strip()] = value
+    return out
+
+
+class OnceFilter(logging.Filter):
+    """Lets each distinct warning through once: a replay predicts the same partitions again and
+    again, and would repeat e.g. an unseen-category warning for every policy and step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+def _summary_table(title: str, rows: list[dict[str, Any]], recommended: str) -> Table:
+    table = Table(title=title)
+    for col in rows[0]:
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for row in rows:
+        style = "bold green" if row["policy"] == recommended else None
+        table.add_row(
+            *(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()), style=style
+        )
+    return table
+
+
+def _simulate_lightgbm(
+    spec: Path | None,
+    policies: str | None,
+    state_dir: Path | None,
+    sets: list[str] | None,
+    start: str | None,
+    end: str | None,
+    jobs: int,
+    progress: ProgressCallback,
+) -> Simulation:
+    overrides = parse_sets(sets or [])
+    if state_dir is not None:
+        overrides["state.dir"] = str(state_dir)
+    spec_path = spec or Path(str(resources.files("retrain.demo").joinpath("bike.toml")))
+    model_spec = resolve_spec(spec_path, overrides)
+    chosen = parse_policies(policies or DEFAULT_POLICIES, model_spec)
+    data = load_replay(model_spec, start=start, end=end)
+    notes = [
+        f"spec {spec_path}; overrides: "
+        + (", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"),
+        f"boosting rounds: {model_spec.lightgbm.num_boost_round} per scratch model, "
+        f"{model_spec.stateful.increment_rounds} per warm increment; gate: "
+        f"{model_spec.gate.bootstrap_samples} bootstrap samples",
+    ]
+    return simulate(model_spec, chosen, data, progress=progress, notes=notes, jobs=jobs)
+
+
+def _simulate_als(
+    data_path: Path | None,
+    policies: str | None,
+    start: str | None,
+    end: str | None,
+    sets: list[str] | None,
+    progress: ProgressCallback,
+) -> Simulation:
+    if data_path is None:
+        raise RetrainError(
+            "--family als needs --data: a ratings CSV, e.g. "
+            "--data /work/shared/data/movielens_latest_small/ratings.csv"
+        )
+    if sets:
+        raise RetrainError("--set overrides a model spec: the als family takes none")
+    settings = RankingSettings()
+    data = interaction_replay(read_interactions(data_path), settings.freq, end)
+    return simulate_ranking(
+        parse_ranking_policies(policies or DEFAULT_ALS_POLICIES),
+        data,
+        settings,
+        start,
+        name=f"als on {data_path.name}",
+        progress=progress,
+        notes=(
+            f"data {data_path}; ALS {settings.factors} factors, {settings.iterations} "
+            f"iterations; fold-in with a recompute every {settings.scratch_every} increments",
+        ),
+    )
+
+
+def simulate_command(
+    spec: Annotated[
+        Path | None,
+        typer.Option("--spec", "-s", help="Model spec file (default: the Bike Sharing demo)."),
+    ] = None,
+    policies: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated. lightgbm: never, monthly, weekly, daily, stateful, continual, "
+            f"baseline, every:<duration> (default {DEFAULT_POLICIES}); als: never, monthly, "
+            f"weekly, daily, stateful, popularity (default {DEFAULT_ALS_POLICIES})."
+        ),
+    ] = None,
+    family: Annotated[
+        str, typer.Option(help="lightgbm (a model spec) or als (an interaction table, --data).")
+    ] = "lightgbm",
+    data_path: Annotated[
+        Path | None,
+        typer.Option("--data", help="als: a ratings CSV (user,item,weight,ts or MovieLens)."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Directory of the report.")] = Path("simulation"),
+    tolerance: Annotated[
+        float,
+        typer.Option(help="Recommend the cheapest policy within this fraction of the best."),
+    ] = 0.02,
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="State directory (feature cache).")
+    ] = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Override a spec key for the simulation, e.g. monitor.max_age=30D."
+        ),
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            help="lightgbm: replay the partitions from this date on; als: the first scored "
+            "date (the first model trains on everything before it)."
+        ),
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="Replay the data before this date.")] = None,
+    jobs: Annotated[int, typer.Option(help="Policies replayed in parallel processes.")] = 1,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Replay the history under several retraining policies and recommend one."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    once = OnceFilter()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(once)
+    try:
+        if not 0 <= tolerance < 1:
+            raise RetrainError(f"--tolerance {tolerance} must be a fraction in [0, 1), e.g. 0.02")
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
+            tasks: dict[str, Any] = {}
+
+            def report(name: str, done: int, total: int) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(name, total=total)
+                bar.update(tasks[name], completed=done, total=total)
+
+            if family == "als":
+                simulation = _simulate_als(data_path, policies, start, end, sets, report)
+            elif family == "lightgbm":
+                simulation = _simulate_lightgbm(
+                    spec, policies, state_dir, sets, start, end, jobs, report
+                )
+            else:
+                raise RetrainError(f"--family {family!r} is unknown: use lightgbm or als")
+        result = write_report(simulation, out, tolerance)
+    except RetrainError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+    console.print(
+        _summary_table(
+            f"{simulation.spec_name}: {simulation.partitions} partitions replayed",
+            simulation.table(),
+            result.recommendation.policy,
+        )
+    )
+    if family == "lightgbm":
+        console.print(
+            f"feature cache: {simulation.features_computed} computed, "
+            f"{simulation.features_cached} cached"
+        )
+    console.print(f"[bold]recommendation:[/] {result.recommendation.reason}")
+    console.print(f"report: {result.html}")

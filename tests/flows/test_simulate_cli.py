@@ -1,0 +1,67 @@
+"""``retrain simulate``: one command from a spec to the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tests.conftest import spec_dict
+
+runner = CliRunner()
+
+
+def flat(output: str) -> str:
+    return " ".join(output.split())
+
+
+def write_spec(tmp_path: Path, bike_dir: Path) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec_dict(bike_dir, tmp_path / "state")))
+    return path
+
+
+def test_simulate_writes_the_report_and_prints_the_recommendation(
+    tmp_path: Path, bike_dir: Path
+) -> None:
+    spec = write_spec(tmp_path, bike_dir)
+    out = tmp_path / "sim"
+    result = runner.invoke(
+        app,
+        [
+            "simulate", "--spec", str(spec), "--policies", "never,weekly,baseline",
+            "--out", str(out), "--tolerance", "0.05", "--set", "lightgbm.num_boost_round=10",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = flat(result.output)
+    assert "recommendation:" in text
+    assert "feature cache: 61 computed, 0 cached" in text
+    chosen = json.loads((out / "recommendation.json").read_text())
+    assert chosen["policy"] in {"never", "weekly", "baseline"}
+    assert chosen["tolerance"] == 0.05
+    assert "lightgbm.num_boost_round=10" in (out / "report.html").read_text()
+    for name in ("metric_over_time.png", "quality_vs_compute.png", "summary.csv"):
+        assert (out / name).is_file()
+
+    again = runner.invoke(
+        app, ["simulate", "--spec", str(spec), "--policies", "never", "--out", str(out)]
+    )
+    assert again.exit_code == 0, again.output
+    assert "feature cache: 0 computed, 61 cached" in flat(again.output)
+
+
+def test_simulate_rejects_bad_options_naming_the_fix(tmp_path: Path, bike_dir: Path) -> None:
+    spec = write_spec(tmp_path, bike_dir)
+    bad_policy = runner.invoke(app, ["simulate", "--spec", str(spec), "--policies", "hourly"])
+    assert bad_policy.exit_code == 2
+    assert "unknown policy 'hourly': choose from never" in flat(bad_policy.output)
+    bad_set = runner.invoke(app, ["simulate", "--spec", str(spec), "--set", "oops"])
+    assert bad_set.exit_code == 2
+    assert "--set 'oops' is not key=value" in flat(bad_set.output)
+    bad_key = runner.invoke(app, ["simulate", "--spec", str(spec), "--set", "lightgbm.rounds=3"])
+    assert bad_key.exit_code == 2
+    assert "lightgbm.rounds: unknown key" in flat(bad_key.output)
