@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping
@@ -32,6 +31,7 @@ import retrain
 from registry.errors import PromotionRefused, RegistryError, VersionNotFound
 from retrain.ledger import Ledger
 from retrain.promotion import PromotionDecision
+from retrain.redact import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -163,8 +163,7 @@ class ModelRegistry:
 
     def safe_uri(self) -> str:
         """The tracking URI without credentials (user:password@ or token= parts)."""
-        uri = re.sub(r"//[^/@]*@", "//***@", self.tracking_uri)
-        return re.sub(r"(?i)(token|password|secret)=[^&]*", r"\1=***", uri)
+        return redact_url(self.tracking_uri)
 
     @property
     def client(self) -> MlflowClient:

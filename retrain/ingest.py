@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from retrain.config import ModelSpec, SourceSpec
 from retrain.errors import DataError, SchemaError
+from retrain.redact import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -140,12 +141,12 @@ def read_source(source: SourceSpec) -> pd.DataFrame:
                 return pd.read_sql(sa.select(table), conn)
         except sa.exc.NoSuchTableError:
             raise DataError(
-                f"table {source.table!r} does not exist in {engine.url.render_as_string()}: "
+                f"table {source.table!r} does not exist in {redact_url(source.url)}: "
                 "fix source.table"
             ) from None
         except sa.exc.OperationalError as exc:
             raise DataError(
-                f"cannot read the SQL source {engine.url.render_as_string()}: {exc.orig}"
+                f"cannot read the SQL source {redact_url(source.url)}: {exc.orig}"
             ) from None
         finally:
             engine.dispose()

@@ -35,5 +35,5 @@ def test_an_unreachable_tracking_server_fails_after_bounded_retries_without_cred
 
     assert time.monotonic() - started < 60
     assert "s3cret" not in str(e.value)
-    assert "http://***@127.0.0.1" in str(e.value)
+    assert "http://ops:***@127.0.0.1" in str(e.value)
     assert ledger.alias_history("bike") == []
