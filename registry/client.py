@@ -70,7 +70,15 @@ class VersionInfo:
     description: str | None
 
 
-UNREACHABLE = ("Max retries exceeded", "Connection refused", "Failed to establish")
+# what MLflow's REST client says when the server is down or dies in the middle of a request
+UNREACHABLE = (
+    "Max retries exceeded",
+    "Connection refused",
+    "Failed to establish",
+    "Connection broken",
+    "Connection aborted",
+    "Connection reset",
+)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
