@@ -327,3 +327,12 @@ def test_text_in_a_regression_label_quarantines_its_partition(four_days, write_s
     [quarantined] = result.quarantined
     assert "label 'cnt' has 1 non-numeric value(s), e.g. ['lots']" in quarantined.reason
     assert all(p.frame["cnt"].dtype.kind in "if" for p in result.partitions)
+
+
+def test_the_doctests_of_declared_partition_hold():
+    import doctest
+
+    from retrain import ingest as ingest_module
+
+    result = doctest.testmod(ingest_module, verbose=False)
+    assert result.attempted >= 3 and result.failed == 0
