@@ -10,7 +10,6 @@ import functools
 import importlib.metadata
 import logging
 import os
-import re
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping
@@ -30,9 +29,15 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 import retrain
-from registry.errors import PromotionRefused, RegistryError, VersionNotFound
+from registry.errors import (
+    PromotionRefused,
+    RegistryError,
+    UntrustedModel,
+    VersionNotFound,
+)
 from retrain.ledger import Ledger
 from retrain.promotion import PromotionDecision
+from retrain.redact import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +92,15 @@ class VersionInfo:
     description: str | None
 
 
-UNREACHABLE = ("Max retries exceeded", "Connection refused", "Failed to establish")
+# what MLflow's REST client says when the server is down or dies in the middle of a request
+UNREACHABLE = (
+    "Max retries exceeded",
+    "Connection refused",
+    "Failed to establish",
+    "Connection broken",
+    "Connection aborted",
+    "Connection reset",
+)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -185,8 +198,7 @@ class ModelRegistry:
 
     def safe_uri(self) -> str:
         """The tracking URI without credentials (user:password@ or token= parts)."""
-        uri = re.sub(r"//[^/@]*@", "//***@", self.tracking_uri)
-        return re.sub(r"(?i)(token|password|secret)=[^&]*", r"\1=***", uri)
+        return redact_url(self.tracking_uri)
 
     @property
     def client(self) -> MlflowClient:
@@ -291,10 +303,38 @@ class ModelRegistry:
             chain.append(self.version(parent))
         return chain
 
+    def _trusted_model_uri(self, version: str) -> str:
+        """Where a version's model lives, if that is inside this registry's own store.
+
+        A version can be registered by hand (MLflow UI, another client) with a ``source``
+        anywhere: another server, a shared folder, a bucket. Loading runs the model's code, so
+        only a version whose model was logged by a run of this model's experiment, under that
+        run's artifact location, is loaded; anything else is refused.
+        """
+        mv = self.client.get_model_version(self.model_name, version)
+        uri = self.client.get_model_version_download_uri(self.model_name, version)
+        where = f"version {version} of {self.model_name!r} points at {redact_url(uri)}"
+        fix = (
+            "retrain loads models only from its configured registry "
+            f"({self.safe_uri()}): register the model with retrain, or delete that version"
+        )
+        if not mv.run_id:
+            raise UntrustedModel(f"{where}, which no run of this registry logged; {fix}")
+        run = self.client.get_run(mv.run_id)
+        experiment = self.client.get_experiment_by_name(self.model_name)
+        if experiment is None or run.info.experiment_id != experiment.experiment_id:
+            raise UntrustedModel(f"{where}, logged by run {mv.run_id} of another experiment; {fix}")
+        root = run.info.artifact_uri.rstrip("/")
+        if not uri.startswith(f"{root}/"):
+            raise UntrustedModel(
+                f"{where}, outside the artifact store of its run ({redact_url(root)}); {fix}"
+            )
+        return uri
+
     @reachable
     def load_model(self, version: str) -> Any:
         """The fitted trainer of a version, loaded from this registry only."""
-        uri = self.client.get_model_version_download_uri(self.model_name, str(version))
+        uri = self._trusted_model_uri(str(version))
         with tempfile.TemporaryDirectory(prefix="retrain-model-") as tmp:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=uri, dst_path=tmp, tracking_uri=self.tracking_uri

@@ -13,3 +13,7 @@ class PromotionRefused(RegistryError):
 
 class VersionNotFound(RegistryError):
     """A model version or alias does not exist."""
+
+
+class UntrustedModel(RegistryError):
+    """A version whose model lives outside this registry's store: it is never loaded."""

@@ -2,7 +2,9 @@
 
 Every partition gets a content fingerprint. A partition that cannot be used (no labelled row, a
 feature that does not parse as a number) is quarantined with the reason; the other partitions
-still flow.
+still flow. So are rows whose timestamp lies in the future, and a file whose name declares its
+partition (``2011-03-02.parquet`` or ``.../dt=2011-03-02/part-0.parquet``) but that cannot be
+read, holds no row, or holds rows outside that partition.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sqlalchemy as sa
 
 from retrain.config import ModelSpec, SourceSpec
 from retrain.errors import DataError, SchemaError
+from retrain.redact import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +84,52 @@ def _source_files(source: SourceSpec) -> list[tuple[Path, str]]:
     return files
 
 
+def declared_partition(path: Path, freq: str) -> str | None:
+    """The partition key a file's name declares (its stem or a ``key=value`` folder), if any.
+
+    >>> declared_partition(Path("data/2011-03-02.parquet"), "D")
+    '2011-03-02'
+    >>> declared_partition(Path("data/dt=2011-03-02/part-0.parquet"), "D")
+    '2011-03-02'
+    >>> declared_partition(Path("data/2011-03.csv"), "D") is None
+    True
+    """
+    for name in (path.stem, path.parent.name.partition("=")[2]):
+        if not name:
+            continue
+        try:
+            key = str(pd.Period(name, freq=freq))
+        except (ValueError, TypeError):
+            continue
+        if key == name:
+            return key
+    return None
+
+
+def _read_files(
+    source: SourceSpec, freq: str | None
+) -> tuple[list[tuple[Path, pd.DataFrame]], list[Quarantine]]:
+    """Read each file; with ``freq``, a file declaring its partition that cannot be read is
+    quarantined instead of failing the whole source."""
+    read: list[tuple[Path, pd.DataFrame]] = []
+    quarantined: list[Quarantine] = []
+    for path, fmt in _source_files(source):
+        try:
+            frame = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
+        except Exception as exc:  # pandas/pyarrow raise many types for a bad file
+            key = declared_partition(path, freq) if freq else None
+            if key is None:
+                raise DataError(
+                    f"{path} cannot be read as {fmt}: {exc}; fix or remove the file"
+                ) from exc
+            quarantined.append(
+                Quarantine(key, 0, f"file {path} cannot be read as {fmt} ({exc}); rewrite it")
+            )
+            continue
+        read.append((path, frame))
+    return read, quarantined
+
+
 def read_source(source: SourceSpec) -> pd.DataFrame:
     """Read every row of the source as one frame (strings left as they are)."""
     if source.kind == "sql":
@@ -92,24 +141,16 @@ def read_source(source: SourceSpec) -> pd.DataFrame:
                 return pd.read_sql(sa.select(table), conn)
         except sa.exc.NoSuchTableError:
             raise DataError(
-                f"table {source.table!r} does not exist in {engine.url.render_as_string()}: "
+                f"table {source.table!r} does not exist in {redact_url(source.url)}: "
                 "fix source.table"
             ) from None
         except sa.exc.OperationalError as exc:
             raise DataError(
-                f"cannot read the SQL source {engine.url.render_as_string()}: {exc.orig}"
+                f"cannot read the SQL source {redact_url(source.url)}: {exc.orig}"
             ) from None
         finally:
             engine.dispose()
-    frames = []
-    for path, fmt in _source_files(source):
-        try:
-            frame = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
-        except Exception as exc:  # pandas/pyarrow raise many types for a bad file
-            raise DataError(
-                f"{path} cannot be read as {fmt}: {exc}; fix or remove the file"
-            ) from exc
-        frames.append(frame)
+    frames = [frame for _, frame in _read_files(source, freq=None)[0]]
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
@@ -180,6 +221,15 @@ def _check_partition(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame
                     f"{values[bad].head(2).tolist()}; fix the data or list {col!r} under "
                     "features.categorical"
                 )
+    label = frame[spec.label]
+    if spec.task == "regression" and not pd.api.types.is_numeric_dtype(label):
+        bad = pd.to_numeric(label, errors="coerce").isna() & label.notna()
+        if bad.any():
+            return frame, (
+                f"label {spec.label!r} has {int(bad.sum())} non-numeric value(s), e.g. "
+                f"{label[bad].head(2).tolist()}; a regression label must be a number: fix the data"
+            )
+        frame = frame.assign(**{spec.label: pd.to_numeric(label)})
     labelled = frame[frame[spec.label].notna()]
     if labelled.empty:
         return frame, f"label {spec.label!r} is null in every row; wait for labels or fix the data"
@@ -191,6 +241,89 @@ def _check_partition(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame
                 "it must be 0/1"
             )
     return labelled, None
+
+
+def _period_of(key: str, freq: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+    period = pd.Period(key, freq=freq)
+    return period.start_time, (period + 1).start_time
+
+
+def _visible(key: str, spec: ModelSpec, as_of: pd.Timestamp | None) -> bool:
+    """A declared partition that starts at or after ``as_of`` does not exist yet (replay)."""
+    return as_of is None or _period_of(key, spec.partitions.freq)[0] < as_of
+
+
+def _empty_declared_files(
+    files: list[tuple[Path, pd.DataFrame]], spec: ModelSpec, as_of: pd.Timestamp | None
+) -> list[Quarantine]:
+    found = []
+    for path, frame in files:
+        key = declared_partition(path, spec.partitions.freq)
+        if len(frame) == 0 and key is not None and _visible(key, spec, as_of):
+            found.append(
+                Quarantine(
+                    key,
+                    0,
+                    f"file {path} of partition {key} holds no row: re-export the partition "
+                    "(an empty delivery is not a quiet day)",
+                )
+            )
+    return found
+
+
+def _rows_outside_declared_partitions(
+    frame: pd.DataFrame,
+    files: list[tuple[Path, pd.DataFrame]],
+    spec: ModelSpec,
+    as_of: pd.Timestamp | None,
+) -> tuple[np.ndarray, list[Quarantine]]:
+    """Rows of files whose timestamps leave the partition the file's name declares.
+
+    Such a file is quarantined whole: a daily file that holds another day's rows was written by
+    a broken export, and none of its rows can be trusted.
+    """
+    origin = np.repeat(np.arange(len(files)), [len(f) for _, f in files])
+    drop = np.zeros(len(frame), dtype=bool)
+    found = []
+    ts = frame[TS].to_numpy()
+    for i, (path, _) in enumerate(files):
+        key = declared_partition(path, spec.partitions.freq)
+        if key is None or not _visible(key, spec, as_of):
+            continue
+        start, end = _period_of(key, spec.partitions.freq)
+        mine = origin == i
+        outside = mine & ((ts < start.to_datetime64()) | (ts >= end.to_datetime64()))
+        if outside.any():
+            drop |= mine
+            examples = [str(t) for t in frame.loc[outside, TS].head(2)]
+            found.append(
+                Quarantine(
+                    key,
+                    int(mine.sum()),
+                    f"file {path} of partition {key} has {int(outside.sum())} row(s) whose "
+                    f"timestamp {spec.timestamp.column!r} lies outside [{start}, {end}), e.g. "
+                    f"{examples}; none of its rows are used: fix the export or move the rows "
+                    "to their own partition's file",
+                )
+            )
+    return drop, found
+
+
+def _future_rows(rows: pd.DataFrame, spec: ModelSpec, now: pd.Timestamp) -> list[Quarantine]:
+    """Rows stamped after now, one quarantine record per partition they fall into."""
+    found = []
+    for period, part in rows.groupby(rows[TS].dt.to_period(spec.partitions.freq), sort=True):
+        examples = [str(t) for t in part[TS].head(2)]
+        found.append(
+            Quarantine(
+                str(period),
+                len(part),
+                f"{len(part)} row(s) have timestamp {spec.timestamp.column!r} in the future "
+                f"(after now, {now}), e.g. {examples}; they are left out: fix the clock or "
+                "the timestamps at the source",
+            )
+        )
+    return found
 
 
 def utc_now() -> pd.Timestamp:
@@ -213,14 +346,32 @@ def ingest(
         complete_by = utc_now()
     else:
         complete_by = now.tz_convert("UTC").tz_localize(None) if now.tzinfo else now
-    raw = read_source(spec.source)
+    quarantined: list[Quarantine] = []
+    files: list[tuple[Path, pd.DataFrame]] = []
+    if spec.source.kind == "files":
+        files, quarantined = _read_files(spec.source, spec.partitions.freq)
+        quarantined += _empty_declared_files(files, spec, as_of)
+        files = [(path, f) for path, f in files if len(f)]
+        raw = (
+            pd.concat([f for _, f in files], ignore_index=True)
+            if len(files) > 1
+            else (files[0][1] if files else pd.DataFrame())
+        )
+    else:
+        raw = read_source(spec.source)
     if raw.empty:
+        if quarantined:
+            return IngestResult((), tuple(quarantined), 0, 0)
         raise DataError("the source holds no row: check source.path / source.table")
     _require_columns(raw, spec)
     ts = parse_timestamps(raw, spec)
     keep = [spec.label, *spec.features.numeric, *spec.features.categorical]
     frame = raw[list(dict.fromkeys(keep))].copy()
     frame.insert(0, TS, ts)
+    if files:
+        misplaced, outside = _rows_outside_declared_partitions(frame, files, spec, as_of)
+        quarantined += outside
+        frame = frame[~misplaced]
     if as_of is not None:
         frame = frame[frame[TS] < as_of]
     before = len(frame)
@@ -228,10 +379,14 @@ def ingest(
     dropped = before - len(frame)
     if dropped:
         logger.warning("dropped %d duplicated row(s)", dropped)
+    if as_of is None:
+        future = frame[TS] > complete_by
+        if future.any():
+            quarantined += _future_rows(frame[future], spec, complete_by)
+            frame = frame[~future].reset_index(drop=True)
 
     periods = frame[TS].dt.to_period(spec.partitions.freq)
     partitions: list[Partition] = []
-    quarantined: list[Quarantine] = []
     for period, part in frame.groupby(periods, sort=True):
         start = period.start_time
         end = (period + 1).start_time
@@ -249,8 +404,9 @@ def ingest(
         usable, reason = _check_partition(part, spec)
         key = str(period)
         if reason is not None:
-            logger.warning("quarantined partition %s: %s", key, reason)
             quarantined.append(Quarantine(key=key, rows=len(part), reason=reason))
             continue
         partitions.append(Partition(key, start, end, fingerprint(usable), usable))
+    for q in quarantined:
+        logger.warning("quarantined partition %s: %s", q.key, q.reason)
     return IngestResult(tuple(partitions), tuple(quarantined), dropped, len(raw))

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from retrain.errors import LedgerError
+from retrain.redact import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ class Ledger:
 
     def safe_url(self) -> str:
         """The URL with any password masked, for messages and logs."""
-        return sa.make_url(self.url).render_as_string(hide_password=True)
+        return redact_url(self.url)
 
     def dispose(self) -> None:
         if self._engine is not None:

@@ -205,3 +205,134 @@ def test_fingerprint_changes_when_a_column_is_renamed(four_days):
     frame = four_days[["dteday", "hr", "cnt", "temp"]]
 
     assert fingerprint(frame.rename(columns={"temp": "atemp"})) != fingerprint(frame)
+
+
+# -- bad input of the issue's list: each is an error naming the fix or a quarantine record ------
+
+
+def write_days(folder, frame, fmt="parquet"):
+    """One file per day named after its partition (2011-03-01.parquet ...): declared partitions."""
+    folder.mkdir(exist_ok=True)
+    for day in DAYS:
+        rows = frame[day_rows(frame, day)]
+        if fmt == "csv":
+            rows.to_csv(folder / f"{day}.csv", index=False)
+        else:
+            rows.to_parquet(folder / f"{day}.parquet", index=False)
+    return folder
+
+
+def test_an_extra_column_is_ignored_and_changes_no_fingerprint(four_days, write_source, make_spec):
+    clean = ingest(make_spec(write_source(four_days)))
+
+    result = ingest(make_spec(write_source(four_days.assign(surprise="x", debug_id=1))))
+
+    assert keys_and_fingerprints(result) == keys_and_fingerprints(clean)
+    assert result.quarantined == ()
+
+
+def test_a_truncated_parquet_file_is_a_data_error_naming_it(four_days, write_source, make_spec):
+    folder = write_source(four_days, fmt="parquet")
+    data = (folder / "part0.parquet").read_bytes()
+    (folder / "part0.parquet").write_bytes(data[: len(data) // 2])
+
+    with pytest.raises(DataError, match=r"part0\.parquet cannot be read as parquet.*fix or remove"):
+        ingest(make_spec(folder))
+
+
+def test_a_corrupt_file_of_a_declared_partition_is_quarantined_and_the_others_flow(
+    tmp_path, four_days, make_spec
+):
+    folder = write_days(tmp_path / "days", four_days)
+    data = (folder / "2011-03-02.parquet").read_bytes()
+    (folder / "2011-03-02.parquet").write_bytes(data[: len(data) // 2])
+
+    result = ingest(make_spec(folder))
+
+    assert [p.key for p in result.partitions] == ["2011-03-01", "2011-03-03", "2011-03-04"]
+    [quarantined] = result.quarantined
+    assert quarantined.key == "2011-03-02"
+    assert "2011-03-02.parquet cannot be read as parquet" in quarantined.reason
+    assert "rewrite it" in quarantined.reason
+
+
+def test_an_empty_file_of_a_declared_partition_is_quarantined_and_the_others_flow(
+    tmp_path, four_days, make_spec
+):
+    folder = write_days(tmp_path / "days", four_days, fmt="csv")
+    four_days.iloc[:0].to_csv(folder / "2011-03-03.csv", index=False)
+
+    result = ingest(make_spec(folder))
+
+    assert [p.key for p in result.partitions] == ["2011-03-01", "2011-03-02", "2011-03-04"]
+    [quarantined] = result.quarantined
+    assert (quarantined.key, quarantined.rows) == ("2011-03-03", 0)
+    assert "2011-03-03.csv of partition 2011-03-03 holds no row" in quarantined.reason
+
+
+def test_rows_outside_the_partition_their_file_declares_quarantine_that_file(
+    tmp_path, four_days, make_spec
+):
+    frame = four_days.copy()
+    folder = write_days(tmp_path / "days", frame)
+    wrong = frame[day_rows(frame, "2011-03-02")].copy()
+    wrong.loc[wrong.index[:3], "dteday"] = "2011-03-09"  # a broken export stamped 3 rows wrong
+    wrong.to_parquet(folder / "2011-03-02.parquet", index=False)
+
+    result = ingest(make_spec(folder))
+
+    assert [p.key for p in result.partitions] == ["2011-03-01", "2011-03-03", "2011-03-04"]
+    [quarantined] = result.quarantined
+    assert quarantined.key == "2011-03-02"
+    assert quarantined.rows == len(wrong)
+    assert "has 3 row(s) whose timestamp 'dteday' lies outside" in quarantined.reason
+    assert "2011-03-09" in quarantined.reason
+    assert "fix the export" in quarantined.reason
+
+
+def test_rows_stamped_in_the_future_are_quarantined_naming_the_column(
+    four_days, write_source, make_spec
+):
+    frame = four_days.copy()
+    frame.loc[[3, 4], "dteday"] = "2099-01-01"  # a clock gone wrong upstream
+
+    result = ingest(make_spec(write_source(frame)), now=pd.Timestamp("2011-03-05"))
+
+    assert [p.key for p in result.partitions] == list(DAYS)
+    assert sum(p.rows for p in result.partitions) == len(frame) - 2
+    [quarantined] = result.quarantined
+    assert (quarantined.key, quarantined.rows) == ("2099-01-01", 2)
+    assert "timestamp 'dteday' in the future" in quarantined.reason
+    assert "fix the clock" in quarantined.reason
+
+
+def test_the_same_rows_delivered_in_two_files_are_counted_once(four_days, write_source, make_spec):
+    clean = ingest(make_spec(write_source(four_days)))
+    redelivered = four_days[day_rows(four_days, "2011-03-02")]
+
+    result = ingest(make_spec(write_source(four_days, redelivered)))
+
+    assert result.duplicates_dropped == len(redelivered)
+    assert keys_and_fingerprints(result) == keys_and_fingerprints(clean)
+
+
+def test_text_in_a_regression_label_quarantines_its_partition(four_days, write_source, make_spec):
+    frame = four_days.copy()
+    frame["cnt"] = frame["cnt"].astype(object)
+    frame.loc[day_rows(frame, "2011-03-04").idxmax(), "cnt"] = "lots"
+
+    result = ingest(make_spec(write_source(frame)))
+
+    assert [p.key for p in result.partitions] == ["2011-03-01", "2011-03-02", "2011-03-03"]
+    [quarantined] = result.quarantined
+    assert "label 'cnt' has 1 non-numeric value(s), e.g. ['lots']" in quarantined.reason
+    assert all(p.frame["cnt"].dtype.kind in "if" for p in result.partitions)
+
+
+def test_the_doctests_of_declared_partition_hold():
+    import doctest
+
+    from retrain import ingest as ingest_module
+
+    result = doctest.testmod(ingest_module, verbose=False)
+    assert result.attempted >= 3 and result.failed == 0

@@ -1,0 +1,190 @@
+"""The ledger's PostgreSQL server restarted in the middle of a retrain and of a transaction.
+
+These tests really restart the PostgreSQL cluster of RETRAIN_TEST_POSTGRES_URL (``pg_ctlcluster
+restart``, or RETRAIN_TEST_POSTGRES_RESTART for another command), so every other connection
+to it is cut too: they are ``slow`` and ``postgres``, and the server is always started again.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from retrain.ledger import Ledger, model_locks, now, process_owner
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+RESTART_ENV = "RETRAIN_TEST_POSTGRES_RESTART"
+
+
+def restart_command() -> list[str]:
+    if os.environ.get(RESTART_ENV):
+        return shlex.split(os.environ[RESTART_ENV])
+    if shutil.which("pg_lsclusters") is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"no pg_ctlcluster here: set {RESTART_ENV} to a command that restarts it")
+        pytest.skip(f"no pg_ctlcluster: set {RESTART_ENV}")
+    version, cluster = subprocess.run(
+        ["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True
+    ).stdout.split()[:2]
+    return ["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster, "restart"]
+
+
+def wait_until_up(url: str, timeout: float = 60) -> None:
+    engine = sa.create_engine(url)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                with engine.connect() as conn:
+                    conn.execute(sa.text("SELECT 1"))
+                return
+            except sa.exc.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def restart_postgres(postgres_url: str) -> Iterator[Callable[[], None]]:
+    """Restart the server now; whatever happens, it runs again when the test ends."""
+    command = restart_command()
+    start = [*command[:-1], "start"]
+
+    def restart() -> None:
+        subprocess.run(command, check=True, capture_output=True)
+        wait_until_up(postgres_url)
+
+    try:
+        yield restart
+    finally:
+        subprocess.run(start, capture_output=True)  # "already running" is fine
+        wait_until_up(postgres_url)
+
+
+@pytest.fixture
+def ledger_url(postgres_url: str) -> Iterator[str]:
+    schema = f"test_restart_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    admin.dispose()
+    separator = "&" if "?" in postgres_url else "?"
+    try:
+        yield f"{postgres_url}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        admin = sa.create_engine(postgres_url)
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def dead_owner() -> str:
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return process_owner().rsplit(":", 1)[0] + ":" + gone.stdout.strip()
+
+
+def test_a_restart_inside_a_ledger_transaction_leaves_nothing_half_written(
+    ledger_url, restart_postgres
+):
+    """Taking over a dead run's claim is two writes (run failed, claim deleted) in one
+    transaction: the server restarting between them must leave neither."""
+    ledger = Ledger(ledger_url)
+    ledger.migrate()
+    killed = ledger.start_run("bike", "manual", "killed mid-train")
+    with ledger.engine.begin() as conn:
+        conn.execute(
+            model_locks.insert().values(
+                model="bike", run_id=killed, owner=dead_owner(), acquired_at=now()
+            )
+        )
+    rerun = ledger.start_run("bike", "manual", "rerun")
+    restarted = []
+
+    @sa.event.listens_for(ledger.engine, "before_cursor_execute")
+    def restart_before_the_second_write(conn, cursor, statement, *args):
+        if statement.startswith("DELETE FROM model_locks") and not restarted:
+            restarted.append(statement)
+            restart_postgres()  # the UPDATE of the killed run is done but not committed
+
+    with pytest.raises(sa.exc.OperationalError):
+        ledger.claim_model("bike", rerun, pd.Timedelta(days=2))
+
+    assert restarted
+    runs = {r.id: r for r in ledger.runs("bike")}
+    assert runs[killed].status == "running"  # the UPDATE was rolled back with the DELETE
+    with ledger.engine.connect() as conn:
+        holders = conn.execute(sa.select(model_locks.c.run_id)).scalars().all()
+    assert holders == [killed]
+    # the server is back: the same call now completes the takeover as a whole
+    assert ledger.claim_model("bike", rerun, pd.Timedelta(days=2)) is None
+    runs = {r.id: r for r in ledger.runs("bike")}
+    assert (runs[killed].status, runs[killed].error) == ("failed", "abandoned: its process died")
+    with ledger.engine.connect() as conn:
+        holders = conn.execute(sa.select(model_locks.c.run_id)).scalars().all()
+    assert holders == [rerun]
+    ledger.dispose()
+
+
+def test_a_retrain_survives_the_ledger_server_restarting_mid_run(
+    tmp_path: Path, bike_dir: Path, ledger_url, restart_postgres, monkeypatch
+):
+    """The restart cuts the pooled ledger connections while the model trains: the run's next
+    ledger writes reconnect (pool pre-ping) and the run ends promoted, with a consistent
+    ledger and registry."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    import flows.retrain_flow as retrain_flow_module
+    from flows.retrain_flow import make_registry, retrain_flow
+    from flows.settings import resolve_spec
+    from tests.conftest import spec_dict
+
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec_dict(bike_dir, tmp_path / "state")))
+    monkeypatch.setenv("RETRAIN_LEDGER_URL", ledger_url)
+    real_fit = retrain_flow_module.fit_candidate
+    restarts = []
+
+    def fit_with_a_restart(*args, **kwargs):
+        restart_postgres()
+        restarts.append(time.monotonic())
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(retrain_flow_module, "fit_candidate", fit_with_a_restart)
+
+    with prefect_test_harness(server_startup_timeout=180):
+        outcome = retrain_flow(str(spec_path), as_of="2011-04-29", auto_approve=True)
+
+    assert len(restarts) == 1
+    assert outcome["promoted"]
+    ledger = Ledger(ledger_url)
+    [run] = ledger.runs("bike-test")
+    assert (run.status, run.model_version, run.promoted) == ("promoted", outcome["version"], True)
+    assert run.data_version == outcome["data_version"]  # written after the restart
+    assert ledger.retrain_in_flight("bike-test") is None
+    with ledger.engine.connect() as conn:
+        assert conn.execute(sa.select(model_locks)).all() == []  # the claim was released
+    registry = make_registry(resolve_spec(spec_path), ledger)
+    assert registry.aliases()["champion"] == outcome["version"]
+    champion_moves = [a for a in ledger.alias_history("bike-test") if a["alias"] == "champion"]
+    assert [a["to_version"] for a in champion_moves] == [outcome["version"]]
+    ledger.dispose()
