@@ -1,6 +1,12 @@
 """registry: the only package that talks to MLflow (tracking, model registry, aliases, audit)."""
 
 from registry.client import CandidateRecord, ModelRegistry
-from registry.errors import PromotionRefused, RegistryError
+from registry.errors import DecisionFinal, PromotionRefused, RegistryError
 
-__all__ = ["CandidateRecord", "ModelRegistry", "PromotionRefused", "RegistryError"]
+__all__ = [
+    "CandidateRecord",
+    "DecisionFinal",
+    "ModelRegistry",
+    "PromotionRefused",
+    "RegistryError",
+]

@@ -30,6 +30,7 @@ from mlflow.tracking import MlflowClient
 
 import retrain
 from registry.errors import (
+    DecisionFinal,
     PromotionRefused,
     RegistryError,
     UntrustedModel,
@@ -409,7 +410,20 @@ class ModelRegistry:
 
     @reachable
     def record_decision(self, decision: PromotionDecision) -> None:
-        """Write the gate and approval outcome on the version (before any alias move)."""
+        """Write the gate and approval outcome on the version (before any alias move).
+
+        A decision is final: a version that already has one (a champion that was approved, a
+        candidate the gate refused) is never re-decided, so its tags keep saying why it is
+        where it is. Refuses with DecisionFinal.
+        """
+        earlier = self.version(decision.version).tags
+        if GATE_TAG in earlier:
+            raise DecisionFinal(
+                f"version {decision.version} of {self.model_name} was already decided "
+                f"(gate {earlier[GATE_TAG]}, approval {earlier.get(APPROVAL_TAG)}: "
+                f"{earlier.get('retrain.decision', '')}); a decision is final: retrain to get a "
+                "new candidate, or `retrain rollback` to go back to the previous champion"
+            )
         tags = {
             GATE_TAG: "passed" if decision.gate_passed else "failed",
             APPROVAL_TAG: (

@@ -17,3 +17,7 @@ class VersionNotFound(RegistryError):
 
 class UntrustedModel(RegistryError):
     """A version whose model lives outside this registry's store: it is never loaded."""
+
+
+class DecisionFinal(RegistryError):
+    """A second gate/approval decision for a version that already has one."""

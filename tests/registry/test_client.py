@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from registry import ModelRegistry, PromotionRefused, RegistryError
+from registry import DecisionFinal, ModelRegistry, PromotionRefused, RegistryError
 from retrain.promotion import Approval, automatic_approval, decide
 from tests.registry.conftest import FEATURES
 
@@ -124,6 +124,21 @@ def test_the_registry_refuses_a_champion_whose_tags_do_not_say_gated_and_approve
     registry.record_decision(failed_gate)
     with pytest.raises(PromotionRefused, match="only a version that passed"):
         registry.promote(automatic_approval_decision(version), actor="mallory")
+
+
+def test_a_decision_is_final_a_champion_cannot_be_re_decided_as_rejected(registry, make_record):
+    champion = promote_new(registry, make_record)
+    late = decide(
+        version=champion,
+        gate_passed=True,
+        gate_reasons=("ok",),
+        approval=Approval(approved=False, approver="bob", comment="changed my mind"),
+    )
+
+    with pytest.raises(DecisionFinal, match=f"version {champion} of .* was already decided"):
+        registry.record_decision(late)
+    tags = registry.version(champion).tags
+    assert (tags["retrain.approval"], registry.alias_version("champion")) == ("approved", champion)
 
 
 def automatic_approval_decision(version: str):

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from registry import ModelRegistry, PromotionRefused, RegistryError
+from registry import DecisionFinal, ModelRegistry, PromotionRefused, RegistryError
 from registry.client import APPROVAL_TAG, GATE_TAG
 from retrain.ledger import Ledger
 from retrain.promotion import Approval, PromotionDecision, decide
@@ -25,6 +25,7 @@ def make_machine(tracking_uri: str, ledger_url: str, make_record):
             self.registry = ModelRegistry(tracking_uri, f"inv-{uuid.uuid4().hex[:10]}", ledger)
             self.versions: list[str] = []
             self.gate: dict[str, bool] = {}
+            self.decided: set[str] = set()
             self.alias_changes = 0
             self.last_aliases: dict[str, str] = {}
 
@@ -58,7 +59,14 @@ def make_machine(tracking_uri: str, ledger_url: str, make_record):
                 gate_reasons=("property test",),
                 approval=Approval(approved=approve, approver="prop"),
             )
+            if version in self.decided:  # a decision is final: never re-decided
+                try:
+                    self.registry.record_decision(decision)
+                    raise AssertionError(f"version {version} was decided twice")
+                except DecisionFinal:
+                    return
             self.registry.record_decision(decision)
+            self.decided.add(version)
             if decision.promote:
                 self.registry.promote(decision, actor="prop")
             else:
