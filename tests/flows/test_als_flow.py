@@ -12,8 +12,10 @@ import mlflow.pyfunc
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -94,6 +96,62 @@ def test_manual_run_registers_a_pyfunc_that_recommends_with_a_stated_fallback(tm
         "cold",
     }
     assert len(by_user["no-such-user"]) == 5
+
+
+def test_an_als_version_logs_the_per_window_backtest_plot_and_table_with_champion_and_popularity(
+    tmp_path, taste_csv
+):
+    spec_path = write_spec(tmp_path, taste_csv, **{"gate.backtest_windows": 2})
+    retrain_flow(str(spec_path), mode="manual", as_of="2024-01-25", auto_approve=True)
+
+    second = retrain_flow(str(spec_path), mode="manual", as_of="2024-01-29", auto_approve=True)
+
+    _, registry = registry_of(spec_path)
+    assert second["champion"] is not None  # scored beside the champion (v1) and popularity
+    run_id = registry.version(second["version"]).run_id
+    evidence = {f.path: f for f in registry.client.list_artifacts(run_id, "evidence")}
+    for name in ("backtest.png", "backtest_windows.csv", "backtest.csv"):
+        assert f"evidence/{name}" in evidence, sorted(evidence)
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id,
+            artifact_path="evidence",
+            dst_path=str(tmp_path / "evidence"),
+            tracking_uri=registry.tracking_uri,
+        )
+    )
+    with Image.open(local / "backtest.png") as plot:
+        assert plot.format == "PNG"
+        assert plot.size == (1100, 462)  # window panel + overall bars, 10 x 4.2 in at 110 dpi
+    windows = pd.read_csv(local / "backtest_windows.csv")
+    assert list(windows.columns) == [
+        "window",
+        "rows",
+        "candidate",
+        "champion",
+        "baseline",
+        "improvement",
+    ]
+    assert len(windows) == 2
+    assert windows[["candidate", "champion", "baseline"]].notna().all().all()
+    assert windows["window"].tolist() == [
+        "2024-01-25 00:00 .. 2024-01-27 00:00",
+        "2024-01-27 00:00 .. 2024-01-29 00:00",
+    ]
+    # the Prefect run shows the same per-window table
+    with get_client(sync_client=True) as client:
+        [shown] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["taste-als-backtest-windows"])
+            ),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    rows = json.loads(shown.data)
+    assert [row["window"] for row in rows] == windows["window"].tolist()
+    assert [float(row["champion"]) for row in rows] == pytest.approx(
+        windows["champion"].tolist(), abs=1e-4
+    )
 
 
 def test_stateful_runs_fold_in_with_full_history_then_recompute_every_n(tmp_path, taste_csv):
