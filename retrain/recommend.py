@@ -35,6 +35,7 @@ from retrain.features import FeatureCache, Window, make_window
 from retrain.ingest import TS
 from retrain.pipeline import Champion, Evaluated, Prepared, Trained, sample_rows, split_windows
 from retrain.ranking import RankingBacktest, ranking_backtest, relevant_items, user_metrics
+from retrain.reports import window_plot
 from retrain.stateful import STATEFUL_MODES, TrainingPlan, scratch
 from retrain.trainers.als import SHARED, ALSTrainer
 from retrain.trainers.popularity import PopularityRecommender
@@ -284,7 +285,7 @@ def evaluate(
 def write_evidence(
     directory: Path, spec: ModelSpec, prepared: Prepared, trained: Trained, evaluated: Evaluated
 ) -> dict[str, Path]:
-    """Tables and row samples of one ALS retrain, written to ``directory``."""
+    """Plot, tables and row samples of one ALS retrain, written to ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
     for name, window in (("train_sample", prepared.train), ("holdout_sample", prepared.holdout)):
@@ -295,6 +296,12 @@ def write_evidence(
     out["backtest_table"] = directory / "backtest.csv"
     pd.DataFrame(result.window_table()).to_csv(directory / "backtest_windows.csv", index=False)
     out["backtest_windows"] = directory / "backtest_windows.csv"
+    out["backtest_plot"] = window_plot(
+        directory / "backtest.png",
+        result,
+        metric_label=f"{spec.metric}@{spec.als.k}",
+        baseline_label="popularity",
+    )
     report = result.markdown()
     ranking = getattr(evaluated, "ranking", None)
     if ranking is not None:

@@ -33,15 +33,7 @@ def backtest_plot(
     fig = Figure(figsize=(15 if per_window else 11, 4.2), layout="constrained")
     if per_window:
         ax, win, bar = fig.subplots(1, 3, width_ratios=[3, 2, 1])
-        x = np.arange(1, len(result.windows) + 1)
-        win.plot(x, [w.candidate for w in result.windows], "C0o-", label="candidate")
-        if result.champion is not None:
-            win.plot(x, [w.champion for w in result.windows], "C1s--", label="champion")
-        win.plot(x, [w.baseline for w in result.windows], "C7^:", label="baseline")
-        win.set_xticks(x)
-        win.set_xlabel("backtest window")
-        win.set_title(f"{result.metric} per window")
-        win.legend(fontsize=8)
+        _window_panel(win, result, result.metric, "baseline")
     else:
         ax, bar = fig.subplots(1, 2, width_ratios=[3, 1])
     styles = {"actual": "k-", "candidate": "C0-", "champion": "C1--", "baseline": "C7:"}
@@ -50,17 +42,52 @@ def backtest_plot(
     ax.set_title("holdout: daily mean of label and predictions")
     ax.legend(loc="best", fontsize=8)
     ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    _metric_bars(bar, result, result.metric, "baseline")
+    fig.suptitle(f"Backtest {'PASSED' if result.passed else 'FAILED'}", fontsize=11)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def window_plot(
+    path: Path, result: BacktestResult, metric_label: str, baseline_label: str = "baseline"
+) -> Path:
+    """The metric of candidate, champion and baseline in every backtest window, and overall.
+
+    For models whose predictions are not one number per row in time (the ranking family scores
+    each user's top-k list): the backtest plot without the daily panel of ``backtest_plot``.
+    """
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    win, bar = fig.subplots(1, 2, width_ratios=[3, 1])
+    _window_panel(win, result, metric_label, baseline_label)
+    _metric_bars(bar, result, metric_label, baseline_label)
+    fig.suptitle(f"Backtest {'PASSED' if result.passed else 'FAILED'}", fontsize=11)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _window_panel(ax: Any, result: BacktestResult, metric: str, baseline_label: str) -> None:
+    x = np.arange(1, len(result.windows) + 1)
+    ax.plot(x, [w.candidate for w in result.windows], "C0o-", label="candidate")
+    if result.champion is not None:
+        label = f"champion v{result.champion_version}"
+        ax.plot(x, [w.champion for w in result.windows], "C1s--", label=label)
+    ax.plot(x, [w.baseline for w in result.windows], "C7^:", label=baseline_label)
+    ax.set_xticks(x, [f"{i}\n{w.start[5:10]}" for i, w in zip(x, result.windows, strict=True)])
+    ax.set_xlabel("backtest window (number, start)")
+    ax.set_title(f"{metric} per window")
+    ax.legend(fontsize=8)
+
+
+def _metric_bars(ax: Any, result: BacktestResult, metric: str, baseline_label: str) -> None:
     rows = result.table()
     names = [r["model"] for r in rows]
     values = [r[result.metric] for r in rows]
     colors = {"candidate": "C0", "champion": "C1", "baseline": "C7"}
-    bar.bar(names, values, color=[colors[n] for n in names])
-    bar.set_title(f"{result.metric} ({'higher' if result.greater_is_better else 'lower'} better)")
+    labels = [baseline_label if n == "baseline" else n for n in names]
+    ax.bar(labels, values, color=[colors[n] for n in names])
+    ax.set_title(f"{metric} ({'higher' if result.greater_is_better else 'lower'} better)")
     for i, value in enumerate(values):
-        bar.annotate(f"{value:.2f}", (i, value), ha="center", va="bottom", fontsize=8)
-    fig.suptitle(f"Backtest {'PASSED' if result.passed else 'FAILED'}", fontsize=11)
-    fig.savefig(path, dpi=110)
-    return path
+        ax.annotate(f"{value:.2f}", (i, value), ha="center", va="bottom", fontsize=8)
 
 
 def learning_curve_plot(path: Path, evals: dict[str, dict[str, list[float]]]) -> Path | None:

@@ -9,7 +9,9 @@ import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
-from flows.retrain_flow import retrain_flow
+from flows.retrain_flow import make_registry, retrain_flow
+from retrain.config import load_spec
+from retrain.ledger import Ledger
 from tests.conftest import als_spec_dict, spec_dict
 
 runner = CliRunner()
@@ -38,6 +40,53 @@ def test_recommend_reads_the_champion_and_states_the_popularity_fallback(tmp_pat
     assert sum(" als " in line for line in rows) == 3
     assert "top 3 items of taste-als v1" in flat(shown)
     assert "popularity fallback for user(s) nobody: unknown to v1" in flat(shown)
+
+
+def shown_items(output: str) -> list[str]:
+    """The item column of `retrain recommend`'s ALS rows (rich draws cells with U+2502)."""
+    rows = [line.split("\u2502") for line in output.splitlines() if " als " in line]
+    return [cells[3].strip() for cells in rows]
+
+
+def test_rollback_of_an_als_model_moves_champion_back_and_recommend_answers_from_it(
+    tmp_path, taste_csv
+):
+    spec_path = write_spec(tmp_path, als_spec_dict(taste_csv, tmp_path / "state"))
+    weak = {"als.factors": 2, "als.iterations": 1}
+    retrain_flow(str(spec_path), as_of="2024-01-25", auto_approve=True, overrides=weak)
+    better = retrain_flow(str(spec_path), as_of="2024-01-25", auto_approve=True)
+    assert better["promoted"], better["decision"]
+    spec = load_spec(spec_path)
+    ledger = Ledger(spec.state.ledger)
+    registry = make_registry(spec, ledger)
+    assert registry.aliases() == {"champion": "2", "previous": "1"}
+    audited = len(ledger.alias_history(spec.name))
+
+    rolled = runner.invoke(
+        app,
+        ["rollback", spec.name, "--spec", str(spec_path), "--actor", "ana", "--reason", "odd recs"],
+    )
+
+    assert rolled.exit_code == 0, rolled.output
+    assert "taste-als: champion v2 -> v1 (v2 is now `previous`); audited" in flat(rolled)
+    assert registry.aliases() == {"champion": "1", "previous": "2"}
+    moves = [
+        (row["alias"], row["from_version"], row["to_version"], row["actor"], row["reason"])
+        for row in ledger.alias_history(spec.name)[audited:]
+    ]
+    assert moves == [
+        ("champion", "2", "1", "ana", "rollback: odd recs"),
+        ("previous", "1", "2", "ana", "rolled back from 2"),
+    ]
+    shown = runner.invoke(app, ["recommend", "--user", "4", "-k", "5", "--spec", str(spec_path)])
+    assert shown.exit_code == 0, shown.output
+    assert "top 5 items of taste-als v1" in flat(shown)
+    expected = {
+        v: registry.load_model(v).recommend(["4"], k=5)["item"].astype(str).tolist()
+        for v in ("1", "2")
+    }
+    assert expected["1"] != expected["2"]  # the two versions answer differently
+    assert shown_items(shown.output) == expected["1"]
 
 
 def test_recommend_without_a_champion_says_how_to_train_one(tmp_path, taste_csv):

@@ -12,8 +12,11 @@ import mlflow.pyfunc
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
+from prefect.flow_runs import resume_flow_run
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -22,6 +25,7 @@ from flows.retrain_flow import make_registry, retrain_flow
 from retrain.config import load_spec
 from retrain.ledger import Ledger
 from tests.conftest import als_spec_dict
+from tests.flows.test_retrain_flow import _run_in_thread, _wait_for_paused_run
 
 runner = CliRunner()
 
@@ -94,6 +98,124 @@ def test_manual_run_registers_a_pyfunc_that_recommends_with_a_stated_fallback(tm
         "cold",
     }
     assert len(by_user["no-such-user"]) == 5
+
+
+def test_an_als_version_logs_the_per_window_backtest_plot_and_table_with_champion_and_popularity(
+    tmp_path, taste_csv
+):
+    spec_path = write_spec(tmp_path, taste_csv, **{"gate.backtest_windows": 2})
+    retrain_flow(str(spec_path), mode="manual", as_of="2024-01-25", auto_approve=True)
+
+    second = retrain_flow(str(spec_path), mode="manual", as_of="2024-01-29", auto_approve=True)
+
+    _, registry = registry_of(spec_path)
+    assert second["champion"] is not None  # scored beside the champion (v1) and popularity
+    run_id = registry.version(second["version"]).run_id
+    evidence = {f.path: f for f in registry.client.list_artifacts(run_id, "evidence")}
+    for name in ("backtest.png", "backtest_windows.csv", "backtest.csv"):
+        assert f"evidence/{name}" in evidence, sorted(evidence)
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id,
+            artifact_path="evidence",
+            dst_path=str(tmp_path / "evidence"),
+            tracking_uri=registry.tracking_uri,
+        )
+    )
+    with Image.open(local / "backtest.png") as plot:
+        assert plot.format == "PNG"
+        assert plot.size == (1100, 462)  # window panel + overall bars, 10 x 4.2 in at 110 dpi
+    windows = pd.read_csv(local / "backtest_windows.csv")
+    assert list(windows.columns) == [
+        "window",
+        "rows",
+        "candidate",
+        "champion",
+        "baseline",
+        "improvement",
+    ]
+    assert len(windows) == 2
+    assert windows[["candidate", "champion", "baseline"]].notna().all().all()
+    assert windows["window"].tolist() == [
+        "2024-01-25 00:00 .. 2024-01-27 00:00",
+        "2024-01-27 00:00 .. 2024-01-29 00:00",
+    ]
+    # the Prefect run shows the same per-window table
+    with get_client(sync_client=True) as client:
+        [shown] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["taste-als-backtest-windows"])
+            ),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    rows = json.loads(shown.data)
+    assert [row["window"] for row in rows] == windows["window"].tolist()
+    assert [float(row["champion"]) for row in rows] == pytest.approx(
+        windows["champion"].tolist(), abs=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    ("decision", "champion", "approval"),
+    [("approve", "2", "approved"), ("reject", "1", "rejected")],
+)
+def test_an_als_promotion_waits_for_the_operator_typed_answer_through_the_prefect_api(
+    tmp_path, taste_csv, decision, champion, approval
+):
+    spec_path = write_spec(tmp_path, taste_csv, **{"gate.require_approval": True})
+    # a weak champion (2 factors, 1 iteration), auto-approved, for the candidate to beat
+    weak = {"als.factors": 2, "als.iterations": 1}
+    first = retrain_flow(
+        str(spec_path), as_of="2024-01-25", auto_approve=True, overrides=weak, actor="ci"
+    )
+    assert first["promoted"], first["decision"]
+    thread, box = _run_in_thread(spec_path, as_of="2024-01-25")
+
+    paused = _wait_for_paused_run()
+    spec, registry = registry_of(spec_path)
+    assert registry.aliases() == {"champion": "1", "challenger": "2"}  # nothing moves yet
+    resume_flow_run(
+        paused.id,
+        run_input={"decision": decision, "approver": "ana", "comment": "checked the ndcg plot"},
+    )
+    thread.join(timeout=120)
+
+    assert "error" not in box, box.get("error")
+    outcome = box["outcome"]
+    assert outcome["gate_passed"] and outcome["champion"] is not None
+    assert outcome["promoted"] is (decision == "approve")
+    assert registry.alias_version("champion") == champion
+    tags = registry.version("2").tags
+    assert (tags["retrain.approval"], tags["retrain.approver"]) == (approval, "ana")
+    assert tags["retrain.approval_comment"] == "checked the ndcg plot"
+    ledger = Ledger(spec.state.ledger)
+    run = ledger.run_of_flow_run(str(paused.id))
+    assert run is not None and run.model_version == "2"
+    assert (run.actor, run.status) == ("ana", "promoted" if decision == "approve" else "rejected")
+    moves = [
+        (row["alias"], row["from_version"], row["to_version"], row["actor"])
+        for row in ledger.alias_history(spec.name)
+        if row["flow_run_id"] == str(paused.id)
+    ]
+    if decision == "approve":
+        assert registry.alias_version("previous") == "1"
+        assert moves == [
+            ("challenger", None, "2", "ci"),  # registered by the run's actor
+            ("champion", "1", "2", "ana"),
+            ("previous", None, "1", "ana"),
+            ("challenger", "2", None, "ana"),
+        ]
+        [audit] = [
+            row
+            for row in ledger.alias_history(spec.name)
+            if row["flow_run_id"] == str(paused.id) and row["alias"] == "champion"
+        ]
+        assert audit["reason"] == "gate passed; approved by ana: checked the ndcg plot"
+    else:
+        assert registry.aliases() == {"champion": "1", "challenger": "2"}
+        assert moves == [("challenger", None, "2", "ci")]  # set at registration, then no move
+        assert "rejected by ana: checked the ndcg plot" in (run.error or "")
 
 
 def test_stateful_runs_fold_in_with_full_history_then_recompute_every_n(tmp_path, taste_csv):

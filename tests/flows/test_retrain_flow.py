@@ -119,12 +119,12 @@ def _wait_for_paused_run(timeout: float = 120.0):
     raise AssertionError("no flow run paused for approval")
 
 
-def _run_in_thread(spec_path: Path) -> tuple[threading.Thread, dict[str, Any]]:
+def _run_in_thread(spec_path: Path, as_of: str = AS_OF) -> tuple[threading.Thread, dict[str, Any]]:
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["outcome"] = retrain_flow(str(spec_path), as_of=AS_OF, actor="ci")
+            box["outcome"] = retrain_flow(str(spec_path), as_of=as_of, actor="ci")
         except BaseException as exc:
             box["error"] = exc
 
