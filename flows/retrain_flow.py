@@ -7,6 +7,7 @@ carries it out. An operator approves in the Prefect UI (a paused run with a type
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 import shutil
@@ -17,7 +18,11 @@ from typing import Any, Literal
 
 import pandas as pd
 from prefect import flow, get_run_logger, pause_flow_run, suspend_flow_run, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_image_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import FlowPauseTimeout, Pause
 from prefect.input import RunInput
@@ -197,6 +202,7 @@ def register_candidate(
         model_dir = trained.model.save(workdir / "trainer")
         family = family_of(spec)
         evidence = family.write_evidence(workdir / "evidence", spec, prepared, trained, evaluated)
+        _plot_artifact(spec, evidence.get("backtest_plot"), evaluated.result.metric)
         tags = lineage_tags(
             spec,
             mode,
@@ -245,6 +251,19 @@ def register_candidate(
         return registry.register_candidate(record, actor=actor, flow_run_id=_flow_run_id())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _plot_artifact(spec: ModelSpec, plot: Path | None, metric: str) -> None:
+    """The backtest plot (metric per window, both models) on the flow run, inline: the
+    approver sees it next to the verdict without access to MLflow's artifact store."""
+    if plot is None or not Path(plot).exists():
+        return
+    encoded = base64.b64encode(Path(plot).read_bytes()).decode("ascii")
+    create_image_artifact(
+        image_url=f"data:image/png;base64,{encoded}",
+        key=_artifact_key(spec.name, "backtest-plot"),
+        description=f"{metric} per backtest window: candidate, champion and baseline",
+    )
 
 
 def _tmp_root(spec: ModelSpec) -> Path:

@@ -417,7 +417,7 @@ class ModelRegistry:
         where it is. Refuses with DecisionFinal.
         """
         earlier = self.version(decision.version).tags
-        if GATE_TAG in earlier:
+        if APPROVAL_TAG in earlier:  # the gate tag is written at registration, this one here
             raise DecisionFinal(
                 f"version {decision.version} of {self.model_name} was already decided "
                 f"(gate {earlier[GATE_TAG]}, approval {earlier.get(APPROVAL_TAG)}: "

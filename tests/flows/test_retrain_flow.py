@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from pathlib import Path
@@ -63,6 +64,13 @@ def test_first_manual_retrain_beats_the_baseline_and_becomes_champion(tmp_path, 
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["bike-test-backtest"]))
         )
     assert artifacts and "Backtest PASSED" in artifacts[0].data
+    with get_client(sync_client=True) as client:
+        [plot, *_] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["bike-test-backtest-plot"]))
+        )
+    # the plot itself, inline on the flow run: a PNG the UI shows without MLflow access
+    assert plot.type == "image" and plot.data.startswith("data:image/png;base64,")
+    assert base64.b64decode(plot.data.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_second_run_reuses_the_feature_cache_and_is_compared_with_the_champion(
