@@ -11,6 +11,15 @@ measures the signals with :func:`retrain.monitor.compute_signals` and asks
 :func:`retrain.triggers.decide_trigger`. Promotions are approved automatically (there is no
 operator in a replay) and nothing is registered: a simulation runs in-process.
 
+The spec's family decides what a retrain is. The recommendation family (implicit ALS) runs its
+own steps of :func:`retrain.families.family_of`: ``plan`` (recompute, or fold-in into the
+champion by the stateful planner), ``fit_candidate`` and ``evaluate`` (the ranking backtest
+through the same gate, against the champion and the popularity baseline), on the windows of the
+visible partitions, read from the feature cache. A step scores the champion's top k for the
+users active in the partition, on the items they had not rated before it; its continual policy
+has the monitor's age and volume signals (its columns are ids: no drift or quality). When no
+first model passes the gate, the family's trivial baseline serves (version 0) until one does.
+
 No look-ahead by construction: a policy and a trainer only ever hold a :class:`History`, which
 holds the partitions before the cutoff and nothing else, and raises :class:`LookAheadError` when
 asked for more. Features come from the same feature cache as every retrain, so a second
