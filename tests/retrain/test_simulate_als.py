@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -188,3 +189,35 @@ def test_a_second_als_simulation_computes_no_feature(
     assert (second.features_computed, second.features_cached) == (0, len(again.partitions))
     # the family's steps read the cache too, and wrote nothing new into it
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.parquet")} == before
+
+
+def test_the_popular_items_serve_when_no_first_model_passes_the_gate(
+    tmp_path: Path,
+) -> None:
+    # everyone likes the same ten films (ids 900-909): the popular items are the best answer,
+    # and an ALS whose factors a huge regularisation crushes ranks at random
+    rng = np.random.default_rng(0)
+    rows = []
+    for day in range(40):
+        for user in rng.choice(90, 30, replace=False):
+            liked = rng.random() < 0.8
+            item = int(rng.integers(900, 910)) if liked else int(rng.integers(100, 200))
+            when = pd.Timestamp("2024-01-01") + pd.Timedelta(days=day, hours=int(user) % 24)
+            rows.append((int(user), item, 5.0 if liked else 3.0, int(when.timestamp())))
+    path = tmp_path / "ratings.csv"
+    pd.DataFrame(rows, columns=["userId", "movieId", "rating", "timestamp"]).drop_duplicates(
+        ["userId", "movieId"]
+    ).to_csv(path, index=False)
+    spec = parse_spec(als_spec_dict(path, tmp_path / "state", **{"als.regularization": 1e6}))
+    data = load_replay(spec)
+    never = replay_policy(spec, parse_policies("never", spec)[0], data)
+    first = never.trainings[0]
+    assert not first.gate_passed and not first.promoted
+    assert "does not beat the trivial baseline" in first.verdict
+    assert {s.champion_version for s in never.steps} == {0}
+    assert (never.retrains, never.promotions) == (0, 0)
+    # version 0 is the popularity baseline of the first training window: it scores as the
+    # baseline policy does before that one refits
+    baseline = replay_policy(spec, parse_policies("baseline", spec)[0], data)
+    assert never.steps[0].metric == pytest.approx(baseline.steps[0].metric)
+    assert never.steps[0].rows == baseline.steps[0].rows > 0
