@@ -18,18 +18,10 @@ from rich.table import Table
 from flows.settings import resolve_spec
 from retrain.errors import RetrainError
 from retrain.simulate import ProgressCallback, Simulation, load_replay, parse_policies, simulate
-from retrain.simulate_als import (
-    RankingSettings,
-    interaction_replay,
-    parse_ranking_policies,
-    read_interactions,
-    simulate_ranking,
-)
 from retrain.simulate_report import write_report
 
 console = Console(width=None if os.isatty(1) else 120)
 DEFAULT_POLICIES = "never,monthly,weekly,daily,stateful,continual,baseline"
-DEFAULT_ALS_POLICIES = "never,monthly,weekly,stateful,popularity"
 
 
 def parse_sets(values: list[str]) -> dict[str, Any]:
@@ -83,7 +75,7 @@ def _summary_table(title: str, rows: list[dict[str, Any]], recommended: str) -> 
     return table
 
 
-def _simulate_lightgbm(
+def _simulate(
     spec: Path | None,
     policies: str | None,
     state_dir: Path | None,
@@ -101,44 +93,25 @@ def _simulate_lightgbm(
     chosen = parse_policies(policies or DEFAULT_POLICIES, model_spec)
     data = load_replay(model_spec, start=start, end=end)
     notes = [
-        f"spec {spec_path}; overrides: "
+        f"spec {spec_path} ({model_spec.family}); overrides: "
         + (", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"),
-        f"boosting rounds: {model_spec.lightgbm.num_boost_round} per scratch model, "
-        f"{model_spec.stateful.increment_rounds} per warm increment; gate: "
-        f"{model_spec.gate.bootstrap_samples} bootstrap samples",
     ]
-    return simulate(model_spec, chosen, data, progress=progress, notes=notes, jobs=jobs)
-
-
-def _simulate_als(
-    data_path: Path | None,
-    policies: str | None,
-    start: str | None,
-    end: str | None,
-    sets: list[str] | None,
-    progress: ProgressCallback,
-) -> Simulation:
-    if data_path is None:
-        raise RetrainError(
-            "--family als needs --data: a ratings CSV, e.g. "
-            "--data /work/shared/data/movielens_latest_small/ratings.csv"
+    gate = f"gate: {model_spec.gate.bootstrap_samples} bootstrap samples"
+    if model_spec.family == "lightgbm":
+        notes.append(
+            f"boosting rounds: {model_spec.lightgbm.num_boost_round} per scratch model, "
+            f"{model_spec.stateful.increment_rounds} per warm increment; {gate}"
         )
-    if sets:
-        raise RetrainError("--set overrides a model spec: the als family takes none")
-    settings = RankingSettings()
-    data = interaction_replay(read_interactions(data_path), settings.freq, end)
-    return simulate_ranking(
-        parse_ranking_policies(policies or DEFAULT_ALS_POLICIES),
-        data,
-        settings,
-        start,
-        name=f"als on {data_path.name}",
-        progress=progress,
-        notes=(
-            f"data {data_path}; ALS {settings.factors} factors, {settings.iterations} "
-            f"iterations; fold-in with a recompute every {settings.scratch_every} increments",
-        ),
-    )
+    else:
+        als = model_spec.als
+        notes.append(
+            f"ALS {als.factors} factors, {als.iterations} iterations; fold-in with a full "
+            f"recompute every {model_spec.stateful.scratch_every} fold-ins; {gate}, the "
+            f"popularity baseline of the last {als.popularity_window}; step metric = "
+            f"{model_spec.metric}@{als.k} over the users active in the partition, on the items "
+            "they had not rated before; overall = weighted by users"
+        )
+    return simulate(model_spec, chosen, data, progress=progress, notes=notes, jobs=jobs)
 
 
 def simulate_command(
@@ -149,17 +122,10 @@ def simulate_command(
     policies: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated. lightgbm: never, monthly, weekly, daily, stateful, continual, "
-            f"baseline, every:<duration> (default {DEFAULT_POLICIES}); als: never, monthly, "
-            f"weekly, daily, stateful, popularity (default {DEFAULT_ALS_POLICIES})."
+            help="Comma-separated: never, monthly, weekly, daily, stateful, continual, baseline, "
+            f"every:<duration> (default {DEFAULT_POLICIES}). The spec's family decides what "
+            "they train (LightGBM or ALS; baseline = the mean or the popular items)."
         ),
-    ] = None,
-    family: Annotated[
-        str, typer.Option(help="lightgbm (a model spec) or als (an interaction table, --data).")
-    ] = "lightgbm",
-    data_path: Annotated[
-        Path | None,
-        typer.Option("--data", help="als: a ratings CSV (user,item,weight,ts or MovieLens)."),
     ] = None,
     out: Annotated[Path, typer.Option(help="Directory of the report.")] = Path("simulation"),
     tolerance: Annotated[
@@ -178,8 +144,8 @@ def simulate_command(
     start: Annotated[
         str | None,
         typer.Option(
-            help="lightgbm: replay the partitions from this date on; als: the first scored "
-            "date (the first model trains on everything before it)."
+            help="Replay the partitions from this date on (the first model trains on the "
+            "first windows.train + windows.holdout of them)."
         ),
     ] = None,
     end: Annotated[str | None, typer.Option(help="Replay the data before this date.")] = None,
@@ -211,14 +177,7 @@ def simulate_command(
                     tasks[name] = bar.add_task(name, total=total)
                 bar.update(tasks[name], completed=done, total=total)
 
-            if family == "als":
-                simulation = _simulate_als(data_path, policies, start, end, sets, report)
-            elif family == "lightgbm":
-                simulation = _simulate_lightgbm(
-                    spec, policies, state_dir, sets, start, end, jobs, report
-                )
-            else:
-                raise RetrainError(f"--family {family!r} is unknown: use lightgbm or als")
+            simulation = _simulate(spec, policies, state_dir, sets, start, end, jobs, report)
         result = write_report(simulation, out, tolerance)
     except RetrainError as exc:
         console.print(f"[bold red]error:[/] {exc}")
@@ -230,10 +189,9 @@ def simulate_command(
             result.recommendation.policy,
         )
     )
-    if family == "lightgbm":
-        console.print(
-            f"feature cache: {simulation.features_computed} computed, "
-            f"{simulation.features_cached} cached"
-        )
+    console.print(
+        f"feature cache: {simulation.features_computed} computed, "
+        f"{simulation.features_cached} cached"
+    )
     console.print(f"[bold]recommendation:[/] {result.recommendation.reason}")
     console.print(f"report: {result.html}")

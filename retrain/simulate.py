@@ -11,6 +11,15 @@ measures the signals with :func:`retrain.monitor.compute_signals` and asks
 :func:`retrain.triggers.decide_trigger`. Promotions are approved automatically (there is no
 operator in a replay) and nothing is registered: a simulation runs in-process.
 
+The spec's family decides what a retrain is. The recommendation family (implicit ALS) runs its
+own steps of :func:`retrain.families.family_of`: ``plan`` (recompute, or fold-in into the
+champion by the stateful planner), ``fit_candidate`` and ``evaluate`` (the ranking backtest
+through the same gate, against the champion and the popularity baseline), on the windows of the
+visible partitions, read from the feature cache. A step scores the champion's top k for the
+users active in the partition, on the items they had not rated before it; its continual policy
+has the monitor's age and volume signals (its columns are ids: no drift or quality). When no
+first model passes the gate, the family's trivial baseline serves (version 0) until one does.
+
 No look-ahead by construction: a policy and a trainer only ever hold a :class:`History`, which
 holds the partitions before the cutoff and nothing else, and raises :class:`LookAheadError` when
 asked for more. Features come from the same feature cache as every retrain, so a second
@@ -37,12 +46,23 @@ import pandas as pd
 from retrain.backtest import backtest, baseline_predictions, score
 from retrain.config import ModelSpec
 from retrain.errors import EmptyWindowError, LookAheadError, SimulationError
-from retrain.features import PARTITION, FeatureCache, Window, make_window, plan_windows
-from retrain.ingest import TS, Partition, ingest
+from retrain.families import family_of
+from retrain.features import (
+    PARTITION,
+    FeatureCache,
+    MaterializeResult,
+    Window,
+    make_window,
+    plan_windows,
+)
+from retrain.ingest import TS, IngestResult, Partition, ingest
 from retrain.monitor import compute_signals
-from retrain.pipeline import make_trainer, split_windows
+from retrain.pipeline import Champion, Prepared, make_trainer, split_windows
 from retrain.promotion import automatic_approval, decide
+from retrain.ranking import evaluate_ranking, relevant_items
+from retrain.recommend import interactions
 from retrain.stateful import ChampionState, TrainingPlan, plan_training, skip_reason
+from retrain.trainers.popularity import PopularityRecommender
 from retrain.triggers import decide_trigger
 
 logger = logging.getLogger(__name__)
@@ -225,15 +245,18 @@ class Continual:
         if champion is None:
             return Decision(True, "no champion", "continual")
         spec, config = self.spec, self.spec.monitor
-        features = list(spec.features.columns)
+        # the recommendation family's columns are ids: its signals are age and volume (as in
+        # the monitor's check, ``retrain.pipeline.monitor_check``)
+        scored = spec.family == "lightgbm"
+        features = list(spec.features.columns) if scored else []
         reference = history.frame(champion.train_start, champion.train_end)
         fresh_start = champion.train_end
         if fresh_start >= history.end:
             fresh = reference.iloc[0:0]
         else:
             fresh = history.frame(fresh_start, history.end)
-        ref_scores = champion.model.predict(reference[features])
-        fresh_scores = champion.model.predict(fresh[features]) if len(fresh) else None
+        ref_scores = champion.model.predict(reference[features]) if scored else None
+        fresh_scores = champion.model.predict(fresh[features]) if scored and len(fresh) else None
         ripe = history.end - pd.Timedelta(config.label_delay)
         ripe_keys = {p.key for p in history.partitions if p.start >= fresh_start and p.end <= ripe}
         labelled = None
@@ -243,7 +266,7 @@ class Continual:
         signals = compute_signals(
             config=config,
             numeric=[c for c in features if c not in spec.features.categorical],
-            categorical=list(spec.features.categorical),
+            categorical=[c for c in spec.features.categorical if c in features],
             reference=reference,
             fresh=fresh,
             champion_train_end=champion.train_end,
@@ -374,7 +397,7 @@ class PolicyRun:
     @property
     def promotions(self) -> int:
         """Promotions after the first model."""
-        return max(sum(t.promoted for t in self.trainings) - 1, 0)
+        return sum(t.promoted for t in self.fits[1:])
 
     @property
     def train_wall_s(self) -> float:
@@ -613,6 +636,39 @@ def first_step(data: ReplayData, spec: ModelSpec) -> int:
     )
 
 
+def metric_name(spec: ModelSpec) -> str:
+    """The replay's metric: the spec's, at the cut-off k for a ranking family (``ndcg@10``)."""
+    return spec.metric if spec.family == "lightgbm" else f"{spec.metric}@{spec.als.k}"
+
+
+def _ranking_step(spec: ModelSpec, data: ReplayData, t: int, model: Any) -> tuple[int, float]:
+    """Score a recommender on partition ``t``: top-k for the users active in it, on the items
+    they had not interacted with before it (the partitions before ``t`` only). Returns the
+    number of users scored and the metric over them (NaN when nobody found a new item)."""
+    assert spec.interactions is not None
+    user = spec.interactions.user
+    upcoming = data.features(t)
+    seen = data.history(t)
+    past = seen.frame(seen.start, seen.end)
+    # only the partition's users matter (their seen items, warm or cold): a smaller table
+    mine = past[past[user].isin(upcoming[user].unique())]
+    train = interactions(spec, mine if len(mine) else past)
+    held = interactions(spec, upcoming)
+    if relevant_items(train, held, spec.als.min_rating).empty:
+        return 0, math.nan
+    scores = evaluate_ranking(
+        model, train, held, k=spec.als.k, min_rating=spec.als.min_rating
+    ).segment("all")
+    return scores.users, float(getattr(scores, spec.metric))
+
+
+def baseline_recommender(spec: ModelSpec, history: History, train: Window) -> Any:
+    """The ranking family's trivial model: the most popular items of the recent past (the
+    baseline every ranking backtest scores), fitted on the training window."""
+    frame = interactions(spec, history.frame(train.start, train.end))
+    return PopularityRecommender(spec.als.popularity_window, spec.als.min_rating).fit(frame)
+
+
 class _Timer:
     def __enter__(self) -> _Timer:
         self._wall, self._cpu = time.perf_counter(), time.process_time()
@@ -642,6 +698,8 @@ class _Replayer:
         c = self.champion
         if c is None or c.strategy == "baseline":
             return None
+        if self.spec.family != "lightgbm":
+            return self._family_champion().state()  # type: ignore[union-attr]
         return ChampionState(
             version=str(c.version),
             increments=c.increments,
@@ -711,6 +769,9 @@ class _Replayer:
         except EmptyWindowError as exc:
             self._skip(at, str(exc))
             return
+        if spec.family != "lightgbm":
+            self._train_family(history, decision, train, holdout)
+            return
         champion_state = self._champion_state()
         if decision.mode == "baseline":
             plan = TrainingPlan("baseline", decision.reason, None, 0)
@@ -760,6 +821,38 @@ class _Replayer:
             passed, verdict, cand_metric = self._gate(
                 plan, model, y, Xh, yh, holdout, holdout_frame
             )
+        self._record(
+            history,
+            decision,
+            plan,
+            model,
+            train,
+            window,
+            len(frame),
+            fit_time,
+            gate_time,
+            passed,
+            verdict,
+            cand_metric,
+        )
+
+    def _record(
+        self,
+        history: History,
+        decision: Decision,
+        plan: TrainingPlan,
+        model: Any,
+        train: Window,
+        window: Window,
+        rows: int,
+        fit_time: _Timer,
+        gate_time: _Timer,
+        passed: bool,
+        verdict: str,
+        cand_metric: float | None,
+    ) -> None:
+        """Promote as the promotion policy decides (approved automatically) and record."""
+        at = history.end
         self.versions += 1
         version = self.versions
         promotion = decide(
@@ -771,7 +864,7 @@ class _Replayer:
         if promotion.promote:
             train_start = (
                 self.champion.train_start
-                if plan.strategy in {"warm", "refit"} and self.champion
+                if plan.strategy in {"warm", "refit", "foldin"} and self.champion
                 else window.start
             )
             self.champion = SimChampion(
@@ -800,7 +893,7 @@ class _Replayer:
                 ),
                 data_start=window.start,
                 data_end=window.end,
-                rows=len(frame),
+                rows=rows,
                 fit_wall_s=fit_time.wall,
                 fit_cpu_s=fit_time.cpu,
                 gate_wall_s=gate_time.wall,
@@ -810,6 +903,105 @@ class _Replayer:
                 verdict=promotion.reason,
                 version=version,
             )
+        )
+
+    def serve_baseline(self, history: History) -> None:
+        """No model passed the gate yet: the trivial baseline serves (version 0) until one does,
+        as a backtest would tell the user. Its fit is not a training of the policy's."""
+        spec = self.spec
+        try:
+            train, _ = plan_windows(history.partitions, spec, as_of=history.end)
+        except EmptyWindowError as exc:
+            raise SimulationError(
+                f"policy {self.policy.name}: no first model and no window for the baseline "
+                f"({exc}); lengthen windows.train or start later"
+            ) from None
+        model: Any
+        if spec.family == "lightgbm":
+            _, y = _xy(spec, history.frame(train.start, train.end))
+            model = BaselineModel(spec.task, spec.metric).fit(pd.DataFrame(), y)
+        else:
+            model = baseline_recommender(spec, history, train)
+        self.champion = SimChampion(
+            0, model, "baseline", train.start, train.end, train.version, None
+        )
+        self.state = PolicyState(self.champion, self.state.last_trained_at)
+
+    def _family_champion(self) -> Champion | None:
+        """The policy's champion as the family steps take it (the registry's view of it)."""
+        c = self.champion
+        if c is None or c.strategy == "baseline":
+            return None
+        return Champion(
+            version=str(c.version),
+            model=c.model,
+            train_end=c.train_end,
+            data_versions=(c.data_version,),
+            tags={"retrain.window_start": str(c.train_start)},
+        )
+
+    def _train_family(
+        self, history: History, decision: Decision, train: Window, holdout: Window
+    ) -> None:
+        """One retrain through the family's own steps (``family_of(spec)``: plan, fit,
+        evaluate = the gate), on the windows of the visible partitions only; the family reads
+        them from the feature cache, as a retrain does."""
+        spec, at = self.spec, history.end
+        family = family_of(spec)
+        champion = self._family_champion()
+        prepared = Prepared(
+            IngestResult(history.partitions, (), 0, 0),
+            MaterializeResult((), (), ()),
+            train,
+            holdout,
+            spec.feature_spec_hash(),
+        )
+        if decision.mode == "baseline":
+            plan = TrainingPlan("baseline", decision.reason, None, 0)
+        else:
+            plan = family.plan(decision.mode, spec, champion)
+            skip = skip_reason(
+                decision.mode,
+                champion.state() if champion else None,
+                self.champion.data_version if self.champion else None,
+                train.version,
+                holdout.start,
+            )
+            if skip is not None:
+                self._skip(at, skip)
+                return
+        model: Any
+        with _Timer() as fit_time:
+            if plan.strategy == "baseline":
+                window, rows = train, len(history.frame(train.start, train.end))
+                model = baseline_recommender(spec, history, train)
+            else:
+                trained = family.fit_candidate(spec, prepared, plan, champion)
+                plan, window, rows, model = (
+                    trained.plan,
+                    trained.window,
+                    trained.rows,
+                    trained.model,
+                )
+        with _Timer() as gate_time:
+            if plan.strategy == "baseline":
+                passed, verdict, value = True, "the baseline is refitted without a gate", None
+            else:
+                result = family.evaluate(spec, trained, holdout, champion).result
+                passed, verdict, value = result.passed, "; ".join(result.reasons), result.candidate
+        self._record(
+            history,
+            decision,
+            plan,
+            model,
+            train,
+            window,
+            rows,
+            fit_time,
+            gate_time,
+            passed,
+            verdict,
+            value,
         )
 
     def _gate(
@@ -872,11 +1064,7 @@ def replay_policy(
     first_mode = "baseline" if isinstance(policy, Periodic) and policy.mode == "baseline" else ""
     replayer.train(data.history(t0), Decision(True, "first model", first_mode or "scheduled"))
     if replayer.champion is None:
-        raise SimulationError(
-            f"policy {policy.name}: the first model, trained on the data before "
-            f"{data.partitions[t0].start}, did not pass the gate "
-            f"({replayer.trainings[-1].verdict}); lengthen windows.train or start later"
-        )
+        replayer.serve_baseline(data.history(t0))
     steps: list[StepRecord] = []
     ys: list[np.ndarray] = []
     preds: list[np.ndarray] = []
@@ -884,11 +1072,15 @@ def replay_policy(
     for t in range(t0, len(data.partitions)):
         champion = replayer.champion
         assert champion is not None
-        part, frame = data.partitions[t], data.features(t)
-        X, y = _xy(spec, frame)
-        pred = champion.model.predict(X)
-        ys.append(y)
-        preds.append(pred)
+        part = data.partitions[t]
+        if spec.family == "lightgbm":
+            X, y = _xy(spec, data.features(t))
+            pred = champion.model.predict(X)
+            ys.append(y)
+            preds.append(pred)
+            rows, value = len(y), score(spec.metric, y, pred)
+        else:
+            rows, value = _ranking_step(spec, data, t, champion.model)
         # the partition is scored; only now may the policy see it
         history = data.history(t + 1)
         with _Timer() as decide_time:
@@ -899,8 +1091,8 @@ def replay_policy(
                 policy.name,
                 part.key,
                 part.start,
-                len(y),
-                score(spec.metric, y, pred),
+                rows,
+                value,
                 champion.version,
                 decision_text,
                 decide_time.wall,
@@ -909,11 +1101,16 @@ def replay_policy(
         )
         if progress is not None:
             progress(policy.name, t - t0 + 1, total)
-    overall = score(spec.metric, np.concatenate(ys), np.concatenate(preds))
+    if spec.family == "lightgbm":
+        overall = score(spec.metric, np.concatenate(ys), np.concatenate(preds))
+    else:  # the mean over every scored user
+        scored = [s for s in steps if s.rows]
+        users = sum(s.rows for s in scored)
+        overall = math.fsum(s.metric * s.rows for s in scored) / users if users else math.nan
     step_metrics = np.array([s.metric for s in steps])
     return PolicyRun(
         policy=policy.name,
-        metric=spec.metric,
+        metric=metric_name(spec),
         overall=overall,
         mean_step=float(np.nanmean(step_metrics)) if step_metrics.size else math.nan,
         steps=tuple(steps),
@@ -956,7 +1153,7 @@ def simulate(
         runs = tuple(done[p.name] for p in policies)
     return Simulation(
         spec_name=spec.name,
-        metric=spec.metric,
+        metric=metric_name(spec),
         greater_is_better=spec.greater_is_better,
         first_step=data.partitions[t0].key,
         last_step=data.partitions[-1].key,

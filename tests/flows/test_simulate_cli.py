@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tests.conftest import spec_dict
+from tests.conftest import als_spec_dict, spec_dict
 
 runner = CliRunner()
 
@@ -65,3 +65,31 @@ def test_simulate_rejects_bad_options_naming_the_fix(tmp_path: Path, bike_dir: P
     bad_key = runner.invoke(app, ["simulate", "--spec", str(spec), "--set", "lightgbm.rounds=3"])
     assert bad_key.exit_code == 2
     assert "lightgbm.rounds: unknown key" in flat(bad_key.output)
+
+
+def test_simulate_an_als_spec_runs_the_als_family_through_the_gate(
+    tmp_path: Path, taste_csv: Path
+) -> None:
+    spec = tmp_path / "als.yaml"
+    spec.write_text(yaml.safe_dump(als_spec_dict(taste_csv, tmp_path / "state")))
+    out = tmp_path / "sim"
+    result = runner.invoke(
+        app,
+        ["simulate", "--spec", str(spec), "--policies", "never,stateful,baseline",
+         "--out", str(out), "--end", "2024-02-01"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = flat(result.output)
+    assert "taste-als: 7 partitions replayed" in text
+    assert "feature cache: 31 computed, 0 cached" in text
+    summary = (out / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("policy,ndcg@5,")
+    assert [row.split(",")[0] for row in summary[1:]] == ["never", "stateful", "baseline"]
+    report = (out / "report.html").read_text()
+    assert "(als)" in report and "popularity baseline" in report
+
+    again = runner.invoke(
+        app, ["simulate", "--spec", str(spec), "--policies", "never", "--out", str(out)]
+    )
+    assert again.exit_code == 0, again.output
+    assert "feature cache: 9 computed, 31 cached" in flat(again.output)
