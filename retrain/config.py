@@ -48,6 +48,10 @@ def _duration(value: str, key: str) -> pd.Timedelta:
     return delta
 
 
+def _days(delta: pd.Timedelta) -> str:
+    return f"{int(delta / pd.Timedelta(days=1))}D"
+
+
 class SourceSpec(_Strict):
     """Where the raw rows come from: a folder of parquet/CSV files or a SQL table."""
 
@@ -309,7 +313,7 @@ class MonitorSpec(_Strict):
     """Signals of the continual mode and the policy that turns them into a retrain."""
 
     interval: str = "1h"  # how often the monitor flow checks
-    max_age: str = "7D"  # age fires when the champion's training end is this old
+    max_age: str = "30D"  # age fires when the champion's training end is this old
     min_new_rows: int = Field(default=1000, ge=1)  # volume fires at this many new rows
     min_rows: int = Field(default=200, ge=10)  # no drift/quality verdict on smaller samples
     alpha: float = Field(default=0.01, gt=0.0, lt=1.0)  # after Holm's correction
@@ -432,6 +436,16 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
+        uses_age = "age" in self.monitor.any or "age" in self.monitor.all
+        holdout = pd.Timedelta(self.windows.holdout)
+        if uses_age and self.monitor.max_age_delta <= holdout:
+            raise ValueError(
+                f"monitor.max_age ({self.monitor.max_age}) must be longer than windows.holdout "
+                f"({self.windows.holdout}): a champion's age counts from its training end, one "
+                "holdout before it was trained, so the age signal would fire at every check; "
+                f"set monitor.max_age to at least {_days(holdout * 2)}, or drop 'age' from "
+                "monitor.any / monitor.all"
+            )
         if self.family == "als":
             if self.metric not in RANKING_METRICS:
                 raise ValueError(

@@ -161,7 +161,7 @@ def test_a_retrain_survives_the_ledger_server_restarting_mid_run(
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec_dict(bike_dir, tmp_path / "state")))
     monkeypatch.setenv("RETRAIN_LEDGER_URL", ledger_url)
-    real_fit = retrain_flow_module.fit_candidate
+    real_fit = retrain_flow_module.train_candidate
     restarts = []
 
     def fit_with_a_restart(*args, **kwargs):
@@ -169,7 +169,7 @@ def test_a_retrain_survives_the_ledger_server_restarting_mid_run(
         restarts.append(time.monotonic())
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(retrain_flow_module, "fit_candidate", fit_with_a_restart)
+    monkeypatch.setattr(retrain_flow_module, "train_candidate", fit_with_a_restart)
 
     with prefect_test_harness(server_startup_timeout=180):
         outcome = retrain_flow(str(spec_path), as_of="2011-04-29", auto_approve=True)

@@ -249,3 +249,18 @@ def test_an_invalid_suspend_after_names_the_key_and_the_fix(spec_data, value, ex
     message = spec_error(spec_data, **{"gate.suspend_after": value})
 
     assert expected in message
+
+
+def test_an_age_trigger_shorter_than_the_holdout_is_refused_with_the_fix(spec_data):
+    message = spec_error(
+        spec_data, **{"monitor.max_age": "7D", "windows.holdout": "14D", "monitor.any": ["age"]}
+    )
+
+    assert "monitor.max_age (7D) must be longer than windows.holdout (14D)" in message
+    assert "set monitor.max_age to at least 28D" in message
+
+
+def test_a_short_max_age_is_fine_when_age_does_not_trigger(tmp_path, spec_data):
+    spec_data["monitor"] = {"max_age": "7D", "any": ["drift"]}
+
+    assert load_spec(write_spec(tmp_path, spec_data)).monitor.max_age == "7D"
