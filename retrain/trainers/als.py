@@ -453,7 +453,7 @@ class ALSTrainer:
                 seen.data[:] = 1.0
             self.user_items_ = user_items
             self.seen_ = seen
-            self.orphans_ = _pairs(frame[~known])
+            self.orphans_ = _pairs(frame.iloc[:0] if known.all() else frame[~known])
             self.n_train_rows_ = len(frame)
             users_now = user_items.getnnz(axis=0)
         prepared = time.perf_counter()
@@ -548,8 +548,11 @@ class ALSTrainer:
         known = (users >= 0) & (items >= 0)
         # rows stored as orphans (not positive, user or item without a row) may have a row now
         orphans = init.orphans_
-        orphan_users = lookup(self.user_index_, coerce_ids(self.user_index_, orphans["user"]))
-        orphan_items = lookup(self.item_index_, coerce_ids(self.item_index_, orphans["item"]))
+        if len(orphans):
+            orphan_users = lookup(self.user_index_, orphans["user"].to_numpy())
+            orphan_items = lookup(self.item_index_, orphans["item"].to_numpy())
+        else:  # the usual case (every row a positive): skip pandas' fixed costs
+            orphan_users = orphan_items = np.empty(0, dtype="int64")
         adopted = (orphan_users >= 0) & (orphan_items >= 0)
         rows = np.unique(np.concatenate([users[known], orphan_users[adopted]]))
         sub_shape = (rows.size, shape[1])
@@ -597,9 +600,13 @@ class ALSTrainer:
         seen_after.sort_indices()
         self.user_items_ = splice_rows(old, rows, after)
         self.seen_ = splice_rows(old_seen, rows, seen_after)
-        self.orphans_ = _pairs(
-            pd.concat([orphans[~adopted], frame.loc[~known, ["user", "item"]]], ignore_index=True)
-        )
+        if adopted.any() or not known.all():
+            orphans = _pairs(
+                pd.concat(
+                    [orphans[~adopted], frame.loc[~known, ["user", "item"]]], ignore_index=True
+                )
+            )
+        self.orphans_ = orphans
         diff = (after - before).tocsr()
         diff.eliminate_zeros()
         changed = rows[diff.getnnz(axis=1) > 0]
