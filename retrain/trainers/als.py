@@ -57,6 +57,22 @@ Fold-in
     by mistake) cannot be folded in: ``FoldInError`` says to
     recompute. ``increments_`` counts the fold-ins since the last recompute.
 
+Fold-in from the increment alone
+    ``foldin_data="increment"`` (default ``"history"``): the caller passes only the rows after
+    the init model's ``train_end_`` (an earlier row is refused: a late row needs the full
+    history, which finds every user it changes). They are appended to the init model's stored
+    ``user_items_`` and ``seen_`` (new users and items get new rows and columns); only the rows
+    of the users the increment touches are rebuilt, the others are copied as they are. The
+    changed users are those whose rebuilt row differs; each is still solved on their FULL
+    history, read from the stored matrix, exactly as above: the factors are bit-for-bit those
+    of a fold-in given the full history (integer-valued weights; with summed float weights up to
+    the rounding of the sums). The model keeps what this needs besides the matrices: the
+    positives of the last ``popularity_window`` (``recent_users_``, ``recent_items_``,
+    ``recent_ts_``) for the popularity fallback, and the non-positive rows whose user or item has
+    no row yet (``orphans_``), which become seen once they get one. With ``duplicates="last"``
+    an increment row replaces the stored weight of its pair; one that turns a stored positive
+    into a non-positive is refused (recompute), as the full-history fold-in refuses it.
+
 Recommendations
     ``recommend(user_ids, k)`` returns ``user, rank, item, score, source``: known users get ALS
     scores (``source="als"``, seen items filtered); unknown users, and known users with no
@@ -98,13 +114,17 @@ from retrain.trainers.interactions import (
     query_ids,
     recommendation_frame,
     sparse_matrix,
+    splice_rows,
     top_k,
 )
 
 CONFIDENCE = ("linear", "bm25", "tfidf", "threshold")
 STRATEGIES = ("recompute", "foldin")
+FOLDIN_DATA = ("history", "increment")
 IDF_FLOOR = 1e-3
-FORMAT = 1
+FORMAT = 2
+# formats load() reads: 1 lacks the recent positives and orphan rows (no increment fold-in)
+READABLE_FORMATS = (1, 2)
 # Users scored per matrix product in recommend(): bounds memory to BATCH x items floats.
 BATCH = 2048
 META_FILE = "als.json"
@@ -148,6 +168,10 @@ class ALSTrainer:
     item_factors_: np.ndarray
     user_items_: sp.csr_matrix
     seen_: sp.csr_matrix
+    orphans_: pd.DataFrame
+    recent_users_: np.ndarray
+    recent_items_: np.ndarray
+    recent_ts_: np.ndarray
     idf_: np.ndarray
     idf_documents_: int
     mean_user_weight_: float
@@ -180,6 +204,7 @@ class ALSTrainer:
         bm25_k1: float = 100.0,
         bm25_b: float = 0.8,
         refresh_items: float | None = 0.2,
+        foldin_data: str = "history",
     ) -> None:
         self.factors = factors
         self.regularization = regularization
@@ -196,6 +221,7 @@ class ALSTrainer:
         self.bm25_k1 = bm25_k1
         self.bm25_b = bm25_b
         self.refresh_items = refresh_items
+        self.foldin_data = foldin_data
 
     # -- parameters ---------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -215,6 +241,7 @@ class ALSTrainer:
             "bm25_k1": self.bm25_k1,
             "bm25_b": self.bm25_b,
             "refresh_items": self.refresh_items,
+            "foldin_data": self.foldin_data,
         }
 
     def non_default_params(self) -> dict[str, Any]:
@@ -262,6 +289,12 @@ class ALSTrainer:
                 f"refresh_items must be None (only new items) or a growth >= 0, e.g. 0.5 to "
                 f"refold items whose users grew by 50%; got {self.refresh_items!r}"
             )
+        if self.foldin_data not in FOLDIN_DATA:
+            raise TrainingError(
+                f"foldin_data {self.foldin_data!r} is unknown; use 'history' (the full history up "
+                "to the new cutoff) or 'increment' (only the rows after the init model's training "
+                "end; each changed user's full history comes from the init model's matrix)"
+            )
         check_min_rating(self.min_rating)
         check_window(self.popularity_window)
         if self.strategy == "foldin":
@@ -290,13 +323,19 @@ class ALSTrainer:
             raise NotFittedError("this ALSTrainer is not fitted yet: call fit(interactions) first")
 
     # -- matrices -----------------------------------------------------------------------------
-    def _idf(self, user_items: sp.csr_matrix, documents: int) -> np.ndarray:
-        users_per_item = np.bincount(user_items.indices, minlength=user_items.shape[1])
+    def _idf(self, users_per_item: np.ndarray, documents: int) -> np.ndarray:
         idf = np.log(float(max(documents, 1))) - np.log1p(users_per_item)
         return np.maximum(idf, IDF_FLOOR)
 
-    def _confidence(self, user_items: sp.csr_matrix) -> sp.csr_matrix:
-        """The confidence matrix (before implicit's ``alpha`` scaling), float32."""
+    def _confidence(
+        self, user_items: sp.csr_matrix, totals: np.ndarray | None = None
+    ) -> sp.csr_matrix:
+        """The confidence matrix (before implicit's ``alpha`` scaling), float32.
+
+        A row's confidence depends only on that row (and the frozen idf), so rows or columns of
+        ``user_items`` give the same values as slicing the whole confidence matrix; for bm25 on
+        a slice of columns pass ``totals``, each row's total weight over every column.
+        """
         data = user_items.data
         if self.confidence == "threshold":
             values = np.ones_like(data)
@@ -305,7 +344,8 @@ class ALSTrainer:
         elif self.confidence == "tfidf":
             values = np.sqrt(data) * self.idf_[user_items.indices]
         else:  # bm25
-            totals = np.asarray(user_items.sum(axis=1)).ravel()
+            if totals is None:
+                totals = np.asarray(user_items.sum(axis=1)).ravel()
             norm = (1.0 - self.bm25_b) + self.bm25_b * totals / self.mean_user_weight_
             per_entry = np.repeat(norm, np.diff(user_items.indptr))
             values = (
@@ -370,12 +410,17 @@ class ALSTrainer:
             frame = dedupe_last(frame)
         weights = frame["weight"].to_numpy(dtype="float64")
         positive = positive_mask(weights, self.min_rating)
-        check_positives(positive, self.min_rating)
         init = self.init_model
+        increment = self.strategy == "foldin" and self.foldin_data == "increment"
+        if not increment:
+            check_positives(positive, self.min_rating)
         train_end = pd.Timestamp(frame["ts"].max())
+        ts = frame["ts"].to_numpy().astype("datetime64[ns]")
         if self.strategy == "foldin":
             assert init is not None
-            if train_end < init.train_end_:
+            if increment:
+                self._check_increment(init, ts)
+            elif train_end < init.train_end_:
                 raise FoldInError(
                     f"the interactions end at {train_end}, before the init model's training end "
                     f"{init.train_end_}: pass the full history up to the new cutoff"
@@ -389,43 +434,66 @@ class ALSTrainer:
             None if init is None else init.item_index_, frame["item"], positive, "item"
         )
         shape = (user_index.size, item_index.size)
-        user_items = sparse_matrix(users[positive], items[positive], weights[positive], shape)
-        known = (users >= 0) & (items >= 0)
-        if known.sum() == positive.sum():  # every row is a positive: seen = their pattern
-            seen = _structure(user_items)
-        else:
-            seen = sparse_matrix(users[known], items[known], np.ones(int(known.sum())), shape)
-            seen.data[:] = 1.0
-
         n_old_users = 0 if init is None else init.user_index_.size
         n_old_items = 0 if init is None else init.item_index_.size
         self.user_index_ = user_index
         self.item_index_ = item_index
-        self.user_items_ = user_items
-        self.seen_ = seen
+        if increment:
+            assert init is not None
+            changed, users_before, users_now = self._append(
+                init, frame, users, items, weights, positive
+            )
+        else:
+            user_items = sparse_matrix(users[positive], items[positive], weights[positive], shape)
+            known = (users >= 0) & (items >= 0)
+            if known.sum() == positive.sum():  # every row is a positive: seen = their pattern
+                seen = _structure(user_items)
+            else:
+                seen = sparse_matrix(users[known], items[known], np.ones(int(known.sum())), shape)
+                seen.data[:] = 1.0
+            self.user_items_ = user_items
+            self.seen_ = seen
+            self.orphans_ = _pairs(frame.iloc[:0] if known.all() else frame[~known])
+            self.n_train_rows_ = len(frame)
+            users_now = user_items.getnnz(axis=0)
         prepared = time.perf_counter()
 
         if self.strategy == "foldin":
             assert init is not None
-            updated, refreshed = self._fold_in(init, n_old_users, n_old_items)
+            if not increment:
+                changed, users_before = self._changes(init, n_old_users)
+            refreshed = self._fold_in(
+                init, changed, users_before, users_now, n_old_users, n_old_items
+            )
             self.increments_ = init.increments_ + 1
         else:
-            updated, refreshed = np.arange(user_index.size), np.arange(item_index.size)
+            changed, refreshed = np.arange(user_index.size), np.arange(item_index.size)
             self._recompute()
             self.increments_ = 0
         solved = time.perf_counter()
 
-        ts = frame["ts"].to_numpy()
+        # popularity: positives of the last popularity_window (kept with the model, so that an
+        # increment fold-in counts the window's earlier rows without reading the history again)
+        window = check_window(self.popularity_window)
+        recent_users, recent_items, recent_ts = users[positive], items[positive], ts[positive]
+        if increment:
+            assert init is not None
+            recent_users = np.concatenate([init.recent_users_, recent_users])
+            recent_items = np.concatenate([init.recent_items_, recent_items])
+            recent_ts = np.concatenate([init.recent_ts_, recent_ts])
         order, scores = popularity_ranking(
-            users[positive], items[positive], ts[positive], item_index.size, train_end,
-            check_window(self.popularity_window), overall=user_items.getnnz(axis=0),
+            recent_users, recent_items, recent_ts, item_index.size, train_end, window,
+            overall=users_now,
         )  # fmt: skip
+        in_window = recent_ts > np.datetime64((train_end - window).to_datetime64(), "ns")
+        self.recent_users_ = recent_users[in_window].astype("int64")
+        self.recent_items_ = recent_items[in_window].astype("int64")
+        self.recent_ts_ = recent_ts[in_window]
         self.popular_items_ = order
         self.popular_scores_ = scores
         self.train_end_ = train_end
         self.init_train_end_ = None if init is None else init.train_end_
-        self.n_train_rows_ = len(frame)
-        self.updated_users_ = user_index[updated]
+        self.updated_users_ = user_index[changed]
         self.updated_items_ = item_index[refreshed]
         self.new_users_ = user_index[n_old_users:]
         self.new_items_ = item_index[n_old_items:]
@@ -436,26 +504,122 @@ class ALSTrainer:
         }
         return self
 
-    def _recompute(self) -> None:
-        documents = int((self.user_items_.getnnz(axis=1) > 0).sum())
-        self.idf_documents_ = documents
-        self.idf_ = self._idf(self.user_items_, documents)
-        totals = np.asarray(self.user_items_.sum(axis=1)).ravel()
-        self.mean_user_weight_ = float(totals[totals > 0].mean())
-        conf = self._confidence(self.user_items_)
-        with _one_blas_thread():
-            model = self._implicit()
-            model.fit(conf, show_progress=False)
-        self.user_factors_ = np.ascontiguousarray(model.user_factors)
-        self.item_factors_ = np.ascontiguousarray(model.item_factors)
+    def _check_increment(self, init: ALSTrainer, ts: np.ndarray) -> None:
+        """An increment fold-in needs rows after the init model's end and its stored state."""
+        if not hasattr(init, "recent_ts_"):
+            raise FoldInError(
+                "the init model was saved in format 1, without the rows an increment fold-in "
+                "needs (recent positives, orphan rows): fold in with foldin_data='history' (the "
+                "full history) or recompute"
+            )
+        end = np.datetime64(init.train_end_.to_datetime64(), "ns")
+        late = ts <= end
+        if late.any():
+            raise FoldInError(
+                f"{int(late.sum())} of the {ts.size} rows are stamped at or before the init "
+                f"model's training end {init.train_end_}: foldin_data='increment' takes only "
+                "the rows after it. For late rows pass the full history (foldin_data='history'), "
+                "which finds every user they change, or recompute"
+            )
+        mine, theirs = check_window(self.popularity_window), check_window(init.popularity_window)
+        if mine > theirs:
+            raise FoldInError(
+                f"popularity_window {self.popularity_window!r} is longer than the init model's "
+                f"{init.popularity_window!r}, the span of rows it kept: fold in with "
+                "foldin_data='history' or recompute"
+            )
 
-    def _fold_in(
-        self, init: ALSTrainer, n_old_users: int, n_old_items: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Fold changed users and new (or grown) items into ``init``'s factors.
+    def _append(
+        self,
+        init: ALSTrainer,
+        frame: pd.DataFrame,
+        users: np.ndarray,
+        items: np.ndarray,
+        weights: np.ndarray,
+        positive: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Add the increment's rows to the init model's matrices (``foldin_data="increment"``).
 
-        Returns the rows of the users and of the items whose factors were recomputed.
+        Only the rows of the users the increment touches are rebuilt (their stored full history
+        plus the new rows); every other row is copied. Returns the changed user rows and the
+        number of users per item before and after.
         """
+        shape = (self.user_index_.size, self.item_index_.size)
+        known = (users >= 0) & (items >= 0)
+        # rows stored as orphans (not positive, user or item without a row) may have a row now
+        orphans = init.orphans_
+        if len(orphans):
+            orphan_users = lookup(self.user_index_, orphans["user"].to_numpy())
+            orphan_items = lookup(self.item_index_, orphans["item"].to_numpy())
+        else:  # the usual case (every row a positive): skip pandas' fixed costs
+            orphan_users = orphan_items = np.empty(0, dtype="int64")
+        adopted = (orphan_users >= 0) & (orphan_items >= 0)
+        rows = np.unique(np.concatenate([users[known], orphan_users[adopted]]))
+        sub_shape = (rows.size, shape[1])
+        local = np.searchsorted(rows, users)
+        old = pad_rows_cols(init.user_items_, shape)
+        old_seen = pad_rows_cols(init.seen_, shape)
+        before = old[rows]
+        seen_before = old_seen[rows]
+        added = sparse_matrix(local[positive], items[positive], weights[positive], sub_shape)
+        touched = sparse_matrix(
+            np.concatenate([local[known], np.searchsorted(rows, orphan_users[adopted])]),
+            np.concatenate([items[known], orphan_items[adopted]]),
+            np.ones(int(known.sum() + adopted.sum())),
+            sub_shape,
+        )
+        if self.duplicates == "sum":
+            after = (before + added).tocsr()
+            self.n_train_rows_ = init.n_train_rows_ + len(frame)
+        else:  # the increment's (latest) row of a pair replaces the stored one
+            rewritten = before.multiply(_structure(touched)).tocsr()
+            dropped = (rewritten - rewritten.multiply(_structure(added))).tocsr()
+            dropped.eliminate_zeros()
+            if dropped.nnz:
+                lost = np.flatnonzero(dropped.getnnz(axis=1))
+                first = int(lost[0])
+                raise FoldInError(
+                    f"{lost.size} user(s) have a stored positive that the increment's latest row "
+                    f"no longer counts as one (e.g. user {self.user_index_[rows[first]]!r}): a "
+                    "fold-in cannot forget interactions; recompute instead"
+                )
+            after = (before - rewritten).tocsr()
+            after.eliminate_zeros()
+            after = (after + added).tocsr()
+            # distinct pairs of the history: those the init model had not seen are new rows
+            pairs = frame[["user", "item"]]
+            in_seen = np.zeros(len(frame), dtype=bool)
+            in_seen[known] = np.asarray(seen_before[local[known], items[known]]).ravel() > 0
+            in_orphans = (
+                pairs.merge(orphans.drop_duplicates(), how="left", indicator=True)["_merge"]
+                == "both"
+            ).to_numpy()
+            self.n_train_rows_ = init.n_train_rows_ + int((~(in_seen | in_orphans)).sum())
+        after.sort_indices()
+        seen_after = _structure((seen_before + _structure(touched)).tocsr())
+        seen_after.sort_indices()
+        self.user_items_ = splice_rows(old, rows, after)
+        self.seen_ = splice_rows(old_seen, rows, seen_after)
+        if adopted.any() or not known.all():
+            orphans = _pairs(
+                pd.concat(
+                    [orphans[~adopted], frame.loc[~known, ["user", "item"]]], ignore_index=True
+                )
+            )
+        self.orphans_ = orphans
+        diff = (after - before).tocsr()
+        diff.eliminate_zeros()
+        changed = rows[diff.getnnz(axis=1) > 0]
+        users_before = np.bincount(init.user_items_.indices, minlength=shape[1])
+        users_now = (
+            users_before
+            + np.bincount(after.indices, minlength=shape[1])
+            - np.bincount(before.indices, minlength=shape[1])
+        )
+        return changed, users_before, users_now
+
+    def _changes(self, init: ALSTrainer, n_old_users: int) -> tuple[np.ndarray, np.ndarray]:
+        """Changed user rows and users per item before, from the full history handed in."""
         user_items = self.user_items_
         old = pad_rows_cols(init.user_items_, user_items.shape)
         kept = _structure(old).multiply(_structure(user_items)).tocsr()
@@ -472,9 +636,37 @@ class ALSTrainer:
             )
         diff = (user_items - old).tocsr()
         diff.eliminate_zeros()
-        changed = np.flatnonzero(diff.getnnz(axis=1))
-        users_now = user_items.getnnz(axis=0)
-        users_before = old.getnnz(axis=0)
+        return np.flatnonzero(diff.getnnz(axis=1)), old.getnnz(axis=0)
+
+    def _recompute(self) -> None:
+        documents = int((self.user_items_.getnnz(axis=1) > 0).sum())
+        self.idf_documents_ = documents
+        self.idf_ = self._idf(self.user_items_.getnnz(axis=0), documents)
+        totals = np.asarray(self.user_items_.sum(axis=1)).ravel()
+        self.mean_user_weight_ = float(totals[totals > 0].mean())
+        conf = self._confidence(self.user_items_)
+        with _one_blas_thread():
+            model = self._implicit()
+            model.fit(conf, show_progress=False)
+        self.user_factors_ = np.ascontiguousarray(model.user_factors)
+        self.item_factors_ = np.ascontiguousarray(model.item_factors)
+
+    def _fold_in(
+        self,
+        init: ALSTrainer,
+        changed: np.ndarray,
+        users_before: np.ndarray,
+        users_now: np.ndarray,
+        n_old_users: int,
+        n_old_items: int,
+    ) -> np.ndarray:
+        """Fold the changed users and new (or grown) items into ``init``'s factors.
+
+        Returns the rows of the items whose factors were recomputed. Confidence is computed
+        only for the rows and columns solved (it is row-local: the same values as slicing the
+        whole confidence matrix).
+        """
+        user_items = self.user_items_
         refresh = np.arange(user_items.shape[1]) >= n_old_items
         if self.refresh_items is not None:
             refresh |= (users_now > users_before) & (
@@ -485,9 +677,8 @@ class ALSTrainer:
         self.idf_documents_ = init.idf_documents_
         self.mean_user_weight_ = init.mean_user_weight_
         self.idf_ = np.concatenate(
-            [init.idf_, self._idf(user_items, init.idf_documents_)[n_old_items:]]
+            [init.idf_, self._idf(users_now[n_old_items:], init.idf_documents_)]
         )
-        conf = self._confidence(user_items)
         n_users, n_items = user_items.shape
         factors = init.user_factors_.shape[1]
         dtype = init.user_factors_.dtype
@@ -498,18 +689,21 @@ class ALSTrainer:
             model.item_factors = np.zeros((n_items, factors), dtype=dtype)
             model.item_factors[:n_old_items] = init.item_factors_
             if items.size:
-                columns = conf[:, items]
+                totals = None
+                if self.confidence == "bm25":
+                    totals = np.asarray(user_items.sum(axis=1)).ravel()
+                columns = self._confidence(user_items[:, items], totals)
                 # new users of these items first: they have no factors yet (a changed user's
                 # factors from the init model are close enough to solve the items against)
                 first_pass = np.flatnonzero(columns[n_old_users:].getnnz(axis=1)) + n_old_users
                 if first_pass.size:
-                    model.partial_fit_users(first_pass, conf[first_pass])
+                    model.partial_fit_users(first_pass, self._confidence(user_items[first_pass]))
                 model.partial_fit_items(items, columns.T.tocsr())
             if changed.size:
-                model.partial_fit_users(changed, conf[changed])
+                model.partial_fit_users(changed, self._confidence(user_items[changed]))
         self.user_factors_ = np.ascontiguousarray(model.user_factors)
         self.item_factors_ = np.ascontiguousarray(model.item_factors)
-        return changed, items
+        return items
 
     # -- recommendations ----------------------------------------------------------------------
     def recommend(
@@ -581,6 +775,13 @@ class ALSTrainer:
             )
         sp.save_npz(directory / "user_items.npz", self.user_items_)
         sp.save_npz(directory / "seen.npz", self.seen_)
+        self.orphans_.to_parquet(directory / "orphans.parquet")
+        np.savez(
+            directory / "recent.npz",
+            users=self.recent_users_,
+            items=self.recent_items_,
+            ts=self.recent_ts_.astype("int64"),
+        )
         meta = {
             "family": "als",
             "format": FORMAT,
@@ -611,10 +812,10 @@ class ALSTrainer:
         if not meta_path.exists():
             raise TrainingError(f"{directory} holds no saved ALS model ({META_FILE} is missing)")
         meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
+        if meta.get("format") not in READABLE_FORMATS:
             raise TrainingError(
                 f"{directory} holds an ALS model in format {meta.get('format')!r}; this code "
-                f"reads format {FORMAT}: retrain it"
+                f"reads formats {READABLE_FORMATS}: retrain it"
             )
         model = cls(**meta["params"])
         arrays = {n: np.load(directory / f"{n}.npy", allow_pickle=False) for n in ARRAYS}
@@ -628,6 +829,15 @@ class ALSTrainer:
             setattr(model, f"{name}_", ids)
         model.user_items_ = sp.csr_matrix(sp.load_npz(directory / "user_items.npz"))
         model.seen_ = sp.csr_matrix(sp.load_npz(directory / "seen.npz"))
+        if meta["format"] >= 2:  # format 1 lacks them: no increment fold-in from it
+            orphans = pd.read_parquet(directory / "orphans.parquet")
+            model.orphans_ = pd.DataFrame(
+                {"user": _ids(orphans["user"]), "item": _ids(orphans["item"])}
+            )
+            with np.load(directory / "recent.npz", allow_pickle=False) as recent:
+                model.recent_users_ = recent["users"]
+                model.recent_items_ = recent["items"]
+                model.recent_ts_ = recent["ts"].astype("datetime64[ns]")
         model.train_end_ = pd.Timestamp(meta["train_end"])
         init_end = meta["init_train_end"]
         model.init_train_end_ = None if init_end is None else pd.Timestamp(init_end)
@@ -654,6 +864,11 @@ def _one_blas_thread() -> Any:
 def _structure(matrix: sp.csr_matrix) -> sp.csr_matrix:
     """The sparsity pattern of ``matrix`` with every stored value 1."""
     return sp.csr_matrix((np.ones(matrix.nnz), matrix.indices, matrix.indptr), shape=matrix.shape)
+
+
+def _pairs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The distinct ``user, item`` pairs of ``frame`` (external ids), index reset."""
+    return frame.loc[:, ["user", "item"]].drop_duplicates().reset_index(drop=True)
 
 
 def _duration(value: Any) -> Any:

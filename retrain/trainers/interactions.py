@@ -293,3 +293,34 @@ def check_window(window: Any) -> pd.Timedelta:
     if pd.isna(value) or value <= pd.Timedelta(0):
         raise TrainingError(f"popularity window must be positive, got {window!r}")
     return value
+
+
+def splice_rows(
+    matrix: sp.csr_matrix, rows: np.ndarray, replacement: sp.csr_matrix
+) -> sp.csr_matrix:
+    """``matrix`` with its rows ``rows`` (sorted, distinct) replaced by the rows of ``replacement``.
+
+    Every other row is copied as it is (same values, same order): O(nnz) array copies, no
+    arithmetic, so the result is bit-for-bit what building the whole matrix again would give.
+    """
+    rows = np.asarray(rows, dtype="int64")
+    counts = np.diff(matrix.indptr).astype("int64")
+    new_counts = counts.copy()
+    new_counts[rows] = np.diff(replacement.indptr)
+    indptr = np.zeros(counts.size + 1, dtype="int64")
+    np.cumsum(new_counts, out=indptr[1:])
+    total = int(indptr[-1])
+    indices = np.empty(total, dtype=matrix.indices.dtype)
+    data = np.empty(total, dtype=matrix.data.dtype)
+    replaced = np.zeros(counts.size, dtype=bool)
+    replaced[rows] = True
+    keep = np.repeat(~replaced, counts)
+    shift = np.repeat(indptr[:-1] - matrix.indptr[:-1].astype("int64"), counts)[keep]
+    target = np.flatnonzero(keep) + shift
+    indices[target] = matrix.indices[keep]
+    data[target] = matrix.data[keep]
+    spots = np.repeat(indptr[rows] - replacement.indptr[:-1].astype("int64"), new_counts[rows])
+    spots += np.arange(replacement.nnz)
+    indices[spots] = replacement.indices
+    data[spots] = replacement.data.astype(data.dtype, copy=False)
+    return sp.csr_matrix((data, indices, indptr), shape=matrix.shape)

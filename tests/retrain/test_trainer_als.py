@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 
 import numpy as np
@@ -413,6 +414,140 @@ def test_idf_statistics_are_frozen_across_fold_ins(base, fitted):
     assert folded.idf_.size == n_items + 1
 
 
+# -- fold-in from the increment alone (the history stored with the init model) ----------------
+LEARNED = (
+    "user_index_", "item_index_", "user_factors_", "item_factors_", "idf_", "popular_items_",
+    "popular_scores_", "updated_users_", "updated_items_", "new_users_", "new_items_",
+    "recent_users_", "recent_items_", "recent_ts_",
+)  # fmt: skip
+
+
+def two_days(base: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two increments after ``base``: repeats of stored pairs (higher ratings), new items for
+    known users, a new item, a new user, and user 4000 whose first day has only a rating below
+    3 (with min_rating 3 a row it has no factors for) and who likes items on the second."""
+    day = DAY0 + pd.Timedelta(days=9)
+    first, again = base.iloc[0], base.iloc[7]
+    one = [
+        (first["user"], first["item"], 5.0, day),
+        (again["user"], again["item"], 5.0, day + pd.Timedelta(hours=1)),
+        (1, 109, 4.0, day), (2, 500, 3.0, day), (2, 119, 4.0, day),
+        (999, 100, 5.0, day), (999, 101, 4.0, day), (999, 500, 5.0, day),
+        (4000, 102, 1.0, day), (4000, 600, 2.0, day + pd.Timedelta(hours=2)),
+    ]  # fmt: skip
+    day += pd.Timedelta(days=1)
+    two = [
+        (4000, 103, 5.0, day), (4000, 104, 4.0, day), (3, 500, 5.0, day),
+        (999, 102, 3.0, day), (999, 102, 4.0, day + pd.Timedelta(hours=1)),
+    ]  # fmt: skip
+    columns = ["user", "item", "weight", "ts"]
+    return pd.DataFrame(one, columns=columns), pd.DataFrame(two, columns=columns)
+
+
+def assert_same_model(a: ALSTrainer, b: ALSTrainer) -> None:
+    for name in LEARNED:
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    for name in ("user_items_", "seen_"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.shape == y.shape and (x != y).nnz == 0, name
+    assert a.n_train_rows_ == b.n_train_rows_
+    assert a.train_end_ == b.train_end_ and a.increments_ == b.increments_
+    assert set(map(tuple, a.orphans_.to_numpy())) == set(map(tuple, b.orphans_.to_numpy()))
+
+
+@pytest.mark.parametrize("confidence", ["linear", "bm25", "tfidf", "threshold"])
+@pytest.mark.parametrize(("duplicates", "min_rating"), [("sum", None), ("last", 3.0)])
+def test_an_increment_fold_in_equals_a_fold_in_given_the_full_history(
+    base, confidence, duplicates, min_rating
+):
+    params = {**SMALL, "confidence": confidence, "duplicates": duplicates}
+    params |= {"min_rating": min_rating, "popularity_window": "36h", "refresh_items": 0.1}
+    one, two = two_days(base)
+    start = ALSTrainer(**params).fit(base)
+    history = start
+    increment = start
+    seen = base
+    for day in (one, two):
+        seen = pd.concat([seen, day], ignore_index=True)
+        history = ALSTrainer(**params, strategy="foldin", init_model=history).fit(seen)
+        increment = ALSTrainer(
+            **params, strategy="foldin", init_model=increment, foldin_data="increment"
+        ).fit(day)
+
+        assert_same_model(increment, history)
+    assert 4000 in increment.updated_users_ and 500 in increment.updated_items_
+    if min_rating is not None:  # user 4000's low rating of day one is seen once it has a row
+        assert "als" in set(increment.recommend([4000], k=3)["source"])
+        row, col = row_of(increment, 4000), int(np.flatnonzero(increment.item_index_ == 102)[0])
+        assert increment.seen_[row, col] == 1 and increment.user_items_[row, col] == 0
+
+
+def test_an_increment_fold_in_from_a_saved_model_equals_one_from_memory(base, tmp_path):
+    one, two = two_days(base)
+    params = {**SMALL, "min_rating": 3.0, "strategy": "foldin", "foldin_data": "increment"}
+    start = ALSTrainer(**SMALL, min_rating=3.0).fit(base)
+    day_one = ALSTrainer(**params, init_model=start).fit(one)
+    loaded = ALSTrainer.load(day_one.save(tmp_path / "model"))
+
+    assert_same_model(loaded, day_one)
+    assert_same_model(
+        ALSTrainer(**params, init_model=loaded).fit(two),
+        ALSTrainer(**params, init_model=day_one).fit(two),
+    )
+
+
+def test_an_increment_fold_in_refuses_rows_stamped_at_or_before_the_init_models_end(base, fitted):
+    late = increment().assign(ts=fitted.train_end_)
+
+    with pytest.raises(FoldInError, match=r"8 rows are stamped at or before .* foldin_data="):
+        ALSTrainer(**SMALL, strategy="foldin", init_model=fitted, foldin_data="increment").fit(late)
+
+
+def test_an_increment_that_demotes_a_stored_positive_is_refused(base):
+    start = ALSTrainer(**SMALL, duplicates="last", min_rating=3.0).fit(base)
+    pair = base[base["weight"] >= 3].iloc[0]
+    demoted = pd.DataFrame(
+        {"user": [pair["user"]], "item": [pair["item"]], "weight": [1.0],
+         "ts": [start.train_end_ + pd.Timedelta(hours=1)]}
+    )  # fmt: skip
+    trainer = ALSTrainer(
+        **SMALL, duplicates="last", min_rating=3.0, strategy="foldin", init_model=start,
+        foldin_data="increment",
+    )  # fmt: skip
+
+    with pytest.raises(FoldInError, match=r"1 user\(s\) have a stored positive .* recompute"):
+        trainer.fit(demoted)
+
+
+def test_an_increment_fold_in_needs_the_popularity_rows_the_init_model_kept(fitted):
+    trainer = ALSTrainer(
+        **SMALL, strategy="foldin", init_model=fitted, foldin_data="increment",
+        popularity_window="60D",
+    )  # fmt: skip
+
+    with pytest.raises(FoldInError, match=r"longer than the init model's '30D'"):
+        trainer.fit(increment())
+
+
+def test_a_format_1_model_loads_and_folds_in_only_from_the_full_history(base, tmp_path):
+    directory = ALSTrainer(**SMALL).fit(base).save(tmp_path / "model")
+    meta = json.loads((directory / "als.json").read_text())
+    meta["format"] = 1
+    del meta["params"]["foldin_data"]
+    (directory / "als.json").write_text(json.dumps(meta))
+    (directory / "orphans.parquet").unlink()
+    (directory / "recent.npz").unlink()
+
+    old = ALSTrainer.load(directory)
+    folded = ALSTrainer(**SMALL, strategy="foldin", init_model=old).fit(fresh_history(base))
+
+    assert folded.updated_users_.size == 3
+    with pytest.raises(FoldInError, match=r"saved in format 1.* foldin_data='history'"):
+        ALSTrainer(**SMALL, strategy="foldin", init_model=old, foldin_data="increment").fit(
+            increment()
+        )
+
+
 # -- persistence -------------------------------------------------------------------------------
 def test_save_and_load_reproduce_recommend_exactly(folded, tmp_path):
     users = [1, 2, 999, 12345, 30]
@@ -470,6 +605,7 @@ def test_recommend_and_save_before_fit_are_not_fitted_errors(tmp_path):
         ({"alpha": 0.0}, r"alpha must be > 0"),
         ({"duplicates": "max"}, r"duplicates 'max' is unknown; use 'sum'"),
         ({"refresh_items": -1.0}, r"refresh_items must be None"),
+        ({"foldin_data": "new"}, r"foldin_data 'new' is unknown; use 'history'"),
         ({"popularity_window": "soon"}, r"popularity window 'soon' is not a duration"),
         ({"strategy": "foldin"}, r"'foldin' needs a fitted init_model .* use strategy='recompute'"),
     ],
