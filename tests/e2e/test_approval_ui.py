@@ -28,7 +28,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from flows.retrain_flow import make_registry
 from retrain.config import load_spec
 from retrain.ledger import Ledger
-from tests.conftest import spec_dict
+from tests.conftest import als_spec_dict, spec_dict
 from tests.e2e.conftest import BIN, PrefectServer, log_tail, stop_process_group
 
 if TYPE_CHECKING:
@@ -67,10 +67,10 @@ def start_retrain(
     """``retrain run manual`` in a subprocess against the server; killed at teardown."""
     started: list[RetrainRun] = []
 
-    def start(spec_path: Path, *extra: str) -> RetrainRun:
+    def start(spec_path: Path, *extra: str, as_of: str = AS_OF) -> RetrainRun:
         log = tmp_path / f"retrain-{len(started) + 1}.log"
         cmd = [str(BIN / "retrain"), "run", "manual", "--spec", str(spec_path)]
-        cmd += ["--as-of", AS_OF, "--actor", "ci-e2e", *extra]
+        cmd += ["--as-of", as_of, "--actor", "ci-e2e", *extra]
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 cmd,
@@ -132,6 +132,7 @@ def answer_in_ui(
     *,
     version: str,
     decision: str,
+    model: str = "bike-test",
     approver: str,
     comment: str,
     screenshots: Path,
@@ -145,7 +146,7 @@ def answer_in_ui(
         dialog = page.get_by_role("dialog").filter(has_text="Resume Flow Run")
         expect(dialog).to_be_visible()
         # the operator sees what is asked and the backtest evidence before answering
-        expect(dialog).to_contain_text(f"Promote bike-test version {version} to champion?")
+        expect(dialog).to_contain_text(f"Promote {model} version {version} to champion?")
         expect(dialog).to_contain_text("Backtest PASSED")
 
         # Literal["approve", "reject"] renders as a select; a mouse click on it opens the
@@ -264,3 +265,38 @@ def test_an_operator_rejects_in_the_prefect_ui_and_the_champion_stays(
     assert champion_moves == [("1", "ci-e2e")]
     latest = ledger.runs(spec.name)[0]
     assert (latest.model_version, latest.status, latest.actor) == ("2", "rejected", "Bo Reviewer")
+
+
+def test_an_operator_approves_an_als_recommender_in_the_prefect_ui(
+    page, prefect_server, start_retrain, tmp_path, taste_csv
+):
+    """The same form, gate evidence and audit for the second model family."""
+    spec_path = tmp_path / "als.yaml"
+    data = als_spec_dict(taste_csv.parent, tmp_path / "state", **{"gate.require_approval": True})
+    spec_path.write_text(yaml.safe_dump(data))
+    run = start_retrain(spec_path, as_of="2024-01-25")
+    flow_run = wait_for_paused_run(prefect_server, spec_path, run)
+    registry, ledger, spec = registry_for(spec_path)
+    assert registry.alias_version("champion") is None
+
+    answer_in_ui(
+        page,
+        prefect_server,
+        flow_run,
+        version="1",
+        decision="approve",
+        approver="Ana Operator",
+        comment="ndcg per window checked",
+        model="taste-als",
+        screenshots=tmp_path,
+    )
+
+    wait_until_not_paused(prefect_server, flow_run)
+    run.wait_ok(FINISH_TIMEOUT)
+    assert registry.alias_version("champion") == "1"
+    tags = registry.version("1").tags
+    assert (tags["retrain.approval"], tags["retrain.approver"]) == ("approved", "Ana Operator")
+    assert tags["retrain.family"] == "als"
+    [promotion] = [row for row in ledger.alias_history(spec.name) if row["alias"] == "champion"]
+    assert (promotion["to_version"], promotion["actor"]) == ("1", "Ana Operator")
+    assert promotion["flow_run_id"] == str(flow_run.id)
