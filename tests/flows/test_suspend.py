@@ -26,9 +26,12 @@ RUN_TIMEOUT = 420.0  # ingest, train, backtest and register on a loaded 2-core m
 NEVER = "0 0 1 1 *"  # the deployment's own schedule must not fire during the test
 
 
-def write_spec(tmp_path: Path, bike_dir: Path, **overrides: Any) -> Path:
+def write_spec(tmp_path: Path, bike_dir: Path, name: str, **overrides: Any) -> Path:
+    """One model name per test: the tests share a server, and a deployment of the same name
+    would still carry the previous test's parameters until ``retrain serve`` re-registers it."""
     path = tmp_path / "spec.yaml"
     values = {
+        "name": name,
         "gate.require_approval": True,
         "gate.suspend_after": "1s",
         "schedule.cron": NEVER,
@@ -72,11 +75,11 @@ def new_run(server: PrefectServer, deployment) -> Any:
 def test_a_long_approval_wait_suspends_holds_the_model_and_resumes_on_the_answer(
     live_server, tmp_path, bike_dir
 ):
-    spec_path = write_spec(tmp_path, bike_dir)
+    spec_path = write_spec(tmp_path, bike_dir, "bike-answered")
     spec = load_spec(spec_path)
     process, log = serve(live_server, spec_path, tmp_path)
     try:
-        deployment = read_deployment(live_server, "retrain/bike-test-scheduled")
+        deployment = read_deployment(live_server, f"retrain/{spec.name}-scheduled")
         first = new_run(live_server, deployment)
         wait_for_state(live_server, first, {"Suspended"}, log)
         ledger = Ledger(spec.state.ledger)
@@ -89,7 +92,7 @@ def test_a_long_approval_wait_suspends_holds_the_model_and_resumes_on_the_answer
         skipped = ledger.run_of_flow_run(str(second))
         assert skipped is not None and skipped.status == "skipped"
         assert skipped.error == (
-            f"another retrain of bike-test is running (ledger run {waiting.id})"
+            f"another retrain of {spec.name} is running (ledger run {waiting.id})"
         )
 
         with client_of(live_server) as client:
@@ -122,11 +125,13 @@ def test_a_long_approval_wait_suspends_holds_the_model_and_resumes_on_the_answer
 def test_a_suspended_run_nobody_answers_is_rejected_by_the_next_run(
     live_server, tmp_path, bike_dir
 ):
-    spec_path = write_spec(tmp_path, bike_dir, **{"gate.approval_timeout": "10s"})
+    spec_path = write_spec(
+        tmp_path, bike_dir, "bike-unanswered", **{"gate.approval_timeout": "10s"}
+    )
     spec = load_spec(spec_path)
     process, log = serve(live_server, spec_path, tmp_path)
     try:
-        deployment = read_deployment(live_server, "retrain/bike-test-scheduled")
+        deployment = read_deployment(live_server, f"retrain/{spec.name}-scheduled")
         first = new_run(live_server, deployment)
         wait_for_state(live_server, first, {"Suspended"}, log)
         ledger = Ledger(spec.state.ledger)
