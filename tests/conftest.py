@@ -28,6 +28,17 @@ def bike_slice(frame: pd.DataFrame, start: str, end: str) -> pd.DataFrame:
     return frame[(day >= start) & (day < end)].reset_index(drop=True)
 
 
+def with_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with dotted keys set (``{"gate.tolerance": 0.1}``), parents created."""
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return data
+
+
 def spec_dict(source_path: Path, state_dir: Path, **overrides: Any) -> dict[str, Any]:
     """A small, fast spec for the bike data (20 trees, 21-day train, 7-day holdout)."""
     data: dict[str, Any] = {
@@ -46,13 +57,7 @@ def spec_dict(source_path: Path, state_dir: Path, **overrides: Any) -> dict[str,
         "lightgbm": {"num_boost_round": 20, "params": {"num_leaves": 15}},
         "state": {"dir": str(state_dir)},
     }
-    for dotted, value in overrides.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return data
+    return with_overrides(data, overrides)
 
 
 @pytest.fixture
@@ -132,13 +137,7 @@ def als_spec_dict(source_path: Path, state_dir: Path, **overrides: Any) -> dict[
         "gate": {"bootstrap_samples": 200, "require_approval": False, "tolerance": 0.05},
         "state": {"dir": str(state_dir)},
     }
-    for dotted, value in overrides.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return data
+    return with_overrides(data, overrides)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import yaml
 
 from retrain.config import load_spec, parse_spec
 from retrain.errors import SpecError
-from tests.conftest import ROOT, spec_dict
+from tests.conftest import ROOT, spec_dict, with_overrides
 
 
 def to_toml(data: dict[str, Any]) -> str:
@@ -49,14 +49,8 @@ def write_spec(folder: Path, data: dict[str, Any], suffix: str = ".toml") -> Pat
 
 
 def spec_error(data: dict[str, Any], **overrides: Any) -> str:
-    for dotted, value in overrides.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
     with pytest.raises(SpecError) as info:
-        parse_spec(data)
+        parse_spec(with_overrides(data, overrides))
     return str(info.value)
 
 
