@@ -245,8 +245,23 @@ class LightGBMTrainer:
                 valid_names=["train"],
                 callbacks=[lgb.record_evaluation(self.evals_result_)],
             )
+            if init is not None and self.strategy == "warm":
+                self._check_trees_added(init, params, len(X))
         self.n_train_rows_ = len(X)
         return self
+
+    def _check_trees_added(self, init: LightGBMTrainer, params: dict[str, Any], rows: int) -> None:
+        """LightGBM stops without a tree when no leaf can be split: say so, do not hand back the
+        champion unchanged as if it had learned from the increment."""
+        if self.booster_.num_trees() > init.booster_.num_trees():
+            return
+        leaf = int(params.get("min_data_in_leaf", params.get("min_child_samples", 20)))
+        raise TrainingError(
+            f"warm start added no trees: LightGBM cannot split the increment's {rows} row(s) "
+            f"(min_data_in_leaf = {leaf}: a split needs at least {2 * leaf} rows). Let more "
+            "partitions accumulate before a warm increment (a less frequent stateful schedule), "
+            "lower min_data_in_leaf in the LightGBM params, or use stateful.strategy = 'refit'"
+        )
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         self._check_fitted()

@@ -189,3 +189,20 @@ def test_a_binary_task_refuses_labels_other_than_0_and_1(data):
 
     with pytest.raises(TrainingError, match=r"binary task needs labels 0/1"):
         trainer(task="binary").fit(X, np.arange(len(X)) % 3)
+
+
+def test_a_warm_increment_keeps_the_champions_trees_and_adds_its_own(fitted):
+    X, y = make_data(200, seed=1)
+
+    warm = trainer(strategy="warm", init_model=fitted, num_boost_round=5).fit(X, y)
+
+    assert warm.booster_.num_trees() == fitted.booster_.num_trees() + 5
+    assert warm.increments_ == fitted.increments_ + 1
+    assert warm.categories_ == fitted.categories_
+
+
+def test_a_warm_increment_too_small_to_split_is_refused_not_returned_unchanged(fitted):
+    X, y = make_data(8, seed=2)  # min_data_in_leaf = 5: a split needs 10 rows
+
+    with pytest.raises(TrainingError, match=r"added no trees.*8 row\(s\).*at least 10 rows"):
+        trainer(strategy="warm", init_model=fitted, num_boost_round=5).fit(X, y)
