@@ -7,9 +7,13 @@ ids as two categorical columns, see ``ModelSpec``); then
 - ``plan``: manual and scheduled runs recompute from scratch on the training window; stateful
   and continual runs fold new and changed users and new items into the champion, a full
   recompute every ``stateful.scratch_every`` fold-ins;
-- ``fit_candidate``: a recompute trains on the training window; a fold-in on the FULL history
-  of its lineage (from the recompute's window start up to the holdout), so every changed user
-  is solved from all their interactions, not only the new rows. With
+- ``fit_candidate``: a recompute trains on the training window; a fold-in reads only the
+  partitions after the champion's training end and appends them to the user x item matrix
+  stored with the champion, so every changed user is still solved from all their interactions,
+  not only the new rows. When a partition the champion was trained on changed since (a late
+  or corrected delivery: the history window's data version differs from the champion's), the
+  fold-in reads the FULL history of its lineage instead (from the recompute's window start up
+  to the holdout), which finds every user the change touches. With
   ``stateful.compare_with_scratch`` a recompute is fitted too and wins when the fold-in loses
   to it on the holdout;
 - ``evaluate``: candidate, champion and the popularity baseline recommend top-k for the users
@@ -33,7 +37,15 @@ from retrain.config import ModelSpec
 from retrain.errors import SchemaChangeError, TrainingError
 from retrain.features import FeatureCache, Window, make_window
 from retrain.ingest import TS
-from retrain.pipeline import Champion, Evaluated, Prepared, Trained, sample_rows, split_windows
+from retrain.pipeline import (
+    Champion,
+    Evaluated,
+    Prepared,
+    Trained,
+    increment_window,
+    sample_rows,
+    split_windows,
+)
 from retrain.ranking import RankingBacktest, ranking_backtest, relevant_items, user_metrics
 from retrain.reports import window_plot
 from retrain.stateful import STATEFUL_MODES, TrainingPlan, scratch
@@ -79,7 +91,10 @@ def load_interactions(spec: ModelSpec, window: Window) -> pd.DataFrame:
 
 
 def make_trainer(
-    spec: ModelSpec, strategy: str = "scratch", init_model: ALSTrainer | None = None
+    spec: ModelSpec,
+    strategy: str = "scratch",
+    init_model: ALSTrainer | None = None,
+    foldin_data: str = "history",
 ) -> ALSTrainer:
     als = spec.als
     return ALSTrainer(
@@ -98,6 +113,7 @@ def make_trainer(
         bm25_k1=als.bm25_k1,
         bm25_b=als.bm25_b,
         refresh_items=als.refresh_items,
+        foldin_data=foldin_data,
     )
 
 
@@ -165,26 +181,68 @@ def _stats(model: ALSTrainer, frame: pd.DataFrame) -> dict[str, float]:
     }
 
 
+def _increment(spec: ModelSpec, prepared: Prepared, champion: Champion) -> Window | None:
+    """The partitions after the champion's training end, when the champion's own history is
+    unchanged; None when the fold-in must read the full history (and why is logged)."""
+    if champion.train_end is None or not hasattr(champion.model, "recent_ts_"):
+        logger.info(
+            "champion v%s was saved without the state an increment fold-in needs: folding in "
+            "from the full history",
+            champion.version,
+        )
+        return None
+    start = pd.Timestamp(champion.tags.get("retrain.window_start", champion.train_end))
+    before = make_window(
+        "history", start, champion.train_end, prepared.ingest.partitions, prepared.spec_hash
+    )
+    trained_on = champion.tags.get("retrain.data_version")
+    if before.version != trained_on:
+        logger.info(
+            "the partitions champion v%s was trained on changed since (data version %s, now %s): "
+            "folding in from the full history",
+            champion.version,
+            trained_on,
+            before.version,
+        )
+        return None
+    return increment_window(spec, prepared, champion.train_end)
+
+
 def fit(
     spec: ModelSpec, prepared: Prepared, plan: TrainingPlan, champion: Champion | None
 ) -> Trained:
-    """Train the planned candidate: a recompute on the training window, or a fold-in."""
-    lineage: tuple[str, ...] = ()
+    """Train the planned candidate: a recompute on the training window, or a fold-in.
+
+    A fold-in's window is its lineage's whole history (what the model has seen, recorded in its
+    tags); it reads only the increment when it can (see the module's docstring)."""
     if plan.strategy == "scratch":
-        window = prepared.train
+        frame = load_interactions(spec, prepared.train)
+        model = make_trainer(spec).fit(frame)
+        return Trained(
+            model,
+            prepared.train,
+            len(frame),
+            _stats(model, frame),
+            plan,
+            (prepared.train.version,),
+            np.empty(0),
+        )
+    if champion is None:
+        raise TrainingError("a fold-in needs the champion")
+    history = _history_window(spec, prepared, champion)
+    increment = _increment(spec, prepared, champion)
+    if increment is None:
+        frame = load_interactions(spec, history)
+        model = make_trainer(spec, plan.strategy, champion.model).fit(frame)
+        read = history
     else:
-        if champion is None:
-            raise TrainingError("a fold-in needs the champion")
-        window = _history_window(spec, prepared, champion)
-        lineage = champion.data_versions
-    frame = load_interactions(spec, window)
-    init = champion.model if champion is not None and plan.strategy != "scratch" else None
-    model = make_trainer(spec, plan.strategy, init).fit(frame)
-    data_versions = (
-        lineage if lineage and lineage[-1] == window.version else (*lineage, window.version)
-    )
+        frame = load_interactions(spec, increment)
+        model = make_trainer(spec, plan.strategy, champion.model, "increment").fit(frame)
+        read = increment
+    lineage = champion.data_versions
+    data_versions = lineage if lineage and lineage[-1] == read.version else (*lineage, read.version)
     return Trained(
-        model, window, len(frame), _stats(model, frame), plan, data_versions, np.empty(0)
+        model, history, len(frame), _stats(model, frame), plan, data_versions, np.empty(0)
     )
 
 

@@ -873,7 +873,7 @@ class _Replayer:
                 strategy=plan.strategy,
                 train_start=train_start,
                 train_end=window.end,
-                data_version=train.version,
+                data_version=window.version,  # as the registry tags it
                 backtest_metric=cand_metric,
                 increments=plan.increments,
             )
@@ -937,7 +937,10 @@ class _Replayer:
             model=c.model,
             train_end=c.train_end,
             data_versions=(c.data_version,),
-            tags={"retrain.window_start": str(c.train_start)},
+            tags={
+                "retrain.window_start": str(c.train_start),
+                "retrain.data_version": c.data_version,
+            },
         )
 
     def _train_family(

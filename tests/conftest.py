@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,29 @@ from retrain.config import ModelSpec, parse_spec
 ROOT = Path(__file__).resolve().parents[1]
 BIKE_CSV = ROOT / "retrain" / "demo" / "data" / "bike_sharing_hourly" / "hour.csv"
 POSTGRES_ENV = "RETRAIN_TEST_POSTGRES_URL"
+PROJECT_LOGGERS = ("retrain", "registry", "flows")
+
+
+@pytest.fixture
+def project_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """``caplog`` that sees every record of retrain's own loggers, at DEBUG and above.
+
+    caplog listens on the root logger, and a Prefect logging setup started by an earlier test's
+    background thread can replace the root's handlers mid-test (seen in the full suite). The
+    capture handler is therefore also attached to the project's loggers themselves.
+    """
+    loggers = [logging.getLogger(name) for name in PROJECT_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    caplog.handler.setLevel(logging.DEBUG)
+    for logger in loggers:
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(caplog.handler)
+    try:
+        yield caplog
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(caplog.handler)
+            logger.setLevel(level)
 
 
 @pytest.fixture(scope="session")

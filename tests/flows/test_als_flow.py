@@ -218,7 +218,7 @@ def test_an_als_promotion_waits_for_the_operator_typed_answer_through_the_prefec
         assert "rejected by ana: checked the ndcg plot" in (run.error or "")
 
 
-def test_stateful_runs_fold_in_with_full_history_then_recompute_every_n(tmp_path, taste_csv):
+def test_stateful_runs_fold_in_the_new_partitions_then_recompute_every_n(tmp_path, taste_csv):
     spec_path = write_spec(tmp_path, taste_csv, **{"stateful.scratch_every": 2})
     days = ["2024-01-25", "2024-01-27", "2024-01-29", "2024-01-31"]
 
@@ -233,12 +233,16 @@ def test_stateful_runs_fold_in_with_full_history_then_recompute_every_n(tmp_path
     assert [v.version for v in chain] == ["3", "2", "1"]
     assert [v.tags["retrain.increments"] for v in chain] == ["2", "1", "0"]
     for child, parent in itertools.pairwise(chain):
-        # a fold-in trains on the FULL history of its lineage, up to its own holdout
+        # a fold-in's model covers the whole history of its lineage, up to its own holdout...
         assert child.tags["retrain.window_start"] == parent.tags["retrain.window_start"]
         assert child.tags["retrain.window_end"] > parent.tags["retrain.window_end"]
-        assert int(child.tags["retrain.rows"]) > int(parent.tags["retrain.rows"])
+    # ... but it read only the partitions after its parent's training end: the recompute's
+    # data version, then one version per increment
     data_versions = chain[0].tags["retrain.data_versions"].split(",")
-    assert data_versions == [v.tags["retrain.data_version"] for v in reversed(chain)]
+    assert data_versions[0] == chain[-1].tags["retrain.data_version"]
+    assert len(data_versions) == 3
+    assert not set(data_versions[1:]) & {v.tags["retrain.data_version"] for v in chain}
+    assert int(chain[0].tags["retrain.rows"]) < int(chain[-1].tags["retrain.rows"])
     folded, parent = registry.load_model("3"), registry.load_model("2")
     assert folded.increments_ == 2
     # no row of the id maps changed meaning: the parent's maps are a prefix of the child's

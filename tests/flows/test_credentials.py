@@ -111,7 +111,7 @@ def prefect_texts(flow_run_ids: list[str]) -> list[str]:
 
 @pytest.mark.postgres
 def test_no_password_or_token_reaches_logs_mlflow_prefect_artifacts_or_the_ledger(
-    tmp_path, bike_dir, postgres_url, pg_schema, monkeypatch, caplog
+    tmp_path, bike_dir, postgres_url, pg_schema, monkeypatch, caplog, project_logs
 ):
     source_url = with_password(postgres_url, SOURCE_PASSWORD, pg_schema)
     ledger_url = with_password(postgres_url, LEDGER_PASSWORD, pg_schema)
@@ -136,6 +136,7 @@ def test_no_password_or_token_reaches_logs_mlflow_prefect_artifacts_or_the_ledge
         retrain_flow(str(broken), as_of=AS_OF, auto_approve=True, actor="ci")
 
     assert outcome["promoted"]
+    assert {r.name.split(".")[0] for r in caplog.records} >= {"retrain", "registry"}  # it listened
     assert [r.getMessage() for r in caplog.records if leaks(r.getMessage())] == []
     assert leaks(caplog.text) == []
     assert state_files_with_secrets(state) == {}

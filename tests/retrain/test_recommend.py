@@ -12,7 +12,7 @@ from retrain.backtest import backtest
 from retrain.config import parse_spec
 from retrain.errors import SchemaChangeError
 from retrain.pipeline import Champion, prepare
-from retrain.recommend import evaluate, fit, fit_candidate, plan
+from retrain.recommend import evaluate, fit, fit_candidate, load_interactions, make_trainer, plan
 from retrain.stateful import scratch
 from tests.conftest import als_spec_dict
 
@@ -31,7 +31,10 @@ def champion_of(trained, version: str = "1") -> Champion:
         trained.model,
         trained.window.end,
         trained.data_versions,
-        {"retrain.window_start": str(trained.window.start)},
+        {
+            "retrain.window_start": str(trained.window.start),
+            "retrain.data_version": trained.window.version,
+        },
     )
 
 
@@ -56,14 +59,56 @@ def test_manual_and_scheduled_runs_recompute_and_stateful_ones_fold_in(first):
 
 
 def test_a_full_recompute_comes_after_scratch_every_fold_ins(make, first):
-    _, prepared, trained = first
+    _, _, trained = first
     spec = make(**{"stateful.scratch_every": 1})
-    folded = fit(spec, prepared, plan("stateful", spec, champion_of(trained)), champion_of(trained))
+    later = prepare(spec, pd.Timestamp("2024-01-29"))
+    folded = fit(spec, later, plan("stateful", spec, champion_of(trained)), champion_of(trained))
 
     again = plan("stateful", spec, champion_of(folded, "2"))
 
     assert again.strategy == "scratch"
     assert "1 fold-ins since the last recompute (stateful.scratch_every = 1)" in again.reason
+
+
+def test_a_fold_in_reads_only_the_new_partitions_and_matches_one_given_the_full_history(
+    make, first
+):
+    spec, _, trained = first
+    champion = champion_of(trained)
+    later = prepare(spec, pd.Timestamp("2024-01-29"))
+
+    folded = fit(spec, later, plan("stateful", spec, champion), champion)
+
+    history = load_interactions(spec, folded.window)
+    new_rows = history[history["ts"] >= trained.window.end]
+    assert folded.rows == len(new_rows) < len(history)
+    assert folded.window.start == trained.window.start  # the model covers its lineage
+    assert folded.data_versions[0] == trained.window.version
+    assert len(folded.data_versions) == 2 and folded.data_versions[1] != folded.window.version
+    from_history = make_trainer(spec, "foldin", trained.model).fit(history)
+    np.testing.assert_array_equal(folded.model.user_factors_, from_history.user_factors_)
+    np.testing.assert_array_equal(folded.model.item_factors_, from_history.item_factors_)
+
+
+def test_a_fold_in_reads_the_full_history_when_the_champions_partitions_changed(
+    make, first, project_logs
+):
+    spec, _, trained = first
+    stale = champion_of(trained)
+    champion = Champion(
+        stale.version,
+        stale.model,
+        stale.train_end,
+        stale.data_versions,
+        {**stale.tags, "retrain.data_version": "dv-before-a-late-delivery"},
+    )
+    later = prepare(spec, pd.Timestamp("2024-01-29"))
+
+    folded = fit(spec, later, plan("stateful", spec, champion), champion)
+
+    assert folded.rows == len(load_interactions(spec, folded.window))
+    assert folded.data_versions[-1] == folded.window.version
+    assert "changed since (data version dv-before-a-late-delivery" in project_logs.text
 
 
 def test_changed_als_settings_stop_the_fold_in_unless_told_to_recompute(make, first):

@@ -3,6 +3,7 @@ replay, History view, feature cache, family steps and gate as a retrain."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,6 +176,19 @@ def test_the_popularity_baseline_is_a_policy_of_the_als_replay(
     assert {t.strategy for t in baseline.fits} == {"baseline"}
     # on planted tastes every ALS policy beats the most popular items
     assert all(runs[p].overall > baseline.overall for p in ("never", "daily", "stateful"))
+
+
+def test_stateful_als_fold_ins_read_only_the_partitions_since_the_champion(
+    als_simulation: Simulation,
+) -> None:
+    run = next(r for r in als_simulation.runs if r.policy == "stateful")
+    trainings = list(run.fits)
+    folds = [(before, t) for before, t in itertools.pairwise(trainings) if t.strategy == "foldin"]
+
+    assert folds, [t.strategy for t in trainings]
+    for before, fold in folds:
+        # a week of partitions, not the lineage's weeks of history
+        assert 0 < fold.rows < before.rows, (before, fold)
 
 
 def test_a_second_als_simulation_computes_no_feature(
