@@ -54,7 +54,11 @@ def monitor_flow(
 ) -> dict[str, Any]:
     """One monitor check of a model; emits a retrain request when the policy says so."""
     spec = resolve_spec(spec_path, overrides)
-    ledger = Ledger(spec.state.ledger)
+    with Ledger(spec.state.ledger) as ledger:  # its connections closed when the check ends
+        return _check(spec, ledger, as_of)
+
+
+def _check(spec: ModelSpec, ledger: Ledger, as_of: str | None) -> dict[str, Any]:
     ledger.migrate()
     registry = make_registry(spec, ledger)
     champion = load_champion(registry)

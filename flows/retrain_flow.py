@@ -459,7 +459,20 @@ def retrain_flow(
     """
     spec = resolve_spec(spec_path, overrides)
     cutoff = parse_as_of(as_of)
-    ledger = Ledger(spec.state.ledger)
+    with Ledger(spec.state.ledger) as ledger:  # its connections closed when the run ends
+        return _retrain(spec, ledger, mode, reason, cutoff, auto_approve, actor, trigger_check)
+
+
+def _retrain(
+    spec: ModelSpec,
+    ledger: Ledger,
+    mode: str,
+    reason: str,
+    cutoff: pd.Timestamp | None,
+    auto_approve: bool,
+    actor: str,
+    trigger_check: str | None,
+) -> dict[str, Any]:
     ledger.migrate()
     registry = make_registry(spec, ledger)
     earlier = ledger.run_of_flow_run(_flow_run_id() or "")

@@ -10,6 +10,7 @@ import functools
 import importlib.metadata
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping
@@ -49,6 +50,8 @@ MODEL_CODE = {
     "lightgbm": Path(__file__).with_name("lightgbm_model_code.py"),
     "als": Path(__file__).with_name("als_model_code.py"),
 }
+# the module name MLflow gives a model-from-code file it loads (mlflow.models.utils)
+CODE_MODULE_PREFIX = "code_model_"
 
 
 @dataclass(frozen=True)
@@ -340,8 +343,17 @@ class ModelRegistry:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=uri, dst_path=tmp, tracking_uri=self.tracking_uri
             )
-            pyfunc = mlflow.pyfunc.load_model(local)
-            return pyfunc.unwrap_python_model().trainer
+            before = set(sys.modules)
+            try:
+                pyfunc = mlflow.pyfunc.load_model(local)
+                return pyfunc.unwrap_python_model().trainer
+            finally:
+                # MLflow imports a model-from-code file under a new module name at every load
+                # and never removes it: one module per load, for the life of the process (a
+                # monitor loading its champion every check grew by ~50 KB per check)
+                for name in set(sys.modules) - before:
+                    if name.startswith(CODE_MODULE_PREFIX):
+                        del sys.modules[name]
 
     # -- writing ------------------------------------------------------------------------------
     @reachable

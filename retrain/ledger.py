@@ -236,9 +236,16 @@ class Ledger:
         return redact_url(self.url)
 
     def dispose(self) -> None:
+        """Close the pooled connections (the ledger reconnects if used again)."""
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.dispose()
 
     # -- schema -----------------------------------------------------------------------------
     def current_version(self) -> int:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 import yaml
 from typer.testing import CliRunner
 
@@ -152,3 +155,23 @@ def test_a_feature_missing_from_fresh_data_blocks_the_trigger(tmp_path, bike_hou
         f"feature '{missing}' is null in every row of partition(s) 2011-08-15, 2011-08-16" in b
         for b in out["blocked_by"]
     ), out["blocked_by"]
+
+
+def open_handles(database: Path) -> int:
+    """File descriptors of this process open on ``database`` (Linux /proc)."""
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed while listing
+            count += Path(os.readlink(fd)) == database
+    return count
+
+
+def test_a_check_and_a_retrain_close_their_ledger_connections(tmp_path, bike_hourly):
+    """A monitor runs thousands of checks in one process: none may leave a connection open."""
+    spec_path = write_case(tmp_path, bike_hourly, AUGUST)
+    database = Path(sa.make_url(load_spec(spec_path).state.ledger).database or "").resolve()
+
+    monitor_flow(str(spec_path), as_of="2011-08-22")
+    assert database.exists() and open_handles(database) == 0
+    retrain_flow(str(spec_path), as_of="2011-08-29", auto_approve=True)
+    assert open_handles(database) == 0

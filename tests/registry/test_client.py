@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
@@ -177,3 +179,16 @@ def test_version_listing_is_in_version_order(registry, make_record):
         registry.register_candidate(make_record(), actor="t")
     assert [v.version for v in registry.versions()] == ["1", "2", "3"]
     assert pd.Series([v.aliases for v in registry.versions()]).tolist()[-1] == ("challenger",)
+
+
+def test_loading_a_version_again_and_again_leaves_no_module_behind(registry, make_record):
+    """A monitor loads its champion at every check: each load must not add to sys.modules
+    (MLflow imports a model-from-code file under a new module name at every load)."""
+    version = registry.register_candidate(make_record(), actor="tester")
+    registry.load_model(version)  # the first load may import what it needs for good
+    modules = set(sys.modules)
+
+    for _ in range(3):
+        assert registry.load_model(version).feature_names_ == FEATURES
+
+    assert set(sys.modules) - modules == set()
