@@ -21,16 +21,56 @@ def load_bench():
     return module
 
 
-def test_the_replay_times_and_scores_every_strategy_on_a_tiny_stream():
+def synthetic(bench, days: int = 12, rows: int = 2_000):
+    return bench.Stream(
+        "synthetic",
+        bench.synthetic_days(days, rows),
+        bench.SYNTH_NUMERIC + bench.SYNTH_CATEGORICAL,
+        bench.SYNTH_CATEGORICAL,
+        "y",
+    )
+
+
+def test_the_lineage_replay_retrains_from_scratch_every_n_increments():
     bench = load_bench()
-    days = bench.synthetic_days(6, 2_000)
-    features = [f"x{i}" for i in range(8)] + ["cat"]
+    stream = synthetic(bench)
 
-    rows = bench.replay("synthetic", days, features, ["cat"], "y", 1, 1, {3}, {3})
-    table = bench.summary(rows, "synthetic", [3])
+    rows = bench.lineage_replay(stream, first=2, horizon=1, cadence=1, every=3, rounds=5)
 
-    assert {r.strategy for r in rows} == {"warm", "refit", "scratch"}
-    assert [r.day for r in rows if r.strategy == "warm"] == [1, 2, 3, 4]
-    assert all(r.wall_s > 0 and r.cpu_s >= 0 and math.isfinite(r.mae) for r in rows)
-    assert table.loc[0, "history rows"] == 8_000
-    assert list(table.columns)[:3] == ["day", "history rows", "warm s"]
+    scratch = [r.day for r in rows if r.strategy == "scratch"]
+    assert scratch == list(range(2, 11))  # a scratch retrain at every cutoff to compare with
+    warm = [(r.day, r.increments) for r in rows if r.strategy == "warm"]
+    assert warm == [(3, 1), (4, 2), (5, 3), (7, 1), (8, 2), (9, 3)]  # days 2 and 6: scratch
+    assert all(r.fit_rows == 2_000 for r in rows if r.strategy in ("warm", "refit"))
+    assert all(math.isfinite(r.mae) and r.wall_s > 0 for r in rows if r.strategy != "stale")
+    trees = {r.day: r.trees for r in rows if r.strategy == "warm"}
+    assert trees[5] == trees[3] + 10  # each increment continues the previous one
+
+
+def test_an_increment_too_small_to_split_is_reported_as_refused_not_as_a_model():
+    bench = load_bench()
+    stream = synthetic(bench, days=8, rows=30)  # min_data_in_leaf 20: 30 rows cannot split
+
+    rows = bench.lineage_replay(stream, first=2, horizon=1, cadence=1, every=7, rounds=5)
+    summary = bench.lineage_summary(bench.pd.DataFrame([bench.asdict(r) for r in rows]))
+
+    warm = [r for r in rows if r.strategy == "warm"]
+    assert "added no trees" in warm[0].note and math.isnan(warm[0].mae)
+    assert all(math.isnan(r.mae) for r in warm[1:])  # the chain stays broken
+    assert summary.set_index("strategy").loc["warm", "mean MAE"] == "n/a"
+    assert all(r.note == "" for r in rows if r.strategy == "refit")
+
+
+def test_a_checkpoint_compares_one_and_n_increments_with_scratch_at_the_same_cutoff():
+    bench = load_bench()
+    stream = synthetic(bench)
+
+    rows = bench.checkpoint_replay(stream, [9], every=3, rounds=5)
+    table = bench.checkpoint_summary(bench.pd.DataFrame([bench.asdict(r) for r in rows]), 3)
+
+    chain = [(r.day, r.increments) for r in rows if r.strategy == "warm" and r.note == "chain"]
+    assert chain == [(7, 1), (8, 2), (9, 3)]
+    assert [r.day for r in rows if r.strategy == "scratch"] == [9]
+    assert table.loc[0, "history rows"] == "20,000"
+    assert list(table.columns)[:4] == ["day", "history rows", "scratch s", "warm s"]
+    assert table.loc[0, "warm (1 incr.)"].endswith("%")
