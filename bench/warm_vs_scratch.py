@@ -22,8 +22,9 @@ Times are wall (perf_counter) and CPU (process_time) seconds of ``fit`` (encodin
 training); every fit uses ``num_threads=2``. This is a benchmark, not a test: run it on a quiet
 machine and read the ratios, which are measured in the same run.
 
-    python bench/warm_vs_scratch.py            # full run (~45 min on 2 quiet cores)
-    python bench/warm_vs_scratch.py --quick    # smoke run (< 2 min)
+    python bench/warm_vs_scratch.py --checkpoints 30   # days 30 and 363: 39 min (shared 2 cores)
+    python bench/warm_vs_scratch.py                    # days 30, 90, 180, 363: 3 scratch fits each
+    python bench/warm_vs_scratch.py --quick            # smoke run (< 2 min)
 """
 
 from __future__ import annotations
