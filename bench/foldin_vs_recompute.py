@@ -18,7 +18,12 @@ users arrive every day and interact most in their first days, items have a taste
 popularity, 15% of the items are released during the period.
 
     .venv/bin/python bench/foldin_vs_recompute.py            # full run (~6 min on 2 cores)
+    .venv/bin/python bench/foldin_vs_recompute.py --foldin-solver cg   # the cg fold-in
     .venv/bin/python bench/foldin_vs_recompute.py --quick    # < 1 min, smaller data, 2 days
+
+``--foldin-solver`` picks ``ALSTrainer``'s ``foldin_solver`` for both fold-in chains ("exact":
+implicit's ``partial_fit_users``, the default; "cg": the recompute's conjugate-gradient step);
+the results go to ``foldin_vs_recompute.md`` and ``foldin_vs_recompute_cg.md``.
 """
 
 from __future__ import annotations
@@ -226,9 +231,10 @@ def synthetic_scenario(
     )
 
 
-def run(scenario: Scenario, log: Any) -> Outcome:
+def run(scenario: Scenario, log: Any, solver: str = "exact") -> Outcome:
     frame, ends = scenario.frame, scenario.day_ends
     params = {**scenario.params, "popularity_window": scenario.popularity_window}
+    folding = {**params, "strategy": "foldin", "foldin_solver": solver}
     out = Outcome(scenario)
     log(f"\n## {scenario.name}: {len(frame):,} interactions")
 
@@ -241,12 +247,10 @@ def run(scenario: Scenario, log: Any) -> Outcome:
         history = frame[frame["ts"] < end]
         day_rows = frame[(frame["ts"] >= start) & (frame["ts"] < end)]
         t = time.perf_counter()
-        model = ALSTrainer(
-            **params, strategy="foldin", init_model=model, foldin_data="increment"
-        ).fit(day_rows)
+        model = ALSTrainer(**folding, init_model=model, foldin_data="increment").fit(day_rows)
         foldin_s = time.perf_counter() - t
         t = time.perf_counter()
-        from_history = ALSTrainer(**params, strategy="foldin", init_model=from_history).fit(history)
+        from_history = ALSTrainer(**folding, init_model=from_history).fit(history)
         foldin_history_s = time.perf_counter() - t
         for name in ("user_factors_", "item_factors_", "user_index_", "item_index_"):
             if not np.array_equal(getattr(model, name), getattr(from_history, name)):
@@ -299,14 +303,19 @@ def _met(flag: bool) -> str:
     return "met" if flag else "NOT met"
 
 
-def report(outcomes: list[Outcome], command: str) -> str:
+def report(outcomes: list[Outcome], command: str, solver: str = "exact") -> str:
     lines = [
         "# Fold-in vs full recompute (implicit ALS)",
         "",
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs), Python "
         f"{platform.python_version()}; ALS with num_threads=1 and BLAS pinned to one thread, "
-        "64 factors, 15 iterations, regularization 0.05.",
+        "64 factors, 15 iterations, regularization 0.05. Fold-in solver: "
+        + (
+            "exact (`partial_fit_users`)."
+            if solver == "exact"
+            else "cg (the recompute's conjugate-gradient step, 3 steps from the current factors)."
+        ),
         "",
         "Each day: a fold-in from the previous day's model (chained from one recompute) and a "
         "full recompute at the same cutoff, both scored on the following period. The recompute "
@@ -401,18 +410,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=7, help="daily fold-ins (default 7)")
     parser.add_argument("--users", type=int, default=45_000, help="generated users")
     parser.add_argument("--items", type=int, default=8_000, help="generated items")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--foldin-solver", choices=("exact", "cg"), default="exact")
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/...")
     args = parser.parse_args(argv)
+    solver = args.foldin_solver
+    out = args.out or (RESULTS if solver == "exact" else RESULTS.with_name(f"{RESULTS.stem}_cg.md"))
     days = 2 if args.quick else args.days
     n_users = 4_000 if args.quick else args.users
     n_items = 2_000 if args.quick else args.items
     command = "python bench/foldin_vs_recompute.py" + (" --quick" if args.quick else "")
+    command += f" --foldin-solver {solver}" if solver != "exact" else ""
 
     def log(message: str) -> None:
         print(message, flush=True)
 
     started = time.perf_counter()
-    outcomes = [run(movielens(days, holdout_days=365), log)]
+    outcomes = [run(movielens(days, holdout_days=365), log, solver)]
     # the same generator over a year (a large user base, a small share active each day) and
     # over 8 weeks (most users recent: a large share changes every day)
     for label, span in (("1 year", 365), ("8 weeks", 56)):
@@ -421,12 +434,12 @@ def main(argv: list[str] | None = None) -> int:
         log(f"generated {len(scenario.frame):,} interactions in {time.perf_counter() - t:.1f}s")
         if not args.quick and len(scenario.frame) < 1_000_000:
             raise SystemExit("the generated set must hold at least 1M interactions: raise --users")
-        outcomes.append(run(scenario, log))
-    text = report(outcomes, command)
+        outcomes.append(run(scenario, log, solver))
+    text = report(outcomes, command, solver)
     print("\n" + text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"written to {args.out} in {time.perf_counter() - started:.0f}s")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"written to {out} in {time.perf_counter() - started:.0f}s")
     return 0
 
 

@@ -223,6 +223,9 @@ class ALSSpec(_Strict):
     bm25_b: float = Field(default=0.8, ge=0.0, le=1.0)
     # fold-in refolds items whose number of users grew by this fraction (None: new items only)
     refresh_items: float | None = Field(default=0.2, ge=0.0)
+    # fold-in's user solve: "exact" (partial_fit_users) or "cg" (a recompute's conjugate-gradient
+    # step from the current factors: several times cheaper, see bench/README.md)
+    foldin_solver: Literal["exact", "cg"] = "exact"
     # popularity fallback and baseline: the most popular items of this last stretch of training
     popularity_window: str = "30D"
     # length of the recommendation lists the backtest scores

@@ -114,6 +114,7 @@ def make_trainer(
         bm25_b=als.bm25_b,
         refresh_items=als.refresh_items,
         foldin_data=foldin_data,
+        foldin_solver=als.foldin_solver,
     )
 
 

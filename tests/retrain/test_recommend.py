@@ -90,6 +90,22 @@ def test_a_fold_in_reads_only_the_new_partitions_and_matches_one_given_the_full_
     np.testing.assert_array_equal(folded.model.item_factors_, from_history.item_factors_)
 
 
+def test_the_specs_fold_in_solver_reaches_the_trainer_and_changes_only_the_solve(make, first):
+    spec, _, trained = first
+    champion = champion_of(trained)
+    cg_spec = make(**{"als.foldin_solver": "cg"})
+    later = prepare(cg_spec, pd.Timestamp("2024-01-29"))
+
+    exact = fit(spec, later, plan("stateful", spec, champion), champion).model
+    cg = fit(cg_spec, later, plan("stateful", cg_spec, champion), champion).model
+
+    assert (exact.foldin_solver, cg.foldin_solver) == ("exact", "cg")
+    np.testing.assert_array_equal(cg.updated_users_, exact.updated_users_)
+    assert not np.array_equal(cg.user_factors_, exact.user_factors_)
+    gap = np.linalg.norm(cg.user_factors_ - exact.user_factors_)
+    assert gap < 0.1 * np.linalg.norm(exact.user_factors_)
+
+
 def test_a_fold_in_reads_the_full_history_when_the_champions_partitions_changed(
     make, first, project_logs
 ):

@@ -198,6 +198,27 @@ def test_every_folded_user_matches_recalculate_user_on_the_final_items(folded):
     np.testing.assert_allclose(folded.user_factors_[rows], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_a_cg_fold_in_moves_the_changed_users_toward_their_exact_solution_and_no_one_else(
+    base, fitted, folded
+):
+    cg = ALSTrainer(**SMALL, strategy="foldin", init_model=fitted, foldin_solver="cg")
+    cg.fit(fresh_history(base))
+    n_users = fitted.user_index_.size
+    changed = np.isin(cg.user_index_, cg.updated_users_)
+    old = changed[:n_users]
+    exact = folded.user_factors_[changed]
+    error = np.linalg.norm(cg.user_factors_[changed] - exact, axis=1)
+
+    assert sorted(cg.updated_users_.tolist()) == sorted(folded.updated_users_.tolist())
+    np.testing.assert_array_equal(cg.user_factors_[:n_users][~old], fitted.user_factors_[~old])
+    assert (error > 0).all()  # not the exact solve
+    before = np.linalg.norm(fitted.user_factors_[old] - folded.user_factors_[:n_users][old], axis=1)
+    assert (error[: old.sum()] < 0.5 * before).all()  # users 1 and 2 moved most of the way
+    assert error[-1] < 0.2 * np.linalg.norm(exact[-1])  # new user 999, from zeros
+    top = [m.recommend([999], k=3)["item"].tolist() for m in (cg, folded)]
+    assert top[0] == top[1]
+
+
 def test_a_new_item_is_solved_from_all_its_users_and_can_be_recommended(fitted, folded):
     # the documented steps: new users (999) are solved first against the init model's items,
     # then the new item against every user who took it (2 with the init factors, 999 fresh)
@@ -606,6 +627,7 @@ def test_recommend_and_save_before_fit_are_not_fitted_errors(tmp_path):
         ({"duplicates": "max"}, r"duplicates 'max' is unknown; use 'sum'"),
         ({"refresh_items": -1.0}, r"refresh_items must be None"),
         ({"foldin_data": "new"}, r"foldin_data 'new' is unknown; use 'history'"),
+        ({"foldin_solver": "lsq"}, r"foldin_solver 'lsq' is unknown; use 'exact'"),
         ({"popularity_window": "soon"}, r"popularity window 'soon' is not a duration"),
         ({"strategy": "foldin"}, r"'foldin' needs a fitted init_model .* use strategy='recompute'"),
     ],
