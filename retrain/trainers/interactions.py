@@ -227,8 +227,10 @@ def popularity_ranking(
 def _distinct_users_per_item(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
     if users.size == 0:
         return np.zeros(n_items, dtype="int64")
-    pairs = np.unique(users.astype("int64") * n_items + items.astype("int64"))
-    return np.bincount(pairs % n_items, minlength=n_items)
+    # sort + compare neighbours: numpy 2.x's hash-based np.unique is ~30x slower on these keys
+    pairs = np.sort(users.astype("int64") * n_items + items.astype("int64"))
+    distinct = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]
+    return np.bincount(distinct % n_items, minlength=n_items)
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
