@@ -57,7 +57,7 @@ Fold-in
     update a recompute's iteration applies instead (implicit's conjugate gradient, ``cg_steps``
     = 3, from the user's current factors; a new user from zeros): an approximation of the exact
     solution that costs a fraction of it (no ``factors x factors`` system per user). In the
-    benchmark it was 2-4x cheaper per changed user, NDCG@10 within 0.2 percentage points of
+    benchmark it was 2-5x cheaper per changed user, NDCG@10 within 0.2 percentage points of
     the exact fold-in's. Items (step 2) are always solved exactly. A history that lost
     interactions the init model had (a sliding window, deletions, or only the new rows passed
     by mistake) cannot be folded in: ``FoldInError`` says to
