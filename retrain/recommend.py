@@ -182,9 +182,12 @@ def _stats(model: ALSTrainer, frame: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def _increment(spec: ModelSpec, prepared: Prepared, champion: Champion) -> Window | None:
-    """The partitions after the champion's training end, when the champion's own history is
-    unchanged; None when the fold-in must read the full history (and why is logged)."""
+def _increment(
+    spec: ModelSpec, prepared: Prepared, champion: Champion, start: pd.Timestamp
+) -> Window | None:
+    """The partitions after the champion's training end, when the champion's own history (from
+    ``start``, its lineage's window start) is unchanged; None when the fold-in must read the
+    full history (and why is logged)."""
     if champion.train_end is None or not hasattr(champion.model, "recent_ts_"):
         logger.info(
             "champion v%s was saved without the state an increment fold-in needs: folding in "
@@ -192,7 +195,6 @@ def _increment(spec: ModelSpec, prepared: Prepared, champion: Champion) -> Windo
             champion.version,
         )
         return None
-    start = pd.Timestamp(champion.tags.get("retrain.window_start", champion.train_end))
     before = make_window(
         "history", start, champion.train_end, prepared.ingest.partitions, prepared.spec_hash
     )
@@ -231,7 +233,7 @@ def fit(
     if champion is None:
         raise TrainingError("a fold-in needs the champion")
     history = _history_window(spec, prepared, champion)
-    increment = _increment(spec, prepared, champion)
+    increment = _increment(spec, prepared, champion, history.start)
     if increment is None:
         frame = load_interactions(spec, history)
         model = make_trainer(spec, plan.strategy, champion.model).fit(frame)
