@@ -18,16 +18,22 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import pytest
+from prefect import get_client
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
     FlowRunFilter,
     FlowRunFilterDeploymentId,
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import Artifact, FlowRun, StateType
 from prefect.testing.utilities import prefect_test_harness
 
 BIN = Path(sys.executable).parent
@@ -40,6 +46,27 @@ def prefect_server():
     """A real (temporary) Prefect server and database for every flow test."""
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+def run_flow(flow: Any, *args: Any, **kwargs: Any) -> tuple[Any, UUID]:
+    """Call ``flow`` in process; its return value and the id of the flow run it made."""
+    state = flow(*args, return_state=True, **kwargs)
+    return state.result(), state.state_details.flow_run_id
+
+
+def artifacts_of(flow_run_id: UUID, key: str) -> list[Artifact]:
+    """The artifacts with ``key`` that this one flow run created.
+
+    Keys are per model, and the session's server holds every earlier test's runs of a model of
+    the same name: reading by key alone can return another test's artifact (seen in CI).
+    """
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+            )
+        )
 
 
 # --- a real Prefect server in a subprocess ------------------------------------------------------

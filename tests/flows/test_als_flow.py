@@ -13,9 +13,6 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
-from prefect import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-from prefect.client.schemas.sorting import ArtifactSort
 from prefect.flow_runs import resume_flow_run
 from typer.testing import CliRunner
 
@@ -25,6 +22,7 @@ from flows.retrain_flow import make_registry, retrain_flow
 from retrain.config import load_spec
 from retrain.ledger import Ledger
 from tests.conftest import als_spec_dict
+from tests.flows.conftest import artifacts_of, run_flow
 from tests.flows.test_retrain_flow import _run_in_thread, _wait_for_paused_run
 
 runner = CliRunner()
@@ -48,7 +46,9 @@ def flat(result) -> str:
 def test_manual_run_registers_a_pyfunc_that_recommends_with_a_stated_fallback(tmp_path, taste_csv):
     spec_path = write_spec(tmp_path, taste_csv)
 
-    outcome = retrain_flow(str(spec_path), mode="manual", as_of="2024-01-25", auto_approve=True)
+    outcome, flow_run_id = run_flow(
+        retrain_flow, str(spec_path), mode="manual", as_of="2024-01-25", auto_approve=True
+    )
 
     assert outcome["strategy"] == "scratch"
     assert outcome["metric"] == "ndcg"
@@ -86,13 +86,8 @@ def test_manual_run_registers_a_pyfunc_that_recommends_with_a_stated_fallback(tm
         f.path for f in registry.client.list_artifacts(registry.version("1").run_id, "evidence")
     }
     assert {"evidence/ranking_segments.csv", "evidence/backtest.md"} <= evidence
-    with get_client(sync_client=True) as client:
-        segments = client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["taste-als-ranking-segments"])
-            )
-        )
-    assert segments and {row["segment"] for row in json.loads(segments[0].data)} == {
+    [segments] = artifacts_of(flow_run_id, "taste-als-ranking-segments")
+    assert {row["segment"] for row in json.loads(segments.data)} == {
         "all",
         "warm",
         "cold",
@@ -106,7 +101,9 @@ def test_an_als_version_logs_the_per_window_backtest_plot_and_table_with_champio
     spec_path = write_spec(tmp_path, taste_csv, **{"gate.backtest_windows": 2})
     retrain_flow(str(spec_path), mode="manual", as_of="2024-01-25", auto_approve=True)
 
-    second = retrain_flow(str(spec_path), mode="manual", as_of="2024-01-29", auto_approve=True)
+    second, flow_run_id = run_flow(
+        retrain_flow, str(spec_path), mode="manual", as_of="2024-01-29", auto_approve=True
+    )
 
     _, registry = registry_of(spec_path)
     assert second["champion"] is not None  # scored beside the champion (v1) and popularity
@@ -141,14 +138,7 @@ def test_an_als_version_logs_the_per_window_backtest_plot_and_table_with_champio
         "2024-01-27 00:00 .. 2024-01-29 00:00",
     ]
     # the Prefect run shows the same per-window table
-    with get_client(sync_client=True) as client:
-        [shown] = client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["taste-als-backtest-windows"])
-            ),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=1,
-        )
+    [shown] = artifacts_of(flow_run_id, "taste-als-backtest-windows")
     rows = json.loads(shown.data)
     assert [row["window"] for row in rows] == windows["window"].tolist()
     assert [float(row["champion"]) for row in rows] == pytest.approx(

@@ -13,8 +13,6 @@ import pytest
 import yaml
 from prefect import get_client
 from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterKey,
     FlowRunFilter,
     FlowRunFilterState,
     FlowRunFilterStateName,
@@ -26,6 +24,7 @@ from retrain.config import load_spec
 from retrain.errors import SchemaError
 from retrain.ledger import Ledger
 from tests.conftest import spec_dict
+from tests.flows.conftest import artifacts_of, run_flow
 
 AS_OF = "2011-04-29"
 
@@ -45,7 +44,9 @@ def registry_for(spec_path: Path):
 def test_first_manual_retrain_beats_the_baseline_and_becomes_champion(tmp_path, bike_dir):
     spec_path = write_spec(tmp_path, bike_dir)
 
-    outcome = retrain_flow(str(spec_path), as_of=AS_OF, auto_approve=True, actor="ci")
+    outcome, flow_run_id = run_flow(
+        retrain_flow, str(spec_path), as_of=AS_OF, auto_approve=True, actor="ci"
+    )
 
     registry, ledger, spec = registry_for(spec_path)
     assert outcome["promoted"] and outcome["gate_passed"]
@@ -59,15 +60,9 @@ def test_first_manual_retrain_beats_the_baseline_and_becomes_champion(tmp_path, 
     assert tags["retrain.approval"] == "approved"
     [run] = ledger.runs(spec.name)
     assert (run.status, run.model_version, run.promoted) == ("promoted", outcome["version"], True)
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["bike-test-backtest"]))
-        )
-    assert artifacts and "Backtest PASSED" in artifacts[0].data
-    with get_client(sync_client=True) as client:
-        [plot, *_] = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["bike-test-backtest-plot"]))
-        )
+    [verdict] = artifacts_of(flow_run_id, "bike-test-backtest")
+    assert "Backtest PASSED" in verdict.data
+    [plot] = artifacts_of(flow_run_id, "bike-test-backtest-plot")
     # the plot itself, inline on the flow run: a PNG the UI shows without MLflow access
     assert plot.type == "image" and plot.data.startswith("data:image/png;base64,")
     assert base64.b64decode(plot.data.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
