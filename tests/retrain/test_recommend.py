@@ -91,9 +91,10 @@ def test_a_fold_in_reads_only_the_new_partitions_and_matches_one_given_the_full_
 
 
 def test_the_specs_fold_in_solver_reaches_the_trainer_and_changes_only_the_solve(make, first):
-    spec, _, trained = first
+    _, _, trained = first
     champion = champion_of(trained)
-    cg_spec = make(**{"als.foldin_solver": "cg"})
+    spec = make(**{"als.foldin_solver": "exact"})
+    cg_spec = make()  # cg is the default
     later = prepare(cg_spec, pd.Timestamp("2024-01-29"))
 
     exact = fit(spec, later, plan("stateful", spec, champion), champion).model
