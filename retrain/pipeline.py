@@ -24,6 +24,7 @@ from retrain.features import (
     FeatureCache,
     MaterializeResult,
     Window,
+    data_version,
     make_window,
     plan_windows,
 )
@@ -158,14 +159,32 @@ def make_trainer(
 
 
 def increment_window(spec: ModelSpec, prepared: Prepared, since: pd.Timestamp) -> Window:
-    """The partitions that arrived after the champion's training end, up to the holdout."""
+    """The partitions the champion was not trained on, up to the holdout.
+
+    The champion's window held only the partitions that END at or before ``since`` (its
+    training end): a partition straddling ``since`` (a holdout that started inside it) was left
+    out whole, so it belongs to the increment, whole; otherwise no retrain of the lineage would
+    ever read it.
+    """
     if since >= prepared.holdout.start:
         raise EmptyWindowError(
             f"no new data since the champion's training end ({since}): the holdout starts at "
             f"{prepared.holdout.start}. Nothing to warm-start on; wait for new partitions."
         )
-    window = make_window(
-        "increment", since, prepared.holdout.start, prepared.ingest.partitions, prepared.spec_hash
+    end = prepared.holdout.start
+    inside = tuple(p for p in prepared.ingest.partitions if since < p.end <= end)
+    if not inside:
+        raise EmptyWindowError(
+            f"no complete partition arrived between the champion's training end ({since}) and "
+            f"the holdout's start ({end}). Nothing to warm-start on; wait for new partitions "
+            "or move --as-of."
+        )
+    window = Window(
+        "increment",
+        min(since, inside[0].start),
+        end,
+        inside,
+        data_version(prepared.spec_hash, inside),
     )
     FeatureCache(spec.state.features, spec).materialize(window.partitions)
     return window

@@ -50,6 +50,7 @@ from retrain.ranking import RankingBacktest, ranking_backtest, relevant_items, u
 from retrain.reports import window_plot
 from retrain.stateful import STATEFUL_MODES, TrainingPlan, scratch
 from retrain.trainers.als import SHARED, ALSTrainer
+from retrain.trainers.interactions import check_window
 from retrain.trainers.popularity import PopularityRecommender
 
 logger = logging.getLogger(__name__)
@@ -198,6 +199,17 @@ def _increment(
     before = make_window(
         "history", start, champion.train_end, prepared.ingest.partitions, prepared.spec_hash
     )
+    wanted = check_window(spec.als.popularity_window)
+    kept = check_window(champion.model.popularity_window)
+    if wanted > kept:
+        logger.info(
+            "als.popularity_window %s is longer than champion v%s's %s (the span of recent rows "
+            "it kept): folding in from the full history",
+            spec.als.popularity_window,
+            champion.version,
+            champion.model.popularity_window,
+        )
+        return None
     trained_on = champion.tags.get("retrain.data_version")
     if before.version != trained_on:
         logger.info(

@@ -128,6 +128,39 @@ def test_a_fold_in_reads_the_full_history_when_the_champions_partitions_changed(
     assert "changed since (data version dv-before-a-late-delivery" in project_logs.text
 
 
+def test_a_longer_popularity_window_than_the_champions_folds_in_from_the_full_history(
+    make, first, project_logs
+):
+    _, _, trained = first
+    champion = champion_of(trained)
+    longer = make(**{"als.popularity_window": "15D"})
+    later = prepare(longer, pd.Timestamp("2024-01-29"))
+
+    folded = fit(longer, later, plan("stateful", longer, champion), champion)
+
+    assert folded.rows == len(load_interactions(longer, folded.window))
+    assert "als.popularity_window 15D is longer than champion v1's 10D" in project_logs.text
+
+
+def test_a_partition_straddling_the_champions_training_end_is_folded_in(make):
+    spec = make()
+    noon = prepare(spec, pd.Timestamp("2024-01-25 12:00"))  # the holdout starts mid-day
+    trained = fit(spec, noon, scratch("first"), None)
+    champion = champion_of(trained)
+    assert champion.train_end == pd.Timestamp("2024-01-21 12:00")
+    later = prepare(spec, pd.Timestamp("2024-01-29"))
+
+    folded = fit(spec, later, plan("stateful", spec, champion), champion)
+
+    # the day of 2024-01-21 was in no window of the champion: the increment reads it, so the
+    # fold-in equals one handed the lineage's whole history
+    from_history = make_trainer(spec, "foldin", trained.model).fit(
+        load_interactions(spec, folded.window)
+    )
+    np.testing.assert_array_equal(folded.model.user_factors_, from_history.user_factors_)
+    np.testing.assert_array_equal(folded.model.item_factors_, from_history.item_factors_)
+
+
 def test_changed_als_settings_stop_the_fold_in_unless_told_to_recompute(make, first):
     _, _, trained = first
     champion = champion_of(trained)
