@@ -35,6 +35,10 @@ class SchemaChangeError(TrainingError):
     """The features changed between the champion's data and the new data: no warm start."""
 
 
+class NoTreesAddedError(TrainingError):
+    """A warm increment could not grow a single tree from the champion (nothing learned)."""
+
+
 class NotFittedError(TrainingError):
     """A trainer was used before ``fit``."""
 

@@ -18,7 +18,13 @@ import pandas as pd
 
 from retrain.backtest import BacktestResult, backtest, baseline_predictions, score
 from retrain.config import ModelSpec
-from retrain.errors import DataError, EmptyWindowError, SchemaError, TrainingError
+from retrain.errors import (
+    DataError,
+    EmptyWindowError,
+    NoTreesAddedError,
+    SchemaError,
+    TrainingError,
+)
 from retrain.features import (
     PARTITION,
     FeatureCache,
@@ -217,10 +223,16 @@ def fit(
 def fit_candidate(
     spec: ModelSpec, prepared: Prepared, plan: TrainingPlan, champion: Champion | None
 ) -> Trained:
-    """Fit as planned; with ``stateful.compare_with_scratch`` keep scratch if warm start lost."""
-    trained = fit(spec, prepared, plan, champion)
+    """Fit as planned; with ``stateful.compare_with_scratch`` keep scratch if warm start lost
+    (or could not grow a tree from the increment)."""
     if plan.strategy == "scratch" or not spec.stateful.compare_with_scratch:
-        return trained
+        return fit(spec, prepared, plan, champion)
+    try:
+        trained = fit(spec, prepared, plan, champion)
+    except NoTreesAddedError as error:
+        reason = f"{error.args[0].split(':')[0]} on the increment: full retrain instead"
+        logger.info("%s (%s)", reason, error)
+        return fit(spec, prepared, scratch(reason), None)
     rival = fit(spec, prepared, scratch("compared with the warm increment"), None)
     holdout = FeatureCache(spec.state.features, spec).load(prepared.holdout.partitions)
     X, y = _xy(spec, holdout)

@@ -19,7 +19,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from retrain.errors import NotFittedError, SchemaChangeError, TrainingError
+from retrain.errors import NoTreesAddedError, NotFittedError, SchemaChangeError, TrainingError
 
 logger = logging.getLogger(__name__)
 
@@ -256,11 +256,13 @@ class LightGBMTrainer:
         if self.booster_.num_trees() > init.booster_.num_trees():
             return
         leaf = int(params.get("min_data_in_leaf", params.get("min_child_samples", 20)))
-        raise TrainingError(
-            f"warm start added no trees: LightGBM cannot split the increment's {rows} row(s) "
-            f"(min_data_in_leaf = {leaf}: a split needs at least {2 * leaf} rows). Let more "
-            "partitions accumulate before a warm increment (a less frequent stateful schedule), "
-            "lower min_data_in_leaf in the LightGBM params, or use stateful.strategy = 'refit'"
+        raise NoTreesAddedError(
+            f"warm start added no trees: LightGBM found no split in the increment's {rows} "
+            f"row(s) (min_data_in_leaf = {leaf}: a split needs at least {2 * leaf} rows; "
+            "constant features or min_gain_to_split also stop it). Let more partitions "
+            "accumulate before a warm increment (a less frequent stateful schedule), lower "
+            "min_data_in_leaf in the LightGBM params, use stateful.strategy = 'refit', or set "
+            "stateful.compare_with_scratch = true to retrain from scratch instead"
         )
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from retrain.errors import EmptyWindowError
-from retrain.pipeline import increment_window, prepare
+from retrain.config import parse_spec
+from retrain.errors import EmptyWindowError, NoTreesAddedError
+from retrain.pipeline import Champion, fit, fit_candidate, increment_window, prepare
+from retrain.stateful import plan_training
+from tests.conftest import spec_dict
 
 
 def test_a_partition_straddling_the_champions_training_end_goes_to_the_increment_whole(
@@ -41,3 +44,41 @@ def test_no_new_complete_partition_since_the_champion_is_an_empty_increment(bike
 
     with pytest.raises(EmptyWindowError, match="no new data since the champion's training end"):
         increment_window(bike_spec, prepared, prepared.holdout.start)
+
+
+def _champion_and_a_one_day_increment(spec):
+    first = prepare(spec, pd.Timestamp("2011-04-22"))
+    trained = fit(spec, first)
+    champion = Champion("1", trained.model, first.train.end, trained.data_versions)
+    later = prepare(spec, pd.Timestamp("2011-04-23"))  # one new day: 24 rows
+    plan = plan_training(
+        "stateful",
+        spec.stateful,
+        champion.state(),
+        spec.features.columns,
+        spec.features.categorical,
+    )
+    assert plan.strategy == "warm"
+    return champion, later, plan
+
+
+def test_a_warm_increment_too_small_to_grow_a_tree_fails_with_the_fix(bike_spec):
+    champion, later, plan = _champion_and_a_one_day_increment(bike_spec)
+
+    with pytest.raises(NoTreesAddedError, match=r"24 row\(s\).*compare_with_scratch"):
+        fit_candidate(bike_spec, later, plan, champion)
+
+
+def test_a_warm_increment_too_small_to_grow_a_tree_retrains_from_scratch_when_compared(
+    tmp_path, bike_dir
+):
+    spec = parse_spec(
+        spec_dict(bike_dir, tmp_path / "state", **{"stateful.compare_with_scratch": True})
+    )
+    champion, later, plan = _champion_and_a_one_day_increment(spec)
+
+    trained = fit_candidate(spec, later, plan, champion)
+
+    assert trained.plan.strategy == "scratch"
+    assert trained.plan.reason == "warm start added no trees on the increment: full retrain instead"
+    assert trained.window == later.train
