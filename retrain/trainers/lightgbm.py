@@ -19,7 +19,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from retrain.errors import NoTreesAddedError, NotFittedError, SchemaChangeError, TrainingError
+from retrain.errors import NotFittedError, NoTreesAddedError, SchemaChangeError, TrainingError
 
 logger = logging.getLogger(__name__)
 
