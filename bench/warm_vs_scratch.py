@@ -8,8 +8,11 @@ are ``[stateful]``'s defaults). Compared with a scratch retrain on the WHOLE his
 cutoff, and with the champion left as it was ("stale"). Streams, replayed with the project's
 own ``LightGBMTrainer``:
 
-* Bike Sharing hourly (the bundled real data, 24 rows a day): after 60 days, every day every
-  strategy, scored (MAE) on the next 7 days.
+* Bike Sharing hourly (the bundled real data, 24 rows a day): after 60 days, a run every day
+  (and, separately, every week) for every strategy, scored (MAE) on the next 7 days. A run
+  the product refuses (a day's 24 rows are too few for warm start to grow a tree) leaves the
+  champion serving, and the next run's increment is every row since the champion's cutoff,
+  as in production.
 * A generated stream of ``--days`` days x ``--rows-per-day`` rows (default 365 x 100,000):
   8 numeric features, a categorical one and the day of the week, a target with a weekly and a
   yearly season, a slow upward trend, an effect that drifts over the year, and noise. Scratch
@@ -33,7 +36,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +85,8 @@ class Row:
     cpu_s: float
     mae: float
     trees: int
-    note: str = ""
+    note: str = ""  # why the product refused the increment (the champion kept serving)
+    chain: bool = False  # checkpoint replay: a row of the chain of ``every`` increments
 
 
 @dataclass(frozen=True)
@@ -179,13 +183,19 @@ def row_of(
 def lineage_replay(
     stream: Stream, first: int, horizon: int, cadence: int, every: int, rounds: int
 ) -> list[Row]:
-    """The stateful mode day by day: an increment every ``cadence`` days, a scratch retrain
-    every ``every`` increments; a scratch retrain on the whole history at every cutoff too."""
+    """The stateful mode day by day: a run every ``cadence`` days, a scratch retrain every
+    ``every`` runs; a scratch retrain on the whole history at every cutoff too.
+
+    A run the product refuses (an increment too small to grow a tree) leaves the champion
+    serving, as in production: its row scores that champion and carries the refusal, and the
+    next run's increment is every row since the champion's own cutoff. Refused runs count
+    towards ``every`` (one schedule for warm and refit, so both meet the same scratch days)."""
     scorer = Scorer(stream, horizon)
     rows: list[Row] = []
     lineage: dict[str, LightGBMTrainer | None] = {}
+    cutoff: dict[str, int] = {}  # the day each strategy's champion saw data up to
     champion: LightGBMTrainer | None = None
-    since, previous = every, first - cadence
+    since = every
     for day in range(first, len(stream.days) - horizon, cadence):
         X, y = stream.xy(0, day)
         fresh, wall, cpu, _ = timed_fit(trainer(stream.categorical), X, y)
@@ -193,38 +203,22 @@ def lineage_replay(
         if since >= every or champion is None:  # the lineage's scheduled scratch retrain
             champion, since = fresh, 0
             lineage = {"warm": fresh, "refit": fresh}
-        else:
-            since += 1
-            Xi, yi = stream.xy(previous + 1, day)
-            for strategy in ("warm", "refit"):
-                init = lineage[strategy]
-                if init is None:  # the chain broke (an increment was refused): stays broken
-                    rows.append(
-                        row_of(
-                            stream,
-                            cadence,
-                            day,
-                            len(Xi),
-                            strategy,
-                            since,
-                            None,
-                            (0, 0),
-                            scorer,
-                            "no model: an earlier increment of this chain was refused",
-                        )
-                    )
-                    continue
-                model, w, c, note = timed_fit(
-                    trainer(stream.categorical, strategy, init, rounds), Xi, yi
-                )
-                lineage[strategy] = model
-                rows.append(
-                    row_of(
-                        stream, cadence, day, len(Xi), strategy, since, model, (w, c), scorer, note
-                    )
-                )
-            rows.append(row_of(stream, cadence, day, 0, "stale", since, champion, (0, 0), scorer))
-        previous = day
+            cutoff = {"warm": day, "refit": day}
+            continue
+        since += 1
+        for strategy in ("warm", "refit"):
+            init = lineage[strategy]
+            Xi, yi = stream.xy(cutoff[strategy] + 1, day)
+            model, w, c, note = timed_fit(
+                trainer(stream.categorical, strategy, init, rounds), Xi, yi
+            )
+            if model is not None:
+                lineage[strategy], cutoff[strategy] = model, day
+            served = lineage[strategy]  # refused: the champion stays
+            rows.append(
+                row_of(stream, cadence, day, len(Xi), strategy, since, served, (w, c), scorer, note)
+            )
+        rows.append(row_of(stream, cadence, day, 0, "stale", since, champion, (0, 0), scorer))
     return rows
 
 
@@ -239,12 +233,13 @@ def checkpoint_replay(
     for c in checkpoints:
         started = time.perf_counter()
         for length in (every, 1):
-            tag = "chain" if length == every else ""
+            chain = length == every
             X, y = stream.xy(0, c - length)
             champion, *_ = timed_fit(trainer(stream.categorical), X, y)
             del X, y
             assert champion is not None
-            rows.append(row_of(stream, 1, c, 0, "stale", length, champion, (0, 0), scorer, tag))
+            stale = row_of(stream, 1, c, 0, "stale", length, champion, (0, 0), scorer)
+            rows.append(replace(stale, chain=chain))
             for strategy in ("warm", "refit"):
                 model: LightGBMTrainer | None = champion
                 for j in range(1, length + 1):
@@ -254,21 +249,11 @@ def checkpoint_replay(
                     model, w, cpu, note = timed_fit(
                         trainer(stream.categorical, strategy, model, rounds), Xi, yi
                     )
-                    rows.append(
-                        row_of(
-                            stream,
-                            1,
-                            day,
-                            len(Xi),
-                            strategy,
-                            j,
-                            model,
-                            (w, cpu),
-                            scorer,
-                            note or tag,
-                        )
+                    fitted = row_of(
+                        stream, 1, day, len(Xi), strategy, j, model, (w, cpu), scorer, note
                     )
-                    if model is None:
+                    rows.append(replace(fitted, chain=chain))
+                    if model is None:  # refused: no model to continue (scored as n/a)
                         break
         X, y = stream.xy(0, c)
         fresh, wall, cpu, _ = timed_fit(trainer(stream.categorical), X, y)
@@ -352,8 +337,9 @@ def lineage_summary(frame: pd.DataFrame) -> pd.DataFrame:
         for strategy in ("warm", "refit", "stale"):
             inc = at[at["strategy"] == strategy].set_index("day")
             mae = scratch["mae"].copy()  # days the lineage retrained from scratch
-            mae.loc[inc.index] = inc["mae"]
-            refused = int(inc["mae"].isna().sum())
+            mae.loc[inc.index] = inc["mae"]  # a refused run: the champion that kept serving
+            refused = int((inc["note"] != "").sum())
+            fitted = inc[inc["note"] == ""]
             table.append(
                 {
                     "increment": f"{cadence} day(s)",
@@ -361,10 +347,10 @@ def lineage_summary(frame: pd.DataFrame) -> pd.DataFrame:
                     if strategy != "stale"
                     else "stale (no increment, champion kept)",
                     "cutoffs": len(mae),
-                    "mean fit s": round(inc["wall_s"].mean(), 3) if strategy != "stale" else "",
-                    "mean MAE": round(mae.mean(), 2) if not refused else "n/a",
-                    "vs scratch": gap(mae.mean(), base) if not refused else "n/a",
-                    "refused": f"{refused} of {len(inc)} increments" if refused else "",
+                    "mean fit s": round(fitted["wall_s"].mean(), 3) if strategy != "stale" else "",
+                    "mean MAE": round(mae.mean(), 2),
+                    "vs scratch": gap(mae.mean(), base),
+                    "refused": f"{refused} of {len(inc)} runs" if refused else "",
                 }
             )
     return pd.DataFrame(table)
@@ -376,14 +362,20 @@ def checkpoint_summary(frame: pd.DataFrame, every: int) -> pd.DataFrame:
         scratch = at.iloc[0]
 
         def pick(strategy: str, chain: bool, at_day: int = c) -> pd.Series:
-            rows = frame[(frame["strategy"] == strategy) & (frame["day"] == at_day)]
-            rows = rows[rows["note"].eq("chain") == chain]
-            return rows.iloc[0]
+            """The model of the (chain or single) increment at ``at_day``; a chain refused
+            before it has none: an all-NaN row (scored n/a)."""
+            rows = frame[
+                (frame["strategy"] == strategy)
+                & (frame["day"] == at_day)
+                & (frame["chain"] == chain)
+            ]
+            return rows.iloc[0] if len(rows) else pd.Series(np.nan, index=frame.columns)
 
         warm1, refit1 = pick("warm", False), pick("refit", False)
         chain_warm = frame[
             (frame["strategy"] == "warm")
-            & frame["note"].eq("chain")
+            & frame["chain"]
+            & frame["note"].eq("")
             & frame["day"].between(c - every + 1, c)
         ]
         warm_n, refit_n = pick("warm", True), pick("refit", True)
@@ -460,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     bike_table = lineage_summary(frame[frame["stream"] == "bike"])
     synth_frame = frame[frame["stream"] == "synthetic"]
     synth_table = checkpoint_summary(synth_frame, every)
-    refusal = frame.loc[~frame["note"].isin(["", "chain"]), "note"]  # the first: the reason
+    refusal = frame.loc[frame["note"] != "", "note"]  # the first: the reason
     last = synth_table.iloc[-1]
     last_scratch = synth_frame[synth_frame["strategy"] == "scratch"].iloc[-1]
     ratio = float(str(last["scratch / warm"]).rstrip("x"))
@@ -481,9 +473,10 @@ def main(argv: list[str] | None = None) -> int:
             f"## Bike Sharing, replayed day by day ({len(bike.days)} days, 24 rows a day), "
             f"MAE on the next {BIKE_HORIZON} days",
             "",
-            "Increment = the rows since the previous cutoff: 1 day (a nightly stateful run) or "
-            "7 days (a weekly one). Mean MAE over every cutoff; a lineage's scratch days count "
-            "with the scratch model.",
+            "A run every day (a nightly stateful run) or every 7 days (a weekly one); its "
+            "increment is the rows since its champion's cutoff. A refused run leaves the "
+            "champion serving and its rows go to the next run. Mean MAE over every cutoff of "
+            "the model serving then; a lineage's scratch days count with the scratch model.",
             "",
             markdown(bike_table),
             "",

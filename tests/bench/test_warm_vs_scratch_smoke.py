@@ -47,7 +47,7 @@ def test_the_lineage_replay_retrains_from_scratch_every_n_increments():
     assert trees[5] == trees[3] + 10  # each increment continues the previous one
 
 
-def test_an_increment_too_small_to_split_is_reported_as_refused_not_as_a_model():
+def test_a_refused_increment_keeps_the_champion_serving_and_the_next_one_covers_its_rows():
     bench = load_bench()
     stream = synthetic(bench, days=8, rows=30)  # min_data_in_leaf 20: 30 rows cannot split
 
@@ -55,9 +55,18 @@ def test_an_increment_too_small_to_split_is_reported_as_refused_not_as_a_model()
     summary = bench.lineage_summary(bench.pd.DataFrame([bench.asdict(r) for r in rows]))
 
     warm = [r for r in rows if r.strategy == "warm"]
-    assert "added no trees" in warm[0].note and math.isnan(warm[0].mae)
-    assert all(math.isnan(r.mae) for r in warm[1:])  # the chain stays broken
-    assert summary.set_index("strategy").loc["warm", "mean MAE"] == "n/a"
+    stale = {r.day: r for r in rows if r.strategy == "stale"}
+    refused, retried = warm[0], warm[1]
+    assert "added no trees" in refused.note
+    # the champion kept serving: scored as it is, not as a model of its own
+    assert (refused.mae, refused.trees) == (stale[3].mae, stale[3].trees)
+    # the next run's increment is every row since the champion's cutoff: two days, 60 rows
+    assert (retried.day, retried.fit_rows, retried.note) == (4, 60, "")
+    assert retried.trees > refused.trees
+    row = summary.set_index("strategy").loc["warm"]
+    refusals = sum(r.note != "" for r in warm)
+    assert row["refused"] == f"{refusals} of {len(warm)} runs"
+    assert row["vs scratch"].endswith("%")
     assert all(r.note == "" for r in rows if r.strategy == "refit")
 
 
@@ -68,7 +77,7 @@ def test_a_checkpoint_compares_one_and_n_increments_with_scratch_at_the_same_cut
     rows = bench.checkpoint_replay(stream, [9], every=3, rounds=5)
     table = bench.checkpoint_summary(bench.pd.DataFrame([bench.asdict(r) for r in rows]), 3)
 
-    chain = [(r.day, r.increments) for r in rows if r.strategy == "warm" and r.note == "chain"]
+    chain = [(r.day, r.increments) for r in rows if r.strategy == "warm" and r.chain]
     assert chain == [(7, 1), (8, 2), (9, 3)]
     assert [r.day for r in rows if r.strategy == "scratch"] == [9]
     assert table.loc[0, "history rows"] == "20,000"
