@@ -8,10 +8,12 @@ carries it out. An operator approves in the Prefect UI (a paused run with a type
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -360,6 +362,42 @@ def _decision_of(run: RunRecord, approval: Approval) -> PromotionDecision:
     )
 
 
+@contextlib.contextmanager
+def holding_claim(
+    ledger: Ledger, model: str, run_id: int, on_pause: Callable[[], None] | None = None
+) -> Iterator[None]:
+    """The body of a ledger run that holds the model's claim.
+
+    An error finishes the run as failed (with the error) and releases the claim; a Pause
+    (the run suspended for its operator) keeps the run and its claim in the ledger, after
+    ``on_pause``; a body that ends in any other way releases the claim.
+    """
+    suspended = False
+    try:
+        yield
+    except Pause:
+        suspended = True
+        if on_pause is not None:
+            on_pause()
+        raise
+    except BaseException as exc:
+        ledger.finish_run(run_id, "failed", promoted=False, error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        if not suspended:
+            ledger.release_model(model, run_id)
+
+
+def _finish(ledger: Ledger, run_id: int, decision: PromotionDecision, actor: str) -> None:
+    ledger.finish_run(
+        run_id,
+        "promoted" if decision.promote else "rejected",
+        promoted=decision.promote,
+        actor=decision.approver or actor,
+        error=None if decision.promote else decision.reason,
+    )
+
+
 def resume_after_answer(
     spec: ModelSpec, ledger: Ledger, registry: ModelRegistry, run: RunRecord, actor: str
 ) -> dict[str, Any]:
@@ -369,28 +407,12 @@ def resume_after_answer(
         raise ApprovalError(f"suspended ledger run {run.id} has no model version; cannot decide")
     ledger.resume_run(spec.name, run.id)
     get_run_logger().info("resumed ledger run %s: reading the operator's answer", run.id)
-    suspended = False
-    try:
+    # suspended once more (Prefect did not find the answer): the run keeps its claim
+    with holding_claim(ledger, spec.name, run.id, lambda: ledger.suspend_run(spec.name, run.id)):
         approval = _suspended_answer(spec, version, "")
         decision = _decision_of(run, approval)
         previous = apply_decision(registry, decision, actor)
-        ledger.finish_run(
-            run.id,
-            "promoted" if decision.promote else "rejected",
-            promoted=decision.promote,
-            actor=decision.approver or actor,
-            error=None if decision.promote else decision.reason,
-        )
-    except Pause:  # suspended once more (Prefect did not find the answer): keep the claim
-        suspended = True
-        ledger.suspend_run(spec.name, run.id)
-        raise
-    except BaseException as exc:
-        ledger.finish_run(run.id, "failed", promoted=False, error=f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        if not suspended:
-            ledger.release_model(spec.name, run.id)
+        _finish(ledger, run.id, decision, actor)
     return {
         "status": "promoted" if decision.promote else "rejected",
         "model": spec.name,
@@ -487,8 +509,8 @@ def _retrain(
     if holder is not None:
         note = f"another retrain of {spec.name} is running (ledger run {holder})"
         return _skipped(ledger, spec, mode, run_id, note)
-    suspended = False
-    try:
+    # suspended for its operator: the run and its claim wait in the ledger
+    with holding_claim(ledger, spec.name, run_id):
         prepared = prepare_data(spec, cutoff, ledger)
         champion = load_champion(registry)
         skip = skip_reason(
@@ -537,22 +559,7 @@ def _retrain(
             approval=approval,
         )
         previous = apply_decision(registry, decision, actor)
-        ledger.finish_run(
-            run_id,
-            "promoted" if decision.promote else "rejected",
-            promoted=decision.promote,
-            actor=decision.approver or actor,
-            error=None if decision.promote else decision.reason,
-        )
-    except Pause:  # suspended for its operator: the run and its claim wait in the ledger
-        suspended = True
-        raise
-    except BaseException as exc:
-        ledger.finish_run(run_id, "failed", promoted=False, error=f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        if not suspended:
-            ledger.release_model(spec.name, run_id)
+        _finish(ledger, run_id, decision, actor)
     outcome = RetrainOutcome(
         model=spec.name,
         mode=mode,
