@@ -25,6 +25,8 @@ from retrain.redact import redact_url
 logger = logging.getLogger(__name__)
 
 TS = "__ts__"
+# ingest only: the problem of the file a row came from (a column it lacks), None when sound
+FILE_PROBLEM = "__file_problem__"
 SUPPORTED = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -37,6 +39,8 @@ class Partition:
     end: pd.Timestamp
     fingerprint: str
     frame: pd.DataFrame = field(repr=False, compare=False)
+    # rows of this partition ingest dropped and why (duplicates, missing labels); None: none
+    note: str | None = field(default=None, compare=False)
 
     @property
     def rows(self) -> int:
@@ -154,7 +158,8 @@ def read_source(source: SourceSpec) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
-def _require_columns(frame: pd.DataFrame, spec: ModelSpec) -> None:
+def _required_columns(spec: ModelSpec) -> dict[str, str]:
+    """Every column the spec reads, with the setting that names it."""
     needs = {spec.timestamp.column: "timestamp.column", spec.label: "label"}
     if spec.timestamp.hours_from:
         needs[spec.timestamp.hours_from] = "timestamp.hours_from"
@@ -162,12 +167,63 @@ def _require_columns(frame: pd.DataFrame, spec: ModelSpec) -> None:
         needs[col] = "features.numeric"
     for col in spec.features.categorical:
         needs[col] = "features.categorical"
+    return needs
+
+
+def _require_columns(frame: pd.DataFrame, spec: ModelSpec) -> None:
+    needs = _required_columns(spec)
     missing = [f"{col!r} ({role})" for col, role in needs.items() if col not in frame.columns]
     if missing:
         raise SchemaError(
             f"column(s) {', '.join(missing)} missing from the source; it has "
             f"{list(frame.columns)}. Fix the spec or the data."
         )
+
+
+def _incomplete_files(
+    files: list[tuple[Path, pd.DataFrame]], spec: ModelSpec, as_of: pd.Timestamp | None
+) -> tuple[list[tuple[Path, pd.DataFrame]], list[str | None], list[Quarantine]]:
+    """Files that lack a column the spec reads while other files have it.
+
+    Joined with the others, such a file's rows would get NaN in that column and train
+    silently on it; instead each row keeps its file's problem (the list returned beside the
+    files), and every partition holding such a row is quarantined. A file that lacks the
+    timestamp cannot be placed: quarantined whole when its name declares its partition, an
+    error naming it otherwise. (A column missing from every file is the spec's problem:
+    ``_require_columns`` says so.)
+    """
+    needs = _required_columns(spec)
+    present: set[str] = set()
+    for _, frame in files:
+        present.update(map(str, frame.columns))
+    time_columns = {spec.timestamp.column, spec.timestamp.hours_from} - {None}
+    kept: list[tuple[Path, pd.DataFrame]] = []
+    problems: list[str | None] = []
+    quarantined: list[Quarantine] = []
+    for path, frame in files:
+        missing = [col for col in needs if col in present and col not in frame.columns]
+        if not missing:
+            kept.append((path, frame))
+            problems.append(None)
+            continue
+        named = ", ".join(f"{col!r} ({needs[col]})" for col in missing)
+        problem = (
+            f"file {path} lacks column(s) {named} that the other files have; its rows are not "
+            "used: re-export it with every column the spec reads"
+        )
+        if time_columns & set(missing):
+            key = declared_partition(path, spec.partitions.freq)
+            if key is None:
+                raise SchemaError(
+                    f"{problem}. Without its timestamp its rows cannot be placed in a "
+                    "partition: fix or remove the file"
+                )
+            if _visible(key, spec, as_of):
+                quarantined.append(Quarantine(key, len(frame), problem))
+            continue
+        kept.append((path, frame))
+        problems.append(problem)
+    return kept, problems, quarantined
 
 
 def parse_timestamps(frame: pd.DataFrame, spec: ModelSpec) -> pd.Series:
@@ -348,10 +404,13 @@ def ingest(
         complete_by = now.tz_convert("UTC").tz_localize(None) if now.tzinfo else now
     quarantined: list[Quarantine] = []
     files: list[tuple[Path, pd.DataFrame]] = []
+    problems: list[str | None] = []
     if spec.source.kind == "files":
         files, quarantined = _read_files(spec.source, spec.partitions.freq)
         quarantined += _empty_declared_files(files, spec, as_of)
         files = [(path, f) for path, f in files if len(f)]
+        files, problems, incomplete = _incomplete_files(files, spec, as_of)
+        quarantined += incomplete
         raw = (
             pd.concat([f for _, f in files], ignore_index=True)
             if len(files) > 1
@@ -368,15 +427,21 @@ def ingest(
     keep = [spec.label, *spec.features.numeric, *spec.features.categorical]
     frame = raw[list(dict.fromkeys(keep))].copy()
     frame.insert(0, TS, ts)
+    if files and any(problems):
+        lengths = [len(f) for _, f in files]
+        frame[FILE_PROBLEM] = np.repeat(np.array(problems, dtype=object), lengths)
     if files:
         misplaced, outside = _rows_outside_declared_partitions(frame, files, spec, as_of)
         quarantined += outside
         frame = frame[~misplaced]
     if as_of is not None:
         frame = frame[frame[TS] < as_of]
-    before = len(frame)
-    frame = frame.drop_duplicates(ignore_index=True)
-    dropped = before - len(frame)
+    duplicated = frame.duplicated()
+    dropped = int(duplicated.sum())
+    duplicates_per = (
+        frame.loc[duplicated, TS].dt.to_period(spec.partitions.freq).astype(str).value_counts()
+    )
+    frame = frame[~duplicated].reset_index(drop=True)
     if dropped:
         logger.warning("dropped %d duplicated row(s)", dropped)
     if as_of is None:
@@ -401,12 +466,25 @@ def ingest(
                 )
             continue
         part = part.sort_values(TS, kind="stable").reset_index(drop=True)
-        usable, reason = _check_partition(part, spec)
         key = str(period)
+        if FILE_PROBLEM in part.columns:
+            flagged = part[FILE_PROBLEM].dropna()
+            if len(flagged):
+                quarantined.append(Quarantine(key, len(part), str(flagged.iloc[0])))
+                continue
+            part = part.drop(columns=FILE_PROBLEM)
+        usable, reason = _check_partition(part, spec)
         if reason is not None:
             quarantined.append(Quarantine(key=key, rows=len(part), reason=reason))
             continue
-        partitions.append(Partition(key, start, end, fingerprint(usable), usable))
+        notes = []
+        if duplicates_per.get(key, 0):
+            notes.append(f"{int(duplicates_per[key])} duplicated row(s) dropped")
+        if len(usable) < len(part):
+            notes.append(f"{len(part) - len(usable)} row(s) without label {spec.label!r} dropped")
+        partitions.append(
+            Partition(key, start, end, fingerprint(usable), usable, "; ".join(notes) or None)
+        )
     for q in quarantined:
         logger.warning("quarantined partition %s: %s", q.key, q.reason)
     return IngestResult(tuple(partitions), tuple(quarantined), dropped, len(raw))

@@ -119,7 +119,7 @@ def prepare(
     result = ingest(spec, as_of=as_of)
     if ledger is not None:
         rows: list[tuple[str, str, int, str, str | None]] = [
-            (p.key, p.fingerprint, p.rows, "ok", None) for p in result.partitions
+            (p.key, p.fingerprint, p.rows, "ok", p.note) for p in result.partitions
         ]
         rows += [(q.key, "-", q.rows, "quarantined", q.reason) for q in result.quarantined]
         ledger.record_partitions(spec.name, rows)

@@ -39,6 +39,52 @@ def test_a_missing_label_column_is_a_schema_error_naming_the_column_and_its_role
         ingest(spec)
 
 
+def test_a_file_lacking_a_feature_column_quarantines_its_partitions_and_the_others_flow(
+    four_days, write_source, make_spec
+):
+    early = four_days[day_rows(four_days, "2011-03-01") | day_rows(four_days, "2011-03-02")]
+    late = four_days[day_rows(four_days, "2011-03-03") | day_rows(four_days, "2011-03-04")]
+    folder = write_source(early, late.drop(columns=["temp"]))  # part1.csv lost a column
+
+    result = ingest(make_spec(folder))
+
+    assert [p.key for p in result.partitions] == ["2011-03-01", "2011-03-02"]
+    assert [(q.key, q.rows) for q in result.quarantined] == [
+        ("2011-03-03", int(day_rows(late, "2011-03-03").sum())),
+        ("2011-03-04", int(day_rows(late, "2011-03-04").sum())),
+    ]
+    reason = result.quarantined[0].reason
+    assert "part1.csv lacks column(s) 'temp' (features.numeric)" in reason
+    assert "re-export it with every column the spec reads" in reason
+    # the rows of the sound file are as they were: no NaN column leaked into them
+    assert all(p.frame["temp"].notna().all() for p in result.partitions)
+    assert "__file_problem__" not in result.partitions[0].frame.columns
+
+
+def test_a_partition_file_lacking_the_timestamp_is_quarantined_and_the_others_flow(
+    tmp_path, four_days, make_spec
+):
+    folder = write_days(tmp_path / "days", four_days)
+    day = four_days[day_rows(four_days, "2011-03-02")]
+    day.drop(columns=["dteday"]).to_parquet(folder / "2011-03-02.parquet", index=False)
+
+    result = ingest(make_spec(folder))
+
+    assert [p.key for p in result.partitions] == ["2011-03-01", "2011-03-03", "2011-03-04"]
+    [quarantined] = result.quarantined
+    assert (quarantined.key, quarantined.rows) == ("2011-03-02", len(day))
+    assert "lacks column(s) 'dteday' (timestamp.column)" in quarantined.reason
+
+
+def test_an_undeclared_file_lacking_the_timestamp_is_a_schema_error_naming_it(
+    four_days, write_source, make_spec
+):
+    folder = write_source(four_days.iloc[:40], four_days.iloc[40:].drop(columns=["dteday"]))
+
+    with pytest.raises(SchemaError, match=r"part1\.csv lacks column\(s\) 'dteday'.*fix or remove"):
+        ingest(make_spec(folder))
+
+
 def test_a_file_that_is_neither_parquet_nor_csv_is_a_data_error_naming_it(
     four_days, write_source, make_spec
 ):
@@ -139,6 +185,8 @@ def test_exact_duplicate_rows_are_dropped_and_counted(four_days, write_source, m
     assert result.duplicates_dropped == 5
     assert result.source_rows == len(four_days) + 5
     assert keys_and_fingerprints(result) == keys_and_fingerprints(clean)
+    # each partition says what it lost (rows 10-14 are hours of the first day)
+    assert [p.note for p in result.partitions] == ["5 duplicated row(s) dropped", None, None, None]
 
 
 def test_a_partition_without_any_label_is_quarantined_and_the_others_still_flow(
@@ -168,6 +216,7 @@ def test_unlabelled_rows_of_a_partition_with_labels_are_dropped_not_quarantined(
     assert result.quarantined == ()
     assert first.rows == int(day_rows(frame, "2011-03-01").sum()) - 2
     assert first.frame["cnt"].notna().all()
+    assert first.note == "2 row(s) without label 'cnt' dropped"
 
 
 def test_text_in_a_numeric_feature_quarantines_its_partition_naming_the_column(

@@ -7,6 +7,7 @@ import pytest
 
 from retrain.config import parse_spec
 from retrain.errors import EmptyWindowError, NoTreesAddedError
+from retrain.ledger import Ledger
 from retrain.pipeline import Champion, fit, fit_candidate, increment_window, prepare
 from retrain.stateful import plan_training
 from tests.conftest import spec_dict
@@ -44,6 +45,24 @@ def test_no_new_complete_partition_since_the_champion_is_an_empty_increment(bike
 
     with pytest.raises(EmptyWindowError, match="no new data since the champion's training end"):
         increment_window(bike_spec, prepared, prepared.holdout.start)
+
+
+def test_the_manifest_records_the_rows_ingest_dropped_from_a_usable_partition(
+    tmp_path, bike_dir, bike_spec
+):
+    march = bike_dir / "2011-03.csv"
+    rows = pd.read_csv(march)
+    rows.loc[[0, 1], "cnt"] = None  # two unlabelled hours of 2011-03-01
+    pd.concat([rows, rows.iloc[30:33]]).to_csv(march, index=False)  # three of 2011-03-02 twice
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.migrate()
+
+    prepare(bike_spec, pd.Timestamp("2011-04-29"), ledger)
+
+    notes = {r["partition_key"]: r["reason"] for r in ledger.manifest(bike_spec.name)}
+    assert notes["2011-03-01"] == "2 row(s) without label 'cnt' dropped"
+    assert notes["2011-03-02"] == "3 duplicated row(s) dropped"
+    assert notes["2011-03-03"] is None
 
 
 def _champion_and_a_one_day_increment(spec):
