@@ -206,3 +206,54 @@ def test_a_warm_increment_too_small_to_split_is_refused_not_returned_unchanged(f
 
     with pytest.raises(TrainingError, match=r"added no trees.*8 row\(s\).*at least 10 rows"):
         trainer(strategy="warm", init_model=fitted, num_boost_round=5).fit(X, y)
+
+
+def test_a_warm_increment_keeps_the_champions_category_codes_whatever_categories_it_brings(
+    fitted,
+):
+    X, y = make_data(200, seed=3)
+    # the increment knows none of "a"/"b" and brings a category the champion never saw
+    X["cat"] = np.where(X["cat"].isin(["a", "b"]), "d", X["cat"])
+
+    warm = trainer(strategy="warm", init_model=fitted, num_boost_round=5).fit(X, y)
+
+    assert warm.categories_ == {"cat": ["a", "b", "c"]}
+    codes = warm.encode(pd.DataFrame({"x1": 0.5, "x2": 0.0, "cat": ["a", "c", "d"]}))["cat"]
+    assert codes.iloc[0] == 0.0 and codes.iloc[1] == 2.0  # as the champion coded them
+    assert np.isnan(codes.iloc[2])  # unseen: missing, not the next free code
+
+
+def _thresholds(model: LightGBMTrainer, feature: int, first_tree: int = 0) -> set[float]:
+    """Split thresholds on one feature in the trees from ``first_tree`` on."""
+    found: set[float] = set()
+
+    def walk(node: dict) -> None:
+        if "split_feature" in node:
+            if node["split_feature"] == feature:
+                found.add(round(float(node["threshold"]), 9))
+            walk(node["left_child"])
+            walk(node["right_child"])
+
+    for tree in model.booster_.dump_model()["tree_info"][first_tree:]:
+        walk(tree["tree_structure"])
+    return found
+
+
+def test_a_warm_increment_bins_its_rows_on_the_champions_bin_boundaries():
+    coarse = {**SMALL, "max_bin": 4}
+    champion = trainer(params=coarse).fit(*make_data(300))
+    edges = sorted(_thresholds(champion, 0))
+    assert len(edges) == 2 and edges[0] < 0.4 and edges[1] > 0.6  # x1's bins: (.., 0.36], ..
+    rng = np.random.default_rng(4)
+    X = pd.DataFrame(
+        {"x1": rng.uniform(0.4, 0.6, 200), "x2": rng.normal(0, 1, 200), "cat": "c"}
+    )  # every x1 of the increment falls in the champion's middle bin
+    y = 100 * X["x1"].to_numpy() + rng.normal(0, 0.1, 200)  # and x1 is all that matters
+
+    warm = trainer(params=coarse, strategy="warm", init_model=champion, num_boost_round=5).fit(X, y)
+    alone = trainer(params=coarse).fit(X, y)
+
+    # binned on its own the increment splits x1 inside (0.4, 0.6); binned on the champion's
+    # boundaries it cannot tell its x1 values apart
+    assert any(0.4 < t < 0.6 for t in _thresholds(alone, 0))
+    assert _thresholds(warm, 0, first_tree=champion.booster_.num_trees()) == set()
