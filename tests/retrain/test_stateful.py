@@ -1,0 +1,70 @@
+"""The stateful policy: warm start, refit, or back to scratch; schema changes stop warm start."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+
+from retrain import stateful
+from retrain.config import StatefulSpec
+from retrain.errors import SchemaChangeError
+from retrain.stateful import ChampionState, plan_training
+from retrain.trainers import lightgbm
+
+CHAMPION = ChampionState(
+    version="3",
+    increments=1,
+    train_end=None,
+    feature_names=("temp", "hum", "weathersit"),
+    categorical=("weathersit",),
+)
+
+
+@pytest.mark.parametrize(
+    ("features", "categorical", "problem"),
+    [
+        (("temp", "hum", "weathersit", "wind"), ("weathersit",), "feature 'wind' is new"),
+        (("temp", "weathersit"), ("weathersit",), "feature 'hum' was removed"),
+        (
+            ("temp", "hum", "weathersit"),
+            ("weathersit", "hum"),
+            "feature 'hum' changed from numeric to categorical",
+        ),
+        (
+            ("temp", "hum", "weathersit"),
+            (),
+            "feature 'weathersit' changed from categorical to numeric",
+        ),
+    ],
+)
+def test_a_schema_change_stops_warm_start_naming_the_feature_and_the_fix(
+    features, categorical, problem
+):
+    with pytest.raises(SchemaChangeError) as raised:
+        plan_training("stateful", StatefulSpec(), CHAMPION, features, categorical)
+
+    assert problem in str(raised.value)
+    assert "cannot warm-start from champion v3" in str(raised.value)
+    assert "stateful.on_schema_change = 'scratch'" in str(raised.value)
+    relaxed = StatefulSpec(on_schema_change="scratch")
+    plan = plan_training("continual", relaxed, CHAMPION, features, categorical)
+    assert (plan.strategy, plan.parent_version) == ("scratch", None)
+    assert plan.reason == f"schema changed since champion v3 ({problem})"
+
+
+def test_an_unchanged_schema_warm_starts_or_refits_as_configured():
+    same = (CHAMPION.feature_names, CHAMPION.categorical)
+
+    warm = plan_training("stateful", StatefulSpec(), CHAMPION, *same)
+    refit = plan_training("stateful", StatefulSpec(strategy="refit"), CHAMPION, *same)
+
+    assert (warm.strategy, warm.parent_version, warm.increments) == ("warm", "3", 2)
+    assert refit.strategy == "refit"
+
+
+@pytest.mark.parametrize("module", [stateful, lightgbm])
+def test_the_doctests_of_the_stateful_policy_hold(module):
+    result = doctest.testmod(module, verbose=False)
+
+    assert result.attempted > 0 and result.failed == 0
