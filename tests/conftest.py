@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from retrain.config import ModelSpec, parse_spec
 
@@ -98,6 +101,24 @@ def bike_dir(tmp_path: Path, bike_hourly: pd.DataFrame) -> Path:
 @pytest.fixture
 def bike_spec(tmp_path: Path, bike_dir: Path) -> ModelSpec:
     return parse_spec(spec_dict(bike_dir, tmp_path / "state"))
+
+
+@contextlib.contextmanager
+def postgres_schema(postgres_url: str, prefix: str) -> Iterator[str]:
+    """A fresh schema of the test PostgreSQL, dropped afterwards; yields a URL that uses it."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    admin.dispose()
+    separator = "&" if "?" in postgres_url else "?"
+    try:
+        yield f"{postgres_url}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        admin = sa.create_engine(postgres_url)
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import sqlalchemy as sa
 import yaml
 
 from retrain.ledger import Ledger, model_locks, now, process_owner
+from tests.conftest import postgres_schema
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -78,19 +78,8 @@ def restart_postgres(postgres_url: str) -> Iterator[Callable[[], None]]:
 
 @pytest.fixture
 def ledger_url(postgres_url: str) -> Iterator[str]:
-    schema = f"test_restart_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(postgres_url)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    admin.dispose()
-    separator = "&" if "?" in postgres_url else "?"
-    try:
-        yield f"{postgres_url}{separator}options=-csearch_path%3D{schema}"
-    finally:
-        admin = sa.create_engine(postgres_url)
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema(postgres_url, "test_restart") as url:
+        yield url
 
 
 def dead_owner() -> str:

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from retrain.errors import LedgerError
 from retrain.ledger import SCHEMA_VERSION, Ledger, retrain_runs, schema_version
+from tests.conftest import postgres_schema
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -21,18 +22,8 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'state' / 'ledger.db'}"
         return
-    base = request.getfixturevalue("postgres_url")
-    schema = f"test_ledger_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        separator = "&" if "?" in base else "?"
-        yield f"{base}{separator}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema(request.getfixturevalue("postgres_url"), "test_ledger") as url:
+        yield url
 
 
 @pytest.fixture
