@@ -22,7 +22,7 @@ from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 from typer.testing import CliRunner
 
-from flows.cli import app
+from flows.cli import EMBEDDED_ENV, app
 from flows.deployments import build_deployment, build_deployments, check_server
 from registry import ModelRegistry
 from retrain.config import load_spec
@@ -187,6 +187,10 @@ def test_deploy_prefect_yaml_defines_the_same_deployment_as_retrain_serve():
         built.concurrency_options.collision_strategy.value
     )
     assert set(entry["tags"]) == set(built.tags)
+    # a worker's runs get the environment the CLI gives its own (bounded MLflow retries)
+    env = entry["work_pool"]["job_variables"]["env"]
+    assert env == {key: EMBEDDED_ENV[key] for key in env}
+    assert env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
 
 
 # --- a real Prefect server in a subprocess (the live_server fixture: conftest.py) -----------
@@ -316,6 +320,7 @@ def test_deploy_prefect_yaml_deploys_to_a_real_prefect_server(live_server, tmp_p
     assert deployment.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
     assert deployment.parameters["mode"] == "scheduled"
     assert deployment.parameters["auto_approve"] is False
+    assert deployment.job_variables["env"]["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
     # RETRAIN_HOME is read when `prefect deploy` runs: the checkout's path on the workers
     assert deployment.pull_steps == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}

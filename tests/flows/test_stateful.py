@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -57,6 +58,15 @@ def test_three_warm_increments_then_a_forced_scratch_retrain_with_lineage(tmp_pa
         assert child.tags["retrain.window_start"] == parent.tags["retrain.window_end"]
     data_versions = chain[0].tags["retrain.data_versions"].split(",")
     assert data_versions == [v.tags["retrain.data_version"] for v in reversed(chain)]
+    # row counts and label statistics of the rows each version trained on
+    rows = pd.concat([pd.read_csv(f) for f in sorted(bike_dir.glob("*.csv"))])
+    when = pd.to_datetime(rows["dteday"]) + pd.to_timedelta(rows["hr"], unit="h")
+    for version in chain:
+        tags = version.tags
+        start, end = (pd.Timestamp(tags[f"retrain.window_{e}"]) for e in ("start", "end"))
+        trained_on = rows[(when >= start) & (when < end)]
+        assert int(tags["retrain.rows"]) == len(trained_on)
+        assert float(tags["retrain.label.mean"]) == pytest.approx(trained_on["cnt"].mean(), 1e-5)
     forced = registry.version("5").tags
     assert forced["retrain.parent_version"] == "none"
     assert "3 increments since the last scratch model" in forced["retrain.strategy_reason"]
