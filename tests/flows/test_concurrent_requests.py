@@ -13,7 +13,7 @@ from registry import ModelRegistry
 from retrain.config import load_spec
 from retrain.ledger import Ledger
 from tests.conftest import postgres_schema, spec_dict
-from tests.faults.test_kill_mid_train import run_env
+from tests.flows.conftest import PrefectServer
 
 RETRAIN = Path(sys.executable).with_name("retrain")
 
@@ -21,7 +21,7 @@ RETRAIN = Path(sys.executable).with_name("retrain")
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_two_requests_at_the_same_moment_run_one_retrain_and_record_the_other_as_skipped(
-    tmp_path, bike_dir, postgres_url
+    tmp_path, bike_dir, postgres_url, live_server: PrefectServer
 ):
     with postgres_schema(postgres_url, "test_concurrent") as ledger_url:
         # the run that gets the model waits for its operator (at most 60 s) holding the claim,
@@ -42,7 +42,7 @@ def test_two_requests_at_the_same_moment_run_one_retrain_and_record_the_other_as
             subprocess.Popen(
                 [*command, "--actor", f"request-{i}"],
                 cwd=tmp_path,
-                env=run_env(tmp_path / f"process-{i}"),
+                env=live_server.env(),  # one Prefect server, as in production
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
