@@ -157,6 +157,31 @@ def data_problems(
     return problems
 
 
+def quarantine_problem(quarantined: dict[str, str]) -> list[Signal]:
+    """Fresh partitions that ingest quarantined (key -> reason): one blocking data problem.
+
+    A trigger must not fire on what is left while part of the fresh data is unusable: the
+    operator fixes or removes the bad delivery first (the reason says how).
+
+    >>> [s.detail for s in quarantine_problem({"2011-08-16": "file b.csv lacks 'hum'"})]
+    ["1 fresh partition(s) quarantined (2011-08-16): file b.csv lacks 'hum'"]
+    """
+    if not quarantined:
+        return []
+    keys = sorted(quarantined)
+    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+    return [
+        Signal(
+            "data_problem",
+            float(len(keys)),
+            None,
+            True,
+            detail=f"{len(keys)} fresh partition(s) quarantined ({', '.join(keys[:3])}{more}): "
+            f"{quarantined[keys[0]]}",
+        )
+    ]
+
+
 def compute_signals(
     *,
     config: MonitorSpec,

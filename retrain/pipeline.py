@@ -36,7 +36,7 @@ from retrain.features import (
 )
 from retrain.ingest import TS, IngestResult, ingest, utc_now
 from retrain.ledger import Ledger
-from retrain.monitor import Signal, compute_signals, data_problems
+from retrain.monitor import Signal, compute_signals, data_problems, quarantine_problem
 from retrain.reports import backtest_plot, importance_plot, learning_curve_plot
 from retrain.stateful import ChampionState, TrainingPlan, scratch
 from retrain.trainers import LightGBMTrainer
@@ -518,8 +518,14 @@ def monitor_check(
     fresh_frame = cache.load(fresh) if fresh else pd.DataFrame(columns=columns)
     end = max((p.end for p in parts), default=champion.train_end)
     rows = _missing_periods(spec, champion.train_end, end, {p.key for p in parts})
-    quarantined = {q.key for q in result.quarantined}
+    quarantined = {q.key: q.reason for q in result.quarantined}
     rows = {k: v for k, v in rows.items() if k not in quarantined}
+    freq = spec.partitions.freq
+    fresh_quarantined = {
+        key: reason
+        for key, reason in quarantined.items()
+        if pd.Period(key, freq=freq).start_time >= champion.train_end
+    }
     # the recommendation family's columns are ids: its signals are age and volume
     features = list(spec.features.columns) if spec.family == "lightgbm" else []
     healthy = not data_problems(fresh_frame, features, {})
@@ -552,6 +558,7 @@ def monitor_check(
         backtest_metric=float(metric_tag) if metric_tag else None,
         greater_is_better=spec.greater_is_better,
     )
+    measured += quarantine_problem(fresh_quarantined)
     # the debounce looks at the previous checks of the same champion only
     history: list[set[str]] = []
     if spec.monitor.debounce > 1:

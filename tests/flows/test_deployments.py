@@ -28,7 +28,7 @@ from registry import ModelRegistry
 from retrain.config import load_spec
 from retrain.errors import RetrainError
 from retrain.ledger import Ledger
-from tests.conftest import ROOT, spec_dict
+from tests.conftest import ROOT, als_spec_dict, spec_dict
 from tests.flows.conftest import (
     BIN,
     client_of,
@@ -278,6 +278,39 @@ def test_a_scheduled_deployment_fires_on_its_schedule_on_a_real_prefect_server(
         f"first scheduled run completed {fired_after:.0f} s after `retrain serve` started; "
         f"{len(running)} run(s) ran one at a time, {len(refused)} overlapping one(s) cancelled"
     )
+
+
+@pytest.mark.slow
+def test_a_scheduled_als_deployment_fires_and_recomputes_on_the_sliding_window(
+    live_server, tmp_path, taste_csv
+):
+    spec_path = tmp_path / "als.yaml"
+    spec_path.write_text(yaml.safe_dump(als_spec_dict(taste_csv, tmp_path / "state")))
+    serve_log = tmp_path / "serve.log"
+    env = {**live_server.env(), "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    serve = start(
+        [str(BIN / "retrain"), "serve", "--spec", str(spec_path), "--interval", "5"],
+        env,
+        serve_log,
+        tmp_path,
+    )
+    try:
+        deployment = read_deployment(live_server, "retrain/taste-als-scheduled")
+        run = completed_run(live_server, deployment.id, serve_log, serve)
+    finally:
+        stop(serve)
+
+    assert run.auto_scheduled is True and run.parameters["mode"] == "scheduled"
+    spec = load_spec(spec_path)
+    ledger = Ledger(spec.state.ledger)
+    promoted = [r for r in ledger.runs(spec.name, limit=100) if r.status == "promoted"]
+    assert promoted, [(r.status, r.error) for r in ledger.runs(spec.name)]
+    registry = ModelRegistry(spec.state.tracking, spec.name, ledger)
+    tags = registry.version(promoted[-1].model_version).tags
+    assert (tags["retrain.family"], tags["retrain.mode"]) == ("als", "scheduled")
+    assert tags["retrain.strategy"] == "scratch"  # a full recompute on the window
+    # the newest complete day is 2024-02-09 (40 days from 2024-01-01): holdout its last 4 days
+    assert tags["retrain.window_end"] == "2024-02-06 00:00:00"
 
 
 @pytest.mark.slow

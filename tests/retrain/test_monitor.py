@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import doctest
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from retrain import monitor
 from retrain.config import MonitorSpec, parse_spec
 from retrain.errors import SpecError
-from retrain.monitor import Signal, compute_signals, holm, psi, two_sample_p
+from retrain.monitor import (
+    Signal,
+    compute_signals,
+    holm,
+    psi,
+    quarantine_problem,
+    two_sample_p,
+)
 from retrain.triggers import decide_trigger
 from tests.conftest import spec_dict
 
@@ -175,3 +185,28 @@ def test_an_unknown_signal_name_in_the_rules_is_a_spec_error(tmp_path):
     data = spec_dict(tmp_path, tmp_path / "state", **{"monitor.any": ["drfit"]})
     with pytest.raises(SpecError, match=r"monitor.any: unknown signal\(s\) \['drfit'\]"):
         parse_spec(data)
+
+
+def test_quarantined_fresh_partitions_are_one_blocking_data_problem_naming_them():
+    [problem] = quarantine_problem({f"2011-08-{d:02d}": f"reason {d}" for d in range(15, 20)})
+
+    assert problem.name == "data_problem" and problem.fired and problem.value == 5
+    assert problem.detail == (
+        "5 fresh partition(s) quarantined (2011-08-15, 2011-08-16, 2011-08-17 and 2 more): "
+        "reason 15"
+    )
+    assert quarantine_problem({}) == []
+    decision = decide_trigger(
+        [Signal("volume", 500, 100, True), problem],
+        [],
+        None,
+        pd.Timestamp("2011-08-29"),
+        MonitorSpec(),
+    )
+    assert not decision.retrain and decision.blocked_by
+
+
+def test_the_doctests_of_the_monitor_hold():
+    result = doctest.testmod(monitor, verbose=False)
+
+    assert result.attempted > 0 and result.failed == 0
