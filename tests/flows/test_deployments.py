@@ -31,6 +31,7 @@ from retrain.ledger import Ledger
 from tests.conftest import ROOT, als_spec_dict, spec_dict
 from tests.flows.conftest import (
     BIN,
+    PrefectServer,
     client_of,
     completed_run,
     free_port,
@@ -209,20 +210,23 @@ def running_intervals(histories: dict[str, list]) -> list[tuple[datetime.datetim
     return intervals
 
 
+def serve_every_5s(
+    server: PrefectServer, spec_path: Path, folder: Path
+) -> tuple[subprocess.Popen, Path]:
+    """`retrain serve` of one spec against ``server``, its schedule an interval of 5 s."""
+    log = folder / "serve.log"
+    env = {**server.env(), "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    command = [str(BIN / "retrain"), "serve", "--spec", str(spec_path), "--interval", "5"]
+    return start(command, env, log, folder), log
+
+
 @pytest.mark.slow
 def test_a_scheduled_deployment_fires_on_its_schedule_on_a_real_prefect_server(
     live_server, tmp_path, bike_dir
 ):
     spec_path = write_spec(tmp_path, bike_dir)  # gate.require_approval = false: no pause
-    serve_log = tmp_path / "serve.log"
-    env = {**live_server.env(), "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
     started = time.monotonic()
-    serve = start(
-        [str(BIN / "retrain"), "serve", "--spec", str(spec_path), "--interval", "5"],
-        env,
-        serve_log,
-        tmp_path,
-    )
+    serve, serve_log = serve_every_5s(live_server, spec_path, tmp_path)
     try:
         deployment = read_deployment(live_server, "retrain/bike-test-scheduled")
         run = completed_run(live_server, deployment.id, serve_log, serve)
@@ -286,14 +290,7 @@ def test_a_scheduled_als_deployment_fires_and_recomputes_on_the_sliding_window(
 ):
     spec_path = tmp_path / "als.yaml"
     spec_path.write_text(yaml.safe_dump(als_spec_dict(taste_csv, tmp_path / "state")))
-    serve_log = tmp_path / "serve.log"
-    env = {**live_server.env(), "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
-    serve = start(
-        [str(BIN / "retrain"), "serve", "--spec", str(spec_path), "--interval", "5"],
-        env,
-        serve_log,
-        tmp_path,
-    )
+    serve, serve_log = serve_every_5s(live_server, spec_path, tmp_path)
     try:
         deployment = read_deployment(live_server, "retrain/taste-als-scheduled")
         run = completed_run(live_server, deployment.id, serve_log, serve)
