@@ -230,7 +230,7 @@ def fit_candidate(
     try:
         trained = fit(spec, prepared, plan, champion)
     except NoTreesAddedError as error:
-        reason = f"{error.args[0].split(':')[0]} on the increment: full retrain instead"
+        reason = "warm start added no trees on the increment: full retrain instead"
         logger.info("%s (%s)", reason, error)
         return fit(spec, prepared, scratch(reason), None)
     rival = fit(spec, prepared, scratch("compared with the warm increment"), None)

@@ -53,7 +53,8 @@ Fold-in
     history against the final item factors; every other user's factors, and the factors of
     every item not refolded, are bit-for-bit the init model's.
 
-    ``foldin_solver="cg"`` (default ``"exact"``) solves the users of steps 1 and 3 with the
+    ``foldin_solver="cg"`` (default ``"exact"``; a spec's ``als.foldin_solver`` defaults to
+    ``"cg"``) solves the users of steps 1 and 3 with the
     update a recompute's iteration applies instead (implicit's conjugate gradient, ``cg_steps``
     = 3, from the user's current factors; a new user from zeros): an approximation of the exact
     solution that costs a fraction of it (no ``factors x factors`` system per user). In the
