@@ -54,7 +54,7 @@ from retrain.promotion import (
     needs_operator,
     timed_out,
 )
-from retrain.stateful import skip_reason
+from retrain.stateful import Mode, skip_reason
 
 logger = logging.getLogger(__name__)
 
@@ -455,7 +455,7 @@ def make_registry(spec: ModelSpec, ledger: Ledger) -> ModelRegistry:
 @flow(name="retrain", log_prints=False)
 def retrain_flow(
     spec_path: str,
-    mode: str = "manual",
+    mode: Mode = "manual",
     reason: str = "operator request",
     as_of: str | None = None,
     auto_approve: bool = False,

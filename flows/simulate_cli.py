@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
+import tomli_w
 import typer
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from flows.settings import resolve_spec
+from retrain.config import ModelSpec
 from retrain.errors import RetrainError
-from retrain.simulate import ProgressCallback, Simulation, load_replay, parse_policies, simulate
-from retrain.simulate_report import write_report
+from retrain.simulate import ProgressCallback, Simulation, load_replay, parse_policies
+from retrain.simulate.grid import parse_grid, simulate_grid, spec_diff
+from retrain.simulate.report import write_report
 
 console = Console(width=None if os.isatty(1) else 120)
 DEFAULT_POLICIES = "never,monthly,weekly,daily,stateful,continual,baseline"
@@ -63,6 +68,20 @@ class OnceFilter(logging.Filter):
         return True
 
 
+class LineProgress:
+    """Progress without a terminal (a CI log, a pipe): a line per policy every ``every``
+    steps, and when it finishes."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.started = time.perf_counter()
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        if done % self.every == 0 or done == total:
+            elapsed = time.perf_counter() - self.started
+            console.print(f"{name}: step {done}/{total} ({elapsed:.0f} s)", highlight=False)
+
+
 def _summary_table(title: str, rows: list[dict[str, Any]], recommended: str) -> Table:
     table = Table(title=title)
     for col in rows[0]:
@@ -84,14 +103,17 @@ def _simulate(
     end: str | None,
     jobs: int,
     progress: ProgressCallback,
-) -> Simulation:
+    checkpoints: Path,
+    resume: bool,
+    grid: list[str] | None = None,
+) -> tuple[Simulation, ModelSpec, Path]:
     overrides = parse_sets(sets or [])
+    axes = parse_grid(grid or [])
     if state_dir is not None:
         overrides["state.dir"] = str(state_dir)
     spec_path = spec or Path(str(resources.files("retrain.demo").joinpath("bike.toml")))
     model_spec = resolve_spec(spec_path, overrides)
-    chosen = parse_policies(policies or DEFAULT_POLICIES, model_spec)
-    data = load_replay(model_spec, start=start, end=end)
+    parse_policies(policies or DEFAULT_POLICIES, model_spec)  # bad names fail before any work
     notes = [
         f"spec {spec_path} ({model_spec.family}); overrides: "
         + (", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"),
@@ -111,7 +133,41 @@ def _simulate(
             f"{model_spec.metric}@{als.k} over the users active in the partition, on the items "
             "they had not rated before; overall = weighted by users"
         )
-    return simulate(model_spec, chosen, data, progress=progress, notes=notes, jobs=jobs)
+    simulation = simulate_grid(
+        spec_at=lambda point: resolve_spec(spec_path, {**overrides, **dict(point)}),
+        policies_for=lambda point_spec: parse_policies(policies or DEFAULT_POLICIES, point_spec),
+        load=lambda point_spec: load_replay(point_spec, start=start, end=end),
+        axes=axes,
+        progress=progress,
+        notes=notes,
+        jobs=jobs,
+        checkpoints=checkpoints,
+        resume=resume,
+    )
+    return simulation, model_spec, spec_path
+
+
+def write_spec(source: Path, point: dict[str, Any], target: Path, policy: str) -> Path:
+    """The spec file ``source`` with the recommended grid point's keys set, as ``target``
+    (TOML or YAML by its suffix); the recommended policy heads it as a comment."""
+    text = source.read_text(encoding="utf-8")
+    data = yaml.safe_load(text) if source.suffix in {".yaml", ".yml"} else tomllib.loads(text)
+    for dotted, value in point.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    head = f"# written by `retrain simulate --write-spec`: recommended policy {policy}\n"
+    if target.suffix in {".yaml", ".yml"}:
+        body = yaml.safe_dump(data, sort_keys=False)
+    elif target.suffix == ".toml":
+        body = tomli_w.dumps(data)
+    else:
+        raise RetrainError(f"--write-spec {target} must end in .toml, .yaml or .yml")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(head + body, encoding="utf-8")
+    return target
 
 
 def simulate_command(
@@ -150,6 +206,31 @@ def simulate_command(
     ] = None,
     end: Annotated[str | None, typer.Option(help="Replay the data before this date.")] = None,
     jobs: Annotated[int, typer.Option(help="Policies replayed in parallel processes.")] = 1,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Reuse the policies an earlier run of the same spec and history finished "
+            "(kept under OUT/runs) and replay only the others."
+        ),
+    ] = False,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--grid",
+            help="Search a spec key too: --grid windows.train=30D,60D,90D (repeat for more "
+            "keys; every combination is replayed with every policy).",
+        ),
+    ] = None,
+    write_spec_to: Annotated[
+        Path | None,
+        typer.Option(
+            "--write-spec", help="Write the spec with the recommended grid point's settings here."
+        ),
+    ] = None,
+    progress_every: Annotated[
+        int,
+        typer.Option(help="Without a terminal: one progress line per policy every N steps."),
+    ] = 50,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Replay the history under several retraining policies and recommend one."""
@@ -163,22 +244,59 @@ def simulate_command(
     try:
         if not 0 <= tolerance < 1:
             raise RetrainError(f"--tolerance {tolerance} must be a fraction in [0, 1), e.g. 0.02")
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as bar:
-            tasks: dict[str, Any] = {}
+        if progress_every < 1:
+            raise RetrainError(f"--progress-every {progress_every} must be at least 1")
+        checkpoints = out / "runs"
+        if console.is_terminal:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+            ) as bar:
+                tasks: dict[str, Any] = {}
 
-            def report(name: str, done: int, total: int) -> None:
-                if name not in tasks:
-                    tasks[name] = bar.add_task(name, total=total)
-                bar.update(tasks[name], completed=done, total=total)
+                def report(name: str, done: int, total: int) -> None:
+                    if name not in tasks:
+                        tasks[name] = bar.add_task(name, total=total)
+                    bar.update(tasks[name], completed=done, total=total)
 
-            simulation = _simulate(spec, policies, state_dir, sets, start, end, jobs, report)
+                simulation, base, spec_path = _simulate(
+                    spec,
+                    policies,
+                    state_dir,
+                    sets,
+                    start,
+                    end,
+                    jobs,
+                    report,
+                    checkpoints,
+                    resume,
+                    grid,
+                )
+        else:
+            simulation, base, spec_path = _simulate(
+                spec,
+                policies,
+                state_dir,
+                sets,
+                start,
+                end,
+                jobs,
+                LineProgress(progress_every),
+                checkpoints,
+                resume,
+                grid,
+            )
         result = write_report(simulation, out, tolerance)
+        chosen = next(r for r in simulation.runs if r.label == result.recommendation.policy)
+        diff = spec_diff(base, chosen.point)
+        written = (
+            write_spec(spec_path, dict(chosen.point), write_spec_to, chosen.policy)
+            if write_spec_to is not None
+            else None
+        )
     except RetrainError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(code=2) from None
@@ -194,4 +312,12 @@ def simulate_command(
         f"{simulation.features_cached} cached"
     )
     console.print(f"[bold]recommendation:[/] {result.recommendation.reason}")
+    if diff:
+        console.print(
+            "[bold]spec diff:[/] "
+            + "; ".join(f"{k}: {now!r} -> {new!r}" for k, (now, new) in diff.items()),
+            highlight=False,
+        )
+    if written is not None:
+        console.print(f"recommended spec: {written}")
     console.print(f"report: {result.html}")

@@ -9,6 +9,7 @@ simulator's continual policy share it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from retrain.errors import DataError, SchemaError
 from retrain.families import family_of
 from retrain.families.spine import Champion
 from retrain.features import PARTITION, FeatureCache
-from retrain.ingest import TS, ingest, utc_now
+from retrain.ingest import TS, Partition, ingest, utc_now
 from retrain.ledger import Ledger
 from retrain.monitor import Signal, compute_signals, data_problems, quarantine_problem
 from retrain.triggers import TriggerDecision, decide_trigger
@@ -70,6 +71,57 @@ def _missing_periods(
     }
 
 
+def measure_signals(
+    spec: ModelSpec,
+    model: Any,
+    reference: pd.DataFrame,
+    fresh: pd.DataFrame,
+    fresh_partitions: Sequence[Partition],
+    champion_train_end: pd.Timestamp,
+    now: pd.Timestamp,
+    partition_rows: dict[str, int],
+    backtest_metric: float | None,
+) -> list[Signal]:
+    """Every signal of a champion (``model``) on the fresh rows against its training rows.
+
+    The columns the family's drift and score signals read come from the family (none: the age
+    and volume signals only); the champion scores both sides when the fresh rows are healthy;
+    its quality is measured on the fresh partitions whose labels are ripe
+    (``monitor.label_delay``). The monitor's check and the simulator's continual policy both
+    measure through here.
+    """
+    features = family_of(spec).monitored_features(spec)
+    healthy = not data_problems(fresh, features, {})
+    ref_scores = fresh_scores = None
+    labelled = None
+    if healthy and features and len(fresh) and len(reference):
+        ref_scores = model.predict(reference[features])
+        fresh_scores = model.predict(fresh[features])
+        ripe = now - pd.Timedelta(spec.monitor.label_delay)
+        ripe_keys = {p.key for p in fresh_partitions if p.end <= ripe}
+        mask = fresh[PARTITION].isin(ripe_keys) & fresh[spec.label].notna()
+        labelled = (
+            fresh.loc[mask, spec.label].to_numpy(dtype="float64"),
+            fresh_scores[mask.to_numpy()],
+        )
+    return compute_signals(
+        config=spec.monitor,
+        numeric=[c for c in features if c not in spec.features.categorical],
+        categorical=[c for c in spec.features.categorical if c in features],
+        reference=reference,
+        fresh=fresh,
+        champion_train_end=champion_train_end,
+        now=now,
+        partition_rows=partition_rows,
+        reference_scores=ref_scores,
+        fresh_scores=fresh_scores,
+        labelled=labelled,
+        metric=spec.metric,
+        backtest_metric=backtest_metric,
+        greater_is_better=spec.greater_is_better,
+    )
+
+
 def monitor_check(
     spec: ModelSpec,
     ledger: Ledger,
@@ -106,37 +158,16 @@ def monitor_check(
         for key, reason in quarantined.items()
         if pd.Period(key, freq=freq).start_time >= champion.train_end
     }
-    # the columns the family's drift and score signals read (none: age and volume only)
-    features = family_of(spec).monitored_features(spec)
-    healthy = not data_problems(fresh_frame, features, {})
-    ref_scores = fresh_scores = None
-    labelled = None
-    if healthy and features and len(fresh_frame) and len(ref_frame):
-        ref_scores = champion.model.predict(ref_frame[features])
-        fresh_scores = champion.model.predict(fresh_frame[features])
-        ripe = now - pd.Timedelta(spec.monitor.label_delay)
-        ripe_keys = {p.key for p in fresh if p.end <= ripe}
-        mask = fresh_frame[PARTITION].isin(ripe_keys) & fresh_frame[spec.label].notna()
-        labelled = (
-            fresh_frame.loc[mask, spec.label].to_numpy(dtype="float64"),
-            fresh_scores[mask.to_numpy()],
-        )
-    backtest_metric = champion.lineage.backtest(spec.metric)
-    measured = compute_signals(
-        config=spec.monitor,
-        numeric=[c for c in features if c not in spec.features.categorical],
-        categorical=[c for c in spec.features.categorical if c in features],
-        reference=ref_frame,
-        fresh=fresh_frame,
-        champion_train_end=champion.train_end,
-        now=now,
-        partition_rows=rows,
-        reference_scores=ref_scores,
-        fresh_scores=fresh_scores,
-        labelled=labelled,
-        metric=spec.metric,
-        backtest_metric=backtest_metric,
-        greater_is_better=spec.greater_is_better,
+    measured = measure_signals(
+        spec,
+        champion.model,
+        ref_frame,
+        fresh_frame,
+        fresh,
+        champion.train_end,
+        now,
+        rows,
+        champion.lineage.backtest(spec.metric),
     )
     measured += quarantine_problem(fresh_quarantined)
     # the debounce looks at the previous checks of the same champion only

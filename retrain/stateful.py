@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import pandas as pd
 
@@ -23,7 +24,11 @@ from retrain.config import StatefulSpec
 from retrain.errors import SchemaChangeError
 from retrain.trainers.lightgbm import schema_differences
 
-STATEFUL_MODES = ("stateful", "continual")
+# The four retraining modes (DESIGN.md); a flow's ``mode`` parameter has this type, so Prefect
+# refuses any other value before the run starts.
+Mode = Literal["manual", "scheduled", "stateful", "continual"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+STATEFUL_MODES: tuple[Mode, ...] = ("stateful", "continual")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ ids as two categorical columns, see ``ModelSpec``); then
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from retrain.families.spine import (
     Champion,
     Evaluated,
     Prepared,
+    Scored,
     Trained,
     increment_window,
     sample_rows,
@@ -50,7 +52,13 @@ from retrain.families.spine import (
 )
 from retrain.features import FeatureCache, Window, make_window
 from retrain.ingest import TS
-from retrain.ranking import RankingBacktest, ranking_backtest, relevant_items, user_metrics
+from retrain.ranking import (
+    RankingBacktest,
+    evaluate_ranking,
+    ranking_backtest,
+    relevant_items,
+    user_metrics,
+)
 from retrain.reports import window_plot
 from retrain.stateful import STATEFUL_MODES, TrainingPlan, scratch
 from retrain.trainers.als import SHARED, ALSTrainer
@@ -400,6 +408,23 @@ def signature_sample(spec: ModelSpec, trained: Trained) -> pd.DataFrame:
     return pd.DataFrame({"user": pd.Series(users, dtype=object).astype(str)})
 
 
+def score_step(spec: ModelSpec, model: Any, rows: pd.DataFrame, before: pd.DataFrame) -> Scored:
+    """Score a recommender on unseen rows: top-k for the users active in them, on the items
+    they had not interacted with ``before``. ``rows`` counts the users scored; the metric is
+    NaN when nobody found a new item."""
+    user, _ = _columns(spec)
+    # only these users matter (their seen items, warm or cold): a smaller table
+    mine = before[before[user].isin(rows[user].unique())]
+    train = interactions(spec, mine if len(mine) else before)
+    held = interactions(spec, rows)
+    if relevant_items(train, held, spec.als.min_rating).empty:
+        return Scored(0, math.nan)
+    scores = evaluate_ranking(
+        model, train, held, k=spec.als.k, min_rating=spec.als.min_rating
+    ).segment("all")
+    return Scored(scores.users, float(getattr(scores, spec.metric)))
+
+
 def rebuild(spec: ModelSpec, tags: Mapping[str, str], registered: Any, parent: Any) -> Trained:
     """Not offered: an ALS fit is not bit-reproducible across thread schedules."""
     raise TrainingError(
@@ -464,6 +489,16 @@ class ALSFamily:
 
     def predict_params(self, spec: ModelSpec) -> dict[str, Any]:
         return {"k": spec.als.k}
+
+    def score(
+        self, spec: ModelSpec, model: Any, rows: pd.DataFrame, before: pd.DataFrame
+    ) -> Scored:
+        return score_step(spec, model, rows, before)
+
+    def pooled(self, spec: ModelSpec, scored: Sequence[Scored]) -> float:
+        counted = [s for s in scored if s.rows]
+        users = sum(s.rows for s in counted)
+        return math.fsum(s.value * s.rows for s in counted) / users if users else math.nan
 
     def monitored_features(self, spec: ModelSpec) -> list[str]:
         # the columns are ids: the monitor's signals are age and volume

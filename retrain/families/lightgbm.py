@@ -11,7 +11,7 @@ trivial baseline on the same holdout rows.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from retrain.families.spine import (
     Champion,
     Evaluated,
     Prepared,
+    Scored,
     Trained,
     increment_window,
     sample_rows,
@@ -324,6 +325,22 @@ class LightGBMFamily:
 
     def predict_params(self, spec: ModelSpec) -> dict[str, Any]:
         return {}
+
+    def score(
+        self, spec: ModelSpec, model: Any, rows: pd.DataFrame, before: pd.DataFrame
+    ) -> Scored:
+        X, y = _xy(spec, rows)
+        pred = model.predict(X)
+        return Scored(len(y), score(spec.metric, y, pred), y, pred)
+
+    def pooled(self, spec: ModelSpec, scored: Sequence[Scored]) -> float:
+        if not scored:
+            return float("nan")
+        return score(
+            spec.metric,
+            np.concatenate([s.y for s in scored]),
+            np.concatenate([s.pred for s in scored]),
+        )
 
     def monitored_features(self, spec: ModelSpec) -> list[str]:
         return list(spec.features.columns)

@@ -8,14 +8,14 @@ live in ``retrain.families.spine``; a family never imports another family.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
 
 from retrain.config import ModelSpec
-from retrain.families.spine import Champion, Evaluated, Prepared, Trained
+from retrain.families.spine import Champion, Evaluated, Prepared, Scored, Trained
 from retrain.features import Window
 from retrain.stateful import TrainingPlan
 
@@ -91,6 +91,17 @@ class Family(Protocol):
 
     def predict_params(self, spec: ModelSpec) -> dict[str, Any]:
         """Parameters of the servable model's predict, with their defaults."""
+        ...
+
+    def score(
+        self, spec: ModelSpec, model: Any, rows: pd.DataFrame, before: pd.DataFrame
+    ) -> Scored:
+        """Score a serving model on cached rows it never saw (``before``: every row before
+        them, for a family whose metric depends on what a user had already seen)."""
+        ...
+
+    def pooled(self, spec: ModelSpec, scored: Sequence[Scored]) -> float:
+        """The metric over every row of several scored sets (not the mean of their metrics)."""
         ...
 
     def monitored_features(self, spec: ModelSpec) -> list[str]:

@@ -98,6 +98,17 @@ class Evaluated:
     champion: np.ndarray | None = field(repr=False, default=None)
 
 
+@dataclass(frozen=True)
+class Scored:
+    """One model scored on rows it never saw (a partition of a replay): how many rows (or
+    users) counted, the metric over them, and what a family needs to pool several of them."""
+
+    rows: int
+    value: float
+    y: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
+    pred: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0))
+
+
 def parse_as_of(value: str | pd.Timestamp | None) -> pd.Timestamp | None:
     if value is None or value == "":
         return None

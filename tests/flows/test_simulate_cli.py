@@ -9,6 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
+from retrain.config import load_spec
 from tests.conftest import als_spec_dict, spec_dict
 
 runner = CliRunner()
@@ -93,3 +94,30 @@ def test_simulate_an_als_spec_runs_the_als_family_through_the_gate(
     )
     assert again.exit_code == 0, again.output
     assert "feature cache: 9 computed, 31 cached" in flat(again.output)
+
+
+def test_simulate_grid_writes_the_recommended_spec(tmp_path: Path, bike_dir: Path) -> None:
+    spec = write_spec(tmp_path, bike_dir)
+    out, chosen_spec = tmp_path / "sim", tmp_path / "chosen.toml"
+    result = runner.invoke(
+        app,
+        [
+            "simulate", "--spec", str(spec), "--policies", "never,weekly", "--out", str(out),
+            "--end", "2011-04-12", "--grid", "windows.holdout=3D,7D",
+            "--write-spec", str(chosen_spec), "--progress-every", "5",
+        ],
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    chosen = json.loads((out / "recommendation.json").read_text())
+    assert chosen["retrain_policy"] in {"never", "weekly"}
+    holdout = chosen["settings"]["windows.holdout"]
+    assert chosen["policy"] == f"{chosen['retrain_policy']} [windows.holdout={holdout}]"
+    written = load_spec(chosen_spec)
+    assert written.windows.holdout == holdout
+    head = "# written by `retrain simulate --write-spec`: recommended policy"
+    assert chosen_spec.read_text().startswith(f"{head} {chosen['retrain_policy']}")
+    text = flat(result.output)
+    assert "weekly [windows.holdout=3D]: step 5/" in text  # progress lines without a terminal
+    summary = (out / "summary.csv").read_text().splitlines()
+    assert len(summary) == 5  # 2 policies x 2 grid points

@@ -25,7 +25,7 @@ from retrain.simulate import (
     replay_policy,
     simulate,
 )
-from retrain.simulate_report import markdown_table, write_report
+from retrain.simulate.report import markdown_table, write_report
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from retrain.simulate import PolicyChoice, Simulation, candidates_of, choose_policy, pareto_front
+from retrain.simulate.choice import PolicyChoice, candidates_of, choose_policy, pareto_front
+from retrain.simulate.replay import Simulation
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,13 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _settings_html(settings: dict[str, object]) -> str:
+    if not settings:
+        return ""
+    keys = "; ".join(f"{k} = {v!r}" for k, v in settings.items())
+    return f"<br>Spec settings of the recommended grid point: {html.escape(keys)}"
+
+
 def write_report(simulation: Simulation, out: Path, tolerance: float) -> Report:
     """Charts, tables and the recommendation of a simulation, written under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -117,10 +125,14 @@ def write_report(simulation: Simulation, out: Path, tolerance: float) -> Report:
     simulation.steps_frame().to_csv(out / "steps.csv", index=False)
     simulation.trainings_frame().to_csv(out / "trainings.csv", index=False)
     front = pareto_front(candidates_of(simulation), simulation.greater_is_better)
+    chosen = next(r for r in simulation.runs if r.label == choice.policy)
+    settings = {key: value for key, value in chosen.point}
     (out / "recommendation.json").write_text(
         json.dumps(
             {
                 "policy": choice.policy,
+                "retrain_policy": chosen.policy,
+                "settings": settings,
                 "best": choice.best,
                 "within_tolerance": list(choice.within),
                 "tolerance": tolerance,
@@ -141,7 +153,7 @@ th{{background:#f4f4f4}}.rec{{font-size:1.2em;padding:.6em;background:#eef6ee}}<
 <body>
 <h1>How often should {html.escape(simulation.spec_name)} be retrained?</h1>
 <p class="rec"><b>Recommendation: {html.escape(choice.policy)}</b>.
-{html.escape(choice.reason)}.</p>
+{html.escape(choice.reason)}.{_settings_html(settings)}</p>
 <p>Prequential replay of {simulation.partitions} partitions ({simulation.first_step} to
 {simulation.last_step}): at every step each policy's champion is scored on the next partition
 before that partition is used for training. Metric: {html.escape(simulation.metric)}
