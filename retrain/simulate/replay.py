@@ -46,7 +46,7 @@ from retrain.config import ModelSpec
 from retrain.errors import EmptyWindowError, LookAheadError, RetrainError, SimulationError
 from retrain.families import family_of
 from retrain.families.spine import Prepared, Scored
-from retrain.features import MaterializeResult, Window, plan_windows
+from retrain.features import MaterializeResult, Window, in_memory, plan_windows
 from retrain.ingest import IngestResult
 from retrain.promotion import automatic_approval, decide
 from retrain.simulate.history import History, ReplayData, first_step, load_replay
@@ -518,7 +518,18 @@ def replay_policy(
     data: ReplayData,
     progress: ProgressCallback | None = None,
 ) -> PolicyRun:
-    """Replay the history for one policy: score, then decide, partition by partition."""
+    """Replay the history for one policy: score, then decide, partition by partition. The
+    family steps read the feature cache as a flow does, each partition from disk once."""
+    with in_memory():
+        return _replay_policy(spec, policy, data, progress)
+
+
+def _replay_policy(
+    spec: ModelSpec,
+    policy: Policy,
+    data: ReplayData,
+    progress: ProgressCallback | None,
+) -> PolicyRun:
     started = time.perf_counter()
     t0 = first_step(data, spec)
     family = family_of(spec)
