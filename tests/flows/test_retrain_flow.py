@@ -207,3 +207,13 @@ def test_a_second_retrain_while_one_holds_the_model_is_skipped_with_the_reason(t
     assert [r.status for r in ledger.runs(spec.name)] == ["skipped", "running"]
     registry, _, _ = registry_for(spec_path)
     assert registry.versions() == []
+
+
+def test_the_flow_refuses_an_unknown_mode_at_its_boundary(tmp_path, bike_dir):
+    from prefect.exceptions import ParameterTypeError
+
+    spec_path = write_spec(tmp_path, bike_dir)
+
+    with pytest.raises(ParameterTypeError, match=r"mode.*'manual', 'scheduled', 'stateful'"):
+        retrain_flow(str(spec_path), mode="hourly")
+    assert not (load_spec(spec_path).state.dir / "ledger.db").exists()  # refused before any work
