@@ -93,6 +93,7 @@ import functools
 import json
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,26 @@ SHARED = (
     "bm25_k1",
     "bm25_b",
 )
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The columns of a checked interactions table every fit mode reads."""
+
+    weights: np.ndarray
+    positive: np.ndarray
+    ts: np.ndarray
+    train_end: pd.Timestamp
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, min_rating: float | None) -> _Rows:
+        weights = frame["weight"].to_numpy(dtype="float64")
+        return cls(
+            weights,
+            positive_mask(weights, min_rating),
+            frame["ts"].to_numpy().astype("datetime64[ns]"),
+            pd.Timestamp(frame["ts"].max()),
+        )
 
 
 class ALSTrainer:
@@ -421,84 +442,126 @@ class ALSTrainer:
 
     # -- estimator API ------------------------------------------------------------------------
     def fit(self, interactions: pd.DataFrame) -> ALSTrainer:
+        """Learn from ``interactions`` as ``strategy`` says: a full recompute, or a fold-in into
+        ``init_model`` of the full history (``foldin_data="history"``) or of the rows after its
+        training end only (``"increment"``)."""
         self._check_params()
         started = time.perf_counter()
         frame = check_interactions(interactions)
         if self.duplicates == "last":
             frame = dedupe_last(frame)
-        weights = frame["weight"].to_numpy(dtype="float64")
-        positive = positive_mask(weights, self.min_rating)
-        init = self.init_model
-        increment = self.strategy == "foldin" and self.foldin_data == "increment"
-        if not increment:
-            check_positives(positive, self.min_rating)
-        train_end = pd.Timestamp(frame["ts"].max())
-        ts = frame["ts"].to_numpy().astype("datetime64[ns]")
-        if self.strategy == "foldin":
-            assert init is not None
-            if increment:
-                self._check_increment(init, ts)
-            elif train_end < init.train_end_:
-                raise FoldInError(
-                    f"the interactions end at {train_end}, before the init model's training end "
-                    f"{init.train_end_}: pass the full history up to the new cutoff"
-                )
+        if self.strategy != "foldin":
+            return self._fit_recompute(frame, started)
+        assert self.init_model is not None
+        if self.foldin_data == "increment":
+            return self._fit_increment(frame, self.init_model, started)
+        return self._fit_history(frame, self.init_model, started)
 
-        # id maps: the init model's rows first, then the ids it lacks
-        users, user_index = encode_ids(
+    def _fit_recompute(self, frame: pd.DataFrame, started: float) -> ALSTrainer:
+        rows = _Rows.of(frame, self.min_rating)
+        check_positives(rows.positive, self.min_rating)
+        users, items = self._encode(frame, rows.positive, None)
+        users_now = self._full_matrix(frame, users, items, rows)
+        prepared = time.perf_counter()
+        self._recompute()
+        self.increments_ = 0
+        changed, refreshed = np.arange(self.user_index_.size), np.arange(self.item_index_.size)
+        return self._finish(
+            rows, users, items, users_now, None, changed, refreshed, (started, prepared)
+        )
+
+    def _fit_history(self, frame: pd.DataFrame, init: ALSTrainer, started: float) -> ALSTrainer:
+        rows = _Rows.of(frame, self.min_rating)
+        check_positives(rows.positive, self.min_rating)
+        if rows.train_end < init.train_end_:
+            raise FoldInError(
+                f"the interactions end at {rows.train_end}, before the init model's training "
+                f"end {init.train_end_}: pass the full history up to the new cutoff"
+            )
+        users, items = self._encode(frame, rows.positive, init)
+        users_now = self._full_matrix(frame, users, items, rows)
+        prepared = time.perf_counter()
+        n_old_users, n_old_items = init.user_index_.size, init.item_index_.size
+        changed, users_before = self._changes(init, n_old_users)
+        refreshed = self._fold_in(init, changed, users_before, users_now, n_old_users, n_old_items)
+        self.increments_ = init.increments_ + 1
+        return self._finish(
+            rows, users, items, users_now, init, changed, refreshed, (started, prepared)
+        )
+
+    def _fit_increment(self, frame: pd.DataFrame, init: ALSTrainer, started: float) -> ALSTrainer:
+        rows = _Rows.of(frame, self.min_rating)
+        self._check_increment(init, rows.ts)
+        users, items = self._encode(frame, rows.positive, init)
+        changed, users_before, users_now = self._append(
+            init, frame, users, items, rows.weights, rows.positive
+        )
+        prepared = time.perf_counter()
+        n_old_users, n_old_items = init.user_index_.size, init.item_index_.size
+        refreshed = self._fold_in(init, changed, users_before, users_now, n_old_users, n_old_items)
+        self.increments_ = init.increments_ + 1
+        return self._finish(
+            rows, users, items, users_now, init, changed, refreshed, (started, prepared),
+            increment=True,
+        )  # fmt: skip
+
+    def _encode(
+        self, frame: pd.DataFrame, positive: np.ndarray, init: ALSTrainer | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Id maps: the init model's rows first, then the ids it lacks."""
+        users, self.user_index_ = encode_ids(
             None if init is None else init.user_index_, frame["user"], positive, "user"
         )
-        items, item_index = encode_ids(
+        items, self.item_index_ = encode_ids(
             None if init is None else init.item_index_, frame["item"], positive, "item"
         )
-        shape = (user_index.size, item_index.size)
-        n_old_users = 0 if init is None else init.user_index_.size
-        n_old_items = 0 if init is None else init.item_index_.size
-        self.user_index_ = user_index
-        self.item_index_ = item_index
-        if increment:
-            assert init is not None
-            changed, users_before, users_now = self._append(
-                init, frame, users, items, weights, positive
-            )
-        else:
-            user_items = sparse_matrix(users[positive], items[positive], weights[positive], shape)
-            known = (users >= 0) & (items >= 0)
-            if known.sum() == positive.sum():  # every row is a positive: seen = their pattern
-                seen = _structure(user_items)
-            else:
-                seen = sparse_matrix(users[known], items[known], np.ones(int(known.sum())), shape)
-                seen.data[:] = 1.0
-            self.user_items_ = user_items
-            self.seen_ = seen
-            self.orphans_ = _pairs(frame.iloc[:0] if known.all() else frame[~known])
-            self.n_train_rows_ = len(frame)
-            users_now = user_items.getnnz(axis=0)
-        prepared = time.perf_counter()
+        return users, items
 
-        if self.strategy == "foldin":
-            assert init is not None
-            if not increment:
-                changed, users_before = self._changes(init, n_old_users)
-            refreshed = self._fold_in(
-                init, changed, users_before, users_now, n_old_users, n_old_items
-            )
-            self.increments_ = init.increments_ + 1
+    def _full_matrix(
+        self, frame: pd.DataFrame, users: np.ndarray, items: np.ndarray, rows: _Rows
+    ) -> np.ndarray:
+        """The user x item matrices of every row handed in; returns the users per item."""
+        shape = (self.user_index_.size, self.item_index_.size)
+        positive, weights = rows.positive, rows.weights
+        user_items = sparse_matrix(users[positive], items[positive], weights[positive], shape)
+        known = (users >= 0) & (items >= 0)
+        if known.sum() == positive.sum():  # every row is a positive: seen = their pattern
+            seen = _structure(user_items)
         else:
-            changed, refreshed = np.arange(user_index.size), np.arange(item_index.size)
-            self._recompute()
-            self.increments_ = 0
+            seen = sparse_matrix(users[known], items[known], np.ones(int(known.sum())), shape)
+            seen.data[:] = 1.0
+        self.user_items_ = user_items
+        self.seen_ = seen
+        self.orphans_ = _pairs(frame.iloc[:0] if known.all() else frame[~known])
+        self.n_train_rows_ = len(frame)
+        return np.asarray(user_items.getnnz(axis=0))
+
+    def _finish(
+        self,
+        rows: _Rows,
+        users: np.ndarray,
+        items: np.ndarray,
+        users_now: np.ndarray,
+        init: ALSTrainer | None,
+        changed: np.ndarray,
+        refreshed: np.ndarray,
+        clock: tuple[float, float],
+        increment: bool = False,
+    ) -> ALSTrainer:
+        """Popularity, bookkeeping and timings, the same for every mode."""
+        started, prepared = clock
         solved = time.perf_counter()
-
         # popularity: positives of the last popularity_window (kept with the model, so that an
         # increment fold-in counts the window's earlier rows without reading the history again)
+        positive, train_end = rows.positive, rows.train_end
         window = check_window(self.popularity_window)
-        recent_users, recent_items, recent_ts = users[positive], items[positive], ts[positive]
+        recent_users, recent_items, recent_ts = users[positive], items[positive], rows.ts[positive]
         if increment:
             assert init is not None
             recent_users = np.concatenate([init.recent_users_, recent_users])
             recent_items = np.concatenate([init.recent_items_, recent_items])
             recent_ts = np.concatenate([init.recent_ts_, recent_ts])
+        user_index, item_index = self.user_index_, self.item_index_
         order, scores = popularity_ranking(
             recent_users, recent_items, recent_ts, item_index.size, train_end, window,
             overall=users_now,
@@ -511,6 +574,8 @@ class ALSTrainer:
         self.popular_scores_ = scores
         self.train_end_ = train_end
         self.init_train_end_ = None if init is None else init.train_end_
+        n_old_users = 0 if init is None else init.user_index_.size
+        n_old_items = 0 if init is None else init.item_index_.size
         self.updated_users_ = user_index[changed]
         self.updated_items_ = item_index[refreshed]
         self.new_users_ = user_index[n_old_users:]
