@@ -460,14 +460,16 @@ class ALSTrainer:
     def _fit_recompute(self, frame: pd.DataFrame, started: float) -> ALSTrainer:
         rows = _Rows.of(frame, self.min_rating)
         check_positives(rows.positive, self.min_rating)
-        users, items = self._encode(frame, rows.positive, None)
+        # a recompute from an init model keeps its id maps (its rows first)
+        init = self.init_model
+        users, items = self._encode(frame, rows.positive, init)
         users_now = self._full_matrix(frame, users, items, rows)
         prepared = time.perf_counter()
         self._recompute()
         self.increments_ = 0
         changed, refreshed = np.arange(self.user_index_.size), np.arange(self.item_index_.size)
         return self._finish(
-            rows, users, items, users_now, None, changed, refreshed, (started, prepared)
+            rows, users, items, users_now, init, changed, refreshed, (started, prepared)
         )
 
     def _fit_history(self, frame: pd.DataFrame, init: ALSTrainer, started: float) -> ALSTrainer:
