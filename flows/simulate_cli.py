@@ -15,6 +15,7 @@ import tomli_w
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -79,7 +80,10 @@ class LineProgress:
     def __call__(self, name: str, done: int, total: int) -> None:
         if done % self.every == 0 or done == total:
             elapsed = time.perf_counter() - self.started
-            console.print(f"{name}: step {done}/{total} ({elapsed:.0f} s)", highlight=False)
+            # a grid point's label is in brackets: not rich markup
+            console.print(
+                f"{name}: step {done}/{total} ({elapsed:.0f} s)", highlight=False, markup=False
+            )
 
 
 def _summary_table(title: str, rows: list[dict[str, Any]], recommended: str) -> Table:
@@ -89,7 +93,8 @@ def _summary_table(title: str, rows: list[dict[str, Any]], recommended: str) -> 
     for row in rows:
         style = "bold green" if row["policy"] == recommended else None
         table.add_row(
-            *(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()), style=style
+            *(f"{v:.4g}" if isinstance(v, float) else escape(str(v)) for v in row.values()),
+            style=style,
         )
     return table
 
@@ -311,11 +316,11 @@ def simulate_command(
         f"feature cache: {simulation.features_computed} computed, "
         f"{simulation.features_cached} cached"
     )
-    console.print(f"[bold]recommendation:[/] {result.recommendation.reason}")
+    console.print(f"[bold]recommendation:[/] {escape(result.recommendation.reason)}")
     if diff:
         console.print(
             "[bold]spec diff:[/] "
-            + "; ".join(f"{k}: {now!r} -> {new!r}" for k, (now, new) in diff.items()),
+            + escape("; ".join(f"{k}: {now!r} -> {new!r}" for k, (now, new) in diff.items())),
             highlight=False,
         )
     if written is not None:

@@ -121,3 +121,4 @@ def test_simulate_grid_writes_the_recommended_spec(tmp_path: Path, bike_dir: Pat
     assert "weekly [windows.holdout=3D]: step 5/" in text  # progress lines without a terminal
     summary = (out / "summary.csv").read_text().splitlines()
     assert len(summary) == 5  # 2 policies x 2 grid points
+    assert summary[4].startswith("weekly [windows.holdout=7D],")
