@@ -73,10 +73,7 @@ def test_the_front_trades_compute_for_loss_from_never_to_the_best() -> None:
     loss, compute = _random_problem(rng, 12)
     schedules = front(loss, compute)
     assert schedules[0].retrains == (0,)  # the most expensive price: never retrain
-    assert all(
-        a.compute < b.compute and a.loss > b.loss
-        for a, b in itertools.pairwise(schedules)
-    )
+    assert all(a.compute < b.compute and a.loss > b.loss for a, b in itertools.pairwise(schedules))
     assert schedules[-1].loss == pytest.approx(solve(loss, compute, 0.0).loss)
 
 

@@ -89,10 +89,12 @@ def test_every_n_restricts_the_oracle_to_every_nth_step(
     assert oracle_of(sparse).best <= oracle_of(full).best
 
 
-def test_a_ranking_spec_is_refused_by_name(drifting: tuple[ModelSpec, ReplayData]) -> None:
+def test_a_ranking_spec_and_a_bad_every_are_refused_by_name(
+    drifting: tuple[ModelSpec, ReplayData],
+) -> None:
     spec, data = drifting
     with pytest.raises(SimulationError, match="--oracle-every must be at least 1, got 0"):
         build_loss_matrix(spec, data, every=0)
     ranking = spec.model_copy(update={"task": "ranking"})
-    with pytest.raises(SimulationError, match="scores tabular models .* not 'ranking'"):
+    with pytest.raises(SimulationError, match=r"scores tabular models .* not 'ranking'"):
         build_loss_matrix(ranking, data)
