@@ -25,10 +25,10 @@ from retrain.backtest import score
 from retrain.config import ModelSpec
 from retrain.errors import SimulationError
 from retrain.families import family_of
+from retrain.families.spine import Prepared
 from retrain.features import FeatureCache, MaterializeResult, plan_windows
 from retrain.ingest import IngestResult
 from retrain.oracle import Capture, Schedule, capture, front, metric_of_loss, partition_loss
-from retrain.pipeline import Prepared
 from retrain.simulate import ReplayData, Simulation, first_step
 
 logger = logging.getLogger(__name__)
