@@ -61,7 +61,8 @@ def main() -> None:
     best = result.schedules[-1]
     print(
         f"{spec.name}: {len(matrix.partitions)} steps, {len(matrix.starts)} oracle fits "
-        f"({matrix.cpu_s.sum():.1f} CPU s fitting); never {result.never:.4f}, best {result.best:.4f} "
+        f"({matrix.cpu_s.sum():.1f} CPU s fitting); never {result.never:.4f}, "
+        f"best {result.best:.4f} "
         f"({len(best.retrains) - 1} retrains, {best.compute:.2f} CPU s); "
         f"this run {wall:.0f} s wall, {cpu:.0f} s CPU"
     )

@@ -8,8 +8,9 @@ scheduled policies train, and timed (CPU with ``time.process_time``). It then sc
 partition ``j >= i`` with :func:`retrain.backtest.score`, the replay's own step metric: the model
 never sees ``j`` (prequential). The fit's CPU is the family step's whole cost, reading the
 window from the feature cache included (as in production; the replay's LightGBM policies train
-on rows already in memory, so the oracle's compute is on the high side). Row ``0`` is the first model kept to the end: the ``never`` policy without a gate. The
-oracle's compute is fits only; it needs no gate (it knows the outcome) and no monitor.
+on rows already in memory, so the oracle's compute is on the high side). Row ``0`` is the first
+model kept to the end: the ``never`` policy without a gate. The oracle's compute is fits only;
+it needs no gate (it knows the outcome) and no monitor.
 """
 
 from __future__ import annotations
