@@ -22,6 +22,8 @@ from rich.table import Table
 from flows.settings import resolve_spec
 from retrain.config import ModelSpec
 from retrain.errors import RetrainError
+from retrain.oracle_losses import OracleResult, build_loss_matrix, oracle_of
+from retrain.oracle_report import write_oracle
 from retrain.simulate import ProgressCallback, Simulation, load_replay, parse_policies
 from retrain.simulate.grid import parse_grid, simulate_grid, spec_diff
 from retrain.simulate.report import write_report
@@ -99,6 +101,26 @@ def _summary_table(title: str, rows: list[dict[str, Any]], recommended: str) -> 
     return table
 
 
+def _oracle_table(result: OracleResult) -> Table:
+    best = result.schedules[-1]
+    table = Table(
+        title=f"hindsight oracle: never {result.never:.4g}, best {result.best:.4g} "
+        f"({len(best.retrains) - 1} retrains, {best.compute:.3g} CPU s)"
+    )
+    for col in ("policy", "share of oracle gain", "CPU s", "oracle CPU s at equal quality",
+                "compute share"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for c in result.captures:
+        table.add_row(
+            escape(c.policy),
+            f"{c.gain_share:.0%}",
+            f"{c.compute:.3g}",
+            "-" if c.oracle_compute is None else f"{c.oracle_compute:.3g}",
+            "-" if c.compute_share is None else f"{c.compute_share:.2f}x",
+        )
+    return table
+
+
 def _simulate(
     spec: Path | None,
     policies: str | None,
@@ -111,7 +133,8 @@ def _simulate(
     checkpoints: Path,
     resume: bool,
     grid: list[str] | None = None,
-) -> tuple[Simulation, ModelSpec, Path]:
+    oracle_every: int | None = None,
+) -> tuple[Simulation, ModelSpec, Path, OracleResult | None]:
     overrides = parse_sets(sets or [])
     axes = parse_grid(grid or [])
     if state_dir is not None:
@@ -149,7 +172,12 @@ def _simulate(
         checkpoints=checkpoints,
         resume=resume,
     )
-    return simulation, model_spec, spec_path
+    if oracle_every is None:
+        return simulation, model_spec, spec_path, None
+    # the oracle replans the scratch recipe of the spec as given (the grid's base point)
+    data = load_replay(model_spec, start=start, end=end)
+    matrix = build_loss_matrix(model_spec, data, every=oracle_every, progress=progress)
+    return simulation, model_spec, spec_path, oracle_of(matrix, simulation)
 
 
 def write_spec(source: Path, point: dict[str, Any], target: Path, policy: str) -> Path:
@@ -232,6 +260,18 @@ def simulate_command(
             "--write-spec", help="Write the spec with the recommended grid point's settings here."
         ),
     ] = None,
+    oracle: Annotated[
+        bool,
+        typer.Option(
+            "--oracle",
+            help="Also compute the hindsight oracle (the best scratch schedule at every price "
+            "of compute) and each policy's share of its gain over never.",
+        ),
+    ] = False,
+    oracle_every: Annotated[
+        int,
+        typer.Option(help="The oracle may retrain every N-th partition (1: any partition)."),
+    ] = 1,
     progress_every: Annotated[
         int,
         typer.Option(help="Without a terminal: one progress line per policy every N steps."),
@@ -267,7 +307,7 @@ def simulate_command(
                         tasks[name] = bar.add_task(name, total=total)
                     bar.update(tasks[name], completed=done, total=total)
 
-                simulation, base, spec_path = _simulate(
+                simulation, base, spec_path, hindsight = _simulate(
                     spec,
                     policies,
                     state_dir,
@@ -279,9 +319,10 @@ def simulate_command(
                     checkpoints,
                     resume,
                     grid,
+                    oracle_every if oracle else None,
                 )
         else:
-            simulation, base, spec_path = _simulate(
+            simulation, base, spec_path, hindsight = _simulate(
                 spec,
                 policies,
                 state_dir,
@@ -293,8 +334,10 @@ def simulate_command(
                 checkpoints,
                 resume,
                 grid,
+                oracle_every if oracle else None,
             )
-        result = write_report(simulation, out, tolerance)
+        sections = [write_oracle(out, simulation, hindsight).section] if hindsight else []
+        result = write_report(simulation, out, tolerance, sections)
         chosen = next(r for r in simulation.runs if r.label == result.recommendation.policy)
         diff = spec_diff(base, chosen.point)
         written = (
@@ -316,6 +359,8 @@ def simulate_command(
         f"feature cache: {simulation.features_computed} computed, "
         f"{simulation.features_cached} cached"
     )
+    if hindsight is not None:
+        console.print(_oracle_table(hindsight))
     console.print(f"[bold]recommendation:[/] {escape(result.recommendation.reason)}")
     if diff:
         console.print(
