@@ -321,6 +321,9 @@ class MonitorSpec(_Strict):
     max_age: str = "30D"  # age fires when the champion's training end is this old
     min_new_rows: int = Field(default=1000, ge=1)  # volume fires at this many new rows
     min_rows: int = Field(default=200, ge=10)  # no drift/quality verdict on smaller samples
+    # drift tests run on a seeded sample of at most this many rows of each side (the test's
+    # power saturates long before; its cost does not)
+    max_sample_rows: int = Field(default=5000, ge=100)
     alpha: float = Field(default=0.01, gt=0.0, lt=1.0)  # after Holm's correction
     psi_threshold: float = Field(default=0.2, gt=0.0)  # drift also needs this effect size
     min_drifted_features: int = Field(default=1, ge=1)

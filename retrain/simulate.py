@@ -56,7 +56,7 @@ from retrain.features import (
     plan_windows,
 )
 from retrain.ingest import TS, IngestResult, Partition, ingest
-from retrain.monitor import compute_signals
+from retrain.monitor import compute_signals, drift_reference
 from retrain.pipeline import Champion, Prepared, make_trainer, split_windows
 from retrain.promotion import automatic_approval, decide
 from retrain.ranking import evaluate_ranking, relevant_items
@@ -175,6 +175,8 @@ class SimChampion:
     data_version: str
     backtest_metric: float | None
     increments: int = 0
+    # the last training row's timestamp: data age = as-of minus it (None: unknown)
+    data_end: pd.Timestamp | None = None
 
 
 @dataclass(frozen=True)
@@ -235,10 +237,16 @@ class Periodic:
 
 @dataclass(frozen=True)
 class Continual:
-    """The continual mode: the monitor's signals and the real trigger policy decide."""
+    """The continual mode: the monitor's signals and the real trigger policy decide.
+
+    A check is cheap: the champion's reference window is summarised once per champion
+    (:func:`retrain.monitor.drift_reference`: sampled values, category counts, its scores) and
+    the champion scores each fresh partition once; both are kept in ``_cache``.
+    """
 
     spec: ModelSpec = field(repr=False)
     name: str = "continual"
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def decide(self, history: History, state: PolicyState) -> Decision:
         champion = state.champion
@@ -249,14 +257,31 @@ class Continual:
         # the monitor's check, ``retrain.pipeline.monitor_check``)
         scored = spec.family == "lightgbm"
         features = list(spec.features.columns) if scored else []
-        reference = history.frame(champion.train_start, champion.train_end)
+        numeric = [c for c in features if c not in spec.features.categorical]
+        categorical = [c for c in spec.features.categorical if c in features]
+        if self._cache.get("version") != champion.version:
+            self._cache.clear()
+            self._cache["version"] = champion.version
+            self._cache["reference"] = drift_reference(
+                history.frame(champion.train_start, champion.train_end),
+                numeric,
+                categorical,
+                max_rows=config.max_sample_rows,
+                score=(lambda rows: champion.model.predict(rows[features])) if scored else None,
+                seed=spec.seed,
+            )
+            self._cache["fresh_scores"] = np.empty(0)
+        reference = self._cache["reference"]
         fresh_start = champion.train_end
         if fresh_start >= history.end:
-            fresh = reference.iloc[0:0]
+            fresh = history.frame(champion.train_start, champion.train_end).iloc[0:0]
         else:
             fresh = history.frame(fresh_start, history.end)
-        ref_scores = champion.model.predict(reference[features]) if scored else None
-        fresh_scores = champion.model.predict(fresh[features]) if scored and len(fresh) else None
+        fresh_scores = None
+        if scored and len(fresh):
+            done: np.ndarray = self._cache["fresh_scores"]
+            new = champion.model.predict(fresh[features].iloc[done.size :])
+            fresh_scores = self._cache["fresh_scores"] = np.concatenate([done, new])
         ripe = history.end - pd.Timedelta(config.label_delay)
         ripe_keys = {p.key for p in history.partitions if p.start >= fresh_start and p.end <= ripe}
         labelled = None
@@ -265,19 +290,20 @@ class Continual:
             labelled = (fresh[spec.label].to_numpy(dtype="float64")[mask], fresh_scores[mask])
         signals = compute_signals(
             config=config,
-            numeric=[c for c in features if c not in spec.features.categorical],
-            categorical=[c for c in spec.features.categorical if c in features],
+            numeric=numeric,
+            categorical=categorical,
             reference=reference,
             fresh=fresh,
             champion_train_end=champion.train_end,
             now=history.end,
             partition_rows={},
-            reference_scores=ref_scores,
             fresh_scores=fresh_scores,
             labelled=labelled,
             metric=spec.metric,
             backtest_metric=champion.backtest_metric,
             greater_is_better=spec.greater_is_better,
+            data_end=champion.data_end,
+            seed=spec.seed,
         )
         previous = (
             [set(f) for f in state.fired_history[-(config.debounce - 1) :]]
@@ -876,6 +902,7 @@ class _Replayer:
                 data_version=window.version,  # as the registry tags it
                 backtest_metric=cand_metric,
                 increments=plan.increments,
+                data_end=_last_row(history, window),
             )
             # a new champion starts a new debounce history
             self.state = PolicyState(self.champion, at, (), self.state.last_triggered_at)
@@ -923,7 +950,14 @@ class _Replayer:
         else:
             model = baseline_recommender(spec, history, train)
         self.champion = SimChampion(
-            0, model, "baseline", train.start, train.end, train.version, None
+            0,
+            model,
+            "baseline",
+            train.start,
+            train.end,
+            train.version,
+            None,
+            data_end=_last_row(history, train),
         )
         self.state = PolicyState(self.champion, self.state.last_trained_at)
 
@@ -1049,6 +1083,15 @@ class _Replayer:
             seed=spec.seed,
         )
         return result.passed, "; ".join(result.reasons), result.candidate
+
+
+def _last_row(history: History, window: Window) -> pd.Timestamp | None:
+    """The timestamp of the newest row of ``window`` (the end of a model's training data)."""
+    try:
+        stamps = history.frame(window.start, window.end)[TS]
+    except EmptyWindowError:
+        return None
+    return pd.Timestamp(stamps.max()) if len(stamps) else None
 
 
 ProgressCallback = Callable[[str, int, int], None]
