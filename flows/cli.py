@@ -295,6 +295,8 @@ def status(
 ) -> None:
     """Aliases, versions and the last retrain runs of a model (the demo model by default)."""
     from registry import ModelRegistry
+    from retrain.freshness import data_age, data_end, format_age
+    from retrain.ingest import utc_now
 
     model_spec = _load(spec, state_dir)
     ledger = Ledger(model_spec.state.ledger)
@@ -310,6 +312,7 @@ def status(
         "mode",
         "data version",
         "window",
+        "data end",
         "rows",
         "gate",
         "approval",
@@ -324,12 +327,22 @@ def status(
             t.get("retrain.mode", ""),
             t.get("retrain.data_version", ""),
             f"{t.get('retrain.window_start', '')[:10]} .. {t.get('retrain.window_end', '')[:10]}",
+            str(data_end(t) or "")[:16],
             t.get("retrain.rows", ""),
             t.get("retrain.gate", ""),
             t.get("retrain.approval", "pending"),
             t.get("retrain.parent_version", ""),
         )
     console.print(versions)
+    champion_version = aliases.get("champion")
+    if champion_version is not None:
+        tags = next((v.tags for v in registry.versions() if v.version == champion_version), {})
+        end = data_end(tags)
+        now = utc_now()
+        console.print(
+            f"champion v{champion_version}: data age {format_age(data_age(now, end))} "
+            f"(now {now:%Y-%m-%d %H:%M} UTC minus its last training row {end})"
+        )
     runs = Table(title=f"{model_spec.name}: last retrain runs (ledger)")
     for col in ("run", "mode", "status", "version", "data version", "actor", "started", "note"):
         runs.add_column(col)

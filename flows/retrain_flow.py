@@ -35,6 +35,7 @@ from flows.settings import resolve_spec
 from registry import CandidateRecord, ModelRegistry
 from retrain.config import ModelSpec
 from retrain.families import family_of
+from retrain.freshness import data_age, data_end, format_age
 from retrain.ledger import Ledger, RunRecord
 from retrain.pipeline import (
     Champion,
@@ -158,9 +159,23 @@ def backtest_candidate(
     evaluated = family_of(spec).evaluate(spec, trained, prepared.holdout, champion)
     get_run_logger().info("backtest: %s", "; ".join(evaluated.result.reasons))
     result = evaluated.result
+    as_of = prepared.holdout.end
+    freshness = [
+        "",
+        "### Data age",
+        "",
+        f"- candidate: last training row {trained.data_end}, data age "
+        f"{format_age(data_age(as_of, trained.data_end))} at the as-of {as_of}",
+    ]
+    if champion is not None:
+        end = data_end(champion.tags)
+        freshness.append(
+            f"- champion v{champion.version}: last training row {end}, data age "
+            f"{format_age(data_age(as_of, end))}"
+        )
     create_markdown_artifact(
         key=_artifact_key(spec.name, "backtest"),
-        markdown=result.markdown(),
+        markdown=result.markdown() + "\n".join(freshness),
         description=f"backtest verdict for {spec.name}",
     )
     create_table_artifact(

@@ -34,6 +34,7 @@ from retrain.features import (
     make_window,
     plan_windows,
 )
+from retrain.freshness import DATA_END_TAG, data_end, last_row
 from retrain.ingest import TS, IngestResult, ingest, utc_now
 from retrain.ledger import Ledger
 from retrain.monitor import Signal, compute_signals, data_problems, quarantine_problem
@@ -86,6 +87,8 @@ class Trained:
     # every data version the model's weights have seen: the lineage's, then this window's
     data_versions: tuple[str, ...]
     y_train: np.ndarray = field(repr=False)
+    # the timestamp of the last training row (the tag retrain.data_end; data age counts from it)
+    data_end: pd.Timestamp | None = None
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,14 @@ def fit(
     X, y = _xy(spec, frame)
     model = make_trainer(spec, plan, champion.model if champion else None).fit(X, y)
     return Trained(
-        model, window, len(frame), label_stats(spec.task, y), plan, (*lineage, window.version), y
+        model,
+        window,
+        len(frame),
+        label_stats(spec.task, y),
+        plan,
+        (*lineage, window.version),
+        y,
+        last_row(frame[TS]),
     )
 
 
@@ -371,6 +381,7 @@ def lineage_tags(
         "retrain.feature_spec_hash": prepared.spec_hash[:16],
         "retrain.window_start": str(trained.window.start),
         "retrain.window_end": str(trained.window.end),
+        DATA_END_TAG: str(trained.data_end or trained.window.end),
         "retrain.rows": str(trained.rows),
         "retrain.partitions": str(len(trained.window.partitions)),
         "retrain.holdout_start": str(prepared.holdout.start),
@@ -444,7 +455,16 @@ def rebuild(spec: ModelSpec, tags: dict[str, str], registered: Any, parent: Any)
         tags.get("retrain.parent_version"),
         int(tags.get("retrain.increments", 0)),
     )
-    return Trained(model, window, len(frame), label_stats(spec.task, y), plan, (window.version,), y)
+    return Trained(
+        model,
+        window,
+        len(frame),
+        label_stats(spec.task, y),
+        plan,
+        (window.version,),
+        y,
+        last_row(frame[TS]),
+    )
 
 
 @dataclass(frozen=True)
@@ -557,6 +577,8 @@ def monitor_check(
         metric=spec.metric,
         backtest_metric=float(metric_tag) if metric_tag else None,
         greater_is_better=spec.greater_is_better,
+        data_end=data_end(champion.tags),
+        seed=spec.seed,
     )
     measured += quarantine_problem(fresh_quarantined)
     # the debounce looks at the previous checks of the same champion only

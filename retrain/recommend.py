@@ -36,6 +36,7 @@ from retrain.backtest import backtest
 from retrain.config import ModelSpec
 from retrain.errors import SchemaChangeError, TrainingError
 from retrain.features import FeatureCache, Window, make_window
+from retrain.freshness import last_row
 from retrain.ingest import TS
 from retrain.pipeline import (
     Champion,
@@ -241,6 +242,7 @@ def fit(
             plan,
             (prepared.train.version,),
             np.empty(0),
+            last_row(frame["ts"]),
         )
     if champion is None:
         raise TrainingError("a fold-in needs the champion")
@@ -256,8 +258,16 @@ def fit(
         read = increment
     lineage = champion.data_versions
     data_versions = lineage if lineage and lineage[-1] == read.version else (*lineage, read.version)
+    # a fold-in's newest row: the increment's (or the full history's) last row
     return Trained(
-        model, history, len(frame), _stats(model, frame), plan, data_versions, np.empty(0)
+        model,
+        history,
+        len(frame),
+        _stats(model, frame),
+        plan,
+        data_versions,
+        np.empty(0),
+        last_row(frame["ts"]),
     )
 
 
