@@ -45,6 +45,7 @@ from retrain.pipeline import (
     lineage_tags,
     parse_as_of,
     prepare,
+    refit_tags,
 )
 from retrain.promotion import (
     Approval,
@@ -153,6 +154,21 @@ def train_candidate(
 
 
 @task(cache_policy=NO_CACHE)
+def refit_candidate(
+    spec: ModelSpec, prepared: Prepared, validated: Trained, champion: Champion | None
+) -> Trained:
+    served = family_of(spec).refit(spec, prepared, validated, champion)
+    get_run_logger().info(
+        "gate.refit: the validated %s recipe refitted on %s to %s (%d rows) is registered",
+        validated.plan.strategy,
+        served.window.start,
+        served.window.end,
+        served.rows,
+    )
+    return served
+
+
+@task(cache_policy=NO_CACHE)
 def backtest_candidate(
     spec: ModelSpec, trained: Trained, prepared: Prepared, champion: Champion | None
 ) -> Evaluated:
@@ -212,6 +228,7 @@ def register_candidate(
     evaluated: Evaluated,
     champion: Champion | None,
     trigger_check: str | None = None,
+    validated: Trained | None = None,
 ) -> str:
     result = evaluated.result
     workdir = Path(tempfile.mkdtemp(prefix="candidate-", dir=_tmp_root(spec)))
@@ -230,6 +247,8 @@ def register_candidate(
             champion.version if champion else None,
             actor,
         )
+        if validated is not None:
+            tags.update(refit_tags(validated))
         if trigger_check:
             report = spec.state.dir / "reports" / f"drift-check-{trigger_check}.png"
             if report.exists():
@@ -546,6 +565,17 @@ def _retrain(
             rows=trained.rows,
         )
         evaluated = backtest_candidate(spec, trained, prepared, champion)
+        validated = trained
+        if evaluated.result.passed and spec.gate.refit:
+            # learn up to now: the validated recipe, fitted again through the holdout
+            trained = refit_candidate(spec, prepared, validated, champion)
+            ledger.update_run(
+                run_id,
+                data_version=trained.window.version,
+                train_start=trained.window.start,
+                train_end=trained.window.end,
+                rows=trained.rows,
+            )
         version = register_candidate(
             spec,
             registry,
@@ -558,6 +588,7 @@ def _retrain(
             evaluated,
             champion,
             trigger_check or None,
+            validated=validated if validated is not trained else None,
         )
         ledger.update_run(run_id, model_version=version, metrics=evaluated.result.to_dict())
         result = evaluated.result

@@ -157,6 +157,10 @@ class GateSpec(_Strict):
     # ... and may not get worse than this (relative) on any value with min_slice_rows rows
     max_slice_degradation: float = Field(default=0.1, ge=0.0)
     min_slice_rows: int = Field(default=30, ge=1)
+    # learn up to now: after the gate validated the candidate's recipe on the holdout, the same
+    # recipe is refitted on the data up to the as-of (holdout included) and THAT fit is
+    # registered; the next gate compares the champion on rows after its training end only
+    refit: bool = True
 
     @field_validator("approval_timeout")
     @classmethod

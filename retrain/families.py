@@ -32,6 +32,8 @@ class Family:
     signature_sample: Callable[[ModelSpec, Prepared, Trained], pd.DataFrame]
     # training curves logged as step metrics
     curves: Callable[[Trained], Mapping[str, list[float]]]
+    # the validated recipe fitted again on the data up to the as-of (gate.refit)
+    refit: Callable[[ModelSpec, Prepared, Trained, Champion | None], Trained] = pipeline.refit
     # parameters of the registered model's predict, with their defaults
     predict_params: Callable[[ModelSpec], dict[str, Any]] = lambda spec: {}
 
@@ -73,6 +75,7 @@ ALS = Family(
     write_evidence=recommend.write_evidence,
     signature_sample=lambda spec, prepared, trained: recommend.signature_sample(spec, trained),
     curves=lambda trained: {},
+    refit=recommend.refit,
     predict_params=lambda spec: {"k": spec.als.k},
 )
 

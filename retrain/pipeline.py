@@ -19,6 +19,7 @@ import pandas as pd
 from retrain.backtest import BacktestResult, backtest, baseline_predictions, score
 from retrain.config import ModelSpec
 from retrain.errors import (
+    BacktestError,
     DataError,
     EmptyWindowError,
     NoTreesAddedError,
@@ -267,6 +268,56 @@ def fit_candidate(
     )
 
 
+def serving_prepared(spec: ModelSpec, prepared: Prepared) -> Prepared:
+    """The data side of the served fit (``gate.refit``): the training window ends at the as-of
+    (the holdout's end) instead of the holdout's start, and the holdout is empty, so a scratch
+    fit reads ``[as_of - windows.train, as_of)`` and an increment (warm, refit, fold-in) runs
+    from the champion's training end through the holdout's partitions."""
+    end = prepared.holdout.end
+    train = make_window(
+        "train",
+        end - spec.windows.train_delta,
+        end,
+        prepared.ingest.partitions,
+        prepared.spec_hash,
+    )
+    FeatureCache(spec.state.features, spec).materialize(train.partitions)
+    holdout = Window("holdout", end, end, (), data_version(prepared.spec_hash, ()))
+    return replace(prepared, train=train, holdout=holdout)
+
+
+def refit(
+    spec: ModelSpec, prepared: Prepared, validated: Trained, champion: Champion | None
+) -> Trained:
+    """The validated recipe (its strategy, parameters and parent) fitted again on the data up
+    to the as-of: the model that is registered and served when ``gate.refit`` is on."""
+    parent = champion if validated.plan.strategy != "scratch" else None
+    return fit(spec, serving_prepared(spec, prepared), validated.plan, parent)
+
+
+def judged_holdout(
+    holdout: Window, champion: Champion | None, refitted: bool
+) -> tuple[Window, str | None]:
+    """The part of the holdout the gate may judge the champion on: all of it, unless the
+    champion (a refitted fit, ``gate.refit``) trained past its start; then only the rows
+    after the champion's training end, which neither model has seen. The note says why."""
+    if champion is None or champion.train_end is None or champion.train_end <= holdout.start:
+        return holdout, None
+    if not refitted:
+        return holdout, None  # backtest() refuses the unfair comparison with its message
+    if champion.train_end >= holdout.end:
+        raise BacktestError(
+            f"champion v{champion.version} trained on data up to {champion.train_end}, past "
+            f"the whole holdout ({holdout.start} to {holdout.end}): no row is unseen by both "
+            "models. Retrain with a later --as-of, once new partitions arrived."
+        )
+    note = (
+        f"judged on {champion.train_end} to {holdout.end}: the part of the holdout after "
+        f"champion v{champion.version}'s training end, unseen by both models"
+    )
+    return replace(holdout, start=champion.train_end), note
+
+
 def split_windows(
     holdout: Window, k: int, timestamps: pd.Series
 ) -> tuple[list[tuple[pd.Timestamp, pd.Timestamp]], np.ndarray]:
@@ -281,8 +332,14 @@ def split_windows(
 def evaluate(
     spec: ModelSpec, trained: Trained, holdout: Window, champion: Champion | None
 ) -> Evaluated:
-    """Backtest candidate, champion and baseline on the same holdout."""
+    """Backtest candidate, champion and baseline on the same holdout (the part of it after the
+    champion's training end when the champion was refitted past its start: see
+    :func:`judged_holdout`)."""
+    holdout, note = judged_holdout(holdout, champion, spec.gate.refit)
     frame = FeatureCache(spec.state.features, spec).load(holdout.partitions)
+    frame = frame[pd.to_datetime(frame[TS]) >= holdout.start]
+    if not len(frame):
+        raise BacktestError(f"the holdout holds no row after {holdout.start}: {note}")
     X, y = _xy(spec, frame)
     candidate = trained.model.predict(X)
     champion_pred = champion.model.predict(X) if champion is not None else None
@@ -309,6 +366,8 @@ def evaluate(
         bootstrap_samples=spec.gate.bootstrap_samples,
         seed=spec.seed,
     )
+    if note:
+        result = replace(result, reasons=(*result.reasons, note))
     baseline = baseline_predictions(spec.task, trained.y_train, len(y), spec.metric)
     return Evaluated(result, frame[TS], y, candidate, baseline, champion_pred)
 
@@ -402,6 +461,19 @@ def lineage_tags(
     if r.champion is not None:
         tags[f"retrain.backtest.{r.metric}.champion"] = f"{r.champion:.6g}"
     return tags
+
+
+def refit_tags(validated: Trained) -> dict[str, str]:
+    """Tags of a served fit (``gate.refit``) about the fit the gate validated: the backtest
+    tags describe THAT fit (trained before the holdout), the window tags the served one."""
+    return {
+        "retrain.refit": "true",
+        "retrain.validated.window_start": str(validated.window.start),
+        "retrain.validated.window_end": str(validated.window.end),
+        "retrain.validated.data_end": str(validated.data_end or validated.window.end),
+        "retrain.validated.data_version": validated.window.version,
+        "retrain.validated.rows": str(validated.rows),
+    }
 
 
 def rebuild(spec: ModelSpec, tags: dict[str, str], registered: Any, parent: Any) -> Trained:

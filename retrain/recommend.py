@@ -44,7 +44,9 @@ from retrain.pipeline import (
     Prepared,
     Trained,
     increment_window,
+    judged_holdout,
     sample_rows,
+    serving_prepared,
     split_windows,
 )
 from retrain.ranking import RankingBacktest, ranking_backtest, relevant_items, user_metrics
@@ -293,6 +295,16 @@ def fit_candidate(
     return replace(trained, plan=replace(plan, reason=note))
 
 
+def refit(
+    spec: ModelSpec, prepared: Prepared, validated: Trained, champion: Champion | None
+) -> Trained:
+    """The validated recipe (recompute, or fold-in into the champion) fitted again on the
+    interactions up to the as-of: the model registered and served when ``gate.refit`` is on.
+    Its popularity fallback is refitted with it."""
+    parent = champion if validated.plan.strategy != "scratch" else None
+    return fit(spec, serving_prepared(spec, prepared), validated.plan, parent)
+
+
 def _window_scores(
     metric: str,
     model: ALSTrainer | PopularityRecommender,
@@ -311,8 +323,10 @@ def evaluate(
 ) -> RankingEvaluated:
     """Ranking backtest of candidate, champion and popularity on the same holdout users."""
     als = spec.als
+    holdout, note = judged_holdout(holdout, champion, spec.gate.refit)
     train = load_interactions(spec, trained.window)
     held = load_interactions(spec, holdout)
+    held = held[pd.to_datetime(held["ts"]) >= holdout.start]
     bounds, window_ids = split_windows(holdout, spec.gate.backtest_windows, held["ts"])
     relevant = [
         relevant_items(train, held[window_ids == i], als.min_rating) for i in range(len(bounds))
@@ -359,6 +373,8 @@ def evaluate(
         max_windows_lost=gate.max_windows_lost,
         baseline_pred=base,
     )
+    if note:
+        result = replace(result, reasons=(*result.reasons, note))
     starts = pd.Series([bounds[i][0] for i in row_window], dtype="datetime64[ns]")
     return RankingEvaluated(
         result, starts, np.zeros(candidate.size), candidate, base, champ, ranking=ranking
