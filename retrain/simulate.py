@@ -45,7 +45,7 @@ import pandas as pd
 
 from retrain.backtest import backtest, baseline_predictions, score
 from retrain.config import ModelSpec
-from retrain.errors import EmptyWindowError, LookAheadError, SimulationError
+from retrain.errors import BacktestError, EmptyWindowError, LookAheadError, SimulationError
 from retrain.families import family_of
 from retrain.features import (
     PARTITION,
@@ -57,7 +57,7 @@ from retrain.features import (
 )
 from retrain.ingest import TS, IngestResult, Partition, ingest
 from retrain.monitor import compute_signals, drift_reference
-from retrain.pipeline import Champion, Prepared, make_trainer, split_windows
+from retrain.pipeline import Champion, Prepared, judged_holdout, make_trainer, split_windows
 from retrain.promotion import automatic_approval, decide
 from retrain.ranking import evaluate_ranking, relevant_items
 from retrain.recommend import interactions
@@ -704,6 +704,12 @@ class _Timer:
         self.wall = time.perf_counter() - self._wall
         self.cpu = time.process_time() - self._cpu
 
+    def add(self, other: _Timer) -> _Timer:
+        """This timer with ``other``'s time added (the served refit counts as fit time)."""
+        self.wall += other.wall
+        self.cpu += other.cpu
+        return self
+
 
 def _xy(spec: ModelSpec, frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     return frame[list(spec.features.columns)], frame[spec.label].to_numpy(dtype="float64")
@@ -841,12 +847,38 @@ class _Replayer:
             else:
                 init = self.champion.model if plan.strategy != "scratch" and self.champion else None
                 model = make_trainer(spec, plan, init).fit(X, y)
+        judged = holdout
+        if plan.strategy != "baseline":
+            try:
+                judged, _ = judged_holdout(holdout, self._family_champion(), spec.gate.refit)
+            except BacktestError as exc:
+                self._skip(at, str(exc))
+                return
         holdout_frame = history.frame(holdout.start, holdout.end)
+        holdout_frame = holdout_frame[pd.to_datetime(holdout_frame[TS]) >= judged.start]
         Xh, yh = _xy(spec, holdout_frame)
         with _Timer() as gate_time:
-            passed, verdict, cand_metric = self._gate(
-                plan, model, y, Xh, yh, holdout, holdout_frame
+            passed, verdict, cand_metric = self._gate(plan, model, y, Xh, yh, judged, holdout_frame)
+        if passed and spec.gate.refit and plan.strategy != "baseline":
+            # learn up to now: the validated recipe fitted again through the holdout
+            start = (
+                window.start
+                if plan.strategy in {"warm", "refit"}
+                else at - (spec.windows.train_delta)
             )
+            try:
+                window = make_window(
+                    window.name, start, at, history.partitions, spec.feature_spec_hash()
+                )
+            except EmptyWindowError as exc:
+                self._skip(at, str(exc))
+                return
+            frame = history.frame(window.start, window.end)
+            X, y = _xy(spec, frame)
+            with _Timer() as refit_time:
+                init = self.champion.model if plan.strategy != "scratch" and self.champion else None
+                model = make_trainer(spec, plan, init).fit(X, y)
+            fit_time = fit_time.add(refit_time)
         self._record(
             history,
             decision,
@@ -1024,8 +1056,17 @@ class _Replayer:
             if plan.strategy == "baseline":
                 passed, verdict, value = True, "the baseline is refitted without a gate", None
             else:
-                result = family.evaluate(spec, trained, holdout, champion).result
+                try:
+                    result = family.evaluate(spec, trained, holdout, champion).result
+                except BacktestError as exc:  # a refitted champion past the whole holdout
+                    self._skip(at, str(exc))
+                    return
                 passed, verdict, value = result.passed, "; ".join(result.reasons), result.candidate
+        if passed and spec.gate.refit and plan.strategy != "baseline":
+            with _Timer() as refit_time:
+                trained = family.refit(spec, prepared, trained, champion)
+                window, rows, model = trained.window, trained.rows, trained.model
+            fit_time = fit_time.add(refit_time)
         self._record(
             history,
             decision,
