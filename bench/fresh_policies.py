@@ -26,7 +26,7 @@ import numpy as np
 
 from retrain.backtest import score
 from retrain.config import load_spec
-from retrain.pipeline import make_trainer
+from retrain.families.lightgbm import make_trainer
 from retrain.simulate import ReplayData, first_step, load_replay, parse_policies, simulate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -33,7 +33,7 @@ import pandas as pd
 import retrain.backtest as backtest_module
 from retrain.config import ModelSpec, load_spec
 from retrain.families import family_of
-from retrain.pipeline import Champion, prepare
+from retrain.families.spine import Champion, prepare
 from retrain.simulate import Decision, _Replayer, first_step, load_replay, make_policy
 from retrain.stateful import scratch
 

@@ -7,7 +7,9 @@ import doctest
 import pandas as pd
 
 from retrain import freshness
-from retrain.pipeline import evaluate, fit, lineage_tags, prepare
+from retrain.families.lightgbm import evaluate, fit
+from retrain.families.lineage import lineage_tags
+from retrain.families.spine import prepare
 from retrain.stateful import scratch
 
 

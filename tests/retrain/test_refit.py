@@ -7,10 +7,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from retrain import recommend
 from retrain.config import parse_spec
 from retrain.errors import BacktestError
-from retrain.pipeline import Champion, evaluate, fit, prepare, refit, refit_tags
+from retrain.families import als as recommend
+from retrain.families.lightgbm import evaluate, fit, refit
+from retrain.families.lineage import refit_tags
+from retrain.families.spine import Champion, prepare
 from retrain.stateful import TrainingPlan, scratch
 from tests.conftest import als_spec_dict, spec_dict
 
