@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 from scipy import stats
@@ -28,8 +29,15 @@ class Comparison:
     n_b: int
 
 
+NORMAL = NormalDist()
+
+
 def _z(alpha: float) -> float:
-    return float(stats.norm.ppf(1 - alpha / 2))
+    return NORMAL.inv_cdf(1 - alpha / 2)
+
+
+def _two_sided(z: float) -> float:
+    return 2 * (1 - NORMAL.cdf(abs(z)))
 
 
 def mean_ci(values: Sequence[float], alpha: float) -> tuple[float, float, float]:
@@ -55,7 +63,7 @@ def welch(a: Sequence[float], b: Sequence[float], alpha: float) -> Comparison:
         p = 1.0 if effect == 0 else 0.0
         return Comparison(effect, effect, effect, p, int(xa.size), int(xb.size))
     half = _z(alpha) * se
-    p = float(2 * stats.norm.sf(abs(effect) / se))
+    p = _two_sided(effect / se)
     return Comparison(effect, effect - half, effect + half, p, int(xa.size), int(xb.size))
 
 
@@ -70,7 +78,7 @@ def paired(a: Sequence[float], b: Sequence[float], alpha: float) -> Comparison:
         p = 1.0 if effect == 0 else 0.0
         return Comparison(effect, effect, effect, p, int(d.size), int(d.size))
     half = _z(alpha) * se
-    p = float(2 * stats.norm.sf(abs(effect) / se))
+    p = _two_sided(effect / se)
     return Comparison(effect, effect - half, effect + half, p, int(d.size), int(d.size))
 
 
@@ -78,7 +86,7 @@ def sample_size(sigma: float, delta: float, alpha: float, power: float) -> int:
     """Requests per arm for a two-sided test of a difference ``delta`` (outcome s.d. ``sigma``)."""
     if delta <= 0 or not math.isfinite(delta):
         raise ValueError(f"the minimum detectable effect must be positive, got {delta}")
-    z = _z(alpha) + float(stats.norm.ppf(power))
+    z = _z(alpha) + NORMAL.inv_cdf(power)
     return math.ceil(2 * (z * sigma / delta) ** 2)
 
 
