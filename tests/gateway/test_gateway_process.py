@@ -181,7 +181,8 @@ def test_a_restart_under_load_loses_no_logged_prediction(
         t.start()
     time.sleep(2)
     before = len(answered)
-    assert gw.stop(signal.SIGTERM) == 0
+    # uvicorn shuts down gracefully, then re-raises the signal it caught (exit status -15)
+    assert gw.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
     gw.start()  # same port
     time.sleep(2)
     stop.set()
