@@ -87,7 +87,7 @@ def test_online_evaluation_promotes_a_better_challenger_and_rolls_back_a_worse_o
     moves = [
         h for h in gw_ledger.alias_history(better.registry.model_name) if h["alias"] == "champion"
     ]
-    assert moves[-1]["to_version"] == strong and "live shadow test: promote" in moves[-1]["reason"]
+    assert moves[-1]["to_version"] == strong and moves[-1]["actor"] == "online-evaluation"
 
     rolled, _ = run_flow(live_evaluate_flow, str(spec_worse))
     assert rolled["status"] == "rolled back", rolled["decision"]
@@ -98,6 +98,7 @@ def test_online_evaluation_promotes_a_better_challenger_and_rolls_back_a_worse_o
     runs = {r.model: r for r in gw_ledger.runs(limit=10)}
     assert runs[worse.registry.model_name].status == "rejected"
     assert runs[better.registry.model_name].status == "promoted"
+    assert runs[better.registry.model_name].mode == "live-shadow"
 
     # the gateway follows the registry: new champion, no challenger left in either model
     deadline = time.monotonic() + 20
