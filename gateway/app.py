@@ -422,7 +422,7 @@ def create_app(specs: Sequence[ModelSpec]) -> Starlette:
                 }
             )
         book = next(iter(gw.logbooks.values()))
-        model = rows[0]["model"] if rows else None
+        model = str(rows[0]["model"]) if rows else ""
         if model in gw.slots:
             book = gw.logbook(gw.slots[model])
         for row in rows:

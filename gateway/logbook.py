@@ -43,7 +43,7 @@ class Logbook:
         return self._queue.qsize()
 
     def _take(self) -> list[tuple[str, dict[str, Any]]]:
-        items = []
+        items: list[tuple[str, dict[str, Any]]] = []
         while len(items) < BATCH:
             try:
                 items.append(self._queue.get_nowait())

@@ -184,7 +184,7 @@ def evaluate(
         _summary("champion", champion_version, mine, live.alpha),
         _summary("challenger", challenger_version, mine, live.alpha),
     )
-    base = {
+    base: dict[str, Any] = {
         "model": model,
         "routing": routing,
         "champion_version": champion_version,
@@ -220,7 +220,12 @@ def _fixed(live: LiveSpec, cmp: stats.Comparison, test: str, base: dict[str, Any
     """Shadow and canary: decide once the interval of the improvement excludes zero."""
     gib = base["greater_is_better"]
     n = min(cmp.n_a, cmp.n_b)
-    common = {"test": test, "samples": n, "required_samples": live.min_samples, **base}
+    common: dict[str, Any] = {
+        "test": test,
+        "samples": n,
+        "required_samples": live.min_samples,
+        **base,
+    }
     if n < live.min_samples or math.isnan(cmp.effect):
         return LiveDecision(
             action="continue",
@@ -228,7 +233,11 @@ def _fixed(live: LiveSpec, cmp: stats.Comparison, test: str, base: dict[str, Any
             **common,
         )
     low, high = sorted((_better(cmp.low, gib), _better(cmp.high, gib)))
-    evidence = {"effect": cmp.effect, "effect_ci": (cmp.low, cmp.high), "p_value": cmp.p_value}
+    evidence: dict[str, Any] = {
+        "effect": cmp.effect,
+        "effect_ci": (cmp.low, cmp.high),
+        "p_value": cmp.p_value,
+    }
     ci = f"{1 - live.alpha:.0%} interval of the improvement [{low:.4g}, {high:.4g}]"
     if low > 0:
         return LiveDecision(
@@ -279,8 +288,8 @@ def _ab(
     sigma = max(float(warm.std(ddof=1)), 1e-12)
     required = stats.sample_size(sigma, delta, live.alpha, live.power)
     cmp = stats.welch(champ, chall, live.alpha)
-    common = {"samples": n, "required_samples": required, **base}
-    evidence = {"effect": cmp.effect, "effect_ci": (cmp.low, cmp.high)}
+    common: dict[str, Any] = {"samples": n, "required_samples": required, **base}
+    evidence: dict[str, Any] = {"effect": cmp.effect, "effect_ci": (cmp.low, cmp.high)}
     if live.sequential:
         p = stats.msprt_p_value(champ, chall, tau=delta)
         test = f"mSPRT always-valid p-value (tau = {delta:.4g}), alpha {live.alpha:g}"
@@ -346,7 +355,12 @@ def _interleave(live: LiveSpec, rows: Sequence[Outcome], base: dict[str, Any]) -
     wins = sum(w == "challenger" for w in winners)
     n = len(winners)
     test = "team-draft interleaving, two-sided sign test on the requests with a preference"
-    common = {"test": test, "samples": n, "required_samples": live.min_samples, **base}
+    common: dict[str, Any] = {
+        "test": test,
+        "samples": n,
+        "required_samples": live.min_samples,
+        **base,
+    }
     if n < live.min_samples:
         return LiveDecision(
             action="continue",
@@ -355,7 +369,7 @@ def _interleave(live: LiveSpec, rows: Sequence[Outcome], base: dict[str, Any]) -
         )
     p = stats.binomial_p_value(wins, n)
     share = wins / n
-    evidence = {"effect": share - 0.5, "p_value": p}
+    evidence: dict[str, Any] = {"effect": share - 0.5, "p_value": p}
     if p < live.alpha:
         action: Action = "promote" if share > 0.5 else "rollback"
         return LiveDecision(
@@ -383,14 +397,19 @@ def _bandit(
     chall = [o.value for o in rows if o.arm == "challenger" and o.value is not None]
     n = min(len(champ), len(chall))
     test = f"Thompson sampling, floor {live.floor:.0%}; P(challenger better) vs 1 - alpha"
-    common = {"test": test, "samples": n, "required_samples": live.min_samples, **base}
+    common: dict[str, Any] = {
+        "test": test,
+        "samples": n,
+        "required_samples": live.min_samples,
+        **base,
+    }
     if n < live.min_samples:
         return LiveDecision(
             action="continue", reason=f"{n} labelled per arm of {live.min_samples}", **common
         )
     p_better = stats.prob_better(champ, chall, base["greater_is_better"], seed=seed)
     effect = float(np.mean(chall) - np.mean(champ))
-    evidence = {"effect": effect, "p_value": 1 - p_better}
+    evidence: dict[str, Any] = {"effect": effect, "p_value": 1 - p_better}
     if p_better > 1 - live.alpha:
         return LiveDecision(
             action="promote",
