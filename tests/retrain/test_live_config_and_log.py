@@ -110,5 +110,5 @@ def test_labelled_export_needs_the_inputs(tmp_path: Path):
     spec = parse_spec(spec_dict(tmp_path, tmp_path / "s"))
     pred = {"request_id": "r", "role": "served", "inputs": None, "at": datetime(2026, 1, 1)}
     fb = {"request_id": "r", "outcome": {"label": 1.0}, "at": datetime(2026, 1, 1)}
-    with pytest.raises(LiveError, match="set live.log_inputs = true"):
+    with pytest.raises(LiveError, match=r"set live\.log_inputs = true"):
         labelled_frame(spec, [pred], [fb])
