@@ -244,7 +244,12 @@ def main() -> None:
                 print(results[-1], flush=True)
         finally:
             stop(p)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking}
+    # mlflow models serve execs `uvicorn` from PATH: the venv's bin must be on it
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     for name, kind, bodies in ((lgb, "predict", predict), (als, "recommend", recommend)):
         port = free_port()
         log = work / f"mlflow-{kind}.log"
