@@ -360,6 +360,93 @@ class MonitorSpec(_Strict):
         return pd.Timedelta(self.max_age)
 
 
+LIVE_ROUTINGS = ("shadow", "canary", "ab", "interleave", "bandit")
+
+
+class LiveSpec(_Strict):
+    """Live testing on the serving gateway: how champion and challenger share traffic, and what
+    the online evaluation needs to promote the challenger or end its test (see docs/live.md)."""
+
+    # how the gateway routes this model's traffic; "off": the champion answers everything
+    routing: Literal["off", "shadow", "canary", "ab", "interleave", "bandit"] = "off"
+    # a candidate that passed the backtest gate must also pass this live test before it may
+    # become champion ("none": the backtest gate and approval suffice)
+    required: Literal["none", "shadow", "canary", "ab", "interleave", "bandit"] = "none"
+    # share of traffic the challenger answers (canary; ab: the challenger's side of the split)
+    share: float = Field(default=0.05, gt=0.0, lt=1.0)
+    # the request field whose hash makes the assignment sticky ("user": the first user of a
+    # recommend request, or a request's "key"); requests without one hash their request id
+    routing_key: str = "key"
+    # no decision before each arm has this many labelled requests
+    min_samples: int = Field(default=200, ge=10)
+    # shadow / canary / interleave: a test that has this many per arm and is still undecided ends
+    # without promotion (no evidence of improvement)
+    max_samples: int = Field(default=20_000, ge=10)
+    # feedback for a request is complete this long after it was answered
+    label_delay: str = "0h"
+    alpha: float = Field(default=0.05, gt=0.0, lt=0.5)
+    power: float = Field(default=0.8, gt=0.5, lt=1.0)
+    # ab: the smallest relative improvement of the online metric worth detecting
+    mde: float = Field(default=0.05, gt=0.0, lt=1.0)
+    # ab: stop as soon as the always-valid (mSPRT) p-value says so; false: a fixed-horizon test
+    # read only once the sample size computed up front is reached
+    sequential: bool = False
+    # canary guardrails: any one breached ends the canary and rolls the challenger back
+    max_error_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    max_latency_ms: float = Field(default=500.0, gt=0.0)  # the challenger's p99
+    max_degradation: float = Field(default=0.1, ge=0.0)  # relative, of the online metric
+    # bandit: the least share of traffic every arm keeps
+    floor: float = Field(default=0.05, ge=0.0, le=0.5)
+    # the gateway re-reads aliases (and bandit shares) this often
+    poll: str = "10s"
+    # log the input rows with every prediction (needed for labelled rows to become training
+    # data); false: only their fingerprint
+    log_inputs: bool = True
+    # the online evaluation writes the labelled answers here as parquet partitions (one per hour
+    # of answers) that a spec's source can read: served -> labelled -> retrained
+    labelled_dir: Path | None = None
+    # the online evaluation flow's schedule (served by `retrain serve`)
+    evaluate_every: str = "15min"
+
+    @field_validator("label_delay")
+    @classmethod
+    def _delay(cls, value: str) -> str:
+        try:
+            if pd.Timedelta(value) < pd.Timedelta(0):
+                raise ValueError("live.label_delay cannot be negative")
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{value!r} is not a duration like '1h' ({exc})") from exc
+        return value
+
+    @field_validator("poll", "evaluate_every")
+    @classmethod
+    def _positive(cls, value: str, info: Any) -> str:
+        _duration(value, f"live.{info.field_name}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LiveSpec:
+        if self.required != "none" and self.routing != self.required:
+            raise ValueError(
+                f"live.required = {self.required!r} needs live.routing = {self.required!r} (the "
+                f"gateway must run the test the promotion waits for), got {self.routing!r}"
+            )
+        if self.max_samples < self.min_samples:
+            raise ValueError(
+                f"live.max_samples ({self.max_samples}) is smaller than live.min_samples "
+                f"({self.min_samples}): raise max_samples"
+            )
+        return self
+
+    @property
+    def poll_seconds(self) -> float:
+        return float(pd.Timedelta(self.poll).total_seconds())
+
+    @property
+    def label_delay_delta(self) -> pd.Timedelta:
+        return pd.Timedelta(self.label_delay)
+
+
 class StateSpec(_Strict):
     dir: Path = Path(".retrain")
     ledger_url: str | None = None
@@ -403,6 +490,7 @@ class ModelSpec(_Strict):
     stateful: StatefulSpec = StatefulSpec()
     monitor: MonitorSpec = MonitorSpec()
     schedule: ScheduleSpec = ScheduleSpec()
+    live: LiveSpec = LiveSpec()
     state: StateSpec = StateSpec()
 
     @model_validator(mode="before")
@@ -450,6 +538,11 @@ class ModelSpec(_Strict):
                 "holdout before it was trained, so the age signal would fire at every check; "
                 f"set monitor.max_age to at least {_days(holdout * 2)}, or drop 'age' from "
                 "monitor.any / monitor.all"
+            )
+        if self.family != "als" and self.live.routing == "interleave":
+            raise ValueError(
+                "live.routing = 'interleave' mixes two ranked lists: it is for family = 'als'; "
+                "use 'ab' or 'canary' for a tabular model"
             )
         if self.family == "als":
             if self.metric not in RANKING_METRICS:
@@ -559,6 +652,9 @@ def parse_spec(data: dict[str, Any], base_dir: Path | None = None, origin: str =
         if spec.source.path is not None and not spec.source.path.is_absolute():
             source = spec.source.model_copy(update={"path": (base_dir / spec.source.path)})
             updates["source"] = source
+        labelled = spec.live.labelled_dir
+        if labelled is not None and not labelled.is_absolute():
+            updates["live"] = spec.live.model_copy(update={"labelled_dir": base_dir / labelled})
         if updates:
             spec = spec.model_copy(update=updates)
     return spec

@@ -57,3 +57,7 @@ class LookAheadError(RetrainError):
 
 class SimulationError(RetrainError):
     """A retraining-policy simulation cannot run as configured."""
+
+
+class LiveError(RetrainError):
+    """A live test (routing, online evaluation) cannot run or decide as asked."""
