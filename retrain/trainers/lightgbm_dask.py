@@ -217,4 +217,3 @@ class DaskLightGBMTrainer(LightGBMTrainer):
         ):
             setattr(local, name, getattr(self, name))
         return local
-

@@ -18,11 +18,15 @@ def s3_registry(s3_env, tracking_uri, ledger) -> ModelRegistry:
     return ModelRegistry(tracking_uri, f"s3reg-{uuid.uuid4().hex[:8]}", ledger, artifact_root=root)
 
 
-def test_a_candidates_model_and_evidence_are_written_to_the_bucket(s3_env, s3_registry, make_record):
+def test_a_candidates_model_and_evidence_are_written_to_the_bucket(
+    s3_env, s3_registry, make_record
+):
     version = s3_registry.register_candidate(make_record(), actor="test")
 
     run = s3_registry.client.get_run(s3_registry.version(version).run_id)
-    assert run.info.artifact_uri.startswith(f"{s3_registry.artifact_root}/{s3_registry.model_name}/")
+    assert run.info.artifact_uri.startswith(
+        f"{s3_registry.artifact_root}/{s3_registry.model_name}/"
+    )
     prefix = run.info.artifact_uri.removeprefix(f"s3://{s3_env.bucket}/")
     listing = s3_env.client().list_objects_v2(Bucket=s3_env.bucket, Prefix=prefix)
     stored = {obj["Key"].removeprefix(prefix + "/") for obj in listing.get("Contents", [])}

@@ -71,10 +71,10 @@ def test_a_bad_cached_file_is_healed_before_the_workers_train_on_it(
 def test_an_als_spec_cannot_ask_for_dask(taste_csv, tmp_path):
     from tests.conftest import als_spec_dict
 
-    with pytest.raises(SpecError, match="an ALS spec\\s+recomputes on one node"):
+    with pytest.raises(SpecError, match=r"an ALS spec\s+recomputes on one node"):
         parse_spec(als_spec_dict(taste_csv, tmp_path / "state", **{"compute.engine": "dask"}))
 
 
 def test_a_scheduler_that_is_not_an_address_is_a_spec_error(bike_dir, tmp_path):
-    with pytest.raises(SpecError, match="compute.scheduler: must be a scheduler address"):
+    with pytest.raises(SpecError, match=r"compute\.scheduler: must be a scheduler address"):
         dask_spec(bike_dir, tmp_path, **{"compute.scheduler": "localhost"})

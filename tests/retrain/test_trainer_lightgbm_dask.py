@@ -88,9 +88,9 @@ def test_refit_has_no_distributed_form_and_says_what_to_use(client):
     X, y = make_data(300)
     champion = LightGBMTrainer(**options()).fit(X, y)
     with pytest.raises(TrainingError, match="'refit' has no distributed form"):
-        DaskLightGBMTrainer(
-            **options(), strategy="refit", init_model=champion, client=client
-        ).fit(*as_dask(X, y))
+        DaskLightGBMTrainer(**options(), strategy="refit", init_model=champion, client=client).fit(
+            *as_dask(X, y)
+        )
 
 
 def test_a_pandas_frame_is_refused_with_the_fix(client):
