@@ -163,12 +163,12 @@ class DaskLightGBMTrainer(LightGBMTrainer):
         estimator = (
             lgb_dask.DaskLGBMClassifier if self.task == "binary" else lgb_dask.DaskLGBMRegressor
         )
+        # lightgbm.dask sets the threads from the worker; the seed goes in as random_state
         lgb_params = {k: v for k, v in params.items() if k not in {"seed", "num_threads"}}
         model = estimator(
             client=client,
             n_estimators=self.num_boost_round,
             random_state=self.random_state,
-            n_jobs=int(params.get("num_threads", 1)),
             **lgb_params,
         )
         model.fit(
