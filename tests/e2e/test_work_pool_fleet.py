@@ -1,5 +1,6 @@
-"""A fleet of models on a Prefect process work pool: a real Prefect server on PostgreSQL and two
-`prefect worker start` processes run several models' retrains at once, one run per model."""
+"""A fleet of models on a Prefect process work pool (flows.deployments.deploy_models): a real
+Prefect server on PostgreSQL and two `prefect worker start` processes run several models'
+retrains at once, one run per model."""
 
 from __future__ import annotations
 
