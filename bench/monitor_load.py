@@ -83,8 +83,10 @@ def register_champion(spec_path: Path, as_of: pd.Timestamp) -> str:
     from flows.retrain_flow import make_registry
     from flows.settings import resolve_spec
     from registry import CandidateRecord
+    from retrain.families.lightgbm import fit
+    from retrain.families.lineage import Tag
+    from retrain.families.spine import prepare
     from retrain.ledger import Ledger
-    from retrain.pipeline import fit, prepare
     from retrain.promotion import automatic_approval, decide
 
     spec = resolve_spec(spec_path)
@@ -100,10 +102,10 @@ def register_champion(spec_path: Path, as_of: pd.Timestamp) -> str:
             params={},
             metrics={},
             version_tags={
-                "retrain.window_start": str(trained.window.start),
-                "retrain.window_end": str(trained.window.end),
-                "retrain.data_version": trained.window.version,
-                "retrain.data_versions": trained.window.version,
+                str(Tag.WINDOW_START): str(trained.window.start),
+                str(Tag.WINDOW_END): str(trained.window.end),
+                str(Tag.DATA_VERSION): trained.window.version,
+                str(Tag.DATA_VERSIONS): trained.window.version,
             },
         )
         version = registry.register_candidate(record, actor="bench")

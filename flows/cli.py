@@ -18,6 +18,7 @@ from flows.settings import resolve_spec
 from flows.simulate_cli import simulate_command
 from retrain.config import ModelSpec
 from retrain.errors import RetrainError
+from retrain.families.lineage import NONE, Lineage, Tag
 from retrain.ledger import Ledger
 
 app = typer.Typer(
@@ -240,21 +241,21 @@ def lineage(
     ):
         table.add_column(col)
     for info in chain:
-        t = info.tags
-        metric = next((k for k in t if k.endswith(".candidate")), "")
+        t = Lineage(info.tags)
+        metric = next((k for k in info.tags if k.endswith(".candidate")), "")
         table.add_row(
             info.version,
-            t.get("retrain.strategy", "scratch"),
-            t.get("retrain.increments", "0"),
-            f"{t.get('retrain.window_start', '')[:10]} .. {t.get('retrain.window_end', '')[:10]}",
-            t.get("retrain.rows", ""),
-            t.get("retrain.data_version", ""),
-            f"{metric.split('.')[-2] if metric else ''} {t.get(metric, '')}",
-            t.get("retrain.gate", ""),
-            t.get("retrain.parent_version", "none"),
+            t.strategy,
+            str(t.increments),
+            f"{t.get(Tag.WINDOW_START)[:10]} .. {t.get(Tag.WINDOW_END)[:10]}",
+            t.get(Tag.ROWS),
+            t.get(Tag.DATA_VERSION),
+            f"{metric.split('.')[-2] if metric else ''} {t.get(metric)}",
+            t.gate,
+            t.parent_version or NONE,
         )
     console.print(table)
-    data_versions = chain[0].tags.get("retrain.data_versions", "")
+    data_versions = Lineage(chain[0].tags).get(Tag.DATA_VERSIONS)
     console.print(f"data versions in v{version}'s weights: {data_versions.replace(',', ' -> ')}")
 
 
@@ -266,16 +267,16 @@ def rebuild(
 ) -> None:
     """Retrain a registered version from the feature cache and check it is byte-identical."""
     from registry.errors import RegistryError
-    from retrain.pipeline import rebuild as rebuild_version
+    from retrain.families import family_of
 
     model_spec = _load(spec, state_dir)
     registry = _registry(model_spec)
     try:
         info = registry.version(version)
-        parent_version = info.tags.get("retrain.parent_version", "none")
-        parent = registry.load_model(parent_version) if parent_version != "none" else None
+        parent_version = Lineage(info.tags).parent_version
+        parent = registry.load_model(parent_version) if parent_version is not None else None
         registered = registry.load_model(version)
-        rebuilt = rebuild_version(model_spec, info.tags, registered, parent)
+        rebuilt = family_of(model_spec).rebuild(model_spec, info.tags, registered, parent)
     except (RetrainError, RegistryError) as exc:
         _fail(exc)
     same = rebuilt.model.model_string() == registered.model_string()
@@ -317,17 +318,17 @@ def status(
     ):
         versions.add_column(col)
     for v in registry.versions():
-        t = v.tags
+        t = Lineage(v.tags)
         versions.add_row(
             v.version,
             ", ".join(sorted(a for a, ver in aliases.items() if ver == v.version)),
-            t.get("retrain.mode", ""),
-            t.get("retrain.data_version", ""),
-            f"{t.get('retrain.window_start', '')[:10]} .. {t.get('retrain.window_end', '')[:10]}",
-            t.get("retrain.rows", ""),
-            t.get("retrain.gate", ""),
-            t.get("retrain.approval", "pending"),
-            t.get("retrain.parent_version", ""),
+            t.mode,
+            t.get(Tag.DATA_VERSION),
+            f"{t.get(Tag.WINDOW_START)[:10]} .. {t.get(Tag.WINDOW_END)[:10]}",
+            t.get(Tag.ROWS),
+            t.gate,
+            t.get(Tag.APPROVAL, "pending"),
+            t.get(Tag.PARENT_VERSION),
         )
     console.print(versions)
     runs = Table(title=f"{model_spec.name}: last retrain runs (ledger)")

@@ -20,8 +20,9 @@ from prefect.events import emit_event
 from flows.retrain_flow import _flow_run_id, load_champion, make_registry
 from flows.settings import resolve_spec
 from retrain.config import ModelSpec
+from retrain.families.spine import Champion, parse_as_of
 from retrain.ledger import Ledger
-from retrain.pipeline import Champion, MonitorResult, monitor_check, parse_as_of
+from retrain.monitor_check import MonitorResult, monitor_check
 from retrain.reports import drift_report
 
 logger = logging.getLogger(__name__)

@@ -35,16 +35,16 @@ from flows.settings import resolve_spec
 from registry import CandidateRecord, ModelRegistry
 from retrain.config import ModelSpec
 from retrain.families import family_of
-from retrain.ledger import Ledger, RunRecord
-from retrain.pipeline import (
+from retrain.families.lineage import Tag, lineage_tags
+from retrain.families.spine import (
     Champion,
     Evaluated,
     Prepared,
     Trained,
-    lineage_tags,
     parse_as_of,
     prepare,
 )
+from retrain.ledger import Ledger, RunRecord
 from retrain.promotion import (
     Approval,
     PromotionDecision,
@@ -130,15 +130,7 @@ def load_champion(registry: ModelRegistry) -> Champion | None:
     if version is None:
         return None
     info = registry.version(version)
-    end = info.tags.get("retrain.window_end")
-    lineage = info.tags.get("retrain.data_versions") or info.tags.get("retrain.data_version", "")
-    return Champion(
-        version=version,
-        model=registry.load_model(version),
-        train_end=pd.Timestamp(end) if end else None,
-        data_versions=tuple(v for v in lineage.split(",") if v),
-        tags=info.tags,
-    )
+    return Champion.registered(version, registry.load_model(version), info.tags)
 
 
 @task(cache_policy=NO_CACHE)
@@ -219,7 +211,7 @@ def register_candidate(
             report = spec.state.dir / "reports" / f"drift-check-{trigger_check}.png"
             if report.exists():
                 evidence["drift_report"] = report.resolve()
-            tags["retrain.trigger_check"] = trigger_check
+            tags[str(Tag.TRIGGER_CHECK)] = trigger_check
         params: dict[str, Any] = {
             **trained.model.non_default_params(),
             "windows.train": spec.windows.train,

@@ -37,6 +37,7 @@ from registry.errors import (
     UntrustedModel,
     VersionNotFound,
 )
+from retrain.families.lineage import Lineage, Tag
 from retrain.ledger import Ledger
 from retrain.promotion import PromotionDecision
 from retrain.redact import redact_url
@@ -44,7 +45,7 @@ from retrain.redact import redact_url
 logger = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
-GATE_TAG, APPROVAL_TAG = "retrain.gate", "retrain.approval"
+GATE_TAG, APPROVAL_TAG = str(Tag.GATE), str(Tag.APPROVAL)
 # models from code: no pickle, the loader imports registry.pyfunc
 MODEL_CODE = {
     "lightgbm": Path(__file__).with_name("lightgbm_model_code.py"),
@@ -305,7 +306,7 @@ class ModelRegistry:
         """The version and its ancestors through ``retrain.parent_version``, newest first."""
         chain = [self.version(version)]
         seen = {chain[0].version}
-        while (parent := chain[-1].tags.get("retrain.parent_version", "none")) != "none":
+        while (parent := Lineage(chain[-1].tags).parent_version) is not None:
             if parent in seen:
                 raise RegistryError(f"lineage of version {version} loops at version {parent}")
             seen.add(parent)
@@ -379,7 +380,7 @@ class ModelRegistry:
             metrics = [Metric(k, float(v), 0, 0) for k, v in sorted(record.metrics.items())]
             for name, values in record.curves.items():
                 metrics += [Metric(name, float(v), 0, i) for i, v in enumerate(values)]
-            tags = [RunTag("retrain.model_name", self.model_name)]
+            tags = [RunTag(str(Tag.MODEL_NAME), self.model_name)]
             for start in range(0, max(len(metrics), 1), 900):
                 self.client.log_batch(
                     run_id,
@@ -438,7 +439,7 @@ class ModelRegistry:
             raise DecisionFinal(
                 f"version {decision.version} of {self.model_name} was already decided "
                 f"(gate {earlier[GATE_TAG]}, approval {earlier.get(APPROVAL_TAG)}: "
-                f"{earlier.get('retrain.decision', '')}); a decision is final: retrain to get a "
+                f"{earlier.get(Tag.DECISION, '')}); a decision is final: retrain to get a "
                 "new candidate, or `retrain rollback` to go back to the previous champion"
             )
         tags = {
@@ -446,13 +447,13 @@ class ModelRegistry:
             APPROVAL_TAG: (
                 "approved" if decision.approved else ("rejected" if decision.approver else "none")
             ),
-            "retrain.approver": decision.approver or "",
-            "retrain.approval_comment": decision.comment or "",
-            "retrain.approval_automatic": str(decision.automatic).lower(),
-            "retrain.decision": decision.reason,
+            Tag.APPROVER: decision.approver or "",
+            Tag.APPROVAL_COMMENT: decision.comment or "",
+            Tag.APPROVAL_AUTOMATIC: str(decision.automatic).lower(),
+            Tag.DECISION: decision.reason,
         }
         for key, value in tags.items():
-            self.client.set_model_version_tag(self.model_name, decision.version, key, value)
+            self.client.set_model_version_tag(self.model_name, decision.version, str(key), value)
 
     def _move_alias(
         self, alias: str, version: str, actor: str, reason: str, flow_run_id: str | None

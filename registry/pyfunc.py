@@ -38,5 +38,5 @@ class ALSModel(PythonModel):
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         users = model_input["user"] if isinstance(model_input, pd.DataFrame) else model_input
         k = int((params or {}).get("k", 10))
-        # the ids are kept as strings (see retrain.recommend.interactions)
+        # the ids are kept as strings (see retrain.families.als.interactions)
         return self.trainer.recommend([str(u) for u in users], k=k)

@@ -49,7 +49,7 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": lambda y, p: float(np.mean((p >= 0.5) == (y == 1))),
 }
 # Ranking metrics arrive already scored, one value per row (a user in a backtest window, see
-# retrain.recommend): the metric of a set of rows is their mean, so windows and the paired
+# retrain.families.als): the metric of a set of rows is their mean, so windows and the paired
 # bootstrap resample users. ``y`` is not used.
 for _name in RANKING_METRICS:
     METRICS[_name] = lambda y, p: float(np.mean(p)) if len(p) else float("nan")

@@ -4,9 +4,10 @@ The history is replayed partition by partition. At step ``t`` every policy's cur
 first scores partition ``t`` (prequential: the partition is unseen), then partition ``t`` joins
 the history and the policy decides, with the data before the end of partition ``t`` only, whether
 to retrain. A retrain runs the real decision code: the training and holdout windows of
-:func:`retrain.features.plan_windows`, the stateful planner :func:`retrain.stateful.plan_training`
-(scratch, warm start or refit), the trainer of :func:`retrain.pipeline.make_trainer`, the backtest
-gate :func:`retrain.backtest.backtest` and :func:`retrain.promotion.decide`; the continual policy
+:func:`retrain.features.plan_windows`, the stateful planner
+:func:`retrain.stateful.plan_training` (scratch, warm start or refit), the trainer of
+:func:`retrain.families.lightgbm.make_trainer`, the backtest gate
+:func:`retrain.backtest.backtest` and :func:`retrain.promotion.decide`; the continual policy
 measures the signals with :func:`retrain.monitor.compute_signals` and asks
 :func:`retrain.triggers.decide_trigger`. Promotions are approved automatically (there is no
 operator in a replay) and nothing is registered: a simulation runs in-process.
@@ -43,10 +44,15 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from retrain.backtest import backtest, baseline_predictions, score
+from retrain.backtest import backtest, score
 from retrain.config import ModelSpec
 from retrain.errors import EmptyWindowError, LookAheadError, SimulationError
 from retrain.families import family_of
+from retrain.families.als import interactions
+from retrain.families.baseline import BaselineModel
+from retrain.families.lightgbm import make_trainer
+from retrain.families.lineage import Tag
+from retrain.families.spine import Champion, Prepared, split_windows
 from retrain.features import (
     PARTITION,
     FeatureCache,
@@ -57,10 +63,8 @@ from retrain.features import (
 )
 from retrain.ingest import TS, IngestResult, Partition, ingest
 from retrain.monitor import compute_signals
-from retrain.pipeline import Champion, Prepared, make_trainer, split_windows
 from retrain.promotion import automatic_approval, decide
 from retrain.ranking import evaluate_ranking, relevant_items
-from retrain.recommend import interactions
 from retrain.stateful import ChampionState, TrainingPlan, plan_training, skip_reason
 from retrain.trainers.popularity import PopularityRecommender
 from retrain.triggers import decide_trigger
@@ -137,30 +141,6 @@ class History:
 
 class Predictor(Protocol):
     def predict(self, X: pd.DataFrame) -> np.ndarray: ...
-
-
-class BaselineModel:
-    """The trivial model every backtest scores, as a model of its own (DESIGN: baselines first).
-
-    Predicts the training window's mean (regression) or majority class (binary), with
-    :func:`retrain.backtest.baseline_predictions`. Learned state: ``y_train_``.
-    """
-
-    y_train_: np.ndarray
-
-    def __init__(self, task: str = "regression", metric: str | None = None) -> None:
-        self.task = task
-        self.metric = metric
-
-    def fit(self, X: pd.DataFrame, y: np.ndarray) -> BaselineModel:
-        y = np.asarray(y, dtype="float64")
-        if y.size == 0:
-            raise SimulationError("the baseline needs at least one training row")
-        self.y_train_ = y
-        return self
-
-    def predict(self, X: pd.DataFrame) -> np.ndarray:
-        return baseline_predictions(self.task, self.y_train_, len(X), self.metric)
 
 
 @dataclass(frozen=True)
@@ -246,7 +226,7 @@ class Continual:
             return Decision(True, "no champion", "continual")
         spec, config = self.spec, self.spec.monitor
         # the recommendation family's columns are ids: its signals are age and volume (as in
-        # the monitor's check, ``retrain.pipeline.monitor_check``)
+        # the monitor's check, ``retrain.monitor_check.monitor_check``)
         scored = spec.family == "lightgbm"
         features = list(spec.features.columns) if scored else []
         reference = history.frame(champion.train_start, champion.train_end)
@@ -489,7 +469,7 @@ class Simulation:
         )
 
 
-# -- recommendation --------------------------------------------------------------------------
+# -- choosing a policy --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -500,7 +480,7 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class Recommendation:
+class PolicyChoice:
     policy: str
     best: str
     within: tuple[str, ...]
@@ -513,16 +493,16 @@ def _gap(value: float, best: float, greater_is_better: bool) -> float:
     return worse / abs(best) if best else (0.0 if worse <= 0 else math.inf)
 
 
-def recommend(
+def choose_policy(
     candidates: Sequence[Candidate], tolerance: float, greater_is_better: bool
-) -> Recommendation:
+) -> PolicyChoice:
     """The cheapest policy whose metric is within ``tolerance`` (relative) of the best one.
 
     >>> c = [Candidate("daily", 10.0, 90.0), Candidate("weekly", 10.2, 13.0),
     ...      Candidate("never", 14.0, 0.2)]
-    >>> recommend(c, 0.05, greater_is_better=False).policy
+    >>> choose_policy(c, 0.05, greater_is_better=False).policy
     'weekly'
-    >>> recommend(c, 0.0, greater_is_better=False).policy
+    >>> choose_policy(c, 0.0, greater_is_better=False).policy
     'daily'
     """
     if not candidates:
@@ -548,7 +528,7 @@ def recommend(
             f"({pick.metric:.4g} vs {best.metric:.4g}, {gap:+.1%}) for "
             f"{pick.cost:.3g} s of CPU instead of {best.cost:.3g} s"
         )
-    return Recommendation(pick.name, best.name, tuple(c.name for c in within), reason)
+    return PolicyChoice(pick.name, best.name, tuple(c.name for c in within), reason)
 
 
 def pareto_front(candidates: Sequence[Candidate], greater_is_better: bool) -> tuple[str, ...]:
@@ -938,8 +918,8 @@ class _Replayer:
             train_end=c.train_end,
             data_versions=(c.data_version,),
             tags={
-                "retrain.window_start": str(c.train_start),
-                "retrain.data_version": c.data_version,
+                str(Tag.WINDOW_START): str(c.train_start),
+                str(Tag.DATA_VERSION): c.data_version,
             },
         )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from retrain.simulate import Recommendation, Simulation, candidates_of, pareto_front, recommend
+from retrain.simulate import PolicyChoice, Simulation, candidates_of, choose_policy, pareto_front
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ class Report:
     metric_plot: Path
     pareto_plot: Path
     summary_csv: Path
-    recommendation: Recommendation
+    recommendation: PolicyChoice
     table: pd.DataFrame
 
 
@@ -52,7 +52,7 @@ def metric_plot(path: Path, simulation: Simulation, smooth: int = 14) -> Path:
     return path
 
 
-def pareto_plot(path: Path, simulation: Simulation, recommendation: Recommendation) -> Path:
+def pareto_plot(path: Path, simulation: Simulation, recommendation: PolicyChoice) -> Path:
     """Quality against training compute, with the Pareto front and the recommendation."""
     candidates = candidates_of(simulation)
     front = pareto_front(candidates, simulation.greater_is_better)
@@ -109,7 +109,7 @@ def write_report(simulation: Simulation, out: Path, tolerance: float) -> Report:
     """Charts, tables and the recommendation of a simulation, written under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     table = summary_frame(simulation)
-    choice = recommend(candidates_of(simulation), tolerance, simulation.greater_is_better)
+    choice = choose_policy(candidates_of(simulation), tolerance, simulation.greater_is_better)
     metric_png = metric_plot(out / "metric_over_time.png", simulation)
     pareto_png = pareto_plot(out / "quality_vs_compute.png", simulation, choice)
     summary_csv = out / "summary.csv"

@@ -11,8 +11,9 @@ from retrain.backtest import score
 from retrain.compute import fit_on_dask
 from retrain.config import parse_spec
 from retrain.errors import SpecError
+from retrain.families.lightgbm import fit, make_trainer
+from retrain.families.spine import prepare
 from retrain.features import FeatureCache
-from retrain.pipeline import fit, make_trainer, prepare
 from tests.conftest import spec_dict
 
 distributed = pytest.importorskip("distributed")

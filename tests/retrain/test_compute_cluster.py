@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from retrain.config import parse_spec
-from retrain.pipeline import Champion, fit, prepare
+from retrain.families.lightgbm import fit
+from retrain.families.spine import Champion, prepare
 from retrain.stateful import plan_training
 from tests.conftest import free_port, spec_dict
 

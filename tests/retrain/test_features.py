@@ -222,8 +222,8 @@ def test_no_partition_at_all_is_an_empty_window_error_naming_as_of(spec):
 
 
 def test_split_windows_cuts_the_holdout_into_equal_consecutive_windows():
+    from retrain.families.spine import split_windows
     from retrain.features import Window
-    from retrain.pipeline import split_windows
 
     holdout = Window("holdout", pd.Timestamp("2011-04-01"), pd.Timestamp("2011-04-07"), (), "dv")
     ts = pd.Series(

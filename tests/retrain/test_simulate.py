@@ -17,11 +17,11 @@ from retrain.simulate import (
     History,
     PolicyState,
     ReplayData,
+    choose_policy,
     first_step,
     load_replay,
     pareto_front,
     parse_policies,
-    recommend,
     replay_policy,
     simulate,
 )
@@ -149,29 +149,29 @@ def test_a_second_simulation_computes_no_feature(bike_spec: ModelSpec) -> None:
     assert simulation.features_cached == len(first.partitions)
 
 
-def test_recommend_picks_the_cheapest_policy_within_tolerance() -> None:
+def test_choose_policy_picks_the_cheapest_policy_within_tolerance() -> None:
     candidates = [
         Candidate("daily", 40.0, 100.0),
         Candidate("weekly", 40.6, 15.0),
         Candidate("monthly", 41.5, 4.0),
         Candidate("never", 60.0, 0.1),
     ]
-    assert recommend(candidates, 0.02, greater_is_better=False).policy == "weekly"
-    assert recommend(candidates, 0.05, greater_is_better=False).policy == "monthly"
-    choice = recommend(candidates, 0.0, greater_is_better=False)
+    assert choose_policy(candidates, 0.02, greater_is_better=False).policy == "weekly"
+    assert choose_policy(candidates, 0.05, greater_is_better=False).policy == "monthly"
+    choice = choose_policy(candidates, 0.0, greater_is_better=False)
     assert (choice.policy, choice.best) == ("daily", "daily")
-    assert recommend(candidates, 1.0, greater_is_better=False).policy == "never"
+    assert choose_policy(candidates, 1.0, greater_is_better=False).policy == "never"
     auc = [Candidate("a", 0.80, 10.0), Candidate("b", 0.79, 1.0), Candidate("c", 0.70, 0.1)]
-    pick = recommend(auc, 0.02, greater_is_better=True)
+    pick = choose_policy(auc, 0.02, greater_is_better=True)
     assert (pick.policy, pick.within) == ("b", ("a", "b"))
     assert "within 2.0% of the best policy a" in pick.reason
 
 
-def test_recommend_rejects_bad_input() -> None:
+def test_choose_policy_rejects_bad_input() -> None:
     with pytest.raises(SimulationError, match="non-negative fraction"):
-        recommend([Candidate("a", 1.0, 1.0)], -0.1, greater_is_better=False)
+        choose_policy([Candidate("a", 1.0, 1.0)], -0.1, greater_is_better=False)
     with pytest.raises(SimulationError, match="simulate at least one"):
-        recommend([], 0.1, greater_is_better=False)
+        choose_policy([], 0.1, greater_is_better=False)
 
 
 def test_pareto_front_keeps_only_undominated_policies() -> None:

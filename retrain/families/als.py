@@ -1,6 +1,6 @@
 """The steps of one retrain of the recommendation family (implicit ALS), as plain functions.
 
-Same spine as the tabular family (``retrain.pipeline``): the shared ``prepare`` ingests the
+Same spine as every family (``retrain.families.spine``): the shared ``prepare`` ingests the
 interactions and fills the feature cache (the weight is cached as the "label", the user and item
 ids as two categorical columns, see ``ModelSpec``); then
 
@@ -26,8 +26,10 @@ ids as two categorical columns, see ``ModelSpec``); then
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,9 +37,9 @@ import pandas as pd
 from retrain.backtest import backtest
 from retrain.config import ModelSpec
 from retrain.errors import SchemaChangeError, TrainingError
-from retrain.features import FeatureCache, Window, make_window
-from retrain.ingest import TS
-from retrain.pipeline import (
+from retrain.families.baseline import popularity
+from retrain.families.protocol import Family
+from retrain.families.spine import (
     Champion,
     Evaluated,
     Prepared,
@@ -46,6 +48,8 @@ from retrain.pipeline import (
     sample_rows,
     split_windows,
 )
+from retrain.features import FeatureCache, Window, make_window
+from retrain.ingest import TS
 from retrain.ranking import RankingBacktest, ranking_backtest, relevant_items, user_metrics
 from retrain.reports import window_plot
 from retrain.stateful import STATEFUL_MODES, TrainingPlan, scratch
@@ -157,15 +161,15 @@ def plan(mode: str, spec: ModelSpec, champion: Champion | None) -> TrainingPlan:
 
 def _history_window(spec: ModelSpec, prepared: Prepared, champion: Champion) -> Window:
     """The champion's lineage history (from its recompute's window start) up to the holdout."""
-    start = champion.tags.get("retrain.window_start")
-    if not start:
+    start = champion.lineage.window_start
+    if start is None:
         raise TrainingError(
             f"champion v{champion.version} has no retrain.window_start tag: a fold-in needs "
             "the start of its history; recompute (`retrain run manual`)"
         )
     return make_window(
         "train",
-        pd.Timestamp(start),
+        start,
         prepared.holdout.start,
         prepared.ingest.partitions,
         prepared.spec_hash,
@@ -210,7 +214,7 @@ def _increment(
             champion.model.popularity_window,
         )
         return None
-    trained_on = champion.tags.get("retrain.data_version")
+    trained_on = champion.lineage.data_version
     if before.version != trained_on:
         logger.info(
             "the partitions champion v%s was trained on changed since (data version %s, now %s): "
@@ -320,8 +324,7 @@ def evaluate(
     users = sorted({u for _, rel in kept for u in rel["user"]})
     rels = [rel for _, rel in kept]
     row_window = np.concatenate([np.full(len(rel["user"].unique()), i) for i, rel in kept])
-    baseline = PopularityRecommender(window=als.popularity_window, min_rating=als.min_rating)
-    baseline.fit(train)
+    baseline = popularity(train, als.popularity_window, als.min_rating)
     candidate = _window_scores(spec.metric, trained.model, users, rels, als.k)
     base = _window_scores(spec.metric, baseline, users, rels, als.k)
     champ = (
@@ -395,3 +398,76 @@ def signature_sample(spec: ModelSpec, trained: Trained) -> pd.DataFrame:
     """A few query rows for the pyfunc's signature: ``user`` ids (external, as strings)."""
     users = trained.model.user_index_[:5]
     return pd.DataFrame({"user": pd.Series(users, dtype=object).astype(str)})
+
+
+def rebuild(spec: ModelSpec, tags: Mapping[str, str], registered: Any, parent: Any) -> Trained:
+    """Not offered: an ALS fit is not bit-reproducible across thread schedules."""
+    raise TrainingError(
+        f"`retrain rebuild` checks LightGBM boosters only; {spec.name} has family = "
+        f"{spec.family!r}. Its lineage is in `retrain lineage`, its data versions in the tags"
+    )
+
+
+class ALSFamily:
+    """The recommendation family's steps (see the module's docstring)."""
+
+    name = "als"
+
+    def metric_name(self, spec: ModelSpec) -> str:
+        return f"{spec.metric}@{spec.als.k}"
+
+    def plan(self, mode: str, spec: ModelSpec, champion: Champion | None) -> TrainingPlan:
+        return plan(mode, spec, champion)
+
+    def fit(
+        self, spec: ModelSpec, prepared: Prepared, plan: TrainingPlan, champion: Champion | None
+    ) -> Trained:
+        return fit(spec, prepared, plan, champion)
+
+    def fit_candidate(
+        self, spec: ModelSpec, prepared: Prepared, plan: TrainingPlan, champion: Champion | None
+    ) -> Trained:
+        return fit_candidate(spec, prepared, plan, champion)
+
+    def rebuild(
+        self, spec: ModelSpec, tags: Mapping[str, str], registered: Any, parent: Any
+    ) -> Trained:
+        return rebuild(spec, tags, registered, parent)
+
+    def evaluate(
+        self, spec: ModelSpec, trained: Trained, holdout: Window, champion: Champion | None
+    ) -> Evaluated:
+        return evaluate(spec, trained, holdout, champion)
+
+    def write_evidence(
+        self,
+        directory: Path,
+        spec: ModelSpec,
+        prepared: Prepared,
+        trained: Trained,
+        evaluated: Evaluated,
+    ) -> dict[str, Path]:
+        return write_evidence(directory, spec, prepared, trained, evaluated)
+
+    def baseline(self, spec: ModelSpec, frame: pd.DataFrame) -> PopularityRecommender:
+        return popularity(
+            interactions(spec, frame), spec.als.popularity_window, spec.als.min_rating
+        )
+
+    def signature_sample(
+        self, spec: ModelSpec, prepared: Prepared, trained: Trained
+    ) -> pd.DataFrame:
+        return signature_sample(spec, trained)
+
+    def curves(self, trained: Trained) -> Mapping[str, list[float]]:
+        return {}
+
+    def predict_params(self, spec: ModelSpec) -> dict[str, Any]:
+        return {"k": spec.als.k}
+
+    def monitored_features(self, spec: ModelSpec) -> list[str]:
+        # the columns are ids: the monitor's signals are age and volume
+        return []
+
+
+FAMILY: Family = ALSFamily()

@@ -13,8 +13,8 @@ import pytest
 from retrain.backtest import backtest
 from retrain.config import parse_spec
 from retrain.errors import SchemaChangeError
-from retrain.pipeline import Champion, prepare
-from retrain.recommend import evaluate, fit, fit_candidate, load_interactions, make_trainer, plan
+from retrain.families.als import evaluate, fit, fit_candidate, load_interactions, make_trainer, plan
+from retrain.families.spine import Champion, prepare
 from retrain.stateful import scratch
 from tests.conftest import als_spec_dict
 

@@ -7,8 +7,9 @@ import pytest
 
 from retrain.config import parse_spec
 from retrain.errors import EmptyWindowError, NoTreesAddedError
+from retrain.families.lightgbm import fit, fit_candidate
+from retrain.families.spine import Champion, increment_window, prepare
 from retrain.ledger import Ledger
-from retrain.pipeline import Champion, fit, fit_candidate, increment_window, prepare
 from retrain.stateful import plan_training
 from tests.conftest import spec_dict
 

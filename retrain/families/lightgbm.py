@@ -1,0 +1,337 @@
+"""The gradient-boosting family (LightGBM): its steps of a retrain, behind ``Family``.
+
+From scratch on the training window; warm start continues boosting from the champion on the
+partitions after its training end (``increment_window``: a partition straddling the training
+end belongs to the increment, whole); ``refit`` keeps the champion's trees and learns new leaf
+values. With ``stateful.compare_with_scratch`` a scratch model is fitted too and wins when the
+increment loses to it (or could not grow a tree). The backtest scores candidate, champion and the
+trivial baseline on the same holdout rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from retrain.backtest import backtest, baseline_predictions, score
+from retrain.config import ModelSpec
+from retrain.errors import DataError, NoTreesAddedError, TrainingError
+from retrain.families.baseline import BaselineModel
+from retrain.families.lineage import Lineage
+from retrain.families.protocol import Family
+from retrain.families.spine import (
+    Champion,
+    Evaluated,
+    Prepared,
+    Trained,
+    increment_window,
+    sample_rows,
+    split_windows,
+)
+from retrain.features import FeatureCache, Window, make_window
+from retrain.ingest import TS, ingest
+from retrain.reports import backtest_plot, importance_plot, learning_curve_plot
+from retrain.stateful import TrainingPlan, plan_training, scratch
+from retrain.trainers import LightGBMTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def _xy(spec: ModelSpec, frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    return frame[list(spec.features.columns)], frame[spec.label].to_numpy(dtype="float64")
+
+
+def label_stats(task: str, y: np.ndarray) -> dict[str, float]:
+    if task == "binary":
+        return {"positive_rate": float(np.mean(y)), "positives": float(np.sum(y))}
+    return {
+        "mean": float(np.mean(y)),
+        "std": float(np.std(y)),
+        "min": float(np.min(y)),
+        "max": float(np.max(y)),
+    }
+
+
+def make_trainer(
+    spec: ModelSpec, plan: TrainingPlan | None = None, init_model: Any = None
+) -> LightGBMTrainer:
+    strategy = plan.strategy if plan is not None else "scratch"
+    return LightGBMTrainer(
+        task=spec.task,
+        params=dict(spec.lightgbm.params),
+        num_boost_round=(
+            spec.lightgbm.num_boost_round
+            if strategy == "scratch"
+            else spec.stateful.increment_rounds
+        ),
+        categorical=spec.features.categorical,
+        random_state=spec.seed,
+        strategy=strategy,
+        init_model=init_model if strategy != "scratch" else None,
+        refit_decay_rate=spec.stateful.refit_decay_rate,
+    )
+
+
+def fit(
+    spec: ModelSpec,
+    prepared: Prepared,
+    plan: TrainingPlan | None = None,
+    champion: Champion | None = None,
+) -> Trained:
+    """Train the candidate the plan asks for (features read from the cache)."""
+    plan = plan or scratch("from scratch")
+    lineage: tuple[str, ...]
+    if plan.strategy == "scratch":
+        window, lineage = prepared.train, ()
+    else:
+        if champion is None or champion.train_end is None:
+            raise TrainingError(f"a {plan.strategy} increment needs the champion's training end")
+        window = increment_window(spec, prepared, champion.train_end)
+        lineage = champion.data_versions
+    trainer = make_trainer(spec, plan, champion.model if champion else None)
+    if spec.compute.engine == "dask":
+        from retrain.compute import fit_on_dask
+
+        model, y = fit_on_dask(spec, window, trainer)
+    else:
+        X, y = _xy(spec, FeatureCache(spec.state.features, spec).load(window.partitions))
+        model = trainer.fit(X, y)
+    return Trained(
+        model, window, len(y), label_stats(spec.task, y), plan, (*lineage, window.version), y
+    )
+
+
+def fit_candidate(
+    spec: ModelSpec, prepared: Prepared, plan: TrainingPlan, champion: Champion | None
+) -> Trained:
+    """Fit as planned; with ``stateful.compare_with_scratch`` keep scratch if warm start lost
+    (or could not grow a tree from the increment)."""
+    if plan.strategy == "scratch" or not spec.stateful.compare_with_scratch:
+        return fit(spec, prepared, plan, champion)
+    try:
+        trained = fit(spec, prepared, plan, champion)
+    except NoTreesAddedError as error:
+        reason = "warm start added no trees on the increment: full retrain instead"
+        logger.info("%s (%s)", reason, error)
+        return fit(spec, prepared, scratch(reason), None)
+    rival = fit(spec, prepared, scratch("compared with the warm increment"), None)
+    holdout = FeatureCache(spec.state.features, spec).load(prepared.holdout.partitions)
+    X, y = _xy(spec, holdout)
+    warm_score = score(spec.metric, y, trained.model.predict(X))
+    scratch_score = score(spec.metric, y, rival.model.predict(X))
+    allowed = spec.gate.tolerance * abs(scratch_score)
+    gap = (scratch_score - warm_score) if spec.greater_is_better else (warm_score - scratch_score)
+    if gap > allowed:
+        reason = (
+            f"{plan.strategy} increment lost to scratch on the holdout ({spec.metric} "
+            f"{warm_score:.4f} vs {scratch_score:.4f}): full retrain instead"
+        )
+        logger.info(reason)
+        return replace(rival, plan=scratch(reason))
+    return replace(
+        trained,
+        plan=replace(
+            plan,
+            reason=f"{plan.reason}; beat scratch on the holdout ({warm_score:.4f} vs "
+            f"{scratch_score:.4f})",
+        ),
+    )
+
+
+def evaluate(
+    spec: ModelSpec, trained: Trained, holdout: Window, champion: Champion | None
+) -> Evaluated:
+    """Backtest candidate, champion and baseline on the same holdout."""
+    frame = FeatureCache(spec.state.features, spec).load(holdout.partitions)
+    X, y = _xy(spec, frame)
+    candidate = trained.model.predict(X)
+    champion_pred = champion.model.predict(X) if champion is not None else None
+    bounds, window_ids = split_windows(holdout, spec.gate.backtest_windows, frame[TS])
+    gate = spec.gate
+    result = backtest(
+        window_ids=window_ids,
+        window_bounds=bounds,
+        max_windows_lost=gate.max_windows_lost,
+        slices={col: frame[col].to_numpy() for col in gate.slices},
+        max_slice_degradation=gate.max_slice_degradation if gate.slices else None,
+        min_slice_rows=gate.min_slice_rows,
+        metric=spec.metric,
+        task=spec.task,
+        y_holdout=y,
+        candidate_pred=candidate,
+        y_train=trained.y_train,
+        holdout_start=holdout.start,
+        holdout_end=holdout.end,
+        tolerance=spec.gate.tolerance,
+        champion_pred=champion_pred,
+        champion_version=champion.version if champion else None,
+        champion_train_end=champion.train_end if champion else None,
+        bootstrap_samples=spec.gate.bootstrap_samples,
+        seed=spec.seed,
+    )
+    baseline = baseline_predictions(spec.task, trained.y_train, len(y), spec.metric)
+    return Evaluated(result, frame[TS], y, candidate, baseline, champion_pred)
+
+
+def write_evidence(
+    directory: Path, spec: ModelSpec, prepared: Prepared, trained: Trained, evaluated: Evaluated
+) -> dict[str, Path]:
+    """Plots, tables and row samples of one retrain, written to ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    for name, window in (("train_sample", prepared.train), ("holdout_sample", prepared.holdout)):
+        sample_rows(spec, window).to_csv(directory / f"{name}.csv", index=False)
+        out[name] = directory / f"{name}.csv"
+    out["backtest_plot"] = backtest_plot(
+        directory / "backtest.png",
+        evaluated.result,
+        evaluated.timestamps,
+        evaluated.y,
+        evaluated.candidate,
+        evaluated.baseline,
+        evaluated.champion,
+    )
+    importance = trained.model.feature_importance()
+    importance.to_csv(directory / "feature_importance.csv", index=False)
+    out["feature_importance"] = directory / "feature_importance.csv"
+    out["importance_plot"] = importance_plot(directory / "feature_importance.png", importance)
+    curve = learning_curve_plot(directory / "learning_curve.png", trained.model.evals_result_)
+    if curve is not None:
+        out["learning_curve"] = curve
+    pd.DataFrame(evaluated.result.table()).to_csv(directory / "backtest.csv", index=False)
+    out["backtest_table"] = directory / "backtest.csv"
+    pd.DataFrame(evaluated.result.window_table()).to_csv(
+        directory / "backtest_windows.csv", index=False
+    )
+    out["backtest_windows"] = directory / "backtest_windows.csv"
+    if evaluated.result.slices:
+        pd.DataFrame([asdict(sl) for sl in evaluated.result.slices]).to_csv(
+            directory / "backtest_slices.csv", index=False
+        )
+        out["backtest_slices"] = directory / "backtest_slices.csv"
+    (directory / "backtest.md").write_text(evaluated.result.markdown())
+    out["backtest_report"] = directory / "backtest.md"
+    return out
+
+
+def rebuild(spec: ModelSpec, tags: Mapping[str, str], registered: Any, parent: Any) -> Trained:
+    """Train a registered version again from the feature cache, with its own parameters.
+
+    The training window comes from the version's tags and must have the same data version
+    (same partition fingerprints, same feature spec); the trainer's parameters and seed come
+    from the registered model itself. Equal ``model_string()`` = byte-identical model.
+    """
+    lineage = Lineage(tags)
+    expected, start, end = lineage.data_version, lineage.window_start, lineage.window_end
+    if not (expected and start is not None and end is not None):
+        raise DataError("the version has no retrain.data_version/window tags: cannot rebuild it")
+    cutoff = lineage.holdout_end or end
+    result = ingest(spec, as_of=cutoff)
+    window = make_window("train", start, end, result.partitions, spec.feature_spec_hash())
+    if window.version != expected:
+        raise DataError(
+            f"the data changed since this version was trained: its window now has data version "
+            f"{window.version}, the version was trained on {expected}. Restore the source "
+            "partitions (or the feature spec) to rebuild it."
+        )
+    cache = FeatureCache(spec.state.features, spec)
+    cache.materialize(window.partitions)
+    frame = cache.load(window.partitions)
+    X, y = _xy(spec, frame)
+    strategy = lineage.strategy
+    if strategy != "scratch" and parent is None:
+        raise TrainingError(f"a {strategy} version needs its parent version to rebuild")
+    model = LightGBMTrainer(
+        task=registered.task,
+        params=registered.params,
+        num_boost_round=registered.num_boost_round,
+        categorical=registered.categorical,
+        random_state=registered.random_state,
+        strategy=strategy,
+        init_model=parent if strategy != "scratch" else None,
+        refit_decay_rate=registered.refit_decay_rate,
+        reference_rows=registered.reference_rows,
+    ).fit(X, y)
+    plan = TrainingPlan(strategy, "rebuild", lineage.parent_version, lineage.increments)
+    return Trained(model, window, len(frame), label_stats(spec.task, y), plan, (window.version,), y)
+
+
+def plan(mode: str, spec: ModelSpec, champion: Champion | None) -> TrainingPlan:
+    """Scratch, warm start or refit (the stateful planner, ``stateful.plan_training``)."""
+    return plan_training(
+        mode,
+        spec.stateful,
+        champion.state() if champion else None,
+        spec.features.columns,
+        spec.features.categorical,
+    )
+
+
+class LightGBMFamily:
+    """The gradient-boosting family's steps (see the module's docstring)."""
+
+    name = "lightgbm"
+
+    def metric_name(self, spec: ModelSpec) -> str:
+        return spec.metric
+
+    def plan(self, mode: str, spec: ModelSpec, champion: Champion | None) -> TrainingPlan:
+        return plan(mode, spec, champion)
+
+    def fit(
+        self, spec: ModelSpec, prepared: Prepared, plan: TrainingPlan, champion: Champion | None
+    ) -> Trained:
+        return fit(spec, prepared, plan, champion)
+
+    def fit_candidate(
+        self, spec: ModelSpec, prepared: Prepared, plan: TrainingPlan, champion: Champion | None
+    ) -> Trained:
+        return fit_candidate(spec, prepared, plan, champion)
+
+    def rebuild(
+        self, spec: ModelSpec, tags: Mapping[str, str], registered: Any, parent: Any
+    ) -> Trained:
+        return rebuild(spec, tags, registered, parent)
+
+    def evaluate(
+        self, spec: ModelSpec, trained: Trained, holdout: Window, champion: Champion | None
+    ) -> Evaluated:
+        return evaluate(spec, trained, holdout, champion)
+
+    def write_evidence(
+        self,
+        directory: Path,
+        spec: ModelSpec,
+        prepared: Prepared,
+        trained: Trained,
+        evaluated: Evaluated,
+    ) -> dict[str, Path]:
+        return write_evidence(directory, spec, prepared, trained, evaluated)
+
+    def baseline(self, spec: ModelSpec, frame: pd.DataFrame) -> BaselineModel:
+        _, y = _xy(spec, frame)
+        return BaselineModel(spec.task, spec.metric).fit(pd.DataFrame(), y)
+
+    def signature_sample(
+        self, spec: ModelSpec, prepared: Prepared, trained: Trained
+    ) -> pd.DataFrame:
+        return sample_rows(spec, prepared.holdout, n=5)[list(spec.features.columns)]
+
+    def curves(self, trained: Trained) -> Mapping[str, list[float]]:
+        train = trained.model.evals_result_.get("train", {})
+        return {f"train_{name}": list(values) for name, values in train.items()}
+
+    def predict_params(self, spec: ModelSpec) -> dict[str, Any]:
+        return {}
+
+    def monitored_features(self, spec: ModelSpec) -> list[str]:
+        return list(spec.features.columns)
+
+
+FAMILY: Family = LightGBMFamily()

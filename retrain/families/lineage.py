@@ -1,0 +1,181 @@
+"""Lineage tags: the keys a registered version carries, defined once, read through one accessor.
+
+Every key is a member of :class:`Tag`; the per-metric and per-label keys are built by
+:func:`backtest_key` and :func:`label_key`. :class:`Lineage` reads a version's tags with types
+(timestamps, ints, tuples, ``None`` for "none"), so no caller parses a tag string itself.
+
+>>> lineage = Lineage({Tag.WINDOW_END: "2011-06-01 00:00:00", Tag.PARENT_VERSION: "none"})
+>>> lineage.window_end
+Timestamp('2011-06-01 00:00:00')
+>>> lineage.parent_version is None
+True
+>>> backtest_key("rmse", "candidate")
+'retrain.backtest.rmse.candidate'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Literal
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from retrain.config import ModelSpec
+    from retrain.families.spine import Evaluated, Prepared, Trained
+
+PREFIX = "retrain."
+NONE = "none"
+
+
+class Tag(StrEnum):
+    """Every fixed key of a version's tags (a ``str``: usable wherever a tag key is)."""
+
+    MODE = "retrain.mode"
+    REASON = "retrain.reason"
+    ACTOR = "retrain.actor"
+    FAMILY = "retrain.family"
+    DATA_VERSION = "retrain.data_version"
+    FEATURE_SPEC_HASH = "retrain.feature_spec_hash"
+    WINDOW_START = "retrain.window_start"
+    WINDOW_END = "retrain.window_end"
+    ROWS = "retrain.rows"
+    PARTITIONS = "retrain.partitions"
+    HOLDOUT_START = "retrain.holdout_start"
+    HOLDOUT_END = "retrain.holdout_end"
+    HOLDOUT_DATA_VERSION = "retrain.holdout_data_version"
+    STRATEGY = "retrain.strategy"
+    STRATEGY_REASON = "retrain.strategy_reason"
+    INCREMENTS = "retrain.increments"
+    PARENT_VERSION = "retrain.parent_version"
+    CHAMPION_AT_TRAINING = "retrain.champion_at_training"
+    DATA_VERSIONS = "retrain.data_versions"
+    GATE = "retrain.gate"
+    TRIGGER_CHECK = "retrain.trigger_check"
+    # written by the registry when a promotion is decided
+    APPROVAL = "retrain.approval"
+    APPROVER = "retrain.approver"
+    APPROVAL_COMMENT = "retrain.approval_comment"
+    APPROVAL_AUTOMATIC = "retrain.approval_automatic"
+    DECISION = "retrain.decision"
+    MODEL_NAME = "retrain.model_name"
+
+
+Role = Literal["candidate", "champion", "baseline"]
+
+
+def backtest_key(metric: str, role: Role) -> str:
+    """The tag holding one model's backtest metric, e.g. ``retrain.backtest.rmse.candidate``."""
+    return f"{PREFIX}backtest.{metric}.{role}"
+
+
+def label_key(stat: str) -> str:
+    """The tag holding one statistic of the training labels, e.g. ``retrain.label.mean``."""
+    return f"{PREFIX}label.{stat}"
+
+
+def _timestamp(value: str | None) -> pd.Timestamp | None:
+    return pd.Timestamp(value) if value else None
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """A version's tags, read with types. ``tags`` is any mapping of tag key to string."""
+
+    tags: Mapping[str, str]
+
+    def get(self, key: Tag | str, default: str = "") -> str:
+        return self.tags.get(str(key), default)
+
+    @property
+    def mode(self) -> str:
+        return self.get(Tag.MODE)
+
+    @property
+    def data_version(self) -> str | None:
+        return self.get(Tag.DATA_VERSION) or None
+
+    @property
+    def data_versions(self) -> tuple[str, ...]:
+        """Every data version the weights have seen (the older single tag if that is all)."""
+        text = self.get(Tag.DATA_VERSIONS) or self.get(Tag.DATA_VERSION)
+        return tuple(v for v in text.split(",") if v)
+
+    @property
+    def window_start(self) -> pd.Timestamp | None:
+        return _timestamp(self.get(Tag.WINDOW_START))
+
+    @property
+    def window_end(self) -> pd.Timestamp | None:
+        return _timestamp(self.get(Tag.WINDOW_END))
+
+    @property
+    def holdout_end(self) -> pd.Timestamp | None:
+        return _timestamp(self.get(Tag.HOLDOUT_END))
+
+    @property
+    def strategy(self) -> str:
+        return self.get(Tag.STRATEGY, "scratch")
+
+    @property
+    def increments(self) -> int:
+        return int(self.get(Tag.INCREMENTS, "0") or 0)
+
+    @property
+    def parent_version(self) -> str | None:
+        value = self.get(Tag.PARENT_VERSION, NONE)
+        return None if value in ("", NONE) else value
+
+    @property
+    def gate(self) -> str:
+        return self.get(Tag.GATE)
+
+    def backtest(self, metric: str, role: Role = "candidate") -> float | None:
+        value = self.get(backtest_key(metric, role))
+        return float(value) if value else None
+
+
+def lineage_tags(
+    spec: ModelSpec,
+    mode: str,
+    reason: str,
+    trained: Trained,
+    prepared: Prepared,
+    evaluated: Evaluated,
+    champion_version: str | None,
+    actor: str,
+) -> dict[str, str]:
+    """Tags of a new model version: enough to say, months later, which data, who, why."""
+    r = evaluated.result
+    tags = {
+        Tag.MODE: mode,
+        Tag.REASON: reason,
+        Tag.ACTOR: actor,
+        Tag.FAMILY: spec.family,
+        Tag.DATA_VERSION: trained.window.version,
+        Tag.FEATURE_SPEC_HASH: prepared.spec_hash[:16],
+        Tag.WINDOW_START: str(trained.window.start),
+        Tag.WINDOW_END: str(trained.window.end),
+        Tag.ROWS: str(trained.rows),
+        Tag.PARTITIONS: str(len(trained.window.partitions)),
+        Tag.HOLDOUT_START: str(prepared.holdout.start),
+        Tag.HOLDOUT_END: str(prepared.holdout.end),
+        Tag.HOLDOUT_DATA_VERSION: prepared.holdout.version,
+        Tag.STRATEGY: trained.plan.strategy,
+        Tag.STRATEGY_REASON: trained.plan.reason,
+        Tag.INCREMENTS: str(trained.plan.increments),
+        Tag.PARENT_VERSION: trained.plan.parent_version or NONE,
+        Tag.CHAMPION_AT_TRAINING: champion_version or NONE,
+        Tag.DATA_VERSIONS: ",".join(trained.data_versions),
+        Tag.GATE: "passed" if r.passed else "failed",
+        backtest_key(r.metric, "candidate"): f"{r.candidate:.6g}",
+        backtest_key(r.metric, "baseline"): f"{r.baseline:.6g}",
+    }
+    out = {str(k): v for k, v in tags.items()}
+    for key, value in trained.label_stats.items():
+        out[label_key(key)] = f"{value:.6g}"
+    if r.champion is not None:
+        out[backtest_key(r.metric, "champion")] = f"{r.champion:.6g}"
+    return out

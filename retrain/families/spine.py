@@ -1,0 +1,178 @@
+"""The shared spine of every family's retrain: prepare, windows, the champion, what comes out.
+
+prepare (ingest + feature cache + windows) -> the family's fit -> the family's evaluate. Every
+family (``retrain.families.lightgbm``, ``retrain.families.als``, ...) takes and returns these
+types, so the flows and the simulator call any family the same way. Nothing here knows about
+Prefect or MLflow: the champion is handed in as a fitted trainer, and what comes out is data and
+frozen decisions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from retrain.backtest import BacktestResult
+from retrain.config import ModelSpec
+from retrain.errors import DataError, EmptyWindowError
+from retrain.families.lineage import Lineage
+from retrain.features import (
+    FeatureCache,
+    MaterializeResult,
+    Window,
+    data_version,
+    plan_windows,
+)
+from retrain.ingest import TS, IngestResult, ingest
+from retrain.ledger import Ledger
+from retrain.stateful import ChampionState, TrainingPlan
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The data side of a retrain: what was ingested, cached, and the two windows."""
+
+    ingest: IngestResult
+    cache: MaterializeResult
+    train: Window
+    holdout: Window
+    spec_hash: str
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The model in production, as loaded from the registry."""
+
+    version: str
+    model: Any
+    train_end: pd.Timestamp | None
+    data_versions: tuple[str, ...]
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def registered(cls, version: str, model: Any, tags: Mapping[str, str]) -> Champion:
+        """The champion as the registry holds it: its training end and lineage from its tags."""
+        lineage = Lineage(tags)
+        return cls(version, model, lineage.window_end, lineage.data_versions, dict(tags))
+
+    @property
+    def lineage(self) -> Lineage:
+        return Lineage(self.tags)
+
+    def state(self) -> ChampionState:
+        return ChampionState(
+            version=self.version,
+            increments=int(getattr(self.model, "increments_", 0)),
+            train_end=self.train_end,
+            feature_names=tuple(getattr(self.model, "feature_names_", ())),
+            categorical=tuple(getattr(self.model, "categories_", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Trained:
+    model: Any  # the family's trainer (retrain.families.lightgbm, .als, ...)
+    window: Window
+    rows: int
+    label_stats: dict[str, float]
+    plan: TrainingPlan
+    # every data version the model's weights have seen: the lineage's, then this window's
+    data_versions: tuple[str, ...]
+    y_train: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    result: BacktestResult
+    timestamps: pd.Series = field(repr=False)
+    y: np.ndarray = field(repr=False)
+    candidate: np.ndarray = field(repr=False)
+    baseline: np.ndarray = field(repr=False)
+    champion: np.ndarray | None = field(repr=False, default=None)
+
+
+def parse_as_of(value: str | pd.Timestamp | None) -> pd.Timestamp | None:
+    if value is None or value == "":
+        return None
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise DataError(
+            f"--as-of {value!r} is not a date or timestamp; write it like 2011-06-01"
+        ) from None
+    if ts.tzinfo is not None:
+        ts = ts.tz_convert("UTC").tz_localize(None)
+    return ts
+
+
+def prepare(
+    spec: ModelSpec, as_of: pd.Timestamp | None = None, ledger: Ledger | None = None
+) -> Prepared:
+    """Ingest the source, record the manifest, fill the feature cache, plan the windows."""
+    result = ingest(spec, as_of=as_of)
+    if ledger is not None:
+        rows: list[tuple[str, str, int, str, str | None]] = [
+            (p.key, p.fingerprint, p.rows, "ok", p.note) for p in result.partitions
+        ]
+        rows += [(q.key, "-", q.rows, "quarantined", q.reason) for q in result.quarantined]
+        ledger.record_partitions(spec.name, rows)
+    train, holdout = plan_windows(result.partitions, spec, as_of=as_of)
+    cache = FeatureCache(spec.state.features, spec)
+    materialized = cache.materialize(train.partitions + holdout.partitions)
+    return Prepared(result, materialized, train, holdout, cache.spec_hash)
+
+
+def increment_window(spec: ModelSpec, prepared: Prepared, since: pd.Timestamp) -> Window:
+    """The partitions the champion was not trained on, up to the holdout.
+
+    The champion's window held only the partitions that END at or before ``since`` (its
+    training end): a partition straddling ``since`` (a holdout that started inside it) was left
+    out whole, so it belongs to the increment, whole; otherwise no retrain of the lineage would
+    ever read it.
+    """
+    if since >= prepared.holdout.start:
+        raise EmptyWindowError(
+            f"no new data since the champion's training end ({since}): the holdout starts at "
+            f"{prepared.holdout.start}. Nothing to warm-start on; wait for new partitions."
+        )
+    end = prepared.holdout.start
+    inside = tuple(p for p in prepared.ingest.partitions if since < p.end <= end)
+    if not inside:
+        raise EmptyWindowError(
+            f"no complete partition arrived between the champion's training end ({since}) and "
+            f"the holdout's start ({end}). Nothing to warm-start on; wait for new partitions "
+            "or move --as-of."
+        )
+    window = Window(
+        "increment",
+        min(since, inside[0].start),
+        end,
+        inside,
+        data_version(prepared.spec_hash, inside),
+    )
+    FeatureCache(spec.state.features, spec).materialize(window.partitions)
+    return window
+
+
+def split_windows(
+    holdout: Window, k: int, timestamps: pd.Series
+) -> tuple[list[tuple[pd.Timestamp, pd.Timestamp]], np.ndarray]:
+    """K consecutive windows of equal length over the holdout, and each row's window index."""
+    span = (holdout.end - holdout.start) / k
+    bounds = [(holdout.start + i * span, holdout.start + (i + 1) * span) for i in range(k)]
+    offsets = (pd.to_datetime(timestamps) - holdout.start) / span
+    ids = np.clip(np.floor(offsets.to_numpy(dtype="float64")).astype(int), 0, k - 1)
+    return bounds, ids
+
+
+def sample_rows(spec: ModelSpec, window: Window, n: int = 50) -> pd.DataFrame:
+    """A small, seeded sample of a window's model-ready rows (features and label)."""
+    frame = FeatureCache(spec.state.features, spec).load(window.partitions)
+    return frame.sample(min(n, len(frame)), random_state=spec.seed).sort_values(TS)
