@@ -126,7 +126,13 @@ def test_two_workers_run_a_fleets_retrains_concurrently_one_run_per_model(
                 for i in range(MODELS)
             ]
             assert {d.work_pool_name for d in deployments} == {POOL}
-            assert all(d.concurrency_limit == 1 for d in deployments)
+            limits = [d.global_concurrency_limit for d in deployments]
+            assert all(limit is not None and limit.limit == 1 for limit in limits)
+            assert all(
+                d.concurrency_options is not None
+                and d.concurrency_options.collision_strategy == "CANCEL_NEW"
+                for d in deployments
+            )
             ids = [d.id for d in deployments]
             # the night's runs of every model, plus a second run of model 0 at the same time
             for deployment_id in [*ids, ids[0]]:
