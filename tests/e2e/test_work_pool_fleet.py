@@ -96,7 +96,7 @@ def test_two_workers_run_a_fleets_retrains_concurrently_one_run_per_model(
     env = {**pg_server.env(), "PYTHONPATH": str(ROOT)}
     deploy = subprocess.run(
         [sys.executable, str(ROOT / "deploy" / "serve.py"), *map(str, specs), "--work-pool", POOL],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
     assert deploy.stdout.count(f"on work pool {POOL}") == MODELS
