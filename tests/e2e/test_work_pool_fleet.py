@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import yaml
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import StateType
 
 from tests.conftest import spec_dict
@@ -135,12 +135,15 @@ def test_two_workers_run_a_fleets_retrains_concurrently_one_run_per_model(
             )
             ids = [d.id for d in deployments]
             # the night's runs of every model, plus a second run of model 0 at the same time
-            for deployment_id in [*ids, ids[0]]:
-                client.create_flow_run_from_deployment(deployment_id)
+            # (only these runs are watched: the cron schedules also create future runs)
+            created = [
+                client.create_flow_run_from_deployment(deployment_id).id
+                for deployment_id in [*ids, ids[0]]
+            ]
             deadline = time.monotonic() + 900
             while True:
                 runs = client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=ids))
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=created))
                 )
                 if all(r.state_type in {StateType.COMPLETED, StateType.CANCELLED} for r in runs):
                     break
