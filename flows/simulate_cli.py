@@ -17,6 +17,8 @@ from rich.table import Table
 
 from flows.settings import resolve_spec
 from retrain.errors import RetrainError
+from retrain.oracle_losses import OracleResult, build_loss_matrix, oracle_of
+from retrain.oracle_report import write_oracle
 from retrain.simulate import ProgressCallback, Simulation, load_replay, parse_policies, simulate
 from retrain.simulate_report import write_report
 
@@ -75,6 +77,26 @@ def _summary_table(title: str, rows: list[dict[str, Any]], recommended: str) -> 
     return table
 
 
+def _oracle_table(result: OracleResult) -> Table:
+    best = result.schedules[-1]
+    table = Table(
+        title=f"hindsight oracle: never {result.never:.4g}, best {result.best:.4g} "
+        f"({len(best.retrains) - 1} retrains, {best.compute:.3g} CPU s)"
+    )
+    for col in ("policy", "share of oracle gain", "CPU s", "oracle CPU s at equal quality",
+                "compute share"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for c in result.captures:
+        table.add_row(
+            c.policy,
+            f"{c.gain_share:.0%}",
+            f"{c.compute:.3g}",
+            "-" if c.oracle_compute is None else f"{c.oracle_compute:.3g}",
+            "-" if c.compute_share is None else f"{c.compute_share:.2f}x",
+        )
+    return table
+
+
 def _simulate(
     spec: Path | None,
     policies: str | None,
@@ -84,7 +106,8 @@ def _simulate(
     end: str | None,
     jobs: int,
     progress: ProgressCallback,
-) -> Simulation:
+    oracle_every: int | None = None,
+) -> tuple[Simulation, OracleResult | None]:
     overrides = parse_sets(sets or [])
     if state_dir is not None:
         overrides["state.dir"] = str(state_dir)
@@ -111,7 +134,11 @@ def _simulate(
             f"{model_spec.metric}@{als.k} over the users active in the partition, on the items "
             "they had not rated before; overall = weighted by users"
         )
-    return simulate(model_spec, chosen, data, progress=progress, notes=notes, jobs=jobs)
+    simulation = simulate(model_spec, chosen, data, progress=progress, notes=notes, jobs=jobs)
+    if oracle_every is None:
+        return simulation, None
+    matrix = build_loss_matrix(model_spec, data, every=oracle_every, progress=progress)
+    return simulation, oracle_of(matrix, simulation)
 
 
 def simulate_command(
@@ -150,6 +177,18 @@ def simulate_command(
     ] = None,
     end: Annotated[str | None, typer.Option(help="Replay the data before this date.")] = None,
     jobs: Annotated[int, typer.Option(help="Policies replayed in parallel processes.")] = 1,
+    oracle: Annotated[
+        bool,
+        typer.Option(
+            "--oracle",
+            help="Also compute the hindsight oracle (the best scratch schedule at every price "
+            "of compute) and each policy's share of its gain over never.",
+        ),
+    ] = False,
+    oracle_every: Annotated[
+        int,
+        typer.Option(help="The oracle may retrain every N-th partition (1: any partition)."),
+    ] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Replay the history under several retraining policies and recommend one."""
@@ -177,8 +216,12 @@ def simulate_command(
                     tasks[name] = bar.add_task(name, total=total)
                 bar.update(tasks[name], completed=done, total=total)
 
-            simulation = _simulate(spec, policies, state_dir, sets, start, end, jobs, report)
-        result = write_report(simulation, out, tolerance)
+            simulation, hindsight = _simulate(
+                spec, policies, state_dir, sets, start, end, jobs, report,
+                oracle_every if oracle else None,
+            )  # fmt: skip
+        sections = [write_oracle(out, simulation, hindsight).section] if hindsight else []
+        result = write_report(simulation, out, tolerance, sections)
     except RetrainError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(code=2) from None
@@ -193,5 +236,7 @@ def simulate_command(
         f"feature cache: {simulation.features_computed} computed, "
         f"{simulation.features_cached} cached"
     )
+    if hindsight is not None:
+        console.print(_oracle_table(hindsight))
     console.print(f"[bold]recommendation:[/] {result.recommendation.reason}")
     console.print(f"report: {result.html}")

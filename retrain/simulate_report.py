@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,8 +106,11 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_report(simulation: Simulation, out: Path, tolerance: float) -> Report:
-    """Charts, tables and the recommendation of a simulation, written under ``out``."""
+def write_report(
+    simulation: Simulation, out: Path, tolerance: float, sections: Sequence[str] = ()
+) -> Report:
+    """Charts, tables and the recommendation of a simulation, written under ``out``;
+    ``sections`` are extra HTML blocks (e.g. the oracle's) placed before the notes."""
     out.mkdir(parents=True, exist_ok=True)
     table = summary_frame(simulation)
     choice = choose_policy(candidates_of(simulation), tolerance, simulation.greater_is_better)
@@ -154,6 +158,7 @@ Pareto front (cheapest first):
 {_table_html(table, choice.policy)}
 <h2>Metric over time</h2><img src="{metric_png.name}" width="100%">
 <h2>Quality vs compute</h2><img src="{pareto_png.name}">
+{"".join(sections)}
 <h2>Notes</h2><ul>
 <li>Feature cache: {simulation.features_computed} partition(s) computed,
 {simulation.features_cached} read from the cache.</li>
