@@ -448,7 +448,7 @@ def make_registry(spec: ModelSpec, ledger: Ledger) -> ModelRegistry:
         tracking_uri=spec.state.tracking,
         model_name=spec.name,
         ledger=ledger,
-        artifact_root=spec.state.artifacts if spec.state.tracking_uri is None else None,
+        artifact_root=spec.state.artifact_destination,
     )
 
 

@@ -447,10 +447,58 @@ class LiveSpec(_Strict):
         return pd.Timedelta(self.label_delay)
 
 
+class ComputeSpec(_Strict):
+    """Where training runs: in the retrain process, or on a Dask cluster (``lightgbm.dask``)."""
+
+    engine: Literal["local", "dask"] = "local"
+    # tcp://host:8786 of a running `dask scheduler`; unset: a LocalCluster of `workers`
+    # processes for each fit (to try the Dask path on one machine)
+    scheduler: str | None = None
+    workers: int = Field(default=2, ge=1)
+
+    @field_validator("scheduler")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError(
+                "must be a scheduler address such as tcp://127.0.0.1:8786 (what `dask "
+                "scheduler` prints), or unset for a LocalCluster"
+            )
+        return value
+
+
 class StateSpec(_Strict):
     dir: Path = Path(".retrain")
     ledger_url: str | None = None
     tracking_uri: str | None = None
+    # Shared state on object storage (any fsspec URL, e.g. s3://bucket/prefix): the feature
+    # cache, and the artifact destination of the MLflow experiments retrain creates.
+    cache_url: str | None = None
+    artifact_url: str | None = None
+    # fsspec storage options of cache_url (e.g. {endpoint_url = "http://127.0.0.1:8333"});
+    # credentials come from the engine's own environment (AWS_* variables), never the spec.
+    cache_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("cache_url", "artifact_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError(
+                "must be a URL with a scheme (s3://bucket/prefix, file:///abs/path); leave it "
+                "unset to keep the state under state.dir"
+            )
+        return value.rstrip("/") if value is not None else None
+
+    @field_validator("cache_options")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        secret = sorted(k for k in value if k in {"key", "secret", "token", "password"})
+        if secret:
+            raise ValueError(
+                f"holds credentials {secret}: put them in the environment the storage engine "
+                "reads (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for s3://), not in the spec"
+            )
+        return value
 
     @property
     def ledger(self) -> str:
@@ -465,8 +513,17 @@ class StateSpec(_Strict):
         return (self.dir / "mlartifacts").resolve()
 
     @property
-    def features(self) -> Path:
-        return (self.dir / "features").resolve()
+    def features(self) -> Path | str:
+        """Where the feature cache lives: ``cache_url`` if set, else ``<dir>/features``."""
+        return self.cache_url or (self.dir / "features").resolve()
+
+    @property
+    def artifact_destination(self) -> Path | str | None:
+        """Artifact location of new experiments: ``artifact_url``, else ``<dir>/mlartifacts``
+        with the embedded (file) tracking store, else the tracking server's own default."""
+        if self.artifact_url is not None:
+            return self.artifact_url
+        return self.artifacts if self.tracking_uri is None else None
 
 
 class ModelSpec(_Strict):
@@ -492,6 +549,7 @@ class ModelSpec(_Strict):
     schedule: ScheduleSpec = ScheduleSpec()
     live: LiveSpec = LiveSpec()
     state: StateSpec = StateSpec()
+    compute: ComputeSpec = ComputeSpec()
 
     @model_validator(mode="before")
     @classmethod
@@ -552,6 +610,11 @@ class ModelSpec(_Strict):
                 )
             if self.gate.slices:
                 raise ValueError("gate.slices is for tabular models: remove it from an ALS spec")
+            if self.compute.engine != "local":
+                raise ValueError(
+                    "compute.engine = 'dask' trains LightGBM (lightgbm.dask); an ALS spec "
+                    "recomputes on one node: remove [compute] or set engine = 'local'"
+                )
             return self
         if self.interactions is not None:
             raise ValueError(

@@ -94,11 +94,16 @@ def fit(
             raise TrainingError(f"a {plan.strategy} increment needs the champion's training end")
         window = increment_window(spec, prepared, champion.train_end)
         lineage = champion.data_versions
-    frame = FeatureCache(spec.state.features, spec).load(window.partitions)
-    X, y = _xy(spec, frame)
-    model = make_trainer(spec, plan, champion.model if champion else None).fit(X, y)
+    trainer = make_trainer(spec, plan, champion.model if champion else None)
+    if spec.compute.engine == "dask":
+        from retrain.compute import fit_on_dask
+
+        model, y = fit_on_dask(spec, window, trainer)
+    else:
+        X, y = _xy(spec, FeatureCache(spec.state.features, spec).load(window.partitions))
+        model = trainer.fit(X, y)
     return Trained(
-        model, window, len(frame), label_stats(spec.task, y), plan, (*lineage, window.version), y
+        model, window, len(y), label_stats(spec.task, y), plan, (*lineage, window.version), y
     )
 
 
