@@ -481,7 +481,7 @@ def make_registry(spec: ModelSpec, ledger: Ledger) -> ModelRegistry:
         tracking_uri=spec.state.tracking,
         model_name=spec.name,
         ledger=ledger,
-        artifact_root=spec.state.artifacts if spec.state.tracking_uri is None else None,
+        artifact_root=spec.state.artifact_destination,
     )
 
 
@@ -583,6 +583,21 @@ def _retrain(
         )
         ledger.update_run(run_id, model_version=version, metrics=evaluated.result.to_dict())
         result = evaluated.result
+        if result.passed and spec.live.required != "none":
+            # backtest gate -> challenger -> live test -> champion: the online evaluation
+            # (flows/live_flow.py) decides, with the same invariant, approval and audit
+            why = f"backtest gate passed; awaiting the live {spec.live.required} test"
+            ledger.finish_run(run_id, "live", promoted=False, error=why)
+            return {
+                "status": "live",
+                "model": spec.name,
+                "mode": mode,
+                "run_id": run_id,
+                "version": version,
+                "gate_passed": True,
+                "promoted": False,
+                "decision": why,
+            }
         if needs_operator(result.passed, spec.gate.require_approval, auto_approve):
             approval: Approval | None = wait_for_approval(spec, ledger, run_id, version, evaluated)
         elif result.passed:

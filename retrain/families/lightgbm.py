@@ -97,18 +97,26 @@ def fit(
             raise TrainingError(f"a {plan.strategy} increment needs the champion's training end")
         window = increment_window(spec, prepared, champion.train_end)
         lineage = champion.data_versions
-    frame = FeatureCache(spec.state.features, spec).load(window.partitions)
-    X, y = _xy(spec, frame)
-    model = make_trainer(spec, plan, champion.model if champion else None).fit(X, y)
+    trainer = make_trainer(spec, plan, champion.model if champion else None)
+    end: pd.Timestamp | None = None  # the dask path does not collect the rows: window end
+    if spec.compute.engine == "dask":
+        from retrain.compute import fit_on_dask
+
+        model, y = fit_on_dask(spec, window, trainer)
+    else:
+        frame = FeatureCache(spec.state.features, spec).load(window.partitions)
+        X, y = _xy(spec, frame)
+        model = trainer.fit(X, y)
+        end = last_row(frame[TS])
     return Trained(
         model,
         window,
-        len(frame),
+        len(y),
         label_stats(spec.task, y),
         plan,
         (*lineage, window.version),
         y,
-        last_row(frame[TS]),
+        end,
     )
 
 
