@@ -16,8 +16,8 @@ demo: install
 	$(BIN)/retrain demo
 
 lint: install
-	$(BIN)/ruff check retrain registry flows tests bench
-	$(BIN)/ruff format --check retrain registry flows tests bench
+	$(BIN)/ruff check retrain registry flows gateway deploy tests bench
+	$(BIN)/ruff format --check retrain registry flows gateway deploy tests bench
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.gateway_cli import gateway_command
 from flows.settings import resolve_spec
 from flows.simulate_cli import simulate_command
 from retrain.config import ModelSpec
@@ -296,6 +297,8 @@ def status(
 ) -> None:
     """Aliases, versions and the last retrain runs of a model (the demo model by default)."""
     from registry import ModelRegistry
+    from retrain.freshness import data_age, data_end, format_age
+    from retrain.ingest import utc_now
 
     model_spec = _load(spec, state_dir)
     ledger = Ledger(model_spec.state.ledger)
@@ -311,6 +314,7 @@ def status(
         "mode",
         "data version",
         "window",
+        "data end",
         "rows",
         "gate",
         "approval",
@@ -325,12 +329,22 @@ def status(
             t.mode,
             t.get(Tag.DATA_VERSION),
             f"{t.get(Tag.WINDOW_START)[:10]} .. {t.get(Tag.WINDOW_END)[:10]}",
+            str(data_end(v.tags) or "")[:16],
             t.get(Tag.ROWS),
             t.gate,
             t.get(Tag.APPROVAL, "pending"),
             t.get(Tag.PARENT_VERSION),
         )
     console.print(versions)
+    champion_version = aliases.get("champion")
+    if champion_version is not None:
+        tags = next((v.tags for v in registry.versions() if v.version == champion_version), {})
+        end = data_end(tags)
+        now = utc_now()
+        console.print(
+            f"champion v{champion_version}: data age {format_age(data_age(now, end))} "
+            f"(now {now:%Y-%m-%d %H:%M} UTC minus its last training row {end})"
+        )
     runs = Table(title=f"{model_spec.name}: last retrain runs (ledger)")
     for col in ("run", "mode", "status", "version", "data version", "actor", "started", "note"):
         runs.add_column(col)
@@ -647,6 +661,7 @@ def recommend(
 
 # `retrain simulate` lives in its own module (issue #7); registered here.
 app.command("simulate")(simulate_command)
+app.command("gateway")(gateway_command)
 
 
 if __name__ == "__main__":

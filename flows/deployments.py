@@ -34,6 +34,7 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron, Interval, Schedule
 from prefect.settings import get_current_settings
+from prefect.types.entrypoint import EntrypointType
 
 from flows.monitor_flow import RETRAIN_EVENT, model_resource, monitor_flow
 from flows.retrain_flow import retrain_flow
@@ -88,8 +89,40 @@ def cron_schedule(spec: ModelSpec) -> Schedule:
         ) from None
 
 
+# What a worker-started run gets, as `retrain` sets for itself (flows/cli.py EMBEDDED_ENV): see
+# deploy/prefect.yaml, which carries the same variables.
+WORKER_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "retrain,registry",
+}
+
+
+def pool_options(work_pool: str | None, working_dir: str | Path | None = None) -> dict[str, Any]:
+    """``to_deployment`` options that put a deployment on a process work pool.
+
+    The flow is named by module path (``flows.retrain_flow.retrain_flow``), so any worker with
+    retrain installed imports it; no code is copied. Runs start in ``working_dir`` (default:
+    the current directory), where relative spec paths and state directories resolve.
+    """
+    if work_pool is None:
+        return {}
+    return {
+        "work_pool_name": work_pool,
+        "entrypoint_type": EntrypointType.MODULE_PATH,
+        "job_variables": {
+            "working_dir": str(Path(working_dir or Path.cwd()).resolve()),
+            "env": dict(WORKER_ENV),
+        },
+    }
+
+
 def build_deployment(
-    spec_path: str | Path, interval_seconds: float | None = None
+    spec_path: str | Path,
+    interval_seconds: float | None = None,
+    work_pool: str | None = None,
 ) -> RunnerDeployment:
     """The scheduled deployment of one model spec (``interval_seconds`` replaces the cron)."""
     spec = resolve_spec(spec_path)
@@ -121,13 +154,16 @@ def build_deployment(
         concurrency_limit=CONCURRENCY,
         description=description,
         tags=["retrain", f"model:{spec.name}", f"mode:{SCHEDULED_MODE}"],
+        **pool_options(work_pool),
     )
     assert isinstance(deployment, RunnerDeployment)  # to_deployment is sync here
     return deployment
 
 
 def continual_deployments(
-    spec_path: str | Path, monitor_interval_seconds: float | None = None
+    spec_path: str | Path,
+    monitor_interval_seconds: float | None = None,
+    work_pool: str | None = None,
 ) -> list[RunnerDeployment]:
     """The continual mode of one model: a monitor on a short schedule, and a stateful retrain
     triggered by the monitor's ``retrain.model.retrain-requested`` event for this model.
@@ -147,6 +183,7 @@ def continual_deployments(
         concurrency_limit=CONCURRENCY,
         description=f"Signals of {spec.name} every {seconds:g} s; emits {RETRAIN_EVENT}.",
         tags=["retrain", f"model:{spec.name}", "mode:monitor"],
+        **pool_options(work_pool),
     )
     trigger = DeploymentEventTrigger(
         name=f"{spec.name} retrain requested",
@@ -168,6 +205,7 @@ def continual_deployments(
         concurrency_limit=CONCURRENCY,
         description=f"Stateful retrain of {spec.name} when its monitor requests one.",
         tags=["retrain", f"model:{spec.name}", "mode:continual"],
+        **pool_options(work_pool),
     )
     for deployment in (monitor, continual):
         assert isinstance(deployment, RunnerDeployment)
@@ -194,11 +232,13 @@ def check_server() -> str:
 
 
 def build_deployments(
-    spec_paths: Sequence[str | Path], interval_seconds: float | None = None
+    spec_paths: Sequence[str | Path],
+    interval_seconds: float | None = None,
+    work_pool: str | None = None,
 ) -> list[RunnerDeployment]:
     if not spec_paths:
         raise RetrainError("no model spec given: pass at least one --spec FILE")
-    deployments = [build_deployment(path, interval_seconds) for path in spec_paths]
+    deployments = [build_deployment(path, interval_seconds, work_pool) for path in spec_paths]
     seen: dict[str, str | Path] = {}
     for path, deployment in zip(spec_paths, deployments, strict=True):
         if deployment.name in seen:
@@ -228,3 +268,54 @@ def serve_models(
             deployments += continual_deployments(path, monitor_interval_seconds)
     check_server()
     serve(*deployments)
+
+
+def ensure_process_pool(name: str) -> None:
+    """Create the process work pool ``name`` if the server has none of that name."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            pool = client.read_work_pool(name)
+        except ObjectNotFound:
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=name,
+                    type=ProcessWorker.type,
+                    base_job_template=ProcessWorker.get_default_base_job_template(),
+                    description="retrain: every model's deployments; `prefect worker start "
+                    f"--pool {name}` on each machine that runs retrains",
+                )
+            )
+            return
+    if pool.type != ProcessWorker.type:
+        raise RetrainError(
+            f"work pool {name!r} is of type {pool.type!r}, not 'process': pick another "
+            "--work-pool name or delete that pool"
+        )
+
+
+def deploy_models(
+    spec_paths: Sequence[str | Path],
+    work_pool: str,
+    interval_seconds: float | None = None,
+    continual: bool = False,
+    monitor_interval_seconds: float | None = None,
+) -> list[str]:
+    """Register every model's deployments on the process work pool ``work_pool`` and return.
+
+    Unlike :func:`serve_models` nothing runs here: the workers started with `prefect worker
+    start --pool NAME`, on any machine with retrain installed, pick the runs up, several models
+    at once; each deployment keeps its concurrency limit of one. Returns the deployment names.
+    """
+    deployments = build_deployments(spec_paths, interval_seconds, work_pool)
+    if continual:
+        for path in spec_paths:
+            deployments += continual_deployments(path, monitor_interval_seconds, work_pool)
+    check_server()
+    ensure_process_pool(work_pool)
+    for deployment in deployments:
+        deployment.apply(work_pool_name=work_pool)
+    return [deployment.full_name for deployment in deployments]

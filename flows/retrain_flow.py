@@ -35,7 +35,7 @@ from flows.settings import resolve_spec
 from registry import CandidateRecord, ModelRegistry
 from retrain.config import ModelSpec
 from retrain.families import family_of
-from retrain.families.lineage import Tag, lineage_tags
+from retrain.families.lineage import Tag, lineage_tags, refit_tags
 from retrain.families.spine import (
     Champion,
     Evaluated,
@@ -44,6 +44,7 @@ from retrain.families.spine import (
     parse_as_of,
     prepare,
 )
+from retrain.freshness import data_age, data_end, format_age
 from retrain.ledger import Ledger, RunRecord
 from retrain.promotion import (
     Approval,
@@ -144,15 +145,44 @@ def train_candidate(
 
 
 @task(cache_policy=NO_CACHE)
+def refit_candidate(
+    spec: ModelSpec, prepared: Prepared, validated: Trained, champion: Champion | None
+) -> Trained:
+    served = family_of(spec).refit(spec, prepared, validated, champion)
+    get_run_logger().info(
+        "gate.refit: the validated %s recipe refitted on %s to %s (%d rows) is registered",
+        validated.plan.strategy,
+        served.window.start,
+        served.window.end,
+        served.rows,
+    )
+    return served
+
+
+@task(cache_policy=NO_CACHE)
 def backtest_candidate(
     spec: ModelSpec, trained: Trained, prepared: Prepared, champion: Champion | None
 ) -> Evaluated:
     evaluated = family_of(spec).evaluate(spec, trained, prepared.holdout, champion)
     get_run_logger().info("backtest: %s", "; ".join(evaluated.result.reasons))
     result = evaluated.result
+    as_of = prepared.holdout.end
+    freshness = [
+        "",
+        "### Data age",
+        "",
+        f"- candidate: last training row {trained.data_end}, data age "
+        f"{format_age(data_age(as_of, trained.data_end))} at the as-of {as_of}",
+    ]
+    if champion is not None:
+        end = data_end(champion.tags)
+        freshness.append(
+            f"- champion v{champion.version}: last training row {end}, data age "
+            f"{format_age(data_age(as_of, end))}"
+        )
     create_markdown_artifact(
         key=_artifact_key(spec.name, "backtest"),
-        markdown=result.markdown(),
+        markdown=result.markdown() + "\n".join(freshness),
         description=f"backtest verdict for {spec.name}",
     )
     create_table_artifact(
@@ -189,6 +219,7 @@ def register_candidate(
     evaluated: Evaluated,
     champion: Champion | None,
     trigger_check: str | None = None,
+    validated: Trained | None = None,
 ) -> str:
     result = evaluated.result
     workdir = Path(tempfile.mkdtemp(prefix="candidate-", dir=_tmp_root(spec)))
@@ -207,6 +238,8 @@ def register_candidate(
             champion.version if champion else None,
             actor,
         )
+        if validated is not None:
+            tags.update(refit_tags(validated))
         if trigger_check:
             report = spec.state.dir / "reports" / f"drift-check-{trigger_check}.png"
             if report.exists():
@@ -448,7 +481,7 @@ def make_registry(spec: ModelSpec, ledger: Ledger) -> ModelRegistry:
         tracking_uri=spec.state.tracking,
         model_name=spec.name,
         ledger=ledger,
-        artifact_root=spec.state.artifacts if spec.state.tracking_uri is None else None,
+        artifact_root=spec.state.artifact_destination,
     )
 
 
@@ -523,6 +556,17 @@ def _retrain(
             rows=trained.rows,
         )
         evaluated = backtest_candidate(spec, trained, prepared, champion)
+        validated = trained
+        if evaluated.result.passed and spec.gate.refit:
+            # learn up to now: the validated recipe, fitted again through the holdout
+            trained = refit_candidate(spec, prepared, validated, champion)
+            ledger.update_run(
+                run_id,
+                data_version=trained.window.version,
+                train_start=trained.window.start,
+                train_end=trained.window.end,
+                rows=trained.rows,
+            )
         version = register_candidate(
             spec,
             registry,
@@ -535,9 +579,25 @@ def _retrain(
             evaluated,
             champion,
             trigger_check or None,
+            validated=validated if validated is not trained else None,
         )
         ledger.update_run(run_id, model_version=version, metrics=evaluated.result.to_dict())
         result = evaluated.result
+        if result.passed and spec.live.required != "none":
+            # backtest gate -> challenger -> live test -> champion: the online evaluation
+            # (flows/live_flow.py) decides, with the same invariant, approval and audit
+            why = f"backtest gate passed; awaiting the live {spec.live.required} test"
+            ledger.finish_run(run_id, "live", promoted=False, error=why)
+            return {
+                "status": "live",
+                "model": spec.name,
+                "mode": mode,
+                "run_id": run_id,
+                "version": version,
+                "gate_passed": True,
+                "promoted": False,
+                "decision": why,
+            }
         if needs_operator(result.passed, spec.gate.require_approval, auto_approve):
             approval: Approval | None = wait_for_approval(spec, ledger, run_id, version, evaluated)
         elif result.passed:

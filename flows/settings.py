@@ -12,6 +12,9 @@ ENV_OVERRIDES = {
     "RETRAIN_STATE_DIR": "state.dir",
     "RETRAIN_LEDGER_URL": "state.ledger_url",
     "RETRAIN_TRACKING_URI": "state.tracking_uri",
+    # shared state on object storage; s3fs and MLflow read AWS_* and MLFLOW_S3_ENDPOINT_URL
+    "RETRAIN_CACHE_URL": "state.cache_url",
+    "RETRAIN_ARTIFACT_URL": "state.artifact_url",
 }
 
 

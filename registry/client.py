@@ -193,7 +193,7 @@ class ModelRegistry:
         tracking_uri: str,
         model_name: str,
         ledger: Ledger,
-        artifact_root: Path | None = None,
+        artifact_root: Path | str | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.model_name = model_name
@@ -220,9 +220,14 @@ class ModelRegistry:
         if exp is not None:
             return str(exp.experiment_id)
         location = None
-        if self.artifact_root is not None:
-            self.artifact_root.mkdir(parents=True, exist_ok=True)
-            location = self.artifact_root.resolve().as_uri()
+        if isinstance(self.artifact_root, str) and "://" in self.artifact_root:
+            # object storage (s3://bucket/prefix): MLflow's own artifact repository writes there,
+            # configured by its environment (MLFLOW_S3_ENDPOINT_URL, AWS_* credentials)
+            location = f"{self.artifact_root.rstrip('/')}/{self.model_name}"
+        elif self.artifact_root is not None:
+            root = Path(self.artifact_root)
+            root.mkdir(parents=True, exist_ok=True)
+            location = root.resolve().as_uri()
         return str(self.client.create_experiment(self.model_name, artifact_location=location))
 
     def _ensure_registered_model(self) -> None:

@@ -157,6 +157,10 @@ class GateSpec(_Strict):
     # ... and may not get worse than this (relative) on any value with min_slice_rows rows
     max_slice_degradation: float = Field(default=0.1, ge=0.0)
     min_slice_rows: int = Field(default=30, ge=1)
+    # learn up to now: after the gate validated the candidate's recipe on the holdout, the same
+    # recipe is refitted on the data up to the as-of (holdout included) and THAT fit is
+    # registered; the next gate compares the champion on rows after its training end only
+    refit: bool = True
 
     @field_validator("approval_timeout")
     @classmethod
@@ -321,6 +325,9 @@ class MonitorSpec(_Strict):
     max_age: str = "30D"  # age fires when the champion's training end is this old
     min_new_rows: int = Field(default=1000, ge=1)  # volume fires at this many new rows
     min_rows: int = Field(default=200, ge=10)  # no drift/quality verdict on smaller samples
+    # drift tests run on a seeded sample of at most this many rows of each side (the test's
+    # power saturates long before; its cost does not)
+    max_sample_rows: int = Field(default=5000, ge=100)
     alpha: float = Field(default=0.01, gt=0.0, lt=1.0)  # after Holm's correction
     psi_threshold: float = Field(default=0.2, gt=0.0)  # drift also needs this effect size
     min_drifted_features: int = Field(default=1, ge=1)
@@ -360,10 +367,145 @@ class MonitorSpec(_Strict):
         return pd.Timedelta(self.max_age)
 
 
+LIVE_ROUTINGS = ("shadow", "canary", "ab", "interleave", "bandit")
+
+
+class LiveSpec(_Strict):
+    """Live testing on the serving gateway: how champion and challenger share traffic, and what
+    the online evaluation needs to promote the challenger or end its test (see docs/live.md)."""
+
+    # how the gateway routes this model's traffic; "off": the champion answers everything
+    routing: Literal["off", "shadow", "canary", "ab", "interleave", "bandit"] = "off"
+    # a candidate that passed the backtest gate must also pass this live test before it may
+    # become champion ("none": the backtest gate and approval suffice)
+    required: Literal["none", "shadow", "canary", "ab", "interleave", "bandit"] = "none"
+    # share of traffic the challenger answers (canary; ab: the challenger's side of the split)
+    share: float = Field(default=0.05, gt=0.0, lt=1.0)
+    # the request field whose hash makes the assignment sticky ("user": the first user of a
+    # recommend request, or a request's "key"); requests without one hash their request id
+    routing_key: str = "key"
+    # no decision before each arm has this many labelled requests
+    min_samples: int = Field(default=200, ge=10)
+    # shadow / canary / interleave: a test that has this many per arm and is still undecided ends
+    # without promotion (no evidence of improvement)
+    max_samples: int = Field(default=20_000, ge=10)
+    # feedback for a request is complete this long after it was answered
+    label_delay: str = "0h"
+    alpha: float = Field(default=0.05, gt=0.0, lt=0.5)
+    power: float = Field(default=0.8, gt=0.5, lt=1.0)
+    # ab: the smallest relative improvement of the online metric worth detecting
+    mde: float = Field(default=0.05, gt=0.0, lt=1.0)
+    # ab: stop as soon as the always-valid (mSPRT) p-value says so; false: a fixed-horizon test
+    # read only once the sample size computed up front is reached
+    sequential: bool = False
+    # canary guardrails: any one breached ends the canary and rolls the challenger back
+    max_error_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    max_latency_ms: float = Field(default=500.0, gt=0.0)  # the challenger's p99
+    max_degradation: float = Field(default=0.1, ge=0.0)  # relative, of the online metric
+    # bandit: the least share of traffic every arm keeps
+    floor: float = Field(default=0.05, ge=0.0, le=0.5)
+    # the gateway re-reads aliases (and bandit shares) this often
+    poll: str = "10s"
+    # log the input rows with every prediction (needed for labelled rows to become training
+    # data); false: only their fingerprint
+    log_inputs: bool = True
+    # the online evaluation writes the labelled answers here as parquet partitions (one per hour
+    # of answers) that a spec's source can read: served -> labelled -> retrained
+    labelled_dir: Path | None = None
+    # the online evaluation flow's schedule (served by `retrain serve`)
+    evaluate_every: str = "15min"
+
+    @field_validator("label_delay")
+    @classmethod
+    def _delay(cls, value: str) -> str:
+        try:
+            if pd.Timedelta(value) < pd.Timedelta(0):
+                raise ValueError("live.label_delay cannot be negative")
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{value!r} is not a duration like '1h' ({exc})") from exc
+        return value
+
+    @field_validator("poll", "evaluate_every")
+    @classmethod
+    def _positive(cls, value: str, info: Any) -> str:
+        _duration(value, f"live.{info.field_name}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LiveSpec:
+        if self.required != "none" and self.routing != self.required:
+            raise ValueError(
+                f"live.required = {self.required!r} needs live.routing = {self.required!r} (the "
+                f"gateway must run the test the promotion waits for), got {self.routing!r}"
+            )
+        if self.max_samples < self.min_samples:
+            raise ValueError(
+                f"live.max_samples ({self.max_samples}) is smaller than live.min_samples "
+                f"({self.min_samples}): raise max_samples"
+            )
+        return self
+
+    @property
+    def poll_seconds(self) -> float:
+        return float(pd.Timedelta(self.poll).total_seconds())
+
+    @property
+    def label_delay_delta(self) -> pd.Timedelta:
+        return pd.Timedelta(self.label_delay)
+
+
+class ComputeSpec(_Strict):
+    """Where training runs: in the retrain process, or on a Dask cluster (``lightgbm.dask``)."""
+
+    engine: Literal["local", "dask"] = "local"
+    # tcp://host:8786 of a running `dask scheduler`; unset: a LocalCluster of `workers`
+    # processes for each fit (to try the Dask path on one machine)
+    scheduler: str | None = None
+    workers: int = Field(default=2, ge=1)
+
+    @field_validator("scheduler")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError(
+                "must be a scheduler address such as tcp://127.0.0.1:8786 (what `dask "
+                "scheduler` prints), or unset for a LocalCluster"
+            )
+        return value
+
+
 class StateSpec(_Strict):
     dir: Path = Path(".retrain")
     ledger_url: str | None = None
     tracking_uri: str | None = None
+    # Shared state on object storage (any fsspec URL, e.g. s3://bucket/prefix): the feature
+    # cache, and the artifact destination of the MLflow experiments retrain creates.
+    cache_url: str | None = None
+    artifact_url: str | None = None
+    # fsspec storage options of cache_url (e.g. {endpoint_url = "http://127.0.0.1:8333"});
+    # credentials come from the engine's own environment (AWS_* variables), never the spec.
+    cache_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("cache_url", "artifact_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError(
+                "must be a URL with a scheme (s3://bucket/prefix, file:///abs/path); leave it "
+                "unset to keep the state under state.dir"
+            )
+        return value.rstrip("/") if value is not None else None
+
+    @field_validator("cache_options")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        secret = sorted(k for k in value if k in {"key", "secret", "token", "password"})
+        if secret:
+            raise ValueError(
+                f"holds credentials {secret}: put them in the environment the storage engine "
+                "reads (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for s3://), not in the spec"
+            )
+        return value
 
     @property
     def ledger(self) -> str:
@@ -378,8 +520,17 @@ class StateSpec(_Strict):
         return (self.dir / "mlartifacts").resolve()
 
     @property
-    def features(self) -> Path:
-        return (self.dir / "features").resolve()
+    def features(self) -> Path | str:
+        """Where the feature cache lives: ``cache_url`` if set, else ``<dir>/features``."""
+        return self.cache_url or (self.dir / "features").resolve()
+
+    @property
+    def artifact_destination(self) -> Path | str | None:
+        """Artifact location of new experiments: ``artifact_url``, else ``<dir>/mlartifacts``
+        with the embedded (file) tracking store, else the tracking server's own default."""
+        if self.artifact_url is not None:
+            return self.artifact_url
+        return self.artifacts if self.tracking_uri is None else None
 
 
 class ModelSpec(_Strict):
@@ -403,7 +554,9 @@ class ModelSpec(_Strict):
     stateful: StatefulSpec = StatefulSpec()
     monitor: MonitorSpec = MonitorSpec()
     schedule: ScheduleSpec = ScheduleSpec()
+    live: LiveSpec = LiveSpec()
     state: StateSpec = StateSpec()
+    compute: ComputeSpec = ComputeSpec()
 
     @model_validator(mode="before")
     @classmethod
@@ -451,6 +604,11 @@ class ModelSpec(_Strict):
                 f"set monitor.max_age to at least {_days(holdout * 2)}, or drop 'age' from "
                 "monitor.any / monitor.all"
             )
+        if self.family != "als" and self.live.routing == "interleave":
+            raise ValueError(
+                "live.routing = 'interleave' mixes two ranked lists: it is for family = 'als'; "
+                "use 'ab' or 'canary' for a tabular model"
+            )
         if self.family == "als":
             if self.metric not in RANKING_METRICS:
                 raise ValueError(
@@ -459,6 +617,11 @@ class ModelSpec(_Strict):
                 )
             if self.gate.slices:
                 raise ValueError("gate.slices is for tabular models: remove it from an ALS spec")
+            if self.compute.engine != "local":
+                raise ValueError(
+                    "compute.engine = 'dask' trains LightGBM (lightgbm.dask); an ALS spec "
+                    "recomputes on one node: remove [compute] or set engine = 'local'"
+                )
             return self
         if self.interactions is not None:
             raise ValueError(
@@ -559,6 +722,9 @@ def parse_spec(data: dict[str, Any], base_dir: Path | None = None, origin: str =
         if spec.source.path is not None and not spec.source.path.is_absolute():
             source = spec.source.model_copy(update={"path": (base_dir / spec.source.path)})
             updates["source"] = source
+        labelled = spec.live.labelled_dir
+        if labelled is not None and not labelled.is_absolute():
+            updates["live"] = spec.live.model_copy(update={"labelled_dir": base_dir / labelled})
         if updates:
             spec = spec.model_copy(update=updates)
     return spec

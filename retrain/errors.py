@@ -23,6 +23,10 @@ class EmptyWindowError(DataError):
     """A training or holdout window holds no usable rows."""
 
 
+class CacheError(RetrainError):
+    """The feature cache cannot be read or written where it is configured."""
+
+
 class LedgerError(RetrainError):
     """The ledger database is unusable (not migrated, unreachable, inconsistent)."""
 
@@ -57,3 +61,7 @@ class LookAheadError(RetrainError):
 
 class SimulationError(RetrainError):
     """A retraining-policy simulation cannot run as configured."""
+
+
+class LiveError(RetrainError):
+    """A live test (routing, online evaluation) cannot run or decide as asked."""

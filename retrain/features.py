@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from retrain.config import ModelSpec
-from retrain.errors import EmptyWindowError
+from retrain.errors import CacheError, EmptyWindowError
 from retrain.ingest import TS, Partition
+from retrain.redact import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -58,16 +60,7 @@ def compute_features(part: Partition, spec: ModelSpec) -> pd.DataFrame:
 class _Memo:
     """Cached partitions held in memory while ``in_memory()`` is active (None: read each time)."""
 
-    frames: dict[Path, pd.DataFrame] | None = None
-
-
-def _read(path: Path) -> pd.DataFrame:
-    if _Memo.frames is None:
-        return pd.read_parquet(path)
-    frame = _Memo.frames.get(path)
-    if frame is None:
-        frame = _Memo.frames[path] = pd.read_parquet(path)
-    return frame
+    frames: dict[str, pd.DataFrame] | None = None
 
 
 @contextlib.contextmanager
@@ -87,33 +80,100 @@ def in_memory() -> Iterator[None]:
 class MaterializeResult:
     computed: tuple[str, ...]
     hits: tuple[str, ...]
-    paths: tuple[Path, ...]
+    paths: tuple[str, ...]
+
+
+CHECKSUM_SUFFIX = ".sha256"
+
+
+def _sha256(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+def cache_filesystem(root: str | os.PathLike[str], options: Mapping[str, Any] | None = None) -> Any:
+    """The fsspec filesystem and root path of a cache location (a local path or any URL)."""
+    import fsspec  # lazy: s3fs and friends load only when a URL asks for them
+
+    target = os.fspath(root)
+    try:
+        fs, path = fsspec.core.url_to_fs(target, **dict(options or {}))
+    except ImportError as exc:
+        raise CacheError(
+            f"the feature cache {redact_url(target)} needs a storage driver that is not "
+            f"installed ({exc}); for s3:// install retrain[s3] (s3fs)"
+        ) from None
+    except ValueError as exc:  # fsspec: "Protocol not known"
+        raise CacheError(
+            f"the feature cache {redact_url(target)} has a scheme no storage driver knows "
+            f"({exc}); use a local folder or a URL such as s3://bucket/prefix"
+        ) from None
+    return fs, path.rstrip("/")
 
 
 class FeatureCache:
-    """Parquet files under ``root/<spec hash>/<partition>__<fingerprint>.parquet``."""
+    """Parquet files under ``root/<spec hash>/<partition>__<fingerprint>.parquet``.
 
-    def __init__(self, root: Path, spec: ModelSpec) -> None:
-        self.root = Path(root)
+    ``root`` is a local folder or any fsspec URL (``s3://bucket/prefix``), so workers on other
+    machines share one cache. Each file has a ``.sha256`` beside it, written after the data: a
+    file without its checksum, or whose bytes do not match it (truncated, tampered), is never
+    used; it is recomputed from its partition and the repair logged.
+
+    Writes are atomic where the files land: on a local disk a temporary file is renamed into
+    place; on object storage the whole file is one PUT, which readers see whole or not at all.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        spec: ModelSpec,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.spec = spec
         self.spec_hash = spec.feature_spec_hash()
+        opts = spec.state.cache_options if options is None else options
+        self.options = dict(opts)
+        self.fs, self.root = cache_filesystem(root, self.options)
+        self.url = os.fspath(root)
+        self.local = "file" in _protocols(self.fs)
 
-    def path_for(self, part: Partition) -> Path:
-        return self.root / self.spec_hash[:16] / f"{part.key}__{part.fingerprint[:20]}.parquet"
+    def path_for(self, part: Partition) -> str:
+        return f"{self.root}/{self.spec_hash[:16]}/{part.key}__{part.fingerprint[:20]}.parquet"
+
+    def uri_for(self, part: Partition) -> str:
+        """The file of a partition as a URL other processes (Dask workers) can open."""
+        return self.fs.unstrip_protocol(self.path_for(part))
+
+    def _cached(self, path: str) -> bool:
+        return bool(self.fs.exists(path + CHECKSUM_SUFFIX) and self.fs.exists(path))
+
+    def _write(self, part: Partition, path: str) -> pd.DataFrame:
+        features = compute_features(part, self.spec)
+        buffer = io.BytesIO()
+        features.to_parquet(buffer, index=False)
+        blob = buffer.getvalue()
+        self._put(path, blob)
+        self._put(path + CHECKSUM_SUFFIX, _sha256(blob).encode())
+        return features
+
+    def _put(self, path: str, blob: bytes) -> None:
+        if self.local:
+            self.fs.makedirs(self.fs._parent(path), exist_ok=True)
+            tmp = f"{path}.tmp{os.getpid()}"
+            with open(tmp, "wb") as fh:
+                fh.write(blob)
+            os.replace(tmp, path)  # readers never see a half-written file
+        else:
+            self.fs.pipe_file(path, blob)  # one PUT: the object appears whole or not at all
 
     def materialize(self, partitions: Iterable[Partition]) -> MaterializeResult:
         """Make sure every partition's features are cached; compute only what is missing."""
         computed, hits, paths = [], [], []
         for part in partitions:
             path = self.path_for(part)
-            if path.exists():
+            if self._cached(path):
                 hits.append(part.key)
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                features = compute_features(part, self.spec)
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                features.to_parquet(tmp, index=False)
-                os.replace(tmp, path)  # readers never see a half-written file
+                self._write(part, path)
                 computed.append(part.key)
             paths.append(path)
         if computed:
@@ -122,12 +182,112 @@ class FeatureCache:
             )
         return MaterializeResult(tuple(computed), tuple(hits), tuple(paths))
 
+    def _read(self, part: Partition) -> pd.DataFrame:
+        """``read_verified``, or the frame already read within ``in_memory()``."""
+        if _Memo.frames is None:
+            return self.read_verified(part)
+        key = str(self.path_for(part))
+        frame = _Memo.frames.get(key)
+        if frame is None:
+            frame = _Memo.frames[key] = self.read_verified(part)
+        return frame
+
+    def read_verified(self, part: Partition) -> pd.DataFrame:
+        """One partition's cached features, verified against the checksum written with them.
+
+        A missing, truncated or tampered file is recomputed from the partition (and the repair
+        logged at WARNING), never used.
+        """
+        path = self.path_for(part)
+        problem, blob = _checked_bytes(self.fs, path)
+        if problem is None:
+            try:
+                return pd.read_parquet(io.BytesIO(blob))
+            except (OSError, ValueError) as exc:  # matches its checksum yet does not parse
+                problem = f"does not parse ({exc})"
+        return self._heal(part, problem)
+
+    def _heal(self, part: Partition, problem: str) -> pd.DataFrame:
+        path = self.path_for(part)
+        logger.warning(
+            "feature cache: %s %s; recomputing partition %s",
+            redact_url(self.fs.unstrip_protocol(path)),
+            problem,
+            part.key,
+        )
+        return self._write(part, path)
+
+    def dask_frame(self, partitions: Sequence[Partition], client: Any = None) -> Any:
+        """The features of ``partitions`` as a Dask DataFrame, one Dask partition per file.
+
+        Workers read the files themselves (from object storage when the cache is on a URL) and
+        verify each against its checksum. With a ``client``, the checksums are checked on the
+        workers first and a bad file is recomputed here before training reads it.
+        """
+        import dask.dataframe as dd
+
+        if not partitions:
+            raise EmptyWindowError("no partition to load")
+        uris = [self.uri_for(p) for p in partitions]
+        if client is not None:
+            futures = client.map(check_cached_file, uris, options=self.options, pure=False)
+            problems = client.gather(futures)
+            for part, problem in zip(partitions, problems, strict=True):
+                if problem is not None:
+                    self._heal(part, problem)
+        meta = self.read_verified(partitions[0]).iloc[:0]
+        return dd.from_map(
+            read_cached_file, uris, options=self.options, meta=meta, enforce_metadata=False
+        )
+
     def load(self, partitions: Sequence[Partition]) -> pd.DataFrame:
         """Features of the given partitions, in time order (they must be materialised)."""
         if not partitions:
             raise EmptyWindowError("no partition to load")
-        frames = [_read(self.path_for(p)) for p in partitions]
+        frames = [self._read(p) for p in partitions]
         return pd.concat(frames, ignore_index=True)
+
+
+def verify_cached(fs: Any, path: str) -> str | None:
+    """Why the cached file at ``path`` must not be used, or None if it matches its checksum."""
+    return _checked_bytes(fs, path)[0]
+
+
+def _checked_bytes(fs: Any, path: str) -> tuple[str | None, bytes]:
+    try:
+        recorded = fs.cat_file(path + CHECKSUM_SUFFIX).decode().strip()
+    except FileNotFoundError:
+        return "has no checksum (an interrupted write or a file put there by hand)", b""
+    try:
+        blob = fs.cat_file(path)
+    except FileNotFoundError:
+        return "is missing", b""
+    if _sha256(blob) != recorded:
+        return f"does not match its checksum ({len(blob)} bytes: truncated or modified)", b""
+    return None, blob
+
+
+def check_cached_file(uri: str, options: Mapping[str, Any]) -> str | None:
+    """:func:`verify_cached` by URL: what a Dask worker runs next to the data."""
+    fs, path = cache_filesystem(uri, options)
+    return verify_cached(fs, path)
+
+
+def read_cached_file(uri: str, options: Mapping[str, Any]) -> pd.DataFrame:
+    """One cached file by URL, verified: what a Dask worker runs to read its partitions."""
+    fs, path = cache_filesystem(uri, options)
+    problem, blob = _checked_bytes(fs, path)
+    if problem is not None:
+        raise CacheError(
+            f"feature cache file {redact_url(uri)} {problem}: rerun the retrain (the cache "
+            "recomputes it before training)"
+        )
+    return pd.read_parquet(io.BytesIO(blob))
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
 
 
 def data_version(spec_hash: str, partitions: Sequence[Partition]) -> str:

@@ -129,6 +129,38 @@ model_locks = sa.Table(
 )
 
 
+# what the serving gateway answered (one row per arm that scored a request) and the outcomes that
+# came back for it (labels, clicks) by request id: the data of live tests and the next training
+live_predictions = sa.Table(
+    "live_predictions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), nullable=False, index=True),
+    sa.Column("model", sa.String(200), nullable=False, index=True),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("arm", sa.String(16), nullable=False),  # champion | challenger | interleaved
+    sa.Column("role", sa.String(16), nullable=False),  # served | shadow
+    sa.Column("routing", sa.String(16), nullable=False),
+    sa.Column("routing_key", sa.String(200)),
+    sa.Column("at", sa.DateTime, nullable=False, index=True),
+    sa.Column("inputs", sa.Text),  # JSON, when live.log_inputs
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("output", sa.Text),  # JSON
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("error", sa.Text),
+)
+
+live_feedback = sa.Table(
+    "live_feedback",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), nullable=False, index=True),
+    sa.Column("model", sa.String(200)),
+    sa.Column("outcome", sa.Text, nullable=False),  # JSON: {"label": ...} / {"clicks": [...]}
+    sa.Column("at", sa.DateTime, nullable=False),
+)
+
+
 # run statuses that keep the model's claim: a suspended run waits for its operator with no process
 HOLDING = ("running", "suspended")
 SUSPENDED_OWNER = "suspended"
@@ -164,8 +196,12 @@ def _v3(conn: Connection) -> None:
     metadata.create_all(conn, tables=[model_locks])
 
 
+def _v4(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[live_predictions, live_feedback])
+
+
 # Ordered migrations: index i brings the schema to version i + 1. Append, never edit.
-MIGRATIONS: Sequence[Callable[[Connection], None]] = (_v1, _v2, _v3)
+MIGRATIONS: Sequence[Callable[[Connection], None]] = (_v1, _v2, _v3, _v4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -641,3 +677,84 @@ class Ledger:
         """A retrain of this model that is still running (the newest), if any."""
         running = [r for r in self.runs(model, limit=5) if r.status in HOLDING]
         return running[0] if running else None
+
+    # -- live predictions and feedback ------------------------------------------------------
+    def record_predictions(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Store answers of the gateway (``inputs`` and ``output`` as JSON-able values)."""
+        if not rows:
+            return 0
+        self._require_schema()
+        payload = [
+            {
+                **row,
+                "inputs": None if row.get("inputs") is None else json.dumps(row["inputs"]),
+                "output": None if row.get("output") is None else json.dumps(row["output"]),
+            }
+            for row in rows
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(live_predictions.insert(), payload)
+        return len(payload)
+
+    def record_feedback(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Store outcomes (``request_id``, ``outcome``, optional ``model``, ``at``)."""
+        if not rows:
+            return 0
+        self._require_schema()
+        payload = [
+            {
+                "request_id": str(row["request_id"]),
+                "model": row.get("model"),
+                "outcome": json.dumps(row["outcome"]),
+                "at": row.get("at") or now(),
+            }
+            for row in rows
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(live_feedback.insert(), payload)
+        return len(payload)
+
+    def predictions(
+        self, model: str, since: datetime | None = None, with_inputs: bool = False
+    ) -> list[dict[str, Any]]:
+        """Logged answers of ``model`` (oldest first), ``output`` (and ``inputs``) parsed."""
+        self._require_schema()
+        columns = [c for c in live_predictions.c if with_inputs or c.name != "inputs"]
+        query = (
+            sa.select(*columns)
+            .where(live_predictions.c.model == model)
+            .order_by(live_predictions.c.id)
+        )
+        if since is not None:
+            query = query.where(live_predictions.c.at >= since)
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+        for row in rows:
+            row["output"] = json.loads(row["output"]) if row["output"] else None
+            if with_inputs:
+                row["inputs"] = json.loads(row["inputs"]) if row["inputs"] else None
+        return rows
+
+    def feedback(self, request_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Feedback rows (all, or those of ``request_ids``), ``outcome`` parsed, oldest first."""
+        self._require_schema()
+        query = sa.select(live_feedback).order_by(live_feedback.c.id)
+        with self.engine.connect() as conn:
+            if request_ids is None:
+                rows = [dict(r._mapping) for r in conn.execute(query)]
+            else:
+                ids, rows = list(request_ids), []
+                for start in range(0, len(ids), 500):
+                    chunk = query.where(live_feedback.c.request_id.in_(ids[start : start + 500]))
+                    rows += [dict(r._mapping) for r in conn.execute(chunk)]
+        for row in rows:
+            row["outcome"] = json.loads(row["outcome"])
+        return rows
+
+    def prediction_count(self, model: str | None = None) -> int:
+        self._require_schema()
+        query = sa.select(sa.func.count()).select_from(live_predictions)
+        if model is not None:
+            query = query.where(live_predictions.c.model == model)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)

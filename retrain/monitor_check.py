@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from retrain.config import ModelSpec
@@ -20,9 +21,16 @@ from retrain.errors import DataError, SchemaError
 from retrain.families import family_of
 from retrain.families.spine import Champion
 from retrain.features import PARTITION, FeatureCache
+from retrain.freshness import data_end as tagged_data_end
 from retrain.ingest import TS, Partition, ingest, utc_now
 from retrain.ledger import Ledger
-from retrain.monitor import Signal, compute_signals, data_problems, quarantine_problem
+from retrain.monitor import (
+    DriftReference,
+    Signal,
+    compute_signals,
+    data_problems,
+    quarantine_problem,
+)
 from retrain.triggers import TriggerDecision, decide_trigger
 
 logger = logging.getLogger(__name__)
@@ -74,13 +82,15 @@ def _missing_periods(
 def measure_signals(
     spec: ModelSpec,
     model: Any,
-    reference: pd.DataFrame,
+    reference: pd.DataFrame | DriftReference,
     fresh: pd.DataFrame,
     fresh_partitions: Sequence[Partition],
     champion_train_end: pd.Timestamp,
     now: pd.Timestamp,
     partition_rows: dict[str, int],
     backtest_metric: float | None,
+    data_end: pd.Timestamp | None = None,
+    fresh_scores: np.ndarray | None = None,
 ) -> list[Signal]:
     """Every signal of a champion (``model``) on the fresh rows against its training rows.
 
@@ -88,15 +98,23 @@ def measure_signals(
     and volume signals only); the champion scores both sides when the fresh rows are healthy;
     its quality is measured on the fresh partitions whose labels are ripe
     (``monitor.label_delay``). The monitor's check and the simulator's continual policy both
-    measure through here.
+    measure through here. ``reference`` may be the window's rows or its
+    :class:`~retrain.monitor.DriftReference` summary (with the champion's scores on its sample);
+    ``fresh_scores``, when given, are the champion's scores of ``fresh`` already computed (the
+    replay keeps them from step to step). ``data_end``: the champion's last training row.
     """
     features = family_of(spec).monitored_features(spec)
     healthy = not data_problems(fresh, features, {})
-    ref_scores = fresh_scores = None
+    ref_scores = None
     labelled = None
-    if healthy and features and len(fresh) and len(reference):
-        ref_scores = model.predict(reference[features])
-        fresh_scores = model.predict(fresh[features])
+    reference_rows = reference.rows if isinstance(reference, DriftReference) else len(reference)
+    if not (healthy and features and len(fresh) and reference_rows):
+        fresh_scores = None
+    else:
+        if not isinstance(reference, DriftReference):
+            ref_scores = model.predict(reference[features])
+        if fresh_scores is None:
+            fresh_scores = model.predict(fresh[features])
         ripe = now - pd.Timedelta(spec.monitor.label_delay)
         ripe_keys = {p.key for p in fresh_partitions if p.end <= ripe}
         mask = fresh[PARTITION].isin(ripe_keys) & fresh[spec.label].notna()
@@ -119,6 +137,8 @@ def measure_signals(
         metric=spec.metric,
         backtest_metric=backtest_metric,
         greater_is_better=spec.greater_is_better,
+        data_end=data_end,
+        seed=spec.seed,
     )
 
 
@@ -168,6 +188,7 @@ def monitor_check(
         now,
         rows,
         champion.lineage.backtest(spec.metric),
+        tagged_data_end(champion.tags),
     )
     measured += quarantine_problem(fresh_quarantined)
     # the debounce looks at the previous checks of the same champion only

@@ -47,10 +47,13 @@ from retrain.families.spine import (
     Scored,
     Trained,
     increment_window,
+    judged_holdout,
     sample_rows,
+    serving_prepared,
     split_windows,
 )
 from retrain.features import FeatureCache, Window, make_window
+from retrain.freshness import last_row
 from retrain.ingest import TS
 from retrain.ranking import (
     RankingBacktest,
@@ -253,6 +256,7 @@ def fit(
             plan,
             (prepared.train.version,),
             np.empty(0),
+            last_row(frame["ts"]),
         )
     if champion is None:
         raise TrainingError("a fold-in needs the champion")
@@ -268,8 +272,16 @@ def fit(
         read = increment
     lineage = champion.data_versions
     data_versions = lineage if lineage and lineage[-1] == read.version else (*lineage, read.version)
+    # a fold-in's newest row: the increment's (or the full history's) last row
     return Trained(
-        model, history, len(frame), _stats(model, frame), plan, data_versions, np.empty(0)
+        model,
+        history,
+        len(frame),
+        _stats(model, frame),
+        plan,
+        data_versions,
+        np.empty(0),
+        last_row(frame["ts"]),
     )
 
 
@@ -295,6 +307,16 @@ def fit_candidate(
     return replace(trained, plan=replace(plan, reason=note))
 
 
+def refit(
+    spec: ModelSpec, prepared: Prepared, validated: Trained, champion: Champion | None
+) -> Trained:
+    """The validated recipe (recompute, or fold-in into the champion) fitted again on the
+    interactions up to the as-of: the model registered and served when ``gate.refit`` is on.
+    Its popularity fallback is refitted with it."""
+    parent = champion if validated.plan.strategy != "scratch" else None
+    return fit(spec, serving_prepared(spec, prepared), validated.plan, parent)
+
+
 def _window_scores(
     metric: str,
     model: ALSTrainer | PopularityRecommender,
@@ -313,8 +335,10 @@ def evaluate(
 ) -> RankingEvaluated:
     """Ranking backtest of candidate, champion and popularity on the same holdout users."""
     als = spec.als
+    holdout, note = judged_holdout(holdout, champion, spec.gate.refit)
     train = load_interactions(spec, trained.window)
     held = load_interactions(spec, holdout)
+    held = held[pd.to_datetime(held["ts"]) >= holdout.start]
     bounds, window_ids = split_windows(holdout, spec.gate.backtest_windows, held["ts"])
     relevant = [
         relevant_items(train, held[window_ids == i], als.min_rating) for i in range(len(bounds))
@@ -360,6 +384,8 @@ def evaluate(
         max_windows_lost=gate.max_windows_lost,
         baseline_pred=base,
     )
+    if note:
+        result = replace(result, reasons=(*result.reasons, note))
     starts = pd.Series([bounds[i][0] for i in row_window], dtype="datetime64[ns]")
     return RankingEvaluated(
         result, starts, np.zeros(candidate.size), candidate, base, champ, ranking=ranking
@@ -453,6 +479,11 @@ class ALSFamily:
         self, spec: ModelSpec, prepared: Prepared, plan: TrainingPlan, champion: Champion | None
     ) -> Trained:
         return fit_candidate(spec, prepared, plan, champion)
+
+    def refit(
+        self, spec: ModelSpec, prepared: Prepared, validated: Trained, champion: Champion | None
+    ) -> Trained:
+        return refit(spec, prepared, validated, champion)
 
     def rebuild(
         self, spec: ModelSpec, tags: Mapping[str, str], registered: Any, parent: Any

@@ -21,7 +21,7 @@ import pandas as pd
 
 from retrain.backtest import backtest, baseline_predictions, score
 from retrain.config import ModelSpec
-from retrain.errors import DataError, NoTreesAddedError, TrainingError
+from retrain.errors import BacktestError, DataError, NoTreesAddedError, TrainingError
 from retrain.families.baseline import BaselineModel
 from retrain.families.lineage import Lineage
 from retrain.families.protocol import Family
@@ -32,10 +32,13 @@ from retrain.families.spine import (
     Scored,
     Trained,
     increment_window,
+    judged_holdout,
     sample_rows,
+    serving_prepared,
     split_windows,
 )
 from retrain.features import FeatureCache, Window, make_window
+from retrain.freshness import last_row
 from retrain.ingest import TS, ingest
 from retrain.reports import backtest_plot, importance_plot, learning_curve_plot
 from retrain.stateful import TrainingPlan, plan_training, scratch
@@ -95,12 +98,36 @@ def fit(
             raise TrainingError(f"a {plan.strategy} increment needs the champion's training end")
         window = increment_window(spec, prepared, champion.train_end)
         lineage = champion.data_versions
-    frame = FeatureCache(spec.state.features, spec).load(window.partitions)
-    X, y = _xy(spec, frame)
-    model = make_trainer(spec, plan, champion.model if champion else None).fit(X, y)
+    trainer = make_trainer(spec, plan, champion.model if champion else None)
+    end: pd.Timestamp | None = None  # the dask path does not collect the rows: window end
+    if spec.compute.engine == "dask":
+        from retrain.compute import fit_on_dask
+
+        model, y = fit_on_dask(spec, window, trainer)
+    else:
+        frame = FeatureCache(spec.state.features, spec).load(window.partitions)
+        X, y = _xy(spec, frame)
+        model = trainer.fit(X, y)
+        end = last_row(frame[TS])
     return Trained(
-        model, window, len(frame), label_stats(spec.task, y), plan, (*lineage, window.version), y
+        model,
+        window,
+        len(y),
+        label_stats(spec.task, y),
+        plan,
+        (*lineage, window.version),
+        y,
+        end,
     )
+
+
+def refit(
+    spec: ModelSpec, prepared: Prepared, validated: Trained, champion: Champion | None
+) -> Trained:
+    """The validated recipe (its strategy, parameters and parent) fitted again on the data up
+    to the as-of: the model that is registered and served when ``gate.refit`` is on."""
+    parent = champion if validated.plan.strategy != "scratch" else None
+    return fit(spec, serving_prepared(spec, prepared), validated.plan, parent)
 
 
 def fit_candidate(
@@ -143,8 +170,14 @@ def fit_candidate(
 def evaluate(
     spec: ModelSpec, trained: Trained, holdout: Window, champion: Champion | None
 ) -> Evaluated:
-    """Backtest candidate, champion and baseline on the same holdout."""
+    """Backtest candidate, champion and baseline on the same holdout (the part of it after the
+    champion's training end when the champion was refitted past its start: see
+    :func:`retrain.families.spine.judged_holdout`)."""
+    holdout, note = judged_holdout(holdout, champion, spec.gate.refit)
     frame = FeatureCache(spec.state.features, spec).load(holdout.partitions)
+    frame = frame[pd.to_datetime(frame[TS]) >= holdout.start]
+    if not len(frame):
+        raise BacktestError(f"the holdout holds no row after {holdout.start}: {note}")
     X, y = _xy(spec, frame)
     candidate = trained.model.predict(X)
     champion_pred = champion.model.predict(X) if champion is not None else None
@@ -171,6 +204,8 @@ def evaluate(
         bootstrap_samples=spec.gate.bootstrap_samples,
         seed=spec.seed,
     )
+    if note:
+        result = replace(result, reasons=(*result.reasons, note))
     baseline = baseline_predictions(spec.task, trained.y_train, len(y), spec.metric)
     return Evaluated(result, frame[TS], y, candidate, baseline, champion_pred)
 
@@ -255,7 +290,16 @@ def rebuild(spec: ModelSpec, tags: Mapping[str, str], registered: Any, parent: A
         reference_rows=registered.reference_rows,
     ).fit(X, y)
     plan = TrainingPlan(strategy, "rebuild", lineage.parent_version, lineage.increments)
-    return Trained(model, window, len(frame), label_stats(spec.task, y), plan, (window.version,), y)
+    return Trained(
+        model,
+        window,
+        len(frame),
+        label_stats(spec.task, y),
+        plan,
+        (window.version,),
+        y,
+        last_row(frame[TS]),
+    )
 
 
 def plan(mode: str, spec: ModelSpec, champion: Champion | None) -> TrainingPlan:
@@ -289,6 +333,11 @@ class LightGBMFamily:
         self, spec: ModelSpec, prepared: Prepared, plan: TrainingPlan, champion: Champion | None
     ) -> Trained:
         return fit_candidate(spec, prepared, plan, champion)
+
+    def refit(
+        self, spec: ModelSpec, prepared: Prepared, validated: Trained, champion: Champion | None
+    ) -> Trained:
+        return refit(spec, prepared, validated, champion)
 
     def rebuild(
         self, spec: ModelSpec, tags: Mapping[str, str], registered: Any, parent: Any

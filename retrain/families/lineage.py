@@ -52,6 +52,8 @@ class Tag(StrEnum):
     PARENT_VERSION = "retrain.parent_version"
     CHAMPION_AT_TRAINING = "retrain.champion_at_training"
     DATA_VERSIONS = "retrain.data_versions"
+    DATA_END = "retrain.data_end"  # the last training row (retrain.freshness)
+    REFIT = "retrain.refit"  # "true": the served fit is the validated recipe refitted
     GATE = "retrain.gate"
     TRIGGER_CHECK = "retrain.trigger_check"
     # written by the registry when a promotion is decided
@@ -158,6 +160,7 @@ def lineage_tags(
         Tag.FEATURE_SPEC_HASH: prepared.spec_hash[:16],
         Tag.WINDOW_START: str(trained.window.start),
         Tag.WINDOW_END: str(trained.window.end),
+        Tag.DATA_END: str(trained.data_end or trained.window.end),
         Tag.ROWS: str(trained.rows),
         Tag.PARTITIONS: str(len(trained.window.partitions)),
         Tag.HOLDOUT_START: str(prepared.holdout.start),
@@ -179,3 +182,16 @@ def lineage_tags(
     if r.champion is not None:
         out[backtest_key(r.metric, "champion")] = f"{r.champion:.6g}"
     return out
+
+
+def refit_tags(validated: Trained) -> dict[str, str]:
+    """Tags of a served fit (``gate.refit``) about the fit the gate validated: the backtest
+    tags describe THAT fit (trained before the holdout), the window tags the served one."""
+    return {
+        str(Tag.REFIT): "true",
+        "retrain.validated.window_start": str(validated.window.start),
+        "retrain.validated.window_end": str(validated.window.end),
+        "retrain.validated.data_end": str(validated.data_end or validated.window.end),
+        "retrain.validated.data_version": validated.window.version,
+        "retrain.validated.rows": str(validated.rows),
+    }

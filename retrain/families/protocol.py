@@ -50,6 +50,13 @@ class Family(Protocol):
         be trained)."""
         ...
 
+    def refit(
+        self, spec: ModelSpec, prepared: Prepared, validated: Trained, champion: Champion | None
+    ) -> Trained:
+        """The validated recipe fitted again on the data up to the as-of (``gate.refit``):
+        scratch on the window ending at the as-of, an increment through the holdout."""
+        ...
+
     def rebuild(
         self, spec: ModelSpec, tags: Mapping[str, str], registered: Any, parent: Any
     ) -> Trained:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -19,13 +19,14 @@ import pandas as pd
 
 from retrain.backtest import BacktestResult
 from retrain.config import ModelSpec
-from retrain.errors import DataError, EmptyWindowError
+from retrain.errors import BacktestError, DataError, EmptyWindowError
 from retrain.families.lineage import Lineage
 from retrain.features import (
     FeatureCache,
     MaterializeResult,
     Window,
     data_version,
+    make_window,
     plan_windows,
 )
 from retrain.ingest import TS, IngestResult, ingest
@@ -86,6 +87,8 @@ class Trained:
     # every data version the model's weights have seen: the lineage's, then this window's
     data_versions: tuple[str, ...]
     y_train: np.ndarray = field(repr=False)
+    # the timestamp of the last training row (the tag retrain.data_end; data age counts from it)
+    data_end: pd.Timestamp | None = None
 
 
 @dataclass(frozen=True)
@@ -187,3 +190,44 @@ def sample_rows(spec: ModelSpec, window: Window, n: int = 50) -> pd.DataFrame:
     """A small, seeded sample of a window's model-ready rows (features and label)."""
     frame = FeatureCache(spec.state.features, spec).load(window.partitions)
     return frame.sample(min(n, len(frame)), random_state=spec.seed).sort_values(TS)
+
+
+def serving_prepared(spec: ModelSpec, prepared: Prepared) -> Prepared:
+    """The data side of the served fit (``gate.refit``): the training window ends at the as-of
+    (the holdout's end) instead of the holdout's start, and the holdout is empty, so a scratch
+    fit reads ``[as_of - windows.train, as_of)`` and an increment (warm, refit, fold-in) runs
+    from the champion's training end through the holdout's partitions."""
+    end = prepared.holdout.end
+    train = make_window(
+        "train",
+        end - spec.windows.train_delta,
+        end,
+        prepared.ingest.partitions,
+        prepared.spec_hash,
+    )
+    FeatureCache(spec.state.features, spec).materialize(train.partitions)
+    holdout = Window("holdout", end, end, (), data_version(prepared.spec_hash, ()))
+    return replace(prepared, train=train, holdout=holdout)
+
+
+def judged_holdout(
+    holdout: Window, champion: Champion | None, refitted: bool
+) -> tuple[Window, str | None]:
+    """The part of the holdout the gate may judge the champion on: all of it, unless the
+    champion (a refitted fit, ``gate.refit``) trained past its start; then only the rows
+    after the champion's training end, which neither model has seen. The note says why."""
+    if champion is None or champion.train_end is None or champion.train_end <= holdout.start:
+        return holdout, None
+    if not refitted:
+        return holdout, None  # backtest() refuses the unfair comparison with its message
+    if champion.train_end >= holdout.end:
+        raise BacktestError(
+            f"champion v{champion.version} trained on data up to {champion.train_end}, past "
+            f"the whole holdout ({holdout.start} to {holdout.end}): no row is unseen by both "
+            "models. Retrain with a later --as-of, once new partitions arrived."
+        )
+    note = (
+        f"judged on {champion.train_end} to {holdout.end}: the part of the holdout after "
+        f"champion v{champion.version}'s training end, unseen by both models"
+    )
+    return replace(holdout, start=champion.train_end), note

@@ -116,7 +116,7 @@ def load_replay(spec: ModelSpec, start: str | None = None, end: str | None = Non
         )
     cache = FeatureCache(spec.state.features, spec)
     materialized = cache.materialize(partitions)
-    frames = [pd.read_parquet(path) for path in materialized.paths]
+    frames = [cache.read_verified(part) for part in partitions]
     offsets = tuple(int(v) for v in np.cumsum([0, *(len(f) for f in frames)]))
     rows = pd.concat(frames, ignore_index=True)
     return ReplayData(partitions, rows, offsets, len(materialized.computed), len(materialized.hits))

@@ -12,12 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import numpy as np
 import pandas as pd
 
 from retrain.config import ModelSpec
 from retrain.errors import SimulationError
+from retrain.families import family_of
 from retrain.families.lineage import Tag
 from retrain.families.spine import Champion
+from retrain.monitor import drift_reference
 from retrain.monitor_check import measure_signals
 from retrain.simulate.history import History
 from retrain.triggers import decide_trigger
@@ -42,6 +45,8 @@ class SimChampion:
     increments: int = 0
     # every data version the model's weights have seen (the registry's lineage tag)
     data_versions: tuple[str, ...] = ()
+    # the last training row's timestamp: data age = as-of minus it (None: unknown)
+    data_end: pd.Timestamp | None = None
 
     def as_champion(self) -> Champion | None:
         """The champion as the family steps take it (the registry's view of it); None for the
@@ -57,6 +62,7 @@ class SimChampion:
                 str(Tag.WINDOW_START): str(self.train_start),
                 str(Tag.WINDOW_END): str(self.train_end),
                 str(Tag.DATA_VERSION): self.data_version,
+                **({str(Tag.DATA_END): str(self.data_end)} if self.data_end is not None else {}),
             },
         )
 
@@ -119,32 +125,59 @@ class Periodic:
 
 @dataclass(frozen=True)
 class Continual:
-    """The continual mode: the monitor's signals and the real trigger policy decide."""
+    """The continual mode: the monitor's signals and the real trigger policy decide.
+
+    A check is cheap: the champion's reference window is summarised once per champion
+    (:func:`retrain.monitor.drift_reference`: sampled values, category counts, its scores) and
+    the champion scores each fresh partition once; both are kept in ``_cache`` and handed to
+    the monitor's :func:`~retrain.monitor_check.measure_signals`.
+    """
 
     spec: ModelSpec = field(repr=False)
     name: str = "continual"
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def decide(self, history: History, state: PolicyState) -> Decision:
         champion = state.champion
         if champion is None:
             return Decision(True, "no champion", "continual")
         spec, config = self.spec, self.spec.monitor
-        reference = history.frame(champion.train_start, champion.train_end)
+        features = family_of(spec).monitored_features(spec)
+        if self._cache.get("version") != champion.version:
+            self._cache.clear()
+            self._cache["version"] = champion.version
+            model = champion.model
+            self._cache["reference"] = drift_reference(
+                history.frame(champion.train_start, champion.train_end),
+                [c for c in features if c not in spec.features.categorical],
+                [c for c in spec.features.categorical if c in features],
+                max_rows=config.max_sample_rows,
+                score=(lambda rows: model.predict(rows[features])) if features else None,
+                seed=spec.seed,
+            )
+            self._cache["fresh_scores"] = np.empty(0)
         fresh_start = champion.train_end
         if fresh_start >= history.end:
-            fresh = reference.iloc[0:0]
+            fresh = history.frame(champion.train_start, champion.train_end).iloc[0:0]
         else:
             fresh = history.frame(fresh_start, history.end)
+        fresh_scores = None
+        if features and len(fresh):
+            done: np.ndarray = self._cache["fresh_scores"]
+            new = champion.model.predict(fresh[features].iloc[done.size :])
+            fresh_scores = self._cache["fresh_scores"] = np.concatenate([done, new])
         signals = measure_signals(
             spec,
             champion.model,
-            reference,
+            self._cache["reference"],
             fresh,
             [p for p in history.partitions if p.start >= fresh_start],
             champion.train_end,
             history.end,
             {},
             champion.backtest_metric,
+            data_end=champion.data_end,
+            fresh_scores=fresh_scores,
         )
         previous = (
             [set(f) for f in state.fired_history[-(config.debounce - 1) :]]

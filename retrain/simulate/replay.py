@@ -43,11 +43,18 @@ import numpy as np
 import pandas as pd
 
 from retrain.config import ModelSpec
-from retrain.errors import EmptyWindowError, LookAheadError, RetrainError, SimulationError
+from retrain.errors import (
+    BacktestError,
+    EmptyWindowError,
+    LookAheadError,
+    RetrainError,
+    SimulationError,
+)
 from retrain.families import family_of
 from retrain.families.spine import Prepared, Scored
 from retrain.features import MaterializeResult, Window, in_memory, plan_windows
-from retrain.ingest import IngestResult
+from retrain.freshness import last_row
+from retrain.ingest import TS, IngestResult
 from retrain.promotion import automatic_approval, decide
 from retrain.simulate.history import History, ReplayData, first_step, load_replay
 from retrain.simulate.policies import (
@@ -274,6 +281,12 @@ class _Timer:
         self.wall = time.perf_counter() - self._wall
         self.cpu = time.process_time() - self._cpu
 
+    def add(self, other: _Timer) -> _Timer:
+        """This timer with ``other``'s time added (the served refit counts as fit time)."""
+        self.wall += other.wall
+        self.cpu += other.cpu
+        return self
+
 
 @contextmanager
 def _step(
@@ -393,6 +406,7 @@ class _Replayer:
                     window, rows = train, len(frame)
                     model = family.baseline(spec, frame)
                     data_versions: tuple[str, ...] = (train.version,)
+                    data_end = last_row(frame[TS])
                 else:
                     trained = family.fit_candidate(spec, prepared, plan, champion)
                     plan, window, rows, model = (
@@ -401,15 +415,28 @@ class _Replayer:
                         trained.rows,
                         trained.model,
                     )
-                    data_versions = trained.data_versions
+                    data_versions, data_end = trained.data_versions, trained.data_end
             step = "gate"
             with _step(name, step, at, (RetrainError,)), _Timer() as gate_time:
                 if plan.strategy == "baseline":
                     passed, verdict, value = True, "the baseline is refitted without a gate", None
                 else:
-                    result = family.evaluate(spec, trained, holdout, champion).result
+                    try:
+                        result = family.evaluate(spec, trained, holdout, champion).result
+                    except BacktestError as exc:  # a refitted champion past the whole holdout
+                        self._not_trained(at, "skipped", str(exc))
+                        return
                     passed, verdict = result.passed, "; ".join(result.reasons)
                     value = result.candidate
+            if passed and spec.gate.refit and plan.strategy != "baseline":
+                # learn up to now: the validated recipe fitted again through the holdout, as
+                # the flow registers it (its time counts as fit time)
+                step = "refit"
+                with _step(name, step, at, (RetrainError,)), _Timer() as refit_time:
+                    trained = family.refit(spec, prepared, trained, champion)
+                    window, rows, model = trained.window, trained.rows, trained.model
+                    data_versions, data_end = trained.data_versions, trained.data_end
+                fit_time.add(refit_time)
         except RetrainError as exc:
             if isinstance(exc, SimulationError | LookAheadError):
                 raise
@@ -417,8 +444,8 @@ class _Replayer:
             self._not_trained(at, "failed", f"{step} failed: {exc}")
             return
         self._record(
-            history, decision, plan, model, window, data_versions, rows, fit_time, gate_time,
-            passed, verdict, value,
+            history, decision, plan, model, window, data_versions, data_end, rows, fit_time,
+            gate_time, passed, verdict, value,
         )  # fmt: skip
 
     def _record(
@@ -429,6 +456,7 @@ class _Replayer:
         model: Any,
         window: Window,
         data_versions: tuple[str, ...],
+        data_end: pd.Timestamp | None,
         rows: int,
         fit_time: _Timer,
         gate_time: _Timer,
@@ -461,6 +489,7 @@ class _Replayer:
                 backtest_metric=cand_metric,
                 increments=plan.increments,
                 data_versions=data_versions,
+                data_end=data_end,
             )
             # a new champion starts a new debounce history
             self.state = PolicyState(self.champion, at, (), self.state.last_triggered_at)
@@ -502,9 +531,17 @@ class _Replayer:
                 f"({exc}); lengthen windows.train or start later"
             ) from None
         with _step(self.policy.name, "baseline", history.end):
-            model = self.family.baseline(spec, history.frame(train.start, train.end))
+            frame = history.frame(train.start, train.end)
+            model = self.family.baseline(spec, frame)
         self.champion = SimChampion(
-            0, model, "baseline", train.start, train.end, train.version, None
+            0,
+            model,
+            "baseline",
+            train.start,
+            train.end,
+            train.version,
+            None,
+            data_end=last_row(frame[TS]),
         )
         self.state = PolicyState(self.champion, self.state.last_trained_at)
 

@@ -57,6 +57,34 @@ def schema_differences(
     return problems
 
 
+def encode_frame(
+    X: pd.DataFrame, feature_names: Sequence[str], categories: dict[str, list[str]]
+) -> pd.DataFrame:
+    """Columns in training order; categoricals as their frozen integer codes (unseen: NaN)."""
+    missing = [c for c in feature_names if c not in X.columns]
+    if missing:
+        raise TrainingError(
+            f"feature column(s) {missing} are missing from the data the model is asked to "
+            "score; the model was trained with " + ", ".join(feature_names)
+        )
+    out = X[list(feature_names)].copy()
+    for col, cats in categories.items():
+        codes = {value: float(i) for i, value in enumerate(cats)}
+        as_str = out[col].astype("string")
+        mapped = as_str.map(codes)
+        unseen = mapped.isna() & as_str.notna()
+        if unseen.any():
+            logger.warning(
+                "feature %r: %d row(s) with categories the model never saw (e.g. %s) are "
+                "scored as missing",
+                col,
+                int(unseen.sum()),
+                as_str[unseen].unique()[:3].tolist(),
+            )
+        out[col] = mapped.astype("float64")
+    return out.astype("float64")
+
+
 class LightGBMTrainer:
     """Gradient-boosted trees, sklearn style.
 
@@ -127,28 +155,7 @@ class LightGBMTrainer:
         """Columns in training order; categoricals as the frozen integer codes."""
         if not hasattr(self, "categories_"):
             raise NotFittedError("this LightGBMTrainer is not fitted yet: call fit(X, y) first")
-        missing = [c for c in self.feature_names_ if c not in X.columns]
-        if missing:
-            raise TrainingError(
-                f"feature column(s) {missing} are missing from the data the model is asked to "
-                "score; the model was trained with " + ", ".join(self.feature_names_)
-            )
-        out = X[self.feature_names_].copy()
-        for col, cats in self.categories_.items():
-            codes = {value: float(i) for i, value in enumerate(cats)}
-            as_str = out[col].astype("string")
-            mapped = as_str.map(codes)
-            unseen = mapped.isna() & as_str.notna()
-            if unseen.any():
-                logger.warning(
-                    "feature %r: %d row(s) with categories the model never saw (e.g. %s) are "
-                    "scored as missing",
-                    col,
-                    int(unseen.sum()),
-                    as_str[unseen].unique()[:3].tolist(),
-                )
-            out[col] = mapped.astype("float64")
-        return out.astype("float64")
+        return encode_frame(X, self.feature_names_, self.categories_)
 
     def _reference_dataset(self, params: dict[str, Any]) -> lgb.Dataset:
         return lgb.Dataset(

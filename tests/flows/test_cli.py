@@ -39,6 +39,10 @@ def test_run_manual_prints_the_outcome_and_status_shows_the_champion(tmp_path, b
     assert status.exit_code == 0, status.output
     assert "champion" in flat(status)
     assert "promoted" in flat(status)
+    # the champion's data age: now minus its last training row (2011-04-21 23:00, the hour
+    # before the 7-day holdout of an as-of of 2011-04-29 starts)
+    assert "data age" in flat(status)
+    assert "last training row 2011-04-21 23:00:00" in flat(status)
 
 
 def test_a_spec_with_a_typo_is_refused_with_the_key_and_a_suggestion(tmp_path, bike_dir):

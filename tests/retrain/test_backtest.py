@@ -348,3 +348,76 @@ def test_a_candidate_better_on_average_but_with_an_uncertain_gain_is_refused():
 def test_the_binary_baseline_for_logloss_is_the_training_positive_rate():
     pred = baseline_predictions("binary", np.array([1, 0, 0, 0]), 3, metric="logloss")
     assert pred.tolist() == [0.25, 0.25, 0.25]
+
+
+def _loop_bootstrap(metric, y, candidate, reference, samples, seed, greater_is_better):
+    """The gate's former bootstrap, one draw at a time: the reference the vectorised one must
+    match statistically."""
+    rng = np.random.default_rng(seed)
+    sign = 1.0 if greater_is_better else -1.0
+    diffs = []
+    for _ in range(samples):
+        idx = rng.integers(0, len(y), len(y))
+        diffs.append(
+            sign * (score(metric, y[idx], candidate[idx]) - score(metric, y[idx], reference[idx]))
+        )
+    d = np.array(diffs)
+    d = d[~np.isnan(d)]
+    return tuple(float(v) for v in np.quantile(d, [0.025, 0.975]))
+
+
+@pytest.mark.parametrize("metric", ["mae", "rmse", "mape", "logloss", "accuracy", "auc", "ndcg"])
+def test_vectorised_bootstrap_interval_matches_the_one_draw_at_a_time_loop(metric):
+    rng = np.random.default_rng(3)
+    n = 400
+    if metric in {"logloss", "accuracy", "auc"}:
+        y = rng.integers(0, 2, n).astype("float64")
+        candidate = np.clip(0.5 * y + rng.uniform(0, 0.5, n), 0.01, 0.99)
+        reference = np.clip(0.3 * y + rng.uniform(0, 0.7, n), 0.01, 0.99)
+    elif metric == "ndcg":
+        y = np.zeros(n)
+        candidate, reference = rng.uniform(0, 0.4, n), rng.uniform(0, 0.3, n)
+    else:
+        y = rng.uniform(1, 100, n)
+        candidate, reference = y + rng.normal(0, 5, n), y + rng.normal(0, 8, n)
+    gib = metric in {"accuracy", "auc", "ndcg"}
+
+    new = paired_bootstrap(metric, y, candidate, reference, 2000, 11, gib)
+    old = _loop_bootstrap(metric, y, candidate, reference, 2000, 12, gib)
+
+    # two independent bootstraps of the same statistic: the bounds agree within Monte Carlo
+    # error (a few percent of the interval's width), not exactly
+    width = old[1] - old[0]
+    assert new[0] == pytest.approx(old[0], abs=0.1 * width)
+    assert new[1] == pytest.approx(old[1], abs=0.1 * width)
+
+
+def test_vectorised_bootstrap_is_paired_the_same_rows_for_both_models():
+    rng = np.random.default_rng(4)
+    y = rng.uniform(0, 100, 200)
+    errors = np.abs(rng.standard_cauchy(200)) * 10
+    reference = y + errors
+    candidate = y + 0.95 * errors  # closer to the label on EVERY row, by 5% of a noisy error
+
+    low, high = paired_bootstrap("mae", y, candidate, reference, 1000, 0, False)
+
+    # every row improves: paired resamples always improve, however noisy the rows are; an
+    # unpaired bootstrap (independent rows per model) would straddle zero on these errors
+    assert 0 < low <= high
+    point = score("mae", y, reference) - score("mae", y, candidate)
+    assert low <= point <= high
+
+
+def test_vectorised_bootstrap_draws_in_bounded_chunks_with_the_same_interval(monkeypatch):
+    import retrain.backtest as bt
+
+    rng = np.random.default_rng(5)
+    y = rng.uniform(0, 10, 300)
+    candidate, reference = y + rng.normal(0, 1, 300), y + rng.normal(0, 2, 300)
+    whole = paired_bootstrap("rmse", y, candidate, reference, 1000, 0, False)
+    monkeypatch.setattr(bt, "_BOOTSTRAP_CELLS", 300 * 7)  # 7 draws per chunk
+
+    chunked = paired_bootstrap("rmse", y, candidate, reference, 1000, 0, False)
+
+    width = whole[1] - whole[0]
+    assert chunked == pytest.approx(whole, abs=0.1 * width)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -34,7 +35,7 @@ def test_first_materialize_computes_every_partition_and_the_second_computes_none
     assert second.computed == ()
     assert second.hits == DAYS
     assert second.paths == first.paths
-    assert all(path.is_file() for path in first.paths)
+    assert all(Path(path).is_file() for path in first.paths)
 
 
 def test_a_new_partition_is_the_only_one_computed(

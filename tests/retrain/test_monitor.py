@@ -210,3 +210,67 @@ def test_the_doctests_of_the_monitor_hold():
     result = doctest.testmod(monitor, verbose=False)
 
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_drift_reference_computed_once_gives_the_same_verdict_as_the_raw_window(bike_hourly):
+    reference = days(bike_hourly, "2011-06-01", "2011-08-01")
+    summary = monitor.drift_reference(reference, NUMERIC, CATEGORICAL, max_rows=5000)
+    fresh = days(bike_hourly, "2011-12-01", "2011-12-15")
+    common = {
+        "config": MonitorSpec(),
+        "numeric": NUMERIC,
+        "categorical": CATEGORICAL,
+        "fresh": fresh,
+        "champion_train_end": pd.Timestamp("2011-08-01"),
+        "now": pd.Timestamp("2011-12-15"),
+        "partition_rows": {},
+    }
+
+    raw = compute_signals(reference=reference, **common)
+    cached = compute_signals(reference=summary, **common)
+
+    assert [(s.feature, s.fired) for s in raw] == [(s.feature, s.fired) for s in cached]
+    assert [s.value for s in raw] == pytest.approx([s.value for s in cached])
+
+
+def test_drift_tests_run_on_a_capped_seeded_sample_and_still_see_the_season_change(bike_hourly):
+    reference = days(bike_hourly, "2011-01-01", "2011-08-01")  # 5,000+ rows
+    fresh = days(bike_hourly, "2011-12-01", "2012-02-01")
+    config = MonitorSpec(max_sample_rows=300)
+    kwargs = {
+        "config": config,
+        "numeric": NUMERIC,
+        "categorical": CATEGORICAL,
+        "reference": reference,
+        "fresh": fresh,
+        "champion_train_end": pd.Timestamp("2011-08-01"),
+        "now": pd.Timestamp("2012-02-01"),
+        "partition_rows": {},
+    }
+
+    first, again = compute_signals(**kwargs), compute_signals(**kwargs)
+
+    assert [s.value for s in first] == [s.value for s in again]  # seeded
+    summary = monitor.drift_reference(reference, NUMERIC, CATEGORICAL, max_rows=300)
+    assert all(v.size <= 300 for v in summary.numeric.values())
+    assert "temp" in drifted(first)
+
+
+def test_the_age_signal_is_the_data_age_of_the_champions_last_training_row():
+    signals = compute_signals(
+        config=MonitorSpec(max_age="10D"),
+        numeric=[],
+        categorical=[],
+        reference=pd.DataFrame(),
+        fresh=pd.DataFrame(),
+        champion_train_end=pd.Timestamp("2011-08-05"),
+        now=pd.Timestamp("2011-08-12"),
+        partition_rows={},
+        data_end=pd.Timestamp("2011-08-01 23:00"),
+    )
+
+    age = next(s for s in signals if s.name == "age")
+    # counted from the last training row, not from the window's end: 10.04 days, so it fires
+    assert age.value == pytest.approx(10 + 1 / 24)
+    assert age.fired
+    assert "data age 10.0 days" in age.detail

@@ -233,3 +233,25 @@ def test_policies_replayed_in_two_processes_give_the_same_answer(
         assert [t.version for t in a.trainings] == [t.version for t in b.trainings]
     with pytest.raises(SimulationError, match="jobs must be at least 1"):
         simulate(bike_spec, policies, replay, jobs=0)
+
+
+def test_with_gate_refit_a_promoted_model_learned_up_to_its_as_of_and_was_judged_fairly(
+    bike_spec: ModelSpec,
+) -> None:
+    spec = bike_spec.model_copy(
+        update={"gate": bike_spec.gate.model_copy(update={"refit": True, "tolerance": 1.0})}
+    )
+    data = load_replay(spec)
+
+    run = replay_policy(spec, parse_policies("every:3D", spec)[0], data)
+
+    promoted = [t for t in run.fits if t.promoted]
+    assert len(promoted) >= 2
+    for t in promoted:
+        # the served fit's window ends at the as-of (the holdout's end), not the holdout's start
+        assert t.data_end == t.at
+    # with a retrain every 3 days and a 7-day holdout, every later champion had trained past
+    # the next holdout's start: those gates compared on the rows after its end (without that
+    # rule the backtest refuses the comparison as unfair and the replay fails)
+    later = [t for t in run.fits if t.at > promoted[0].at]
+    assert len(later) >= 3 and all(t.gate_passed for t in later)  # tolerance 1.0: all judged

@@ -1,0 +1,194 @@
+"""Benchmark: what safety costs next to the fits it guards (gate CPU vs fit CPU; monitor checks).
+
+For each bundled spec (retrain/demo/bike.toml, movielens.toml) at one as-of: a champion and a
+candidate fitted from scratch on the spec's training window (the real ``fit`` of the family),
+then the real ``evaluate`` (the gate: backtest of candidate, champion and baseline, with the
+paired bootstrap of ``gate.bootstrap_samples`` draws), timed in CPU seconds (process_time):
+once with the vectorised bootstrap (now) and once with the former one-draw-at-a-time loop
+(before, kept here for the comparison only).
+
+Monitor: the simulator's continual policy on Bike Sharing, ``--checks`` daily checks after its
+first model, CPU per check with the champion's reference summarised once and each fresh row
+scored once (now), and with that cache cleared before every check (what every check paid
+before: the whole reference window re-read and re-scored), next to one scratch retrain.
+
+    .venv/bin/python bench/safety_cost.py            # ~2 min here (shared 2 cores)
+
+Writes bench/results/safety_cost.md. Read the ratios: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import retrain.backtest as backtest_module
+from retrain.config import ModelSpec, load_spec
+from retrain.families import family_of
+from retrain.families.spine import Champion, prepare
+from retrain.simulate import Decision, first_step, load_replay, make_policy
+from retrain.simulate.replay import _Replayer
+from retrain.stateful import scratch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "retrain" / "demo"
+RESULTS = ROOT / "bench" / "results"
+AS_OF = {"bike.toml": "2012-06-01", "movielens.toml": "2017-01-01"}
+
+
+def loop_bootstrap(
+    metric: str,
+    y: np.ndarray,
+    candidate: np.ndarray,
+    reference: np.ndarray,
+    samples: int,
+    seed: int,
+    greater_is_better: bool,
+) -> tuple[float, float]:
+    """The gate's former bootstrap: one resample and two metric calls per draw."""
+    rng = np.random.default_rng(seed)
+    sign = 1.0 if greater_is_better else -1.0
+    diffs = np.empty(samples)
+    for i in range(samples):
+        idx = rng.integers(0, len(y), len(y))
+        diffs[i] = sign * (
+            backtest_module.score(metric, y[idx], candidate[idx])
+            - backtest_module.score(metric, y[idx], reference[idx])
+        )
+    diffs = diffs[~np.isnan(diffs)]
+    low, high = np.quantile(diffs, [0.025, 0.975])
+    return float(low), float(high)
+
+
+@contextmanager
+def bootstrap(impl: Callable[..., tuple[float, float]]) -> Iterator[None]:
+    saved = backtest_module.paired_bootstrap
+    backtest_module.paired_bootstrap = impl
+    try:
+        yield
+    finally:
+        backtest_module.paired_bootstrap = saved
+
+
+def cpu(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
+    start = time.process_time()
+    out = None
+    for _ in range(repeat):
+        out = fn()
+    return (time.process_time() - start) / repeat, out
+
+
+def gate_cost(name: str, state: Path) -> dict[str, Any]:
+    spec = load_spec(DEMO / name, {"state.dir": str(state / name)})
+    family = family_of(spec)
+    prepared = prepare(spec, as_of=pd.Timestamp(AS_OF[name]))
+    plan = scratch("benchmark")
+    champ_spec = spec.model_copy(update={"seed": spec.seed + 1})
+    old = family.fit_candidate(champ_spec, prepared, plan, None)
+    champion = Champion("1", old.model, old.window.end, (old.window.version,), {})
+    fit_cpu, trained = cpu(lambda: family.fit_candidate(spec, prepared, plan, None))
+    gate_now, evaluated = cpu(
+        lambda: family.evaluate(spec, trained, prepared.holdout, champion), repeat=3
+    )
+    with bootstrap(loop_bootstrap):
+        gate_before, _ = cpu(lambda: family.evaluate(spec, trained, prepared.holdout, champion))
+    # the statistical test alone, on the gate's own arrays
+    args = (
+        spec.metric,
+        evaluated.y,
+        evaluated.candidate,
+        evaluated.champion,
+        spec.gate.bootstrap_samples,
+        spec.seed,
+        spec.greater_is_better,
+    )
+    boot_before, _ = cpu(lambda: loop_bootstrap(*args))
+    boot_now, _ = cpu(lambda: backtest_module.paired_bootstrap(*args), repeat=5)
+    return {
+        "spec": name,
+        "holdout rows": evaluated.result.rows,
+        "bootstrap samples": spec.gate.bootstrap_samples,
+        "fit cpu s": fit_cpu,
+        "gate cpu s (before)": gate_before,
+        "gate cpu s (now)": gate_now,
+        "bootstrap cpu s (before)": boot_before,
+        "bootstrap cpu s (now)": boot_now,
+        "gate/fit before": gate_before / fit_cpu,
+        "gate/fit now": gate_now / fit_cpu,
+    }
+
+
+def monitor_cost(state: Path, checks: int) -> dict[str, Any]:
+    spec: ModelSpec = load_spec(DEMO / "bike.toml", {"state.dir": str(state / "bike.toml")})
+    data = load_replay(spec)
+    t0 = first_step(data, spec)
+    policy = make_policy("continual", spec)
+    replayer = _Replayer(spec, policy)
+    fit_cpu, _ = cpu(
+        lambda: replayer.train(data.history(t0), Decision(True, "first model", "scheduled"))
+    )
+    cache: dict[str, Any] = policy._cache  # type: ignore[attr-defined]
+
+    def run(clear: bool) -> float:
+        cache.clear()
+        start = time.process_time()
+        for t in range(t0, t0 + checks):
+            if clear:
+                cache.clear()
+            policy.decide(data.history(t + 1), replayer.state)
+        return (time.process_time() - start) / checks
+
+    before = run(clear=True)
+    now = run(clear=False)
+    return {
+        "checks": checks,
+        "scratch retrain cpu s (fit + gate)": fit_cpu,
+        "check cpu s (cache cleared, before)": before,
+        "check cpu s (now)": now,
+        "check/retrain now": now / fit_cpu,
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    keys = list(rows[0])
+    out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checks", type=int, default=60, help="monitor checks to time")
+    parser.add_argument("--out", type=Path, default=RESULTS / "safety_cost.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp)
+        gates = [gate_cost(name, state) for name in AS_OF]
+        monitor = monitor_cost(state, args.checks)
+    text = "\n\n".join(
+        [
+            "# Safety cost (bench/safety_cost.py)",
+            "Command: `.venv/bin/python bench/safety_cost.py`",
+            "## Gate vs fit (CPU seconds)",
+            table(gates),
+            "## Monitor check vs retrain, Bike Sharing continual policy (CPU seconds)",
+            table([monitor]),
+        ]
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

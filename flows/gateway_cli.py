@@ -1,0 +1,44 @@
+"""``retrain gateway``: serve champion and challenger of one or more models over HTTP."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from flows.settings import resolve_spec
+from retrain.errors import RetrainError
+
+console = Console(stderr=True)
+
+
+def gateway_command(
+    spec: Annotated[
+        list[Path], typer.Option("--spec", "-s", help="Model spec file; repeat for more models.")
+    ],
+    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8080,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "warning",
+) -> None:
+    """Serve the models' champion and challenger (routing from each spec's [live] table)."""
+    try:
+        specs = [resolve_spec(path) for path in spec]
+    except RetrainError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.errors import GatewayError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        app = create_app(specs)
+    except GatewayError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+    # a SIGTERM lets answers in flight finish and the prediction log drain before exit
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)

@@ -1,0 +1,219 @@
+"""LightGBM on a Dask cluster (``lightgbm.dask``): training sets larger than one worker.
+
+The same estimator as :class:`~retrain.trainers.lightgbm.LightGBMTrainer` (scratch, and warm
+start with the champion's booster as ``init_model``), fitted on Dask collections: every worker
+trains on the partitions it holds and LightGBM's own network code joins them into one model.
+The categories are frozen as in the local trainer (the champion's codes, a category it never saw
+becomes missing). Bins: LightGBM finds them across the workers (its distributed bin finding);
+the local trainer's frozen bin reference sample is learned and kept with the model, so a later
+local increment of the lineage bins as before, but ``lightgbm.dask`` cannot be handed a
+reference Dataset, so a Dask fit's bins come from its workers' data.
+
+The fitted estimator is a plain LightGBM model (booster, encodings, reference sample): it
+saves, registers, loads and predicts exactly like a locally trained one, without Dask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pandas as pd
+
+from retrain.errors import TrainingError
+from retrain.trainers.lightgbm import LightGBMTrainer, encode_frame
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: Any = None, workers: int = 2) -> Iterator[Any]:
+    """A Dask client: the one given, one connected to a scheduler address (``tcp://host:8786``),
+    or, with None, a ``LocalCluster`` of ``workers`` single-threaded processes for this block."""
+    try:
+        import distributed
+    except ImportError:
+        raise TrainingError(
+            "compute.engine = 'dask' needs Dask: install retrain[dask] (dask, distributed)"
+        ) from None
+    if scheduler is not None and not isinstance(scheduler, str):
+        yield scheduler  # a Client the caller owns
+        return
+    if scheduler is None:
+        with (
+            distributed.LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            distributed.Client(cluster) as client,
+        ):
+            yield client
+        return
+    try:
+        client = distributed.Client(scheduler, timeout="20s")
+    except (OSError, TimeoutError) as exc:
+        raise TrainingError(
+            f"cannot reach the Dask scheduler at {scheduler} ({exc}): start it "
+            "(`dask scheduler`) and its workers, or fix compute.scheduler"
+        ) from None
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+class DaskLightGBMTrainer(LightGBMTrainer):
+    """:class:`LightGBMTrainer` fitted through ``lightgbm.dask`` on a Dask dataframe.
+
+    ``client`` is a ``distributed.Client`` (None: the current default client). ``fit`` takes a
+    Dask DataFrame ``X`` and a Dask Series ``y`` with the same partitions. ``strategy`` is
+    ``scratch`` or ``warm``; ``refit`` has no distributed form in LightGBM.
+    """
+
+    def __init__(
+        self,
+        task: str = "regression",
+        params: dict[str, Any] | None = None,
+        num_boost_round: int = 200,
+        categorical: Sequence[str] = (),
+        random_state: int = 42,
+        strategy: str = "scratch",
+        init_model: LightGBMTrainer | None = None,
+        refit_decay_rate: float = 0.9,
+        reference_rows: int = 20_000,
+        client: Any = None,
+    ) -> None:
+        super().__init__(
+            task=task,
+            params=params,
+            num_boost_round=num_boost_round,
+            categorical=categorical,
+            random_state=random_state,
+            strategy=strategy,
+            init_model=init_model,
+            refit_decay_rate=refit_decay_rate,
+            reference_rows=reference_rows,
+        )
+        self.client = client
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["client"] = None  # a client does not travel (to workers, into pickles)
+        return state
+
+    def _dask_client(self) -> Any:
+        if self.client is not None:
+            return self.client
+        import distributed
+
+        try:
+            return distributed.default_client()
+        except ValueError:
+            raise TrainingError(
+                "no Dask client: pass client= (a distributed.Client) or set compute.scheduler"
+            ) from None
+
+    def fit(self, X: Any, y: Any) -> DaskLightGBMTrainer:  # type: ignore[override]
+        import dask
+        import lightgbm.dask as lgb_dask
+
+        if not hasattr(X, "map_partitions") or isinstance(X, pd.DataFrame):
+            raise TrainingError(
+                "DaskLightGBMTrainer fits a Dask DataFrame: read the features with "
+                "FeatureCache.dask_frame, or use LightGBMTrainer for a pandas frame"
+            )
+        if self.strategy == "refit":
+            raise TrainingError(
+                "stateful.strategy = 'refit' has no distributed form in LightGBM: use 'warm' "
+                "with compute.engine = 'dask', or compute.engine = 'local'"
+            )
+        client = self._dask_client()
+        # the checks of the local trainer, on the first partition (names, schema, parameters)
+        self._validate(X.partitions[0].compute(), y.partitions[0].compute())
+        rows, missing_labels = dask.compute(y.size, y.isna().sum())
+        if int(missing_labels):
+            raise TrainingError("y holds missing labels: drop unlabelled rows before fit")
+        params = self._lgb_params()
+        self.feature_names_ = [str(c) for c in X.columns]
+        init = self.init_model
+        if self.strategy == "scratch" or init is None:
+            uniques = dask.compute(
+                *[X[col].dropna().astype("string").unique() for col in self.categorical]
+            )
+            self.categories_ = {
+                col: sorted(pd.Series(values).astype("string").tolist())
+                for col, values in zip(self.categorical, uniques, strict=True)
+            }
+            self.increments_ = 0
+        else:
+            self.categories_ = {k: list(v) for k, v in init.categories_.items()}
+            self.increments_ = init.increments_ + 1
+        meta = encode_frame(X._meta, self.feature_names_, self.categories_)
+        encoded = X.map_partitions(encode_frame, self.feature_names_, self.categories_, meta=meta)
+        label = y.astype("float64")
+        if self.strategy == "scratch" or init is None:
+            n_ref = min(self.reference_rows, int(rows))
+            frac = min(1.0, n_ref / max(int(rows), 1))
+            sample = encoded.sample(frac=frac, random_state=self.random_state).compute()
+            self.reference_ = sample.head(n_ref).reset_index(drop=True)
+        else:
+            self.reference_ = init.reference_
+
+        estimator = (
+            lgb_dask.DaskLGBMClassifier if self.task == "binary" else lgb_dask.DaskLGBMRegressor
+        )
+        # lightgbm.dask sets the threads from the worker; the seed goes in as random_state
+        lgb_params = {k: v for k, v in params.items() if k not in {"seed", "num_threads"}}
+        model = estimator(
+            client=client,
+            n_estimators=self.num_boost_round,
+            random_state=self.random_state,
+            **lgb_params,
+        )
+        model.fit(
+            encoded,
+            label,
+            categorical_feature=list(self.categories_) or "auto",
+            init_model=init.booster_ if self.strategy == "warm" and init is not None else None,
+            eval_set=[(encoded, label)],
+            eval_names=["train"],
+        )
+        self.booster_ = model.booster_
+        self.evals_result_ = {k: dict(v) for k, v in model.evals_result_.items()}
+        if init is not None and self.strategy == "warm":
+            self._check_trees_added(init, params, int(rows))
+        self.n_train_rows_ = int(rows)
+        logger.info(
+            "lightgbm.dask: %s on %d rows in %d partition(s) over %d worker(s)",
+            self.strategy,
+            self.n_train_rows_,
+            X.npartitions,
+            len(client.scheduler_info().get("workers", {})),
+        )
+        return self
+
+    def to_local(self) -> LightGBMTrainer:
+        """The same fitted model as a plain :class:`LightGBMTrainer` (no Dask attached)."""
+        self._check_fitted()
+        local = LightGBMTrainer(
+            task=self.task,
+            params=self.params,
+            num_boost_round=self.num_boost_round,
+            categorical=self.categorical,
+            random_state=self.random_state,
+            strategy=self.strategy,
+            refit_decay_rate=self.refit_decay_rate,
+            reference_rows=self.reference_rows,
+        )
+        for name in (
+            "booster_",
+            "feature_names_",
+            "categories_",
+            "reference_",
+            "increments_",
+            "n_train_rows_",
+            "evals_result_",
+        ):
+            setattr(local, name, getattr(self, name))
+        return local
