@@ -100,6 +100,9 @@ def build_loss_matrix(
         wall0, cpu0 = time.perf_counter(), time.process_time()
         plan = family.plan("scheduled", spec, None)
         trained = family.fit_candidate(spec, prepared, plan, None)
+        if spec.gate.refit:
+            # what production serves: the validated recipe refitted up to the as-of
+            trained = family.refit(spec, prepared, trained, None)
         cpu[k] = time.process_time() - cpu0
         wall[k] = time.perf_counter() - wall0
         later = data.rows.iloc[data.offsets[t0 + s] :]
