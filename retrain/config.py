@@ -159,8 +159,10 @@ class GateSpec(_Strict):
     min_slice_rows: int = Field(default=30, ge=1)
     # learn up to now: after the gate validated the candidate's recipe on the holdout, the same
     # recipe is refitted on the data up to the as-of (holdout included) and THAT fit is
-    # registered; the next gate compares the champion on rows after its training end only
-    refit: bool = True
+    # registered; the next gate compares the champion on rows after its training end only.
+    # Off by default for now: with it on, the bundled ALS demo's first run fails (an empty
+    # increment); to be turned on once that path is fixed and the whole suite runs with it
+    refit: bool = False
 
     @field_validator("approval_timeout")
     @classmethod
