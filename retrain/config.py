@@ -36,6 +36,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _label_delay(value: str, table: str, example: str) -> str:
+    """A label delay: a duration that may be zero but not negative."""
+    try:
+        if pd.Timedelta(value) < pd.Timedelta(0):
+            raise ValueError(f"{table}.label_delay cannot be negative")
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{value!r} is not a duration like {example!r} ({exc})") from exc
+    return value
+
+
 def _duration(value: str, key: str) -> pd.Timedelta:
     try:
         delta = pd.Timedelta(value)
@@ -349,12 +359,7 @@ class MonitorSpec(_Strict):
     @field_validator("label_delay")
     @classmethod
     def _delay(cls, value: str) -> str:
-        try:
-            if pd.Timedelta(value) < pd.Timedelta(0):
-                raise ValueError("monitor.label_delay cannot be negative")
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{value!r} is not a duration like '2D' ({exc})") from exc
-        return value
+        return _label_delay(value, "monitor", "2D")
 
     @field_validator("any", "all")
     @classmethod
@@ -420,12 +425,7 @@ class LiveSpec(_Strict):
     @field_validator("label_delay")
     @classmethod
     def _delay(cls, value: str) -> str:
-        try:
-            if pd.Timedelta(value) < pd.Timedelta(0):
-                raise ValueError("live.label_delay cannot be negative")
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{value!r} is not a duration like '1h' ({exc})") from exc
-        return value
+        return _label_delay(value, "live", "1h")
 
     @field_validator("poll", "evaluate_every")
     @classmethod
