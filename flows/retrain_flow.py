@@ -41,6 +41,7 @@ from retrain.families.spine import (
     Evaluated,
     Prepared,
     Trained,
+    align_to_champion,
     parse_as_of,
     prepare,
 )
@@ -538,12 +539,14 @@ def _retrain(
     with holding_claim(ledger, spec.name, run_id):
         prepared = prepare_data(spec, cutoff, ledger)
         champion = load_champion(registry)
+        prepared = align_to_champion(prepared, mode, champion, spec.gate.refit)
         skip = skip_reason(
             mode,
             champion.state() if champion else None,
             champion.data_versions[-1] if champion and champion.data_versions else None,
             prepared.train.version,
             prepared.holdout.start,
+            len(prepared.holdout.partitions),
         )
         if skip is not None:
             return _skipped(ledger, spec, mode, run_id, skip)

@@ -170,9 +170,9 @@ class GateSpec(_Strict):
     # learn up to now: after the gate validated the candidate's recipe on the holdout, the same
     # recipe is refitted on the data up to the as-of (holdout included) and THAT fit is
     # registered; the next gate compares the champion on rows after its training end only.
-    # Off by default for now: with it on, the bundled ALS demo's first run fails (an empty
-    # increment); to be turned on once that path is fixed and the whole suite runs with it
-    refit: bool = False
+    # An incremental retrain after a refitted champion moves its holdout past the first new
+    # partition (retrain.families.spine.align_to_champion), so a lineage always advances.
+    refit: bool = True
 
     @field_validator("approval_timeout")
     @classmethod

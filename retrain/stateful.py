@@ -99,12 +99,17 @@ def skip_reason(
     champion_data_version: str | None,
     train_data_version: str,
     holdout_start: pd.Timestamp,
+    holdout_partitions: int = 1,
 ) -> str | None:
     """Why an automated retrain has nothing to do (None: go ahead). Manual runs never skip.
 
     >>> champ = ChampionState("2", 0, pd.Timestamp("2011-04-01"), ("a",), ())
     >>> skip_reason("stateful", champ, "dv-1", "dv-9", pd.Timestamp("2011-04-01"))
     "no partition arrived after champion v2's training end (2011-04-01 00:00:00)"
+    >>> print(skip_reason("stateful", champ, "dv-1", "dv-9", pd.Timestamp("2011-04-08"), 0))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    one partition arrived after champion v2's training end (2011-04-01 00:00:00): an increment
+    needs one more to be judged on
     >>> skip_reason("scheduled", champ, "dv-1", "dv-1", pd.Timestamp("2011-04-09")) is not None
     True
     >>> skip_reason("manual", champ, "dv-1", "dv-1", pd.Timestamp("2011-04-01")) is None
@@ -117,6 +122,11 @@ def skip_reason(
             return (
                 f"no partition arrived after champion v{champion.version}'s training end "
                 f"({champion.train_end})"
+            )
+        if holdout_partitions == 0:
+            return (
+                f"one partition arrived after champion v{champion.version}'s training end "
+                f"({champion.train_end}): an increment needs one more to be judged on"
             )
         return None
     if champion_data_version == train_data_version:

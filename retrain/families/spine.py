@@ -31,7 +31,7 @@ from retrain.features import (
 )
 from retrain.ingest import TS, IngestResult, ingest
 from retrain.ledger import Ledger
-from retrain.stateful import ChampionState, TrainingPlan
+from retrain.stateful import STATEFUL_MODES, ChampionState, TrainingPlan
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +141,63 @@ def prepare(
     cache = FeatureCache(spec.state.features, spec)
     materialized = cache.materialize(train.partitions + holdout.partitions)
     return Prepared(result, materialized, train, holdout, cache.spec_hash)
+
+
+def align_to_champion(
+    prepared: Prepared, mode: str, champion: Champion | None, refitted: bool
+) -> Prepared:
+    """The windows of an incremental retrain (stateful, continual) against its champion.
+
+    A warm, refit or fold-in candidate learns from the partitions after the champion's training
+    end and is judged on a holdout after them, so both need at least one partition. When the
+    champion trained up to (or near) the planned holdout's start (``gate.refit`` registers fits
+    that end at their as-of), the increment would be empty and the lineage could never advance:
+    then the holdout starts at the end of the first complete partition after the champion's
+    training end instead, and that partition is the increment. The holdout is empty when no
+    partition follows it (``skip_reason`` then skips: nothing to judge on yet). Other modes and
+    a first model keep the planned windows, and so does a champion that is not a refit
+    (``refitted`` is ``gate.refit``): it trained up to its own holdout's start, so a champion
+    trained past the planned holdout's start means no new data, and the run is skipped.
+
+    >>> from retrain.ingest import Partition
+    >>> def part(m):
+    ...     start = pd.Timestamp(f"2011-{m:02d}-01")
+    ...     return Partition(f"p{m}", start, start + pd.offsets.MonthBegin(), "fp", pd.DataFrame())
+    >>> parts = [part(m) for m in range(1, 8)]
+    >>> holdout = Window("holdout", pd.Timestamp("2011-04-15"), pd.Timestamp("2011-08-01"),
+    ...                  tuple(parts[4:]), "dv")
+    >>> prepared = Prepared(IngestResult(tuple(parts), (), 0, 0), None, None, holdout, "h")
+    >>> champ = Champion("3", None, pd.Timestamp("2011-04-10"), ())
+    >>> aligned = align_to_champion(prepared, "stateful", champ, True).holdout
+    >>> str(aligned.start.date()), [p.key for p in aligned.partitions]
+    ('2011-05-01', ['p5', 'p6', 'p7'])
+    >>> align_to_champion(prepared, "manual", champ, True).holdout is holdout
+    True
+    >>> align_to_champion(prepared, "stateful", champ, False).holdout is holdout
+    True
+    """
+    if not refitted or mode not in STATEFUL_MODES or champion is None:
+        return prepared
+    if champion.train_end is None:
+        return prepared
+    since = champion.train_end
+    ends = [p.end for p in prepared.ingest.partitions if p.end > since]
+    holdout = prepared.holdout
+    if not ends or min(ends) <= holdout.start:
+        return prepared
+    start = min(ends)
+    inside = tuple(p for p in holdout.partitions if p.start >= start)
+    moved = Window(
+        "holdout", start, max(start, holdout.end), inside, data_version(prepared.spec_hash, inside)
+    )
+    logger.info(
+        "holdout moved to start at %s: champion v%s trained up to %s, and its increment "
+        "needs one complete partition before the holdout",
+        start,
+        champion.version,
+        since,
+    )
+    return replace(prepared, holdout=moved)
 
 
 def increment_window(spec: ModelSpec, prepared: Prepared, since: pd.Timestamp) -> Window:

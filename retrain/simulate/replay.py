@@ -51,7 +51,7 @@ from retrain.errors import (
     SimulationError,
 )
 from retrain.families import family_of
-from retrain.families.spine import Prepared, Scored
+from retrain.families.spine import Prepared, Scored, align_to_champion
 from retrain.features import MaterializeResult, Window, in_memory, plan_windows
 from retrain.freshness import last_row
 from retrain.ingest import TS, IngestResult
@@ -388,12 +388,15 @@ class _Replayer:
                     plan = TrainingPlan("baseline", decision.reason, None, 0)
                 else:
                     plan = family.plan(decision.mode, spec, champion)
+                    prepared = align_to_champion(prepared, decision.mode, champion, spec.gate.refit)
+                    holdout = prepared.holdout
                     skip = skip_reason(
                         decision.mode,
                         champion.state() if champion else None,
                         self.champion.data_version if self.champion else None,
                         train.version,
                         holdout.start,
+                        len(holdout.partitions),
                     )
                     if skip is not None:
                         self._not_trained(at, "skipped", skip)

@@ -37,10 +37,10 @@ def refit_spec(tmp_path: Path, bike_dir: Path):
     return parse_spec(spec_dict(bike_dir, tmp_path / "state", **{"gate.refit": True}))
 
 
-def test_refit_is_off_by_default_until_every_demo_runs_with_it(tmp_path, bike_dir):
+def test_refit_is_on_by_default(tmp_path, bike_dir):
     data = spec_dict(bike_dir, tmp_path / "state")
     del data["gate"]["refit"]
-    assert parse_spec(data).gate.refit is False
+    assert parse_spec(data).gate.refit is True
 
 
 def test_a_scratch_recipe_is_refitted_on_the_window_ending_at_the_as_of(refit_spec):
