@@ -208,7 +208,7 @@ def _registry(model_spec: ModelSpec) -> Any:
     from registry import ModelRegistry
 
     ledger = Ledger(model_spec.state.ledger)
-    return ModelRegistry(model_spec.state.tracking, model_spec.name, ledger)
+    return ModelRegistry.for_spec(model_spec.state, model_spec.name, ledger)
 
 
 @app.command()
@@ -305,7 +305,7 @@ def status(
     if ledger.current_version() == 0:
         console.print(f"no ledger at {ledger.safe_url()} yet: run a retrain first")
         raise typer.Exit(code=1)
-    registry = ModelRegistry(model_spec.state.tracking, model_spec.name, ledger)
+    registry = ModelRegistry.for_spec(model_spec.state, model_spec.name, ledger)
     aliases = registry.aliases()
     versions = Table(title=f"{model_spec.name}: model versions")
     for col in (
@@ -565,7 +565,7 @@ def demo(
     rows = []
     from registry import ModelRegistry
 
-    registry = ModelRegistry(model_spec.state.tracking, model_spec.name, ledger)
+    registry = ModelRegistry.for_spec(model_spec.state, model_spec.name, ledger)
     for step, as_of, mode, extra in steps:
         console.rule(f"[bold]step {step}[/]: {mode} retrain as of {as_of}")
         try:

@@ -478,12 +478,7 @@ def _skipped(ledger: Ledger, spec: ModelSpec, mode: str, run_id: int, why: str) 
 
 
 def make_registry(spec: ModelSpec, ledger: Ledger) -> ModelRegistry:
-    return ModelRegistry(
-        tracking_uri=spec.state.tracking,
-        model_name=spec.name,
-        ledger=ledger,
-        artifact_root=spec.state.artifact_destination,
-    )
+    return ModelRegistry.for_spec(spec.state, spec.name, ledger)
 
 
 @flow(name="retrain", log_prints=False)

@@ -65,12 +65,7 @@ class Slot:
         self.spec = spec
         self.name = spec.name
         self.ledger = ledger
-        self.registry = ModelRegistry(
-            spec.state.tracking,
-            spec.name,
-            ledger,
-            artifact_root=spec.state.artifacts if spec.state.tracking_uri is None else None,
-        )
+        self.registry = ModelRegistry.for_spec(spec.state, spec.name, ledger)
         self.deployed = Deployed(None, None, spec.live.share)
         self.last_error: str | None = None
         self._stop = threading.Event()

@@ -37,6 +37,7 @@ from registry.errors import (
     UntrustedModel,
     VersionNotFound,
 )
+from retrain.config import StateSpec
 from retrain.families.lineage import Lineage, Tag
 from retrain.ledger import Ledger
 from retrain.promotion import PromotionDecision
@@ -200,6 +201,11 @@ class ModelRegistry:
         self.ledger = ledger
         self.artifact_root = artifact_root
         self._client: MlflowClient | None = None
+
+    @classmethod
+    def for_spec(cls, spec: StateSpec, model_name: str, ledger: Ledger) -> ModelRegistry:
+        """The registry of a spec's state: its tracking store and artifact destination."""
+        return cls(spec.tracking, model_name, ledger, artifact_root=spec.artifact_destination)
 
     def safe_uri(self) -> str:
         """The tracking URI without credentials (user:password@ or token= parts)."""

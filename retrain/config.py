@@ -528,11 +528,19 @@ class StateSpec(_Strict):
 
     @property
     def artifact_destination(self) -> Path | str | None:
-        """Artifact location of new experiments: ``artifact_url``, else ``<dir>/mlartifacts``
-        with the embedded (file) tracking store, else the tracking server's own default."""
+        """Artifact location of new experiments: ``artifact_url``; else the tracking server's
+        own default (http, https, databricks); else, with a database store (SQLite,
+        PostgreSQL, ...), ``<dir>/mlartifacts``, never MLflow's ``./mlruns`` in the cwd.
+
+        >>> StateSpec(tracking_uri="http://mlflow:5000").artifact_destination is None
+        True
+        >>> StateSpec(dir=Path("/s"), tracking_uri="postgresql://db/mlflow").artifact_destination
+        PosixPath('/s/mlartifacts')
+        """
         if self.artifact_url is not None:
             return self.artifact_url
-        return self.artifacts if self.tracking_uri is None else None
+        scheme = (self.tracking_uri or "").split(":", 1)[0].lower()
+        return None if scheme in {"http", "https", "databricks"} else self.artifacts
 
 
 class ModelSpec(_Strict):

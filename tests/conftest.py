@@ -22,6 +22,23 @@ ROOT = Path(__file__).resolve().parents[1]
 BIKE_CSV = ROOT / "retrain" / "demo" / "data" / "bike_sharing_hourly" / "hour.csv"
 POSTGRES_ENV = "RETRAIN_TEST_POSTGRES_URL"
 PROJECT_LOGGERS = ("retrain", "registry", "flows")
+# what no test may leave in the checkout (MLflow's default artifact folder, a default state dir)
+CHECKOUT_LITTER = ("mlruns", "mlartifacts", ".retrain")
+_litter_before: set[str] = set()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _litter_before.update(name for name in CHECKOUT_LITTER if (ROOT / name).exists())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    new = [name for name in CHECKOUT_LITTER if (ROOT / name).exists()]
+    new = [name for name in new if name not in _litter_before]
+    if new:
+        session.config.get_terminal_writer().line(
+            f"\ntests wrote {new} into the checkout {ROOT}: point them at tmp_path", red=True
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture

@@ -16,13 +16,18 @@ from retrain.ledger import Ledger
 from retrain.promotion import Approval, PromotionDecision, decide
 
 
-def make_machine(tracking_uri: str, ledger_url: str, make_record):
+def make_machine(tracking_uri: str, ledger_url: str, artifact_root, make_record):
     class RegistryMachine(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()
             ledger = Ledger(ledger_url)
             ledger.migrate()
-            self.registry = ModelRegistry(tracking_uri, f"inv-{uuid.uuid4().hex[:10]}", ledger)
+            self.registry = ModelRegistry(
+                tracking_uri,
+                f"inv-{uuid.uuid4().hex[:10]}",
+                ledger,
+                artifact_root=artifact_root,
+            )
             self.versions: list[str] = []
             self.gate: dict[str, bool] = {}
             self.decided: set[str] = set()
@@ -122,7 +127,9 @@ def make_machine(tracking_uri: str, ledger_url: str, make_record):
 def test_champion_invariant_holds_over_random_operation_sequences(
     tracking_uri, tmp_path, make_record
 ):
-    machine = make_machine(tracking_uri, f"sqlite:///{tmp_path / 'ledger.db'}", make_record)
+    machine = make_machine(
+        tracking_uri, f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path / "artifacts", make_record
+    )
     test_case = machine.TestCase
     test_case.settings = settings(
         max_examples=12,
