@@ -181,14 +181,13 @@ def align_to_champion(
     if champion.train_end is None:
         return prepared
     since = champion.train_end
-    ends = [p.end for p in prepared.ingest.partitions if p.end > since]
     holdout = prepared.holdout
-    if not ends or min(ends) <= holdout.start:
+    start = min((p.end for p in prepared.ingest.partitions if p.end > since), default=None)
+    if start is None or start <= holdout.start:
         return prepared
-    start = min(ends)
     inside = tuple(p for p in holdout.partitions if p.start >= start)
-    moved = Window(
-        "holdout", start, max(start, holdout.end), inside, data_version(prepared.spec_hash, inside)
+    moved = replace(
+        holdout, start=start, partitions=inside, version=data_version(prepared.spec_hash, inside)
     )
     logger.info(
         "holdout moved to start at %s: champion v%s trained up to %s, and its increment "
