@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flows.gateway_cli import gateway_command
+from flows.gateway_cli import gateway_command, live_evaluate_command
 from flows.settings import resolve_spec
 from flows.simulate_cli import simulate_command
 from retrain.config import ModelSpec
@@ -662,6 +662,7 @@ def recommend(
 # `retrain simulate` lives in its own module (issue #7); registered here.
 app.command("simulate")(simulate_command)
 app.command("gateway")(gateway_command)
+app.command("live-evaluate")(live_evaluate_command)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from prefect.schedules import Cron, Interval, Schedule
 from prefect.settings import get_current_settings
 from prefect.types.entrypoint import EntrypointType
 
+from flows.live_flow import live_evaluate_flow
 from flows.monitor_flow import RETRAIN_EVENT, model_resource, monitor_flow
 from flows.retrain_flow import retrain_flow
 from flows.settings import resolve_spec
@@ -212,6 +213,47 @@ def continual_deployments(
     return [monitor, continual]  # type: ignore[list-item]
 
 
+def live_deployment(spec_path: str | Path, work_pool: str | None = None) -> RunnerDeployment | None:
+    """The online evaluation of one model's live test, every ``live.evaluate_every``.
+
+    None when ``live.routing`` is ``off`` (no live test to evaluate). A run joins the gateway's
+    logged answers with their feedback, decides (continue, promote, roll back) and carries the
+    decision out; a promotion asks the operator when ``gate.require_approval`` says so.
+    """
+    spec = resolve_spec(spec_path)
+    if spec.live.routing == "off":
+        return None
+    seconds = pd.Timedelta(spec.live.evaluate_every).total_seconds()
+    approval = (
+        "waits for an operator's approval in the Prefect UI"
+        if spec.gate.require_approval
+        else "is carried out without an operator"
+    )
+    deployment = live_evaluate_flow.to_deployment(
+        name=live_deployment_name(spec),
+        schedule=Interval(datetime.timedelta(seconds=seconds)),
+        parameters={
+            "spec_path": str(Path(spec_path).resolve()),
+            "auto_approve": not spec.gate.require_approval,
+            "actor": "online-evaluation",
+        },
+        concurrency_limit=CONCURRENCY,
+        description=(
+            f"Online evaluation of {spec.name}'s {spec.live.routing} test every "
+            f"{spec.live.evaluate_every}: joins the gateway's answers with their feedback and "
+            f"decides; a promotion {approval}. At most one run at a time."
+        ),
+        tags=["retrain", f"model:{spec.name}", "mode:live-evaluate"],
+        **pool_options(work_pool),
+    )
+    assert isinstance(deployment, RunnerDeployment)
+    return deployment
+
+
+def live_deployment_name(spec: ModelSpec) -> str:
+    return f"{spec.name}-live-evaluate"
+
+
 def check_server() -> str:
     """The configured Prefect API URL, after checking that the server answers."""
     url = get_current_settings().api.url
@@ -247,6 +289,11 @@ def build_deployments(
                 f"{deployment.name!r} (the same model name): give each model its own name"
             )
         seen[deployment.name] = path
+    # every model with a live test also gets its online evaluation on a schedule
+    for path in spec_paths:
+        live = live_deployment(path, work_pool)
+        if live is not None:
+            deployments.append(live)
     return deployments
 
 

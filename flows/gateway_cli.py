@@ -42,3 +42,39 @@ def gateway_command(
         raise typer.Exit(code=2) from None
     # a SIGTERM lets answers in flight finish and the prediction log drain before exit
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
+
+
+def live_evaluate_command(
+    spec: Annotated[Path, typer.Option("--spec", "-s", help="Model spec file (.toml or .yaml).")],
+    auto_approve: Annotated[
+        bool, typer.Option(help="Carry out a promotion without waiting for an operator.")
+    ] = False,
+) -> None:
+    """Evaluate the model's live test once now (the same flow `retrain serve` schedules)."""
+    try:
+        resolve_spec(spec)  # a bad spec fails here, before Prefect starts
+    except RetrainError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+    from flows.live_flow import live_evaluate_flow
+
+    try:
+        result = live_evaluate_flow(spec_path=str(spec.resolve()), auto_approve=auto_approve)
+    except RetrainError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+    out = Console()
+    out.print(f"{result['model']}: {result['status']}: {result['decision']}")
+    evidence = result.get("evidence") or {}
+    for arm in evidence.get("arms", []):
+        out.print(
+            f"  {arm['arm']} v{arm['version']}: {arm['requests']} answer(s), "
+            f"{arm['labelled']} labelled, {evidence.get('metric', 'metric')} "
+            f"{_num(arm['metric'])} [{_num(arm['ci_low'])}, {_num(arm['ci_high'])}]"
+        )
+    if result.get("labelled"):
+        out.print(f"  {result['labelled']} labelled answer(s) exported as training partitions")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.6g}"

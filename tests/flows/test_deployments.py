@@ -135,6 +135,36 @@ def test_a_custom_cron_and_time_zone_reach_the_schedule(tmp_path, bike_dir):
     assert deployment.parameters["reason"] == "cron schedule '30 4 * * 1-5' (Europe/Berlin)"
 
 
+def test_a_model_with_a_live_test_gets_its_online_evaluation_on_a_schedule(tmp_path, bike_dir):
+    path = write_spec(
+        tmp_path,
+        bike_dir,
+        **{"live.routing": "shadow", "live.evaluate_every": "30min", "gate.require_approval": True},
+    )
+
+    scheduled, live = build_deployments([path])
+
+    assert scheduled.name == "bike-test-scheduled"
+    assert live.name == "bike-test-live-evaluate"
+    assert live.entrypoint == "flows/live_flow.py:live_evaluate_flow"
+    [schedule] = live.schedules
+    assert schedule.schedule.interval == datetime.timedelta(minutes=30)
+    assert live.parameters == {
+        "spec_path": str(path.resolve()),
+        "auto_approve": False,
+        "actor": "online-evaluation",
+    }
+    assert live.concurrency_limit == 1
+    assert set(live.tags) == {"retrain", "model:bike-test", "mode:live-evaluate"}
+    assert "waits for an operator's approval" in (live.description or "")
+
+
+def test_a_model_without_a_live_test_gets_no_online_evaluation(tmp_path, bike_dir):
+    path = write_spec(tmp_path, bike_dir, **{"gate.require_approval": False})
+
+    assert [d.name for d in build_deployments([path])] == ["bike-test-scheduled"]
+
+
 def test_two_specs_of_the_same_model_are_refused(tmp_path, bike_dir):
     first = write_spec(tmp_path, bike_dir, "a.yaml")
     second = write_spec(tmp_path, bike_dir, "b.yaml")

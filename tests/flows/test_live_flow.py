@@ -13,7 +13,9 @@ import httpx
 import pandas as pd
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from flows.cli import app
 from flows.live_flow import live_evaluate_flow
 from flows.retrain_flow import retrain_flow
 from registry.client import APPROVAL_TAG, GATE_TAG
@@ -121,6 +123,32 @@ def test_a_continuing_test_changes_nothing(make_models, gateway, tmp_path: Path,
     result, _ = run_flow(live_evaluate_flow, str(spec))
     assert result["status"] == "continue" and "0 labelled requests" in result["decision"]
     assert models.registry.alias_version("challenger") == challenger
+
+
+def test_live_evaluate_on_the_command_line_runs_the_same_evaluation(make_models, tmp_path: Path):
+    models = make_models()
+    models.promote(models.add(rounds=5))
+    challenger = models.add(rounds=20)
+    spec = write_spec(tmp_path, models, {"routing": "canary", "min_samples": 100})
+
+    result = CliRunner().invoke(app, ["live-evaluate", "--spec", str(spec)])
+
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert f"{models.registry.model_name}: continue:" in out
+    assert "0 labelled requests" in out
+    assert f"challenger v{challenger}: 0 answer(s), 0 labelled" in out
+    assert models.registry.alias_version("challenger") == challenger
+
+
+def test_live_evaluate_refuses_a_bad_spec_with_one_line(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nfamily: nope\n")
+
+    result = CliRunner().invoke(app, ["live-evaluate", "--spec", str(bad)])
+
+    assert result.exit_code == 2
+    assert "error:" in result.output and "Traceback" not in result.output
 
 
 def test_labelled_answers_become_the_next_training_data(
