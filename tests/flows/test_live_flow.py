@@ -26,9 +26,11 @@ from tests.gateway.conftest import (  # noqa: F401  (fixtures)
     gateway,
     gw_ledger,
     gw_tracking_uri,
+    make_als_models,
     make_models,
     source_rows,
     train_frame,
+    write_als_spec,
     write_spec,
 )
 
@@ -113,6 +115,48 @@ def test_online_evaluation_promotes_a_better_challenger_and_rolls_back_a_worse_o
         time.sleep(0.3)
     else:
         pytest.fail(f"the gateway did not follow the aliases: {ready}")
+
+
+def test_interleaving_promotes_the_recommender_whose_items_get_clicked(
+    make_als_models, gateway, tmp_path: Path, gw_ledger
+):
+    """ALS through the gateway: team-draft interleaved lists over HTTP, clicks on the items a
+    user truly likes (taste_stream's plan) as feedback, and the evaluation promotes the model
+    that learned the tastes over one that was fitted with the users shuffled."""
+    models = make_als_models()
+    blind = models.add(rounds=10, shuffled=True)
+    models.promote(blind)
+    sighted = models.add(rounds=10)
+    name = models.registry.model_name
+    live = {"routing": "interleave", "required": "interleave", "min_samples": 40}
+    gw = gateway(write_als_spec(tmp_path, models, live))
+    with httpx.Client(base_url=gw.url, timeout=30) as client:
+        for n in range(90):
+            user = str(n)
+            taste = 100 + 20 * (n % 3)
+            answer = client.post(f"/models/{name}/recommend", json={"users": [user], "k": 5})
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert body["arm"] == "interleaved" and body["version"] == f"{blind}|{sighted}"
+            [listed], [teams] = body["recommendations"], body["teams"]
+            assert len(teams) == len(listed["items"]) == 5
+            assert set(teams) <= {"champion", "challenger"}
+            liked = [i for i in listed["items"] if taste <= int(i) < taste + 20]
+            fb = client.post(
+                "/feedback",
+                json={"request_id": body["request_id"], "clicks": liked, "model": name},
+            )
+            assert fb.status_code == 202
+    wait_logged(gw_ledger, name, 90)
+    time.sleep(0.5)  # the last feedback rows
+
+    result, _ = run_flow(live_evaluate_flow, str(write_als_spec(tmp_path, models, live)))
+
+    assert result["status"] == "promoted", result["decision"]
+    assert models.registry.alias_version("champion") == sighted
+    assert models.registry.alias_version("previous") == blind
+    assert result["evidence"]["test"].startswith("team-draft interleaving")
+    assert result["evidence"]["effect"] > 0 and result["evidence"]["samples"] >= 40
 
 
 def test_a_continuing_test_changes_nothing(make_models, gateway, tmp_path: Path, train_frame):

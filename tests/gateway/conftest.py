@@ -23,8 +23,8 @@ from registry import CandidateRecord, ModelRegistry
 from registry.client import GATE_TAG
 from retrain.ledger import Ledger
 from retrain.promotion import automatic_approval, decide
-from retrain.trainers import LightGBMTrainer
-from tests.conftest import bike_slice, spec_dict
+from retrain.trainers import ALSTrainer, LightGBMTrainer
+from tests.conftest import als_spec_dict, bike_slice, spec_dict, taste_stream
 
 BIN = Path(sys.executable).parent
 FEATURES = ["temp", "hum", "hr", "weathersit"]
@@ -90,6 +90,78 @@ class Models:
         )
         self.registry.record_decision(decision)
         self.registry.promote(decision, actor="test")
+
+
+class ALSModels(Models):
+    """One registered ALS model over ``taste_stream`` interactions (ids as strings, as ingest
+    keeps them); ``add`` fits a version with ``factors`` and ``iterations``."""
+
+    def add(
+        self, rounds: int, gate: str = "passed", leaves: int = 8, shuffled: bool = False
+    ) -> str:
+        """``shuffled``: fit on the interactions with the users permuted (a model that learned
+        nobody's taste)."""
+        frame = self.frame
+        if shuffled:
+            users = frame["user"].sample(frac=1.0, random_state=1).to_numpy()
+            frame = frame.assign(user=users)
+        trainer = ALSTrainer(
+            factors=leaves, iterations=rounds, min_rating=3, popularity_window="10D"
+        ).fit(frame)
+        model_dir = trainer.save(self.workdir / f"als-{uuid.uuid4().hex[:6]}")
+        record = CandidateRecord(
+            model_dir=model_dir,
+            description="gateway test (als)",
+            params={"iterations": rounds, "factors": leaves},
+            metrics={},
+            version_tags={GATE_TAG: gate, "retrain.mode": "manual"},
+            sample=pd.DataFrame({"user": ["0", "1"]}),
+            family="als",
+            predict_params={"k": 5},
+        )
+        return self.registry.register_candidate(record, actor="test")
+
+
+def taste_interactions() -> pd.DataFrame:
+    """``taste_stream`` as the trainer takes it: user, item (strings), weight, ts."""
+    raw = taste_stream(days=20)
+    return pd.DataFrame(
+        {
+            "user": raw["userId"].astype(str),
+            "item": raw["movieId"].astype(str),
+            "weight": raw["rating"],
+            "ts": pd.to_datetime(raw["timestamp"], unit="s"),
+        }
+    )
+
+
+@pytest.fixture
+def make_als_models(
+    gw_tracking_uri: str, gw_ledger: Ledger, tmp_path: Path
+) -> Callable[[], ALSModels]:
+    frame = taste_interactions()
+
+    def make() -> ALSModels:
+        registry = ModelRegistry(
+            gw_tracking_uri,
+            f"gw-als-{uuid.uuid4().hex[:8]}",
+            gw_ledger,
+            artifact_root=tmp_path / "artifacts",
+        )
+        return ALSModels(registry, frame, tmp_path)
+
+    return make
+
+
+def write_als_spec(tmp_path: Path, models: Models, live: dict[str, Any]) -> Path:
+    data = als_spec_dict(tmp_path / "data", tmp_path / "state")
+    data["name"] = models.registry.model_name
+    data["state"]["tracking_uri"] = models.registry.tracking_uri
+    data["state"]["ledger_url"] = models.registry.ledger.url
+    data["live"] = {"poll": "1s", **live}
+    path = tmp_path / f"{models.registry.model_name}.yaml"
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(data, default=str))))
+    return path
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway.conftest import source_rows, write_spec
+from tests.gateway.conftest import source_rows, write_als_spec, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -227,3 +227,71 @@ def test_feedback_is_stored_by_request_id(
     while time.monotonic() < deadline and not gw_ledger.feedback([rid]):
         time.sleep(0.2)
     assert gw_ledger.feedback([rid])[0]["outcome"] == {"labels": [3, 4]}
+
+
+def test_als_recommends_through_the_gateway_for_string_and_integer_ids(
+    make_als_models, gateway, tmp_path: Path
+):
+    models = make_als_models()
+    champion = models.add(rounds=10)
+    models.promote(champion)
+    name = models.registry.model_name
+    gw = gateway(write_als_spec(tmp_path, models, {}))
+    with httpx.Client(base_url=gw.url, timeout=30) as client:
+        answer = client.post(
+            f"/models/{name}/recommend", json={"users": ["3", 4, "nobody"], "k": 5}
+        )
+        wrong = client.post(f"/models/{name}/predict", json={"rows": [{"user": "3"}]})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["version"], body["arm"]) == (champion, "champion")
+    lists = {r["user"]: r["items"] for r in body["recommendations"]}
+    assert set(lists) == {"3", "4", "nobody"}
+    assert all(len(items) == 5 and len(set(items)) == 5 for items in lists.values())
+    in_process = models.registry.load_model(champion).recommend(["3", "4"], k=5)
+    for user in ("3", "4"):
+        assert lists[user] == list(in_process.loc[in_process["user"] == user, "item"].astype(str))
+    # user 3 likes items 100-119 (taste_stream's plan), user 4 items 120-139
+    assert sum(100 <= int(i) < 120 for i in lists["3"]) >= 3
+    assert sum(120 <= int(i) < 140 for i in lists["4"]) >= 3
+    assert wrong.status_code == 400 and f"/models/{name}/recommend" in wrong.json()["error"]
+
+
+def test_the_bandit_moves_traffic_to_the_arm_that_earns_more(
+    make_models, gateway, tmp_path: Path, bike_hourly, gw_ledger
+):
+    from tests.conftest import bike_slice
+
+    models = make_models()
+    models.promote(models.add(rounds=2, leaves=2))
+    strong = models.add(rounds=80)
+    name = models.registry.model_name
+    gw = gateway(write_spec(tmp_path, models, {"routing": "bandit", "floor": 0.05}))
+    unseen = bike_slice(bike_hourly, "2011-04-01", "2011-04-30")
+    rows, labels = source_rows(unseen), unseen["cnt"].tolist()
+    with httpx.Client(base_url=gw.url, timeout=30) as client:
+        first = client.get("/readyz").json()["models"][name]["share"]
+        for row, label in zip(rows[:200], labels[:200], strict=True):
+            r = client.post(f"/models/{name}/predict", json={"rows": [row]})
+            assert r.status_code == 200
+            rid = r.json()["request_id"]
+            client.post("/feedback", json={"request_id": rid, "label": label, "model": name})
+        wait_logged(gw_ledger, name, 200)
+        deadline = time.monotonic() + 30
+        share = first
+        while time.monotonic() < deadline:
+            share = client.get("/readyz").json()["models"][name]["share"]
+            if share >= 0.9:
+                break
+            time.sleep(0.5)
+        later = [
+            client.post(f"/models/{name}/predict", json={"rows": [row]}).json()
+            for row in rows[200:400]
+        ]
+        metrics = client.get("/metrics").text
+    assert 0.05 <= first <= 0.95
+    assert share == pytest.approx(0.95), f"the bandit kept share {share}"
+    arms = Counter(a["arm"] for a in later)
+    assert len(later) == 200 and arms["challenger"] >= 160, arms  # 95% expected
+    assert {a["version"] for a in later if a["arm"] == "challenger"} == {strong}
+    assert f'retrain_gateway_challenger_share{{model="{name}"}} 0.95' in metrics
