@@ -15,7 +15,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -24,6 +23,7 @@ from starlette.routing import Route as Endpoint
 from gateway.errors import BadRequest
 from gateway.logbook import Logbook
 from gateway.models import Deployed, Loaded, Slot, predict_rows, recommend_users
+from gateway.shadow import Job, ShadowScorer
 from retrain.config import ModelSpec
 from retrain.ledger import Ledger, now
 from retrain.live.interleave import team_draft
@@ -42,6 +42,8 @@ class Metrics:
     errors: Counter
     share: Gauge
     pending: Gauge
+    shadow_pending: Gauge
+    shadow_skipped: Gauge
 
 
 def _metrics() -> Metrics:
@@ -76,6 +78,16 @@ def _metrics() -> Metrics:
             "answers waiting to be written to the ledger",
             registry=reg,
         ),
+        shadow_pending=Gauge(
+            "retrain_gateway_shadow_pending",
+            "shadow scores queued for the next batch",
+            registry=reg,
+        ),
+        shadow_skipped=Gauge(
+            "retrain_gateway_shadow_skipped",
+            "shadow scores skipped (queue full) since the start; each is logged with its reason",
+            registry=reg,
+        ),
     )
 
 
@@ -105,6 +117,7 @@ class Gateway:
                 self.logbooks[url] = Logbook(self.ledgers[url])
             self.slots[spec.name] = Slot(spec, self.ledgers[url])
         self.metrics = _metrics()
+        self.shadow = ShadowScorer(lambda loaded, kind, inputs: self._score(kind, loaded, inputs))
 
     def logbook(self, slot: Slot) -> Logbook:
         return self.logbooks[slot.spec.state.ledger]
@@ -114,6 +127,7 @@ class Gateway:
             ledger.migrate()
         for book in self.logbooks.values():
             book.start()
+        self.shadow.start()
         for slot in self.slots.values():
             try:
                 slot.refresh()
@@ -125,13 +139,14 @@ class Gateway:
     def stop(self) -> None:
         for slot in self.slots.values():
             slot.stop()
+        self.shadow.stop()  # score what is queued: its log rows go out with the drain below
         for book in self.logbooks.values():
             book.stop()
         for ledger in self.ledgers.values():
             ledger.dispose()
 
     # -- scoring -------------------------------------------------------------------------------
-    def _score(self, slot: Slot, kind: str, loaded: Loaded, inputs: dict[str, Any]) -> Any:
+    def _score(self, kind: str, loaded: Loaded, inputs: dict[str, Any]) -> Any:
         if kind == "predict":
             return {"predictions": predict_rows(loaded, inputs["rows"])}
         return {"recommendations": recommend_users(loaded, inputs["users"], inputs["k"])}
@@ -142,7 +157,7 @@ class Gateway:
         labels = (slot.name, loaded.version, arm, kind)
         start = time.perf_counter()
         try:
-            output, error = self._score(slot, kind, loaded, inputs), None
+            output, error = self._score(kind, loaded, inputs), None
         except Exception as exc:
             output, error = None, f"{type(exc).__name__}: {exc}"
             self.metrics.errors.labels(*labels).inc()
@@ -190,13 +205,31 @@ class Gateway:
         key: str,
         inputs: dict[str, Any],
     ) -> None:
-        output, ms, error = self._timed(slot, kind, "challenger", loaded, inputs)
-        self._log(
-            slot, request_id, key, "challenger", loaded.version, "shadow", inputs, output, ms, error
-        )
+        """Queue the challenger's shadow score of this request (scored in a batch, logged)."""
+        labels = (slot.name, loaded.version, "challenger", kind)
 
-    def answer(self, slot: Slot, kind: str, body: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-        """The response body and an optional off-path task (the shadow score)."""
+        def done(output: Any, ms: float, error: str | None) -> None:
+            self.metrics.latency.labels(*labels).observe(ms / 1000)
+            if error is not None:
+                self.metrics.errors.labels(*labels).inc()
+            self._log(
+                slot,
+                request_id,
+                key,
+                "challenger",
+                loaded.version,
+                "shadow",
+                inputs,
+                output,
+                ms,
+                error,
+            )
+
+        k = int(inputs.get("k", 0))
+        self.shadow.submit(Job((slot.name, loaded.version, kind, k), loaded, inputs, done))
+
+    def answer(self, slot: Slot, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The response body; a shadow score is queued off the response path."""
         inputs = _inputs(slot, kind, body)
         deployed: Deployed = slot.deployed  # one snapshot for the whole request
         if deployed.champion is None:
@@ -220,7 +253,7 @@ class Gateway:
         )
         base = {"request_id": request_id, "model": slot.name}
         if r.interleave and deployed.challenger is not None:
-            return self._interleaved(slot, deployed, request_id, key, inputs, base), None
+            return self._interleaved(slot, deployed, request_id, key, inputs, base)
         arm = r.arm if r.arm in ("champion", "challenger") else "champion"
         loaded = deployed.challenger if arm == "challenger" else deployed.champion
         assert loaded is not None
@@ -248,12 +281,9 @@ class Gateway:
                 f"model {slot.name!r} version {loaded.version} cannot score it: {error}"
             )
         self.metrics.requests.labels(slot.name, loaded.version, arm, kind).inc()
-        task = None
         if r.shadow and deployed.challenger is not None:
-            task = BackgroundTask(
-                self._shadow, slot, kind, deployed.challenger, request_id, key, inputs
-            )
-        return {**base, "version": loaded.version, "arm": arm, **output}, task
+            self._shadow(slot, kind, deployed.challenger, request_id, key, inputs)
+        return {**base, "version": loaded.version, "arm": arm, **output}
 
     def _interleaved(
         self,
@@ -383,12 +413,12 @@ def create_app(specs: Sequence[ModelSpec]) -> Starlette:
             return _error(404, f"no model {name!r} here; this gateway serves {sorted(gw.slots)}")
         try:
             body = await _body(request)
-            result, task = await run_in_threadpool(gw.answer, slot, kind, body)
+            result = await run_in_threadpool(gw.answer, slot, kind, body)
         except BadRequest as exc:
             return _error(422 if "cannot score" in str(exc) else 400, str(exc))
         except LookupError as exc:
             return _error(503, str(exc))
-        return JSONResponse(result, background=task)
+        return JSONResponse(result)
 
     async def predict(request: Request) -> Response:
         return await _model(request, "predict")
@@ -450,6 +480,8 @@ def create_app(specs: Sequence[ModelSpec]) -> Starlette:
 
     async def metrics(request: Request) -> Response:
         gw.metrics.pending.set(sum(b.pending for b in gw.logbooks.values()))
+        gw.metrics.shadow_pending.set(gw.shadow.pending)
+        gw.metrics.shadow_skipped.set(gw.shadow.skipped)
         return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app = Starlette(
