@@ -295,3 +295,41 @@ def test_the_bandit_moves_traffic_to_the_arm_that_earns_more(
     assert len(later) == 200 and arms["challenger"] >= 160, arms  # 95% expected
     assert {a["version"] for a in later if a["arm"] == "challenger"} == {strong}
     assert f'retrain_gateway_challenger_share{{model="{name}"}} 0.95' in metrics
+
+
+def test_als_shadow_and_canary_route_recommendations_like_predictions(
+    make_als_models, gateway, tmp_path: Path, gw_ledger
+):
+    shadowed, canaried = make_als_models(), make_als_models()
+    for models in (shadowed, canaried):
+        models.promote(models.add(rounds=5))
+        models.add(rounds=10, leaves=4)
+    gw = gateway(
+        write_als_spec(tmp_path, shadowed, {"routing": "shadow"}),
+        write_als_spec(tmp_path, canaried, {"routing": "canary", "share": 0.5}),
+    )
+    with httpx.Client(base_url=gw.url, timeout=30) as client:
+        shadow = [
+            client.post(
+                f"/models/{shadowed.registry.model_name}/recommend", json={"users": [str(u)]}
+            ).json()
+            for u in range(30)
+        ]
+        canary = [
+            client.post(
+                f"/models/{canaried.registry.model_name}/recommend", json={"users": [str(u)]}
+            ).json()
+            for u in range(60)
+        ]
+        again = client.post(
+            f"/models/{canaried.registry.model_name}/recommend", json={"users": ["7"]}
+        ).json()
+    assert {a["arm"] for a in shadow} == {"champion"}
+    assert wait_logged(gw_ledger, shadowed.registry.model_name, 60) == 60
+    roles = Counter(
+        (p["arm"], p["role"]) for p in gw_ledger.predictions(shadowed.registry.model_name)
+    )
+    assert roles == {("champion", "served"): 30, ("challenger", "shadow"): 30}
+    arms = Counter(a["arm"] for a in canary)
+    assert 15 <= arms["challenger"] <= 45, arms  # share 0.5 of 60, sticky per user
+    assert again["arm"] == canary[7]["arm"]  # the routing key of recommend is the first user
