@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +23,12 @@ def gateway_command(
     port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8080,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "warning",
+    threads_per_request: Annotated[
+        int,
+        typer.Option(
+            min=1, help="BLAS / OpenMP threads per scoring call (concurrency comes from requests)."
+        ),
+    ] = 1,
 ) -> None:
     """Serve the models' champion and challenger (routing from each spec's [live] table)."""
     try:
@@ -29,6 +36,10 @@ def gateway_command(
     except RetrainError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(code=2) from None
+    # native thread pools loaded from here on (LightGBM's and implicit's OpenMP) read these at
+    # load time; the gateway also limits the pools already loaded (numpy's BLAS)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads_per_request)
     import uvicorn
 
     from gateway.app import create_app
@@ -36,7 +47,7 @@ def gateway_command(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        app = create_app(specs)
+        app = create_app(specs, threads_per_request)
     except GatewayError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(code=2) from None
