@@ -1,7 +1,8 @@
 """Benchmark: single-row LightGBM predictions and top-10 ALS recommendations through
 `retrain gateway` (routing off, shadow, canary) beside `mlflow models serve` of the same
-champion, in the same run; then a lossless run: N requests with a gateway restart in the middle,
-every answered request counted in the ledger.
+champion, in the same run: every server is up at once and the load alternates between them in
+``--blocks`` blocks, so the shared machine's changing load hits all alike; then a lossless run:
+N requests with a gateway restart in the middle, every answered request counted in the ledger.
 
     .venv/bin/python bench/gateway.py --requests 2000 --concurrency 4 --lossless 100000
 
@@ -166,7 +167,7 @@ def stop(process: subprocess.Popen) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def load(url: str, bodies: list[dict], concurrency: int) -> dict[str, float]:
+def load(url: str, bodies: list[dict], concurrency: int) -> dict[str, Any]:
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -193,6 +194,7 @@ def load(url: str, bodies: list[dict], concurrency: int) -> dict[str, float]:
         "rps": len(bodies) / wall,
         "p50_ms": float(np.percentile(latencies, 50)),
         "p99_ms": float(np.percentile(latencies, 99)),
+        "latencies": latencies,
     }
 
 
@@ -200,6 +202,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--blocks", type=int, default=5, help="alternating load blocks per server")
     ap.add_argument("--lossless", type=int, default=100_000)
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/gateway.json")
     args = ap.parse_args()
@@ -214,83 +217,83 @@ def main() -> None:
         {"rows": [rows[i % len(rows)]], "key": str(uuid.uuid4())} for i in range(args.requests)
     ]
     recommend = [{"users": [str(u)], "k": 10} for u in rng.choice(users, args.requests)]
-    results: list[dict[str, Any]] = []
-    for routing in ("off", "shadow", "canary"):
-        port = free_port()
-        log = work / f"gateway-{routing}.log"
-        cmd = [
-            str(BIN / "retrain"),
-            "gateway",
-            "--port",
-            str(port),
-            "--spec",
-            str(spec_file(work, lgb, "lightgbm", tracking, ledger_url, routing)),
-            "--spec",
-            str(spec_file(work, als, "als", tracking, ledger_url, routing)),
-        ]
-        p = start(cmd, log)
-        try:
-            wait(f"http://127.0.0.1:{port}/readyz", p, log)
-            for name, kind, bodies in ((lgb, "predict", predict), (als, "recommend", recommend)):
-                url = f"http://127.0.0.1:{port}/models/{name}/{kind}"
-                load(url, bodies[:100], args.concurrency)  # warm-up
-                results.append(
-                    {
-                        "server": f"gateway ({routing})",
-                        "model": kind,
-                        **load(url, bodies, args.concurrency),
-                    }
-                )
-                print(results[-1], flush=True)
-        finally:
-            stop(p)
-    # mlflow models serve execs `uvicorn` from PATH: the venv's bin must be on it
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    for name, kind, bodies in ((lgb, "predict", predict), (als, "recommend", recommend)):
-        port = free_port()
-        log = work / f"mlflow-{kind}.log"
-        p = start(
-            [
-                str(BIN / "mlflow"),
-                "models",
-                "serve",
-                "-m",
-                f"models:/{name}@champion",
-                "-p",
+    # Every server is up at once and the load alternates between them in blocks, so a change
+    # of the shared machine's load hits all of them alike: the ratios are measured in one run.
+    servers: list[tuple[str, str, str, Any]] = []  # (server, kind, url, make body)
+    processes: list[subprocess.Popen] = []
+    try:
+        for routing in ("off", "shadow", "canary"):
+            port = free_port()
+            log = work / f"gateway-{routing}.log"
+            cmd = [
+                str(BIN / "retrain"),
+                "gateway",
+                "--port",
                 str(port),
-                "--env-manager",
-                "local",
-                "-w",
-                "1",
-            ],
-            log,
-            env,
-        )
-        try:
-            wait(f"http://127.0.0.1:{port}/ping", p, log)
-            if kind == "predict":
-                mbodies = [{"dataframe_records": b["rows"]} for b in bodies]
-            else:
-                mbodies = [
-                    {"dataframe_records": [{"user": b["users"][0]}], "params": {"k": 10}}
-                    for b in bodies
-                ]
-            url = f"http://127.0.0.1:{port}/invocations"
-            load(url, mbodies[:100], args.concurrency)
+                "--spec",
+                str(spec_file(work, lgb, "lightgbm", tracking, ledger_url, routing)),
+                "--spec",
+                str(spec_file(work, als, "als", tracking, ledger_url, routing)),
+            ]
+            processes.append(start(cmd, log))
+            wait(f"http://127.0.0.1:{port}/readyz", processes[-1], log)
+            for name, kind in ((lgb, "predict"), (als, "recommend")):
+                url = f"http://127.0.0.1:{port}/models/{name}/{kind}"
+                servers.append((f"gateway ({routing})", kind, url, lambda b: b))
+        # mlflow models serve execs `uvicorn` from PATH: the venv's bin must be on it
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": tracking,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        for name, kind in ((lgb, "predict"), (als, "recommend")):
+            port = free_port()
+            log = work / f"mlflow-{kind}.log"
+            command = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion"]
+            command += ["-p", str(port), "--env-manager", "local", "-w", "1"]
+            processes.append(start(command, log, env))
+            wait(f"http://127.0.0.1:{port}/ping", processes[-1], log)
+            body = (
+                (lambda b: {"dataframe_records": b["rows"]})
+                if kind == "predict"
+                else (
+                    lambda b: {"dataframe_records": [{"user": b["users"][0]}], "params": {"k": 10}}
+                )
+            )
+            servers.append(
+                ("mlflow models serve", kind, f"http://127.0.0.1:{port}/invocations", body)
+            )
+        bodies = {"predict": predict, "recommend": recommend}
+        for _, kind, url, make in servers:  # warm-up
+            load(url, [make(b) for b in bodies[kind][:100]], args.concurrency)
+        blocks = max(1, args.blocks)
+        runs: dict[tuple[str, str], list[dict[str, float]]] = {}
+        for block in range(blocks):
+            for server, kind, url, make in servers:
+                part = bodies[kind][block::blocks]
+                runs.setdefault((server, kind), []).append(
+                    load(url, [make(b) for b in part], args.concurrency)
+                )
+        results: list[dict[str, Any]] = []
+        for (server, kind), parts in runs.items():
+            pooled = [ms for p in parts for ms in p["latencies"]]
+            seconds = sum(p["requests"] / p["rps"] for p in parts)
+            requests = sum(int(p["requests"]) for p in parts)
             results.append(
                 {
-                    "server": "mlflow models serve",
+                    "server": server,
                     "model": kind,
-                    **load(url, mbodies, args.concurrency),
+                    "requests": requests,
+                    "errors": sum(int(p["errors"]) for p in parts),
+                    "rps": requests / seconds,
+                    "p50_ms": float(np.percentile(pooled, 50)),
+                    "p99_ms": float(np.percentile(pooled, 99)),
                 }
             )
             print(results[-1], flush=True)
-        finally:
-            stop(p)
+    finally:
+        for process in processes:
+            stop(process)
     # lossless: N predictions, a graceful restart half way, count the logged answers
     before = ledger.prediction_count(lgb)
     port = free_port()

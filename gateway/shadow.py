@@ -28,7 +28,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 BATCH = 256  # jobs per batch at most
-WAIT = 0.02  # seconds a batch waits for more jobs after the first
+WAIT = 0.25  # seconds a batch waits for more jobs after the first (off the response path)
 CAPACITY = 10_000  # queued jobs at most; beyond, shadows are skipped (and logged as such)
 
 
