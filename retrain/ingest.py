@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from retrain.config import ModelSpec, SourceSpec
+from retrain.config import ModelSpec, SourceSpec, label_text
 from retrain.errors import DataError, SchemaError
 from retrain.redact import redact_url
 
@@ -49,11 +51,22 @@ class Partition:
 
 @dataclass(frozen=True)
 class Quarantine:
-    """A partition kept out of training, with the reason and the fix."""
+    """A partition kept out of training, with the reason and the fix.
+
+    ``reason`` is this partition's (counts, examples, the file); ``cause`` the same problem in
+    words that do not depend on the partition, so that many partitions quarantined for one
+    problem are reported once (None: the reason is already partition-independent).
+    """
 
     key: str
     rows: int
     reason: str
+    cause: str | None = None
+
+    @property
+    def problem(self) -> str:
+        """What groups this record with others: the cause, else the reason."""
+        return self.cause or self.reason
 
 
 @dataclass(frozen=True)
@@ -264,7 +277,33 @@ def fingerprint(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def _check_partition(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, str | None]:
+Problem = tuple[str, str | None]  # a partition's reason, and its partition-independent cause
+
+
+def _map_label(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, Problem | None]:
+    """A binary label as 0/1 through ``positive`` or ``labels``, before it is checked."""
+    label = frame[spec.label]
+    present = label.dropna()
+    if spec.positive is None and spec.labels is None:
+        return frame, None
+    codes = {value: spec.label_code(value) for value in pd.unique(present)}
+    unknown = sorted(label_text(v) for v, code in codes.items() if code is None)
+    if unknown:
+        cause = (
+            f"label {spec.label!r} has values that labels ({spec.label_mapping}) does not map; "
+            "add each value to labels with its class 0 or 1"
+        )
+        return frame, (
+            f"label {spec.label!r} has {int(present.map(codes).isna().sum())} row(s) with "
+            f"values that labels does not map: {', '.join(unknown[:5])}; add each to labels "
+            "with its class 0 or 1",
+            cause,
+        )
+    mapped = label.map(codes).astype("float64")
+    return frame.assign(**{spec.label: mapped}), None
+
+
+def _check_partition(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, Problem | None]:
     """Clean one partition; returns the usable rows and a quarantine reason (or None)."""
     for col in spec.features.numeric:
         values = frame[col]
@@ -275,28 +314,54 @@ def _check_partition(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame
                 return frame, (
                     f"numeric feature {col!r} has {int(bad.sum())} non-numeric value(s), e.g. "
                     f"{values[bad].head(2).tolist()}; fix the data or list {col!r} under "
-                    "features.categorical"
+                    "features.categorical",
+                    f"numeric feature {col!r} has non-numeric values; fix the data or list "
+                    f"{col!r} under features.categorical",
                 )
+    frame, problem = _map_label(frame, spec)
+    if problem is not None:
+        return frame, problem
     label = frame[spec.label]
     if spec.task == "regression" and not pd.api.types.is_numeric_dtype(label):
         bad = pd.to_numeric(label, errors="coerce").isna() & label.notna()
         if bad.any():
             return frame, (
                 f"label {spec.label!r} has {int(bad.sum())} non-numeric value(s), e.g. "
-                f"{label[bad].head(2).tolist()}; a regression label must be a number: fix the data"
+                f"{label[bad].head(2).tolist()}; a regression label must be a number: fix the "
+                "data",
+                f"label {spec.label!r} has non-numeric values; a regression label must be a "
+                "number: fix the data",
             )
         frame = frame.assign(**{spec.label: pd.to_numeric(label)})
     labelled = frame[frame[spec.label].notna()]
     if labelled.empty:
-        return frame, f"label {spec.label!r} is null in every row; wait for labels or fix the data"
+        return frame, (
+            f"label {spec.label!r} is null in every row; wait for labels or fix the data",
+            None,
+        )
     if spec.task == "binary":
         values = set(pd.unique(labelled[spec.label]))
         if not values <= {0, 1}:
-            return frame, (
-                f"label {spec.label!r} of a binary task holds {sorted(map(str, values))[:5]}; "
-                "it must be 0/1"
-            )
+            return frame, _not_binary(spec, values)
     return labelled, None
+
+
+def _not_binary(spec: ModelSpec, values: set[Any]) -> Problem:
+    """Why a binary label that is not 0/1 cannot be used, and the setting that maps it."""
+    shown = sorted({label_text(v) for v in values} - {"0", "1"})
+    if len(shown) == 2:
+        zero, one = shown
+        fix = (
+            f"set positive = {one!r} (or {zero!r}: the value that means 1) or labels = "
+            f"{{{one} = 1, {zero} = 0}} in the spec"
+        )
+    else:
+        fix = "set positive = <the value that means 1> or labels = {<value> = 1, ...} in the spec"
+    return (
+        f"label {spec.label!r} has values outside {{0, 1}}: {', '.join(shown[:5])}; {fix}",
+        f"label {spec.label!r} of a binary task is not 0/1; set positive = <the value that "
+        "means 1> or labels = {<value> = 1, <value> = 0} in the spec",
+    )
 
 
 def _period_of(key: str, freq: str) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -380,6 +445,75 @@ def _future_rows(rows: pd.DataFrame, spec: ModelSpec, now: pd.Timestamp) -> list
             )
         )
     return found
+
+
+def group_quarantined(
+    quarantined: Sequence[Quarantine],
+) -> list[tuple[str, list[Quarantine]]]:
+    """Quarantine records grouped by problem (partition-independent cause), largest first; a
+    group's records in partition order."""
+    groups: dict[str, list[Quarantine]] = {}
+    for q in quarantined:
+        groups.setdefault(q.problem, []).append(q)
+    ordered = sorted(groups.items(), key=lambda item: -len(item[1]))
+    return [(problem, sorted(records, key=lambda q: q.key)) for problem, records in ordered]
+
+
+def _group_text(problem: str, records: Sequence[Quarantine]) -> str:
+    """A group's problem; with the first partition's own reason when the reasons differ."""
+    reasons = {q.reason for q in records}
+    if len(reasons) == 1:
+        return records[0].reason
+    return f"{problem} (partition {records[0].key}: {records[0].reason})"
+
+
+def quarantine_summary(quarantined: Sequence[Quarantine]) -> list[str]:
+    """One line per problem: how many partitions, the first and the last, and the reason.
+
+    >>> lines = quarantine_summary([Quarantine("2011-03-01", 5, "r1", "c"),
+    ...                             Quarantine("2011-03-02", 7, "r2", "c"),
+    ...                             Quarantine("2011-03-04", 1, "other")])
+    >>> for line in lines:
+    ...     print(line)
+    quarantined 2 partition(s) (2011-03-01 to 2011-03-02, 12 rows): c (partition 2011-03-01: r1)
+    quarantined partition 2011-03-04 (1 rows): other
+    """
+    lines = []
+    for problem, records in group_quarantined(quarantined):
+        rows = sum(q.rows for q in records)
+        text = _group_text(problem, records)
+        if len(records) == 1:
+            lines.append(f"quarantined partition {records[0].key} ({rows} rows): {text}")
+        else:
+            lines.append(
+                f"quarantined {len(records)} partition(s) ({records[0].key} to "
+                f"{records[-1].key}, {rows} rows): {text}"
+            )
+    return lines
+
+
+def nothing_usable(quarantined: Sequence[Quarantine]) -> str:
+    """Why no partition is usable, when every one was quarantined: the cause and the fix."""
+    groups = group_quarantined(quarantined)
+    if not groups:
+        return "no usable partition was ingested: check the source and --as-of"
+    keys = sorted({q.key for q in quarantined})
+    span = f"{keys[0]} to {keys[-1]}" if len(keys) > 1 else keys[0]
+    if len(groups) == 1:
+        problem, records = groups[0]
+        return (
+            f"no usable partition: all {len(keys)} partition(s) ({span}) were quarantined "
+            f"for one reason: {_group_text(problem, records)}"
+        )
+    parts = "; ".join(
+        f"{len(records)} partition(s): {_group_text(problem, records)}"
+        for problem, records in groups[:3]
+    )
+    more = f"; and {len(groups) - 3} more reason(s) (see the warnings)" if len(groups) > 3 else ""
+    return (
+        f"no usable partition: all {len(keys)} partition(s) ({span}) were quarantined for "
+        f"{len(groups)} reasons: {parts}{more}"
+    )
 
 
 def utc_now() -> pd.Timestamp:
@@ -473,9 +607,9 @@ def ingest(
                 quarantined.append(Quarantine(key, len(part), str(flagged.iloc[0])))
                 continue
             part = part.drop(columns=FILE_PROBLEM)
-        usable, reason = _check_partition(part, spec)
-        if reason is not None:
-            quarantined.append(Quarantine(key=key, rows=len(part), reason=reason))
+        usable, problem = _check_partition(part, spec)
+        if problem is not None:
+            quarantined.append(Quarantine(key, len(part), *problem))
             continue
         notes = []
         if duplicates_per.get(key, 0):
@@ -485,6 +619,6 @@ def ingest(
         partitions.append(
             Partition(key, start, end, fingerprint(usable), usable, "; ".join(notes) or None)
         )
-    for q in quarantined:
-        logger.warning("quarantined partition %s: %s", q.key, q.reason)
+    for line in quarantine_summary(quarantined):
+        logger.warning("%s", line)
     return IngestResult(tuple(partitions), tuple(quarantined), dropped, len(raw))
