@@ -82,7 +82,7 @@ class SourceSpec(_Strict):
 
     kind: Literal["files", "sql"] = "files"
     path: Path | None = None
-    format: Literal["auto", "csv", "parquet"] = "auto"
+    format: Literal["auto", "csv", "parquet", "json"] = "auto"
     url: str | None = None
     table: str | None = None
 

@@ -29,7 +29,14 @@ logger = logging.getLogger(__name__)
 TS = "__ts__"
 # ingest only: the problem of the file a row came from (a column it lacks), None when sound
 FILE_PROBLEM = "__file_problem__"
-SUPPORTED = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+SUPPORTED = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".json": "json",  # an array of records
+    ".jsonl": "json",  # one record per line
+    ".ndjson": "json",
+}
 
 
 @dataclass(frozen=True)
@@ -92,12 +99,13 @@ def _source_files(source: SourceSpec) -> list[tuple[Path, str]]:
             continue
         if fmt is None:
             raise DataError(
-                f"{candidate} is not a parquet or CSV file: move it out of {path} "
-                "(only .csv, .parquet and .pq files are read; .md/.txt are skipped)"
+                f"{candidate} is not a parquet, CSV or JSON file: move it out of {path} "
+                "(only .csv, .parquet, .pq, .json, .jsonl and .ndjson files are read; .md/.txt "
+                "are skipped)"
             )
         files.append((candidate, fmt))
     if not files:
-        raise DataError(f"source.path {path} holds no .csv or .parquet file")
+        raise DataError(f"source.path {path} holds no .csv, .parquet or .json file")
     return files
 
 
@@ -123,16 +131,65 @@ def declared_partition(path: Path, freq: str) -> str | None:
     return None
 
 
+def text_columns(spec: ModelSpec) -> tuple[str, ...]:
+    """The columns read as text in every source format: ids and categories (the ALS user and
+    item columns are categorical features too), so ``0425210`` stays ``0425210``."""
+    return spec.features.categorical
+
+
+_INTEGRAL_TEXT = r"-?\d+\.0+"
+
+
+def as_text(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``columns`` of ``frame`` as strings exactly as written; numbers (parquet, SQL) as their
+    text, integral floats without the fraction (a column of codes written as ``1.0``, ``2.0``
+    because it has a gap is ``1``, ``2``, like the integers a client sends).
+
+    >>> frame = pd.DataFrame({"a": ["007", None], "b": [1.0, None], "c": ["1.0", "2.0"]})
+    >>> as_text(frame, ["a", "b", "c"]).to_dict("list")
+    {'a': ['007', None], 'b': ['1', None], 'c': ['1', '2']}
+    """
+    out = {}
+    for col in columns:
+        if col not in frame.columns:
+            continue
+        values = frame[col]
+        if pd.api.types.is_float_dtype(values):
+            present = values.dropna()
+            if (present == present.round()).all():
+                values = values.astype("Int64")
+            out[col] = values.astype("string")
+            continue
+        text = values.astype("string")
+        present = text.dropna()
+        if len(present) and present.str.fullmatch(_INTEGRAL_TEXT).all():
+            text = text.str.replace(r"\.0+$", "", regex=True)
+        out[col] = text
+    return frame.assign(**out) if out else frame
+
+
+def _read_file(path: Path, fmt: str, text: Sequence[str]) -> pd.DataFrame:
+    dtype = {col: "string" for col in text}
+    if fmt == "csv":
+        return pd.read_csv(path, dtype=dtype)
+    if fmt == "json":
+        # read_json turns text that looks like a number into one ("0425" -> 425) unless told
+        lines = path.suffix.lower() in {".jsonl", ".ndjson"}
+        return pd.read_json(path, lines=lines, dtype=dtype)  # type: ignore[arg-type]
+    return pd.read_parquet(path)
+
+
 def _read_files(
-    source: SourceSpec, freq: str | None
+    source: SourceSpec, freq: str | None, text: Sequence[str] = ()
 ) -> tuple[list[tuple[Path, pd.DataFrame]], list[Quarantine]]:
-    """Read each file; with ``freq``, a file declaring its partition that cannot be read is
-    quarantined instead of failing the whole source."""
+    """Read each file (``text``: columns kept as written, see :func:`as_text`); with ``freq``,
+    a file declaring its partition that cannot be read is quarantined instead of failing the
+    whole source."""
     read: list[tuple[Path, pd.DataFrame]] = []
     quarantined: list[Quarantine] = []
     for path, fmt in _source_files(source):
         try:
-            frame = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
+            frame = as_text(_read_file(path, fmt, text), text)
         except Exception as exc:  # pandas/pyarrow raise many types for a bad file
             key = declared_partition(path, freq) if freq else None
             if key is None:
@@ -147,15 +204,16 @@ def _read_files(
     return read, quarantined
 
 
-def read_source(source: SourceSpec) -> pd.DataFrame:
-    """Read every row of the source as one frame (strings left as they are)."""
+def read_source(source: SourceSpec, text: Sequence[str] = ()) -> pd.DataFrame:
+    """Read every row of the source as one frame (strings left as they are; ``text``: columns
+    read as text whatever the format, see :func:`as_text`)."""
     if source.kind == "sql":
         assert source.url is not None and source.table is not None
         engine = sa.create_engine(source.url)
         try:
             with engine.connect() as conn:
                 table = sa.Table(source.table, sa.MetaData(), autoload_with=conn)
-                return pd.read_sql(sa.select(table), conn)
+                return as_text(pd.read_sql(sa.select(table), conn), text)
         except sa.exc.NoSuchTableError:
             raise DataError(
                 f"table {source.table!r} does not exist in {redact_url(source.url)}: "
@@ -167,7 +225,7 @@ def read_source(source: SourceSpec) -> pd.DataFrame:
             ) from None
         finally:
             engine.dispose()
-    frames = [frame for _, frame in _read_files(source, freq=None)[0]]
+    frames = [frame for _, frame in _read_files(source, None, text)[0]]
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
@@ -540,7 +598,7 @@ def ingest(
     files: list[tuple[Path, pd.DataFrame]] = []
     problems: list[str | None] = []
     if spec.source.kind == "files":
-        files, quarantined = _read_files(spec.source, spec.partitions.freq)
+        files, quarantined = _read_files(spec.source, spec.partitions.freq, text_columns(spec))
         quarantined += _empty_declared_files(files, spec, as_of)
         files = [(path, f) for path, f in files if len(f)]
         files, problems, incomplete = _incomplete_files(files, spec, as_of)
@@ -551,7 +609,7 @@ def ingest(
             else (files[0][1] if files else pd.DataFrame())
         )
     else:
-        raw = read_source(spec.source)
+        raw = read_source(spec.source, text_columns(spec))
     if raw.empty:
         if quarantined:
             return IngestResult((), tuple(quarantined), 0, 0)
