@@ -111,6 +111,25 @@ class FeatureSpec(_Strict):
     derived: tuple[str, ...] = ()
     # Columns that must never be features (e.g. parts of the label): listing one is an error.
     leakage: tuple[str, ...] = ()
+    # [lower, upper] of a numeric feature (or a numeric label): a partition holding a value
+    # outside is quarantined. Unlisted: +-3.4e38 (float32's range); inf is never accepted.
+    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    # features that may be null in every row of a partition although earlier ones have them
+    # (otherwise such a partition is quarantined as a broken export)
+    optional: tuple[str, ...] = ()
+
+    @field_validator("bounds")
+    @classmethod
+    def _ordered_bounds(
+        cls, value: dict[str, tuple[float, float]]
+    ) -> dict[str, tuple[float, float]]:
+        for col, (low, high) in value.items():
+            if not (np.isfinite(low) and np.isfinite(high) and low < high):
+                raise ValueError(
+                    f"bounds of {col!r} must be two finite numbers, lower first, e.g. "
+                    f"{col} = [-50, 60]; got [{low}, {high}]"
+                )
+        return value
 
     @field_validator("derived")
     @classmethod
@@ -571,6 +590,10 @@ class ModelSpec(_Strict):
     # partition is quarantined)
     labels: dict[str, Literal[0, 1]] | None = None
     metric: str = "mae"
+    # the columns that identify a row (an order or event id; read as text); rows with the same
+    # ids and different labels are left out (quarantined). Empty: the timestamp and every
+    # feature identify a row (the row as the model sees it)
+    id_columns: tuple[str, ...] = ()
     seed: int = 42
     source: SourceSpec
     timestamp: TimestampSpec
@@ -683,7 +706,29 @@ class ModelSpec(_Strict):
         overlap = sorted(set(self.features.numeric) & set(self.features.categorical))
         if overlap:
             raise ValueError(f"features {overlap} are both numeric and categorical: pick one")
+        self._row_checks()
         return self
+
+    def _row_checks(self) -> None:
+        bounded = {*self.features.numeric, *([self.label] if self.task == "regression" else [])}
+        unknown = sorted(set(self.features.bounds) - bounded)
+        if unknown:
+            raise ValueError(
+                f"features.bounds names {unknown}, not numeric features (or the regression "
+                f"label) of this spec; bound one of {sorted(bounded)}"
+            )
+        unknown = sorted(set(self.features.optional) - set(self.features.columns))
+        if unknown:
+            raise ValueError(
+                f"features.optional names {unknown}, not features of this spec: list features "
+                "from features.numeric / categorical"
+            )
+        clash = sorted(set(self.id_columns) & ({self.label} | set(self.features.columns)))
+        if clash:
+            raise ValueError(
+                f"id_columns {clash} are the label or features: id_columns names the columns "
+                "that identify a row (an event or order id), e.g. id_columns = ['order_id']"
+            )
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -754,7 +799,8 @@ class ModelSpec(_Strict):
             "code": FEATURE_CODE_VERSION,
             "timestamp": self.timestamp.model_dump(mode="json"),
             "label": self.label,
-            "features": self.features.model_dump(mode="json"),
+            # bounds and optional decide which partitions are used, not what is cached
+            "features": self.features.model_dump(mode="json", exclude={"bounds", "optional"}),
             "partitions": self.partitions.model_dump(mode="json"),
         }
         if self.family != "lightgbm":

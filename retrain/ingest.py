@@ -133,8 +133,9 @@ def declared_partition(path: Path, freq: str) -> str | None:
 
 def text_columns(spec: ModelSpec) -> tuple[str, ...]:
     """The columns read as text in every source format: ids and categories (the ALS user and
-    item columns are categorical features too), so ``0425210`` stays ``0425210``."""
-    return spec.features.categorical
+    item columns are categorical features too) and ``id_columns``, so ``0425210`` stays
+    ``0425210``."""
+    return tuple(dict.fromkeys([*spec.features.categorical, *spec.id_columns]))
 
 
 _INTEGRAL_TEXT = r"-?\d+\.0+"
@@ -238,6 +239,8 @@ def _required_columns(spec: ModelSpec) -> dict[str, str]:
         needs[col] = "features.numeric"
     for col in spec.features.categorical:
         needs[col] = "features.categorical"
+    for col in spec.id_columns:
+        needs[col] = "id_columns"
     return needs
 
 
@@ -297,6 +300,27 @@ def _incomplete_files(
     return kept, problems, quarantined
 
 
+def _text_timestamps(raw: pd.Series, spec: ModelSpec) -> pd.Series:
+    """Timestamps written as text. Several UTC offsets in one column (a local-time export that
+    spans a daylight-saving change: ``+01:00`` in winter, ``+02:00`` in summer) are each
+    converted to UTC, the standard reading of an offset, and the conversion is logged."""
+    try:
+        return pd.to_datetime(raw, format=spec.timestamp.format, errors="coerce")
+    except ValueError as exc:  # pandas: "Mixed timezones detected. Pass utc=True ..."
+        if "timezone" not in str(exc).lower():
+            raise SchemaError(
+                f"timestamp column {spec.timestamp.column!r} does not parse ({exc}); fix the "
+                "data or set timestamp.format"
+            ) from None
+    ts = pd.to_datetime(raw, format=spec.timestamp.format, errors="coerce", utc=True)
+    logger.info(
+        "timestamp column %r holds several UTC offsets (a local-time export across a "
+        "daylight-saving change?): each timestamp is converted to UTC with its own offset",
+        spec.timestamp.column,
+    )
+    return ts
+
+
 def parse_timestamps(frame: pd.DataFrame, spec: ModelSpec) -> pd.Series:
     """Event time of every row; raises SchemaError naming unparseable values."""
     raw = frame[spec.timestamp.column]
@@ -305,14 +329,19 @@ def parse_timestamps(frame: pd.DataFrame, spec: ModelSpec) -> pd.Series:
     elif pd.api.types.is_numeric_dtype(raw) and spec.timestamp.format in {"s", "ms"}:
         ts = pd.to_datetime(raw, unit=spec.timestamp.format, errors="coerce")
     else:
-        ts = pd.to_datetime(raw, format=spec.timestamp.format, errors="coerce")
+        ts = _text_timestamps(raw, spec)
     bad = ts.isna() & raw.notna()
     if bad.any() or raw.isna().any():
         examples = raw[bad | raw.isna()].head(3).tolist()
+        offsets = (
+            "; the others carry a UTC offset: write every timestamp with its offset"
+            if getattr(ts.dt, "tz", None) is not None and not raw.isna().all()
+            else ""
+        )
         raise SchemaError(
             f"timestamp column {spec.timestamp.column!r} does not parse in "
-            f"{int((bad | raw.isna()).sum())} row(s), e.g. {examples}; fix the data or set "
-            "timestamp.format (a strftime pattern, or 's'/'ms' for epoch numbers)"
+            f"{int((bad | raw.isna()).sum())} row(s), e.g. {examples}{offsets}; fix the data or "
+            "set timestamp.format (a strftime pattern, or 's'/'ms' for epoch numbers)"
         )
     if getattr(ts.dt, "tz", None) is not None:
         ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
@@ -361,6 +390,38 @@ def _map_label(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, Prob
     return frame.assign(**{spec.label: mapped}), None
 
 
+# the default bounds of a numeric value: float32's range. Beyond it a value is no measurement
+# (1e308 is an overflow or a sentinel), and sums and squares of it overflow in the metrics.
+DEFAULT_BOUND = float(np.finfo(np.float32).max)
+
+
+def _out_of_bounds(what: str, col: str, values: pd.Series, spec: ModelSpec) -> Problem | None:
+    """Infinite values, or values outside ``features.bounds`` (default: float32's range)."""
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    infinite = np.isinf(numbers)
+    if infinite.any():
+        fix = "fix the data (write a missing value as an empty cell or null, not inf)"
+        return (
+            f"{what} has {int(infinite.sum())} infinite value(s) (inf or -inf); {fix}",
+            f"{what} has infinite values (inf or -inf); {fix}",
+        )
+    low, high = spec.features.bounds.get(col, (-DEFAULT_BOUND, DEFAULT_BOUND))
+    outside = (numbers < low) | (numbers > high)
+    if not outside.any():
+        return None
+    setting = f"features.bounds.{col}"
+    if col in spec.features.bounds:
+        fix = f"fix the data or widen {setting}"
+    else:
+        fix = f"fix the data, or set {setting} = [lower, upper] if such values are real"
+    examples = [float(v) for v in numbers[outside][:2]]
+    return (
+        f"{what} has {int(outside.sum())} value(s) outside [{low:g}, {high:g}], e.g. "
+        f"{examples}; {fix}",
+        f"{what} has values outside [{low:g}, {high:g}]; {fix}",
+    )
+
+
 def _check_partition(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, Problem | None]:
     """Clean one partition; returns the usable rows and a quarantine reason (or None)."""
     for col in spec.features.numeric:
@@ -376,6 +437,10 @@ def _check_partition(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame
                     f"numeric feature {col!r} has non-numeric values; fix the data or list "
                     f"{col!r} under features.categorical",
                 )
+    for col in spec.features.numeric:
+        problem = _out_of_bounds(f"numeric feature {col!r}", col, frame[col], spec)
+        if problem is not None:
+            return frame, problem
     frame, problem = _map_label(frame, spec)
     if problem is not None:
         return frame, problem
@@ -391,6 +456,10 @@ def _check_partition(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame
                 "number: fix the data",
             )
         frame = frame.assign(**{spec.label: pd.to_numeric(label)})
+    if spec.task != "binary":
+        problem = _out_of_bounds(f"label {spec.label!r}", spec.label, frame[spec.label], spec)
+        if problem is not None:
+            return frame, problem
     labelled = frame[frame[spec.label].notna()]
     if labelled.empty:
         return frame, (
@@ -420,6 +489,21 @@ def _not_binary(spec: ModelSpec, values: set[Any]) -> Problem:
         f"label {spec.label!r} of a binary task is not 0/1; set positive = <the value that "
         "means 1> or labels = {<value> = 1, <value> = 0} in the spec",
     )
+
+
+def _vanished_features(frame: pd.DataFrame, watched: list[str], seen: set[str]) -> Problem | None:
+    """A feature null in every row of a partition although earlier partitions had values: a
+    broken export (a renamed or dropped column) more often than a real absence."""
+    gone = [c for c in watched if c in seen and frame[c].isna().all()]
+    if not gone:
+        return None
+    names = ", ".join(map(repr, gone))
+    fix = (
+        "fix the export, or list them under features.optional if they may be missing for a "
+        "whole partition"
+    )
+    text = f"feature(s) {names} are null in every row, although earlier partitions have values"
+    return f"{text}; {fix}", f"{text}; {fix}"
 
 
 def _period_of(key: str, freq: str) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -486,6 +570,57 @@ def _rows_outside_declared_partitions(
                 )
             )
     return drop, found
+
+
+def _row_ids(spec: ModelSpec) -> list[str]:
+    """The columns that identify a row: ``id_columns``, else the timestamp and the features."""
+    if spec.id_columns:
+        return list(spec.id_columns)
+    return [TS, *spec.features.numeric, *spec.features.categorical]
+
+
+def _conflicting_rows(frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
+    """Labelled rows that share their ids with a row of another label (exact duplicates are
+    already gone): which label is true cannot be known, so none of them is used."""
+    labelled = frame[frame[spec.label].notna()]
+    conflicting = np.zeros(len(frame), dtype=bool)
+    if labelled.empty:
+        return conflicting
+    ids = _row_ids(spec)
+    if not labelled.duplicated(subset=ids, keep=False).any():
+        return conflicting
+    labels = labelled.groupby(ids, dropna=False, sort=False)[spec.label].transform("nunique")
+    hit = labels.index[labels.to_numpy() > 1]
+    conflicting[frame.index.get_indexer(hit)] = True
+    return conflicting
+
+
+def _conflict_records(rows: pd.DataFrame, spec: ModelSpec) -> list[Quarantine]:
+    """One quarantine record per partition holding conflicting rows."""
+    if spec.id_columns:
+        named = f"id ({', '.join(map(repr, spec.id_columns))})"
+        hint = ""
+    else:
+        named = "timestamp and features"
+        hint = (
+            ", or, if they are different events, set id_columns to the columns that identify "
+            "a row (e.g. id_columns = ['order_id'])"
+        )
+    found = []
+    for period, part in rows.groupby(rows[TS].dt.to_period(spec.partitions.freq), sort=True):
+        ids = part[_row_ids(spec)].head(1).to_dict("records")
+        example = {k if k != TS else spec.timestamp.column: str(v) for k, v in ids[0].items()}
+        found.append(
+            Quarantine(
+                str(period),
+                len(part),
+                f"{len(part)} row(s) share their {named} with a row of another label "
+                f"{spec.label!r}, e.g. {example}; none of them is used: fix the source{hint}",
+                f"rows share their {named} with a row of another label {spec.label!r}; none "
+                f"of them is used: fix the source{hint}",
+            )
+        )
+    return found
 
 
 def _future_rows(rows: pd.DataFrame, spec: ModelSpec, now: pd.Timestamp) -> list[Quarantine]:
@@ -584,16 +719,16 @@ def ingest(
 ) -> IngestResult:
     """Read, validate and partition the source. Rows at or after ``as_of`` are not visible.
 
-    Only complete partitions are used: one that ends after ``as_of`` or, without ``as_of``,
-    after ``now`` (the wall clock, UTC, by default) is still filling up and is left out, so a
-    window ends at the newest complete partition.
+    Only complete partitions are used: one that ends after ``as_of`` or after ``now`` (the
+    wall clock, UTC, by default) is still filling up and is left out, so a window ends at the
+    newest complete partition. Rows stamped after ``now`` are quarantined whatever the
+    ``as_of``: an ``as_of`` in the future does not make future rows real.
     """
-    if as_of is not None:
-        complete_by = as_of
-    elif now is None:
-        complete_by = utc_now()
+    if now is None:
+        wall = utc_now()
     else:
-        complete_by = now.tz_convert("UTC").tz_localize(None) if now.tzinfo else now
+        wall = now.tz_convert("UTC").tz_localize(None) if now.tzinfo else now
+    complete_by = wall if as_of is None else min(as_of, wall)
     quarantined: list[Quarantine] = []
     files: list[tuple[Path, pd.DataFrame]] = []
     problems: list[str | None] = []
@@ -616,7 +751,7 @@ def ingest(
         raise DataError("the source holds no row: check source.path / source.table")
     _require_columns(raw, spec)
     ts = parse_timestamps(raw, spec)
-    keep = [spec.label, *spec.features.numeric, *spec.features.categorical]
+    keep = [spec.label, *spec.features.numeric, *spec.features.categorical, *spec.id_columns]
     frame = raw[list(dict.fromkeys(keep))].copy()
     frame.insert(0, TS, ts)
     if files and any(problems):
@@ -636,20 +771,30 @@ def ingest(
     frame = frame[~duplicated].reset_index(drop=True)
     if dropped:
         logger.warning("dropped %d duplicated row(s)", dropped)
-    if as_of is None:
-        future = frame[TS] > complete_by
-        if future.any():
-            quarantined += _future_rows(frame[future], spec, complete_by)
-            frame = frame[~future].reset_index(drop=True)
+    if spec.family != "als":  # an ALS source sums or keeps the last of a pair (als.duplicates)
+        conflicting = _conflicting_rows(frame, spec)
+        if conflicting.any():
+            quarantined += _conflict_records(frame[conflicting], spec)
+            frame = frame[~conflicting].reset_index(drop=True)
+    future = frame[TS] > wall
+    if future.any():
+        quarantined += _future_rows(frame[future], spec, wall)
+        frame = frame[~future].reset_index(drop=True)
 
     periods = frame[TS].dt.to_period(spec.partitions.freq)
     partitions: list[Partition] = []
+    watched = [
+        c
+        for c in dict.fromkeys([*spec.features.numeric, *spec.features.categorical])
+        if c not in spec.features.optional
+    ]
+    seen: set[str] = set()  # features with a value in an earlier usable partition
     for period, part in frame.groupby(periods, sort=True):
         start = period.start_time
         end = (period + 1).start_time
         if end > complete_by:
             # the newest partition is still filling up
-            if as_of is None:
+            if as_of is None or as_of > wall:
                 logger.info(
                     "partition %s ends at %s, after now (%s): still filling up, not used",
                     period,
@@ -666,9 +811,12 @@ def ingest(
                 continue
             part = part.drop(columns=FILE_PROBLEM)
         usable, problem = _check_partition(part, spec)
+        if problem is None:
+            problem = _vanished_features(usable, watched, seen)
         if problem is not None:
             quarantined.append(Quarantine(key, len(part), *problem))
             continue
+        seen.update(c for c in watched if usable[c].notna().any())
         notes = []
         if duplicates_per.get(key, 0):
             notes.append(f"{int(duplicates_per[key])} duplicated row(s) dropped")
