@@ -422,8 +422,12 @@ def _out_of_bounds(what: str, col: str, values: pd.Series, spec: ModelSpec) -> P
     )
 
 
-def _check_partition(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, Problem | None]:
-    """Clean one partition; returns the usable rows and a quarantine reason (or None)."""
+def _check_partition(
+    frame: pd.DataFrame, spec: ModelSpec, source_labels: set[Any] | None = None
+) -> tuple[pd.DataFrame, Problem | None]:
+    """Clean one partition; returns the usable rows and a quarantine reason (or None).
+    ``source_labels``: the label values of the whole source, named when a binary label is not
+    0/1 (so every partition gives the same reason, reported once)."""
     for col in spec.features.numeric:
         values = frame[col]
         if not pd.api.types.is_numeric_dtype(values):
@@ -469,7 +473,7 @@ def _check_partition(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame
     if spec.task == "binary":
         values = set(pd.unique(labelled[spec.label]))
         if not values <= {0, 1}:
-            return frame, _not_binary(spec, values)
+            return frame, _not_binary(spec, source_labels or values)
     return labelled, None
 
 
@@ -477,10 +481,10 @@ def _not_binary(spec: ModelSpec, values: set[Any]) -> Problem:
     """Why a binary label that is not 0/1 cannot be used, and the setting that maps it."""
     shown = sorted({label_text(v) for v in values} - {"0", "1"})
     if len(shown) == 2:
-        zero, one = shown
+        a, b = shown
         fix = (
-            f"set positive = {one!r} (or {zero!r}: the value that means 1) or labels = "
-            f"{{{one} = 1, {zero} = 0}} in the spec"
+            f"set positive = {a!r} or {b!r} (the value that means 1), or labels = "
+            f"{{{a} = 1, {b} = 0}}, in the spec"
         )
     else:
         fix = "set positive = <the value that means 1> or labels = {<value> = 1, ...} in the spec"
@@ -789,6 +793,11 @@ def ingest(
         if c not in spec.features.optional
     ]
     seen: set[str] = set()  # features with a value in an earlier usable partition
+    source_labels = (
+        set(pd.unique(frame[spec.label].dropna()))
+        if spec.task == "binary" and spec.positive is None and spec.labels is None
+        else None
+    )
     for period, part in frame.groupby(periods, sort=True):
         start = period.start_time
         end = (period + 1).start_time
@@ -810,7 +819,7 @@ def ingest(
                 quarantined.append(Quarantine(key, len(part), str(flagged.iloc[0])))
                 continue
             part = part.drop(columns=FILE_PROBLEM)
-        usable, problem = _check_partition(part, spec)
+        usable, problem = _check_partition(part, spec, source_labels)
         if problem is None:
             problem = _vanished_features(usable, watched, seen)
         if problem is not None:

@@ -90,7 +90,8 @@ def test_a_text_binary_label_without_a_mapping_names_the_values_and_the_setting(
     assert result.partitions == ()
     reason = result.quarantined[0].reason
     assert "label 'move' has values outside {0, 1}: DOWN, UP" in reason
-    assert "set positive = 'UP'" in reason and "labels = {UP = 1, DOWN = 0}" in reason
+    assert "set positive = 'DOWN' or 'UP' (the value that means 1)" in reason
+    assert "labels = {DOWN = 1, UP = 0}" in reason
 
 
 @pytest.mark.parametrize(
@@ -174,15 +175,15 @@ def test_every_partition_quarantined_for_one_reason_warns_once_and_fails_naming_
     warnings = [r.getMessage() for r in caplog.records if r.name == "retrain.ingest"]
     assert warnings == [
         "quarantined 30 partition(s) (2024-01-01 to 2024-01-30, 360 rows): label 'move' has "
-        "values outside {0, 1}: DOWN, UP; set positive = 'UP' (or 'DOWN': the value that means "
-        "1) or labels = {UP = 1, DOWN = 0} in the spec"
+        "values outside {0, 1}: DOWN, UP; set positive = 'DOWN' or 'UP' (the value that means "
+        "1), or labels = {DOWN = 1, UP = 0}, in the spec"
     ]
     with pytest.raises(EmptyWindowError) as info:
         plan_windows(result.partitions, spec, quarantined=result.quarantined)
     assert str(info.value) == (
         "no usable partition: all 30 partition(s) (2024-01-01 to 2024-01-30) were quarantined "
-        "for one reason: label 'move' has values outside {0, 1}: DOWN, UP; set positive = 'UP' "
-        "(or 'DOWN': the value that means 1) or labels = {UP = 1, DOWN = 0} in the spec"
+        "for one reason: label 'move' has values outside {0, 1}: DOWN, UP; set positive = 'DOWN' "
+        "or 'UP' (the value that means 1), or labels = {DOWN = 1, UP = 0}, in the spec"
     )
 
 
@@ -249,5 +250,7 @@ def test_a_model_trained_on_up_down_predicts_the_probability_of_up_and_says_so(t
 def test_prepare_fails_with_the_one_reason_when_every_partition_is_quarantined(tmp_path):
     from retrain.families.spine import prepare
 
-    with pytest.raises(EmptyWindowError, match=r"all 4 partition\(s\) .* set positive = 'UP'"):
+    with pytest.raises(
+        EmptyWindowError, match=r"all 4 partition\(s\) .* set positive = 'DOWN' or 'UP'"
+    ):
         prepare(spec_for(tmp_path, updown()))
