@@ -477,6 +477,18 @@ def _check_partition(
     return labelled, None
 
 
+def _check_positive(frame: pd.DataFrame, spec: ModelSpec) -> None:
+    """``positive`` must name a value the label holds: a typo (or YAML reading ``yes`` as
+    true) would otherwise make every row a 0."""
+    values = sorted({label_text(v) for v in pd.unique(frame[spec.label].dropna())})
+    if values and label_text(spec.positive) not in values:
+        raise DataError(
+            f"positive = {spec.positive!r} matches no value of label {spec.label!r}, which holds "
+            f"{', '.join(values[:5])}: set positive to the value that means 1 (in YAML quote "
+            "it, positive: 'yes', or it is read as true)"
+        )
+
+
 def _not_binary(spec: ModelSpec, values: set[Any]) -> Problem:
     """Why a binary label that is not 0/1 cannot be used, and the setting that maps it."""
     shown = sorted({label_text(v) for v in values} - {"0", "1"})
@@ -798,6 +810,8 @@ def ingest(
         if spec.task == "binary" and spec.positive is None and spec.labels is None
         else None
     )
+    if spec.positive is not None:
+        _check_positive(frame, spec)
     for period, part in frame.groupby(periods, sort=True):
         start = period.start_time
         end = (period + 1).start_time

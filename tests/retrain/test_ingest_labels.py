@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from retrain.config import ModelSpec, parse_spec
-from retrain.errors import EmptyWindowError, SpecError
+from retrain.errors import DataError, EmptyWindowError, SpecError
 from retrain.features import FeatureCache, plan_windows
 from retrain.ingest import ingest
 from retrain.live.outcomes import outcomes
@@ -254,3 +254,15 @@ def test_prepare_fails_with_the_one_reason_when_every_partition_is_quarantined(t
         EmptyWindowError, match=r"all 4 partition\(s\) .* set positive = 'DOWN' or 'UP'"
     ):
         prepare(spec_for(tmp_path, updown()))
+
+
+def test_a_positive_the_label_never_holds_is_a_data_error_naming_the_values(tmp_path):
+    frame = updown().assign(move=lambda f: np.where(f["x"] > 0, "yes", "no"))
+    spec = spec_for(tmp_path, frame, positive=True)  # YAML's reading of positive: yes
+
+    with pytest.raises(
+        DataError,
+        match="positive = True matches no value of label 'move', "
+        "which holds no, yes: set positive to the value that means 1",
+    ):
+        ingest(spec, now=pd.Timestamp("2025-01-01"))
