@@ -49,7 +49,15 @@ def join_outcomes(spec: ModelSpec, ledger: Ledger) -> list[Outcome]:
     predictions = ledger.predictions(spec.name)
     feedback = ledger.feedback([str(p["request_id"]) for p in predictions])
     delay = timedelta(seconds=spec.live.label_delay_delta.total_seconds())
-    return outcomes(spec.family, spec.metric, predictions, feedback, now=now(), label_delay=delay)
+    return outcomes(
+        spec.family,
+        spec.metric,
+        predictions,
+        feedback,
+        now=now(),
+        label_delay=delay,
+        label_code=spec.label_code,
+    )
 
 
 @task(cache_policy=NO_CACHE)

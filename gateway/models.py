@@ -118,6 +118,7 @@ class Slot:
             self.ledger.feedback(),
             now=now(),
             label_delay=timedelta(seconds=live.label_delay_delta.total_seconds()),
+            label_code=self.spec.label_code,
         )
         versions = {"champion": champion.version, "challenger": challenger.version}
         values = {

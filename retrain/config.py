@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 import yaml
 from cronsim import CronSim, CronSimError
@@ -30,6 +31,20 @@ RANKING_METRICS = {"ndcg", "map", "precision"}
 # Metrics where a larger value is better; every other metric is a loss.
 GREATER_IS_BETTER = {"auc", "accuracy", *RANKING_METRICS}
 DERIVED_FEATURES = {"hour", "dayofweek", "month", "dayofyear", "is_weekend"}
+
+
+def label_text(value: Any) -> str:
+    """How a label value is matched against ``positive`` / ``labels`` (TOML keys are strings):
+    its text, with integral numbers written without a fraction (``1.0`` and ``1`` match ``"1"``).
+
+    >>> label_text("UP"), label_text(1.0), label_text(True)
+    ('UP', '1', 'true')
+    """
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, int | float | np.integer | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
 
 
 class _Strict(BaseModel):
@@ -67,7 +82,7 @@ class SourceSpec(_Strict):
 
     kind: Literal["files", "sql"] = "files"
     path: Path | None = None
-    format: Literal["auto", "csv", "parquet"] = "auto"
+    format: Literal["auto", "csv", "parquet", "json"] = "auto"
     url: str | None = None
     table: str | None = None
 
@@ -96,6 +111,25 @@ class FeatureSpec(_Strict):
     derived: tuple[str, ...] = ()
     # Columns that must never be features (e.g. parts of the label): listing one is an error.
     leakage: tuple[str, ...] = ()
+    # [lower, upper] of a numeric feature (or a numeric label): a partition holding a value
+    # outside is quarantined. Unlisted: +-3.4e38 (float32's range); inf is never accepted.
+    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    # features that may be null in every row of a partition although earlier ones have them
+    # (otherwise such a partition is quarantined as a broken export)
+    optional: tuple[str, ...] = ()
+
+    @field_validator("bounds")
+    @classmethod
+    def _ordered_bounds(
+        cls, value: dict[str, tuple[float, float]]
+    ) -> dict[str, tuple[float, float]]:
+        for col, (low, high) in value.items():
+            if not (np.isfinite(low) and np.isfinite(high) and low < high):
+                raise ValueError(
+                    f"bounds of {col!r} must be two finite numbers, lower first, e.g. "
+                    f"{col} = [-50, 60]; got [{low}, {high}]"
+                )
+        return value
 
     @field_validator("derived")
     @classmethod
@@ -550,7 +584,16 @@ class ModelSpec(_Strict):
     family: Literal["lightgbm", "als"] = "lightgbm"
     task: Literal["regression", "binary", "ranking"] = "regression"
     label: str
+    # binary tasks whose label is not 0/1: the value that means 1 (every other value is 0) ...
+    positive: str | int | float | bool | None = None
+    # ... or every value with its class, e.g. labels = {UP = 1, DOWN = 0} (other values: the
+    # partition is quarantined)
+    labels: dict[str, Literal[0, 1]] | None = None
     metric: str = "mae"
+    # the columns that identify a row (an order or event id; read as text); rows with the same
+    # ids and different labels are left out (quarantined). Empty: the timestamp and every
+    # feature identify a row (the row as the model sees it)
+    id_columns: tuple[str, ...] = ()
     seed: int = 42
     source: SourceSpec
     timestamp: TimestampSpec
@@ -604,6 +647,7 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
+        self._label_mapping()
         uses_age = "age" in self.monitor.any or "age" in self.monitor.all
         holdout = pd.Timedelta(self.windows.holdout)
         if uses_age and self.monitor.max_age_delta <= holdout:
@@ -662,7 +706,88 @@ class ModelSpec(_Strict):
         overlap = sorted(set(self.features.numeric) & set(self.features.categorical))
         if overlap:
             raise ValueError(f"features {overlap} are both numeric and categorical: pick one")
+        self._row_checks()
         return self
+
+    def _row_checks(self) -> None:
+        bounded = {*self.features.numeric, *([self.label] if self.task == "regression" else [])}
+        unknown = sorted(set(self.features.bounds) - bounded)
+        if unknown:
+            raise ValueError(
+                f"features.bounds names {unknown}, not numeric features (or the regression "
+                f"label) of this spec; bound one of {sorted(bounded)}"
+            )
+        unknown = sorted(set(self.features.optional) - set(self.features.columns))
+        if unknown:
+            raise ValueError(
+                f"features.optional names {unknown}, not features of this spec: list features "
+                "from features.numeric / categorical"
+            )
+        clash = sorted(set(self.id_columns) & ({self.label} | set(self.features.columns)))
+        if clash:
+            raise ValueError(
+                f"id_columns {clash} are the label or features: id_columns names the columns "
+                "that identify a row (an event or order id), e.g. id_columns = ['order_id']"
+            )
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_keys(cls, value: Any) -> Any:
+        # YAML keys may be numbers (labels: {2: 1, 1: 0}); they match the label's text
+        return {label_text(k): v for k, v in value.items()} if isinstance(value, dict) else value
+
+    def _label_mapping(self) -> None:
+        given = [k for k in ("positive", "labels") if getattr(self, k) is not None]
+        if not given:
+            return
+        if self.task != "binary":
+            raise ValueError(
+                f"{' and '.join(given)} map the label of a binary task; task is {self.task!r}: "
+                f"remove {' / '.join(given)} (a {self.task} label is used as it is)"
+            )
+        if len(given) == 2:
+            raise ValueError(
+                "give positive (the value that means 1) or labels (every value with its 0/1 "
+                "class), not both: remove one"
+            )
+        if self.labels is not None:
+            missing = sorted({0, 1} - set(self.labels.values()))
+            if missing:
+                raise ValueError(
+                    f"labels {dict(self.labels)} maps no value to {missing[0]}: a binary label "
+                    f"needs both classes, e.g. labels = {{UP = 1, DOWN = 0}}"
+                )
+        elif isinstance(self.positive, str) and not self.positive.strip():
+            raise ValueError(
+                "positive is empty: write the label value that means 1, e.g. positive = 'UP'"
+            )
+
+    @property
+    def label_codes(self) -> dict[str, float] | None:
+        """``labels`` as label key (:func:`label_text`) -> 0.0/1.0; None without a mapping (and
+        with ``positive``, where every value other than the positive one is 0)."""
+        if self.labels is None:
+            return None
+        return {label_text(k): float(v) for k, v in self.labels.items()}
+
+    def label_code(self, value: Any) -> float | None:
+        """The 0/1 class of one label value as the training data holds it (None: a value the
+        mapping does not know); without a mapping the value as a number."""
+        if self.positive is not None:
+            return 1.0 if label_text(value) == label_text(self.positive) else 0.0
+        codes = self.label_codes
+        if codes is not None:
+            return codes.get(label_text(value))
+        return float(value)
+
+    @property
+    def label_mapping(self) -> str | None:
+        """The mapping in words, e.g. ``UP = 1, other values = 0`` (None: the label is 0/1)."""
+        if self.positive is not None:
+            return f"{label_text(self.positive)} = 1, other values = 0"
+        if self.labels is not None:
+            return ", ".join(f"{k} = {v}" for k, v in sorted(self.labels.items()))
+        return None
 
     @property
     def greater_is_better(self) -> bool:
@@ -674,11 +799,14 @@ class ModelSpec(_Strict):
             "code": FEATURE_CODE_VERSION,
             "timestamp": self.timestamp.model_dump(mode="json"),
             "label": self.label,
-            "features": self.features.model_dump(mode="json"),
+            # bounds and optional decide which partitions are used, not what is cached
+            "features": self.features.model_dump(mode="json", exclude={"bounds", "optional"}),
             "partitions": self.partitions.model_dump(mode="json"),
         }
         if self.family != "lightgbm":
             payload["family"] = self.family
+        if self.label_mapping is not None:
+            payload["label_mapping"] = self.label_mapping
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from retrain.config import ModelSpec
 from retrain.errors import CacheError, EmptyWindowError
-from retrain.ingest import TS, Partition
+from retrain.ingest import TS, Partition, Quarantine, nothing_usable
 from retrain.redact import redact_url
 
 logger = logging.getLogger(__name__)
@@ -338,14 +338,18 @@ def make_window(
 
 
 def plan_windows(
-    partitions: Sequence[Partition], spec: ModelSpec, as_of: pd.Timestamp | None = None
+    partitions: Sequence[Partition],
+    spec: ModelSpec,
+    as_of: pd.Timestamp | None = None,
+    quarantined: Sequence[Quarantine] = (),
 ) -> tuple[Window, Window]:
     """Training window and the holdout right after it, ending at ``as_of`` or the newest data.
 
-    Training never sees a partition at or after the holdout's start.
+    Training never sees a partition at or after the holdout's start. Without any usable
+    partition the error says why ingest quarantined them (``quarantined``), grouped by cause.
     """
     if not partitions:
-        raise EmptyWindowError("no usable partition was ingested: check the source and --as-of")
+        raise EmptyWindowError(nothing_usable(quarantined))
     end = as_of if as_of is not None else partitions[-1].end
     holdout_start = end - spec.windows.holdout_delta
     train_start = holdout_start - spec.windows.train_delta

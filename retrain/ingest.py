@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from retrain.config import ModelSpec, SourceSpec
+from retrain.config import ModelSpec, SourceSpec, label_text
 from retrain.errors import DataError, SchemaError
 from retrain.redact import redact_url
 
@@ -27,7 +29,14 @@ logger = logging.getLogger(__name__)
 TS = "__ts__"
 # ingest only: the problem of the file a row came from (a column it lacks), None when sound
 FILE_PROBLEM = "__file_problem__"
-SUPPORTED = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+SUPPORTED = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".json": "json",  # an array of records
+    ".jsonl": "json",  # one record per line
+    ".ndjson": "json",
+}
 
 
 @dataclass(frozen=True)
@@ -49,11 +58,22 @@ class Partition:
 
 @dataclass(frozen=True)
 class Quarantine:
-    """A partition kept out of training, with the reason and the fix."""
+    """A partition kept out of training, with the reason and the fix.
+
+    ``reason`` is this partition's (counts, examples, the file); ``cause`` the same problem in
+    words that do not depend on the partition, so that many partitions quarantined for one
+    problem are reported once (None: the reason is already partition-independent).
+    """
 
     key: str
     rows: int
     reason: str
+    cause: str | None = None
+
+    @property
+    def problem(self) -> str:
+        """What groups this record with others: the cause, else the reason."""
+        return self.cause or self.reason
 
 
 @dataclass(frozen=True)
@@ -79,12 +99,13 @@ def _source_files(source: SourceSpec) -> list[tuple[Path, str]]:
             continue
         if fmt is None:
             raise DataError(
-                f"{candidate} is not a parquet or CSV file: move it out of {path} "
-                "(only .csv, .parquet and .pq files are read; .md/.txt are skipped)"
+                f"{candidate} is not a parquet, CSV or JSON file: move it out of {path} "
+                "(only .csv, .parquet, .pq, .json, .jsonl and .ndjson files are read; .md/.txt "
+                "are skipped)"
             )
         files.append((candidate, fmt))
     if not files:
-        raise DataError(f"source.path {path} holds no .csv or .parquet file")
+        raise DataError(f"source.path {path} holds no .csv, .parquet or .json file")
     return files
 
 
@@ -110,16 +131,66 @@ def declared_partition(path: Path, freq: str) -> str | None:
     return None
 
 
+def text_columns(spec: ModelSpec) -> tuple[str, ...]:
+    """The columns read as text in every source format: ids and categories (the ALS user and
+    item columns are categorical features too) and ``id_columns``, so ``0425210`` stays
+    ``0425210``."""
+    return tuple(dict.fromkeys([*spec.features.categorical, *spec.id_columns]))
+
+
+_INTEGRAL_TEXT = r"-?\d+\.0+"
+
+
+def as_text(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``columns`` of ``frame`` as strings exactly as written; numbers (parquet, SQL) as their
+    text, integral floats without the fraction (a column of codes written as ``1.0``, ``2.0``
+    because it has a gap is ``1``, ``2``, like the integers a client sends).
+
+    >>> frame = pd.DataFrame({"a": ["007", None], "b": [1.0, None], "c": ["1.0", "2.0"]})
+    >>> as_text(frame, ["a", "b", "c"]).to_dict("list")
+    {'a': ['007', None], 'b': ['1', None], 'c': ['1', '2']}
+    """
+    out = {}
+    for col in columns:
+        if col not in frame.columns:
+            continue
+        values = frame[col]
+        if pd.api.types.is_float_dtype(values):
+            present = values.dropna()
+            if (present == present.round()).all():
+                values = values.astype("Int64")
+            out[col] = values.astype("string")
+            continue
+        text = values.astype("string")
+        present = text.dropna()
+        if len(present) and present.str.fullmatch(_INTEGRAL_TEXT).all():
+            text = text.str.replace(r"\.0+$", "", regex=True)
+        out[col] = text
+    return frame.assign(**out) if out else frame
+
+
+def _read_file(path: Path, fmt: str, text: Sequence[str]) -> pd.DataFrame:
+    dtype = {col: "string" for col in text}
+    if fmt == "csv":
+        return pd.read_csv(path, dtype=dtype)
+    if fmt == "json":
+        # read_json turns text that looks like a number into one ("0425" -> 425) unless told
+        lines = path.suffix.lower() in {".jsonl", ".ndjson"}
+        return pd.read_json(path, lines=lines, dtype=dtype)  # type: ignore[arg-type]
+    return pd.read_parquet(path)
+
+
 def _read_files(
-    source: SourceSpec, freq: str | None
+    source: SourceSpec, freq: str | None, text: Sequence[str] = ()
 ) -> tuple[list[tuple[Path, pd.DataFrame]], list[Quarantine]]:
-    """Read each file; with ``freq``, a file declaring its partition that cannot be read is
-    quarantined instead of failing the whole source."""
+    """Read each file (``text``: columns kept as written, see :func:`as_text`); with ``freq``,
+    a file declaring its partition that cannot be read is quarantined instead of failing the
+    whole source."""
     read: list[tuple[Path, pd.DataFrame]] = []
     quarantined: list[Quarantine] = []
     for path, fmt in _source_files(source):
         try:
-            frame = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
+            frame = as_text(_read_file(path, fmt, text), text)
         except Exception as exc:  # pandas/pyarrow raise many types for a bad file
             key = declared_partition(path, freq) if freq else None
             if key is None:
@@ -134,15 +205,16 @@ def _read_files(
     return read, quarantined
 
 
-def read_source(source: SourceSpec) -> pd.DataFrame:
-    """Read every row of the source as one frame (strings left as they are)."""
+def read_source(source: SourceSpec, text: Sequence[str] = ()) -> pd.DataFrame:
+    """Read every row of the source as one frame (strings left as they are; ``text``: columns
+    read as text whatever the format, see :func:`as_text`)."""
     if source.kind == "sql":
         assert source.url is not None and source.table is not None
         engine = sa.create_engine(source.url)
         try:
             with engine.connect() as conn:
                 table = sa.Table(source.table, sa.MetaData(), autoload_with=conn)
-                return pd.read_sql(sa.select(table), conn)
+                return as_text(pd.read_sql(sa.select(table), conn), text)
         except sa.exc.NoSuchTableError:
             raise DataError(
                 f"table {source.table!r} does not exist in {redact_url(source.url)}: "
@@ -154,7 +226,7 @@ def read_source(source: SourceSpec) -> pd.DataFrame:
             ) from None
         finally:
             engine.dispose()
-    frames = [frame for _, frame in _read_files(source, freq=None)[0]]
+    frames = [frame for _, frame in _read_files(source, None, text)[0]]
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
@@ -167,6 +239,8 @@ def _required_columns(spec: ModelSpec) -> dict[str, str]:
         needs[col] = "features.numeric"
     for col in spec.features.categorical:
         needs[col] = "features.categorical"
+    for col in spec.id_columns:
+        needs[col] = "id_columns"
     return needs
 
 
@@ -226,6 +300,27 @@ def _incomplete_files(
     return kept, problems, quarantined
 
 
+def _text_timestamps(raw: pd.Series, spec: ModelSpec) -> pd.Series:
+    """Timestamps written as text. Several UTC offsets in one column (a local-time export that
+    spans a daylight-saving change: ``+01:00`` in winter, ``+02:00`` in summer) are each
+    converted to UTC, the standard reading of an offset, and the conversion is logged."""
+    try:
+        return pd.to_datetime(raw, format=spec.timestamp.format, errors="coerce")
+    except ValueError as exc:  # pandas: "Mixed timezones detected. Pass utc=True ..."
+        if "timezone" not in str(exc).lower():
+            raise SchemaError(
+                f"timestamp column {spec.timestamp.column!r} does not parse ({exc}); fix the "
+                "data or set timestamp.format"
+            ) from None
+    ts = pd.to_datetime(raw, format=spec.timestamp.format, errors="coerce", utc=True)
+    logger.info(
+        "timestamp column %r holds several UTC offsets (a local-time export across a "
+        "daylight-saving change?): each timestamp is converted to UTC with its own offset",
+        spec.timestamp.column,
+    )
+    return ts
+
+
 def parse_timestamps(frame: pd.DataFrame, spec: ModelSpec) -> pd.Series:
     """Event time of every row; raises SchemaError naming unparseable values."""
     raw = frame[spec.timestamp.column]
@@ -234,14 +329,19 @@ def parse_timestamps(frame: pd.DataFrame, spec: ModelSpec) -> pd.Series:
     elif pd.api.types.is_numeric_dtype(raw) and spec.timestamp.format in {"s", "ms"}:
         ts = pd.to_datetime(raw, unit=spec.timestamp.format, errors="coerce")
     else:
-        ts = pd.to_datetime(raw, format=spec.timestamp.format, errors="coerce")
+        ts = _text_timestamps(raw, spec)
     bad = ts.isna() & raw.notna()
     if bad.any() or raw.isna().any():
         examples = raw[bad | raw.isna()].head(3).tolist()
+        offsets = (
+            "; the others carry a UTC offset: write every timestamp with its offset"
+            if getattr(ts.dt, "tz", None) is not None and not raw.isna().all()
+            else ""
+        )
         raise SchemaError(
             f"timestamp column {spec.timestamp.column!r} does not parse in "
-            f"{int((bad | raw.isna()).sum())} row(s), e.g. {examples}; fix the data or set "
-            "timestamp.format (a strftime pattern, or 's'/'ms' for epoch numbers)"
+            f"{int((bad | raw.isna()).sum())} row(s), e.g. {examples}{offsets}; fix the data or "
+            "set timestamp.format (a strftime pattern, or 's'/'ms' for epoch numbers)"
         )
     if getattr(ts.dt, "tz", None) is not None:
         ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
@@ -264,8 +364,70 @@ def fingerprint(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def _check_partition(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, str | None]:
-    """Clean one partition; returns the usable rows and a quarantine reason (or None)."""
+Problem = tuple[str, str | None]  # a partition's reason, and its partition-independent cause
+
+
+def _map_label(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, Problem | None]:
+    """A binary label as 0/1 through ``positive`` or ``labels``, before it is checked."""
+    label = frame[spec.label]
+    present = label.dropna()
+    if spec.positive is None and spec.labels is None:
+        return frame, None
+    codes = {value: spec.label_code(value) for value in pd.unique(present)}
+    unknown = sorted(label_text(v) for v, code in codes.items() if code is None)
+    if unknown:
+        cause = (
+            f"label {spec.label!r} has values that labels ({spec.label_mapping}) does not map; "
+            "add each value to labels with its class 0 or 1"
+        )
+        return frame, (
+            f"label {spec.label!r} has {int(present.map(codes).isna().sum())} row(s) with "
+            f"values that labels does not map: {', '.join(unknown[:5])}; add each to labels "
+            "with its class 0 or 1",
+            cause,
+        )
+    mapped = label.map(codes).astype("float64")
+    return frame.assign(**{spec.label: mapped}), None
+
+
+# the default bounds of a numeric value: float32's range. Beyond it a value is no measurement
+# (1e308 is an overflow or a sentinel), and sums and squares of it overflow in the metrics.
+DEFAULT_BOUND = float(np.finfo(np.float32).max)
+
+
+def _out_of_bounds(what: str, col: str, values: pd.Series, spec: ModelSpec) -> Problem | None:
+    """Infinite values, or values outside ``features.bounds`` (default: float32's range)."""
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    infinite = np.isinf(numbers)
+    if infinite.any():
+        fix = "fix the data (write a missing value as an empty cell or null, not inf)"
+        return (
+            f"{what} has {int(infinite.sum())} infinite value(s) (inf or -inf); {fix}",
+            f"{what} has infinite values (inf or -inf); {fix}",
+        )
+    low, high = spec.features.bounds.get(col, (-DEFAULT_BOUND, DEFAULT_BOUND))
+    outside = (numbers < low) | (numbers > high)
+    if not outside.any():
+        return None
+    setting = f"features.bounds.{col}"
+    if col in spec.features.bounds:
+        fix = f"fix the data or widen {setting}"
+    else:
+        fix = f"fix the data, or set {setting} = [lower, upper] if such values are real"
+    examples = [float(v) for v in numbers[outside][:2]]
+    return (
+        f"{what} has {int(outside.sum())} value(s) outside [{low:g}, {high:g}], e.g. "
+        f"{examples}; {fix}",
+        f"{what} has values outside [{low:g}, {high:g}]; {fix}",
+    )
+
+
+def _check_partition(
+    frame: pd.DataFrame, spec: ModelSpec, source_labels: set[Any] | None = None
+) -> tuple[pd.DataFrame, Problem | None]:
+    """Clean one partition; returns the usable rows and a quarantine reason (or None).
+    ``source_labels``: the label values of the whole source, named when a binary label is not
+    0/1 (so every partition gives the same reason, reported once)."""
     for col in spec.features.numeric:
         values = frame[col]
         if not pd.api.types.is_numeric_dtype(values):
@@ -275,28 +437,89 @@ def _check_partition(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame
                 return frame, (
                     f"numeric feature {col!r} has {int(bad.sum())} non-numeric value(s), e.g. "
                     f"{values[bad].head(2).tolist()}; fix the data or list {col!r} under "
-                    "features.categorical"
+                    "features.categorical",
+                    f"numeric feature {col!r} has non-numeric values; fix the data or list "
+                    f"{col!r} under features.categorical",
                 )
+    for col in spec.features.numeric:
+        problem = _out_of_bounds(f"numeric feature {col!r}", col, frame[col], spec)
+        if problem is not None:
+            return frame, problem
+    frame, problem = _map_label(frame, spec)
+    if problem is not None:
+        return frame, problem
     label = frame[spec.label]
     if spec.task == "regression" and not pd.api.types.is_numeric_dtype(label):
         bad = pd.to_numeric(label, errors="coerce").isna() & label.notna()
         if bad.any():
             return frame, (
                 f"label {spec.label!r} has {int(bad.sum())} non-numeric value(s), e.g. "
-                f"{label[bad].head(2).tolist()}; a regression label must be a number: fix the data"
+                f"{label[bad].head(2).tolist()}; a regression label must be a number: fix the "
+                "data",
+                f"label {spec.label!r} has non-numeric values; a regression label must be a "
+                "number: fix the data",
             )
         frame = frame.assign(**{spec.label: pd.to_numeric(label)})
+    if spec.task != "binary":
+        problem = _out_of_bounds(f"label {spec.label!r}", spec.label, frame[spec.label], spec)
+        if problem is not None:
+            return frame, problem
     labelled = frame[frame[spec.label].notna()]
     if labelled.empty:
-        return frame, f"label {spec.label!r} is null in every row; wait for labels or fix the data"
+        return frame, (
+            f"label {spec.label!r} is null in every row; wait for labels or fix the data",
+            None,
+        )
     if spec.task == "binary":
         values = set(pd.unique(labelled[spec.label]))
         if not values <= {0, 1}:
-            return frame, (
-                f"label {spec.label!r} of a binary task holds {sorted(map(str, values))[:5]}; "
-                "it must be 0/1"
-            )
+            return frame, _not_binary(spec, source_labels or values)
     return labelled, None
+
+
+def _check_positive(frame: pd.DataFrame, spec: ModelSpec) -> None:
+    """``positive`` must name a value the label holds: a typo (or YAML reading ``yes`` as
+    true) would otherwise make every row a 0."""
+    values = sorted({label_text(v) for v in pd.unique(frame[spec.label].dropna())})
+    if values and label_text(spec.positive) not in values:
+        raise DataError(
+            f"positive = {spec.positive!r} matches no value of label {spec.label!r}, which holds "
+            f"{', '.join(values[:5])}: set positive to the value that means 1 (in YAML quote "
+            "it, positive: 'yes', or it is read as true)"
+        )
+
+
+def _not_binary(spec: ModelSpec, values: set[Any]) -> Problem:
+    """Why a binary label that is not 0/1 cannot be used, and the setting that maps it."""
+    shown = sorted({label_text(v) for v in values} - {"0", "1"})
+    if len(shown) == 2:
+        a, b = shown
+        fix = (
+            f"set positive = {a!r} or {b!r} (the value that means 1), or labels = "
+            f"{{{a} = 1, {b} = 0}}, in the spec"
+        )
+    else:
+        fix = "set positive = <the value that means 1> or labels = {<value> = 1, ...} in the spec"
+    return (
+        f"label {spec.label!r} has values outside {{0, 1}}: {', '.join(shown[:5])}; {fix}",
+        f"label {spec.label!r} of a binary task is not 0/1; set positive = <the value that "
+        "means 1> or labels = {<value> = 1, <value> = 0} in the spec",
+    )
+
+
+def _vanished_features(frame: pd.DataFrame, watched: list[str], seen: set[str]) -> Problem | None:
+    """A feature null in every row of a partition although earlier partitions had values: a
+    broken export (a renamed or dropped column) more often than a real absence."""
+    gone = [c for c in watched if c in seen and frame[c].isna().all()]
+    if not gone:
+        return None
+    names = ", ".join(map(repr, gone))
+    fix = (
+        "fix the export, or list them under features.optional if they may be missing for a "
+        "whole partition"
+    )
+    text = f"feature(s) {names} are null in every row, although earlier partitions have values"
+    return f"{text}; {fix}", f"{text}; {fix}"
 
 
 def _period_of(key: str, freq: str) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -365,6 +588,57 @@ def _rows_outside_declared_partitions(
     return drop, found
 
 
+def _row_ids(spec: ModelSpec) -> list[str]:
+    """The columns that identify a row: ``id_columns``, else the timestamp and the features."""
+    if spec.id_columns:
+        return list(spec.id_columns)
+    return [TS, *spec.features.numeric, *spec.features.categorical]
+
+
+def _conflicting_rows(frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
+    """Labelled rows that share their ids with a row of another label (exact duplicates are
+    already gone): which label is true cannot be known, so none of them is used."""
+    labelled = frame[frame[spec.label].notna()]
+    conflicting = np.zeros(len(frame), dtype=bool)
+    if labelled.empty:
+        return conflicting
+    ids = _row_ids(spec)
+    if not labelled.duplicated(subset=ids, keep=False).any():
+        return conflicting
+    labels = labelled.groupby(ids, dropna=False, sort=False)[spec.label].transform("nunique")
+    hit = labels.index[labels.to_numpy() > 1]
+    conflicting[frame.index.get_indexer(hit)] = True
+    return conflicting
+
+
+def _conflict_records(rows: pd.DataFrame, spec: ModelSpec) -> list[Quarantine]:
+    """One quarantine record per partition holding conflicting rows."""
+    if spec.id_columns:
+        named = f"id ({', '.join(map(repr, spec.id_columns))})"
+        hint = ""
+    else:
+        named = "timestamp and features"
+        hint = (
+            ", or, if they are different events, set id_columns to the columns that identify "
+            "a row (e.g. id_columns = ['order_id'])"
+        )
+    found = []
+    for period, part in rows.groupby(rows[TS].dt.to_period(spec.partitions.freq), sort=True):
+        ids = part[_row_ids(spec)].head(1).to_dict("records")
+        example = {k if k != TS else spec.timestamp.column: str(v) for k, v in ids[0].items()}
+        found.append(
+            Quarantine(
+                str(period),
+                len(part),
+                f"{len(part)} row(s) share their {named} with a row of another label "
+                f"{spec.label!r}, e.g. {example}; none of them is used: fix the source{hint}",
+                f"rows share their {named} with a row of another label {spec.label!r}; none "
+                f"of them is used: fix the source{hint}",
+            )
+        )
+    return found
+
+
 def _future_rows(rows: pd.DataFrame, spec: ModelSpec, now: pd.Timestamp) -> list[Quarantine]:
     """Rows stamped after now, one quarantine record per partition they fall into."""
     found = []
@@ -382,6 +656,75 @@ def _future_rows(rows: pd.DataFrame, spec: ModelSpec, now: pd.Timestamp) -> list
     return found
 
 
+def group_quarantined(
+    quarantined: Sequence[Quarantine],
+) -> list[tuple[str, list[Quarantine]]]:
+    """Quarantine records grouped by problem (partition-independent cause), largest first; a
+    group's records in partition order."""
+    groups: dict[str, list[Quarantine]] = {}
+    for q in quarantined:
+        groups.setdefault(q.problem, []).append(q)
+    ordered = sorted(groups.items(), key=lambda item: -len(item[1]))
+    return [(problem, sorted(records, key=lambda q: q.key)) for problem, records in ordered]
+
+
+def _group_text(problem: str, records: Sequence[Quarantine]) -> str:
+    """A group's problem; with the first partition's own reason when the reasons differ."""
+    reasons = {q.reason for q in records}
+    if len(reasons) == 1:
+        return records[0].reason
+    return f"{problem} (partition {records[0].key}: {records[0].reason})"
+
+
+def quarantine_summary(quarantined: Sequence[Quarantine]) -> list[str]:
+    """One line per problem: how many partitions, the first and the last, and the reason.
+
+    >>> lines = quarantine_summary([Quarantine("2011-03-01", 5, "r1", "c"),
+    ...                             Quarantine("2011-03-02", 7, "r2", "c"),
+    ...                             Quarantine("2011-03-04", 1, "other")])
+    >>> for line in lines:
+    ...     print(line)
+    quarantined 2 partition(s) (2011-03-01 to 2011-03-02, 12 rows): c (partition 2011-03-01: r1)
+    quarantined partition 2011-03-04 (1 rows): other
+    """
+    lines = []
+    for problem, records in group_quarantined(quarantined):
+        rows = sum(q.rows for q in records)
+        text = _group_text(problem, records)
+        if len(records) == 1:
+            lines.append(f"quarantined partition {records[0].key} ({rows} rows): {text}")
+        else:
+            lines.append(
+                f"quarantined {len(records)} partition(s) ({records[0].key} to "
+                f"{records[-1].key}, {rows} rows): {text}"
+            )
+    return lines
+
+
+def nothing_usable(quarantined: Sequence[Quarantine]) -> str:
+    """Why no partition is usable, when every one was quarantined: the cause and the fix."""
+    groups = group_quarantined(quarantined)
+    if not groups:
+        return "no usable partition was ingested: check the source and --as-of"
+    keys = sorted({q.key for q in quarantined})
+    span = f"{keys[0]} to {keys[-1]}" if len(keys) > 1 else keys[0]
+    if len(groups) == 1:
+        problem, records = groups[0]
+        return (
+            f"no usable partition: all {len(keys)} partition(s) ({span}) were quarantined "
+            f"for one reason: {_group_text(problem, records)}"
+        )
+    parts = "; ".join(
+        f"{len(records)} partition(s): {_group_text(problem, records)}"
+        for problem, records in groups[:3]
+    )
+    more = f"; and {len(groups) - 3} more reason(s) (see the warnings)" if len(groups) > 3 else ""
+    return (
+        f"no usable partition: all {len(keys)} partition(s) ({span}) were quarantined for "
+        f"{len(groups)} reasons: {parts}{more}"
+    )
+
+
 def utc_now() -> pd.Timestamp:
     """The wall-clock time as a naive UTC timestamp, like the event times after parsing."""
     return pd.Timestamp.now(tz="UTC").tz_localize(None)
@@ -392,21 +735,21 @@ def ingest(
 ) -> IngestResult:
     """Read, validate and partition the source. Rows at or after ``as_of`` are not visible.
 
-    Only complete partitions are used: one that ends after ``as_of`` or, without ``as_of``,
-    after ``now`` (the wall clock, UTC, by default) is still filling up and is left out, so a
-    window ends at the newest complete partition.
+    Only complete partitions are used: one that ends after ``as_of`` or after ``now`` (the
+    wall clock, UTC, by default) is still filling up and is left out, so a window ends at the
+    newest complete partition. Rows stamped after ``now`` are quarantined whatever the
+    ``as_of``: an ``as_of`` in the future does not make future rows real.
     """
-    if as_of is not None:
-        complete_by = as_of
-    elif now is None:
-        complete_by = utc_now()
+    if now is None:
+        wall = utc_now()
     else:
-        complete_by = now.tz_convert("UTC").tz_localize(None) if now.tzinfo else now
+        wall = now.tz_convert("UTC").tz_localize(None) if now.tzinfo else now
+    complete_by = wall if as_of is None else min(as_of, wall)
     quarantined: list[Quarantine] = []
     files: list[tuple[Path, pd.DataFrame]] = []
     problems: list[str | None] = []
     if spec.source.kind == "files":
-        files, quarantined = _read_files(spec.source, spec.partitions.freq)
+        files, quarantined = _read_files(spec.source, spec.partitions.freq, text_columns(spec))
         quarantined += _empty_declared_files(files, spec, as_of)
         files = [(path, f) for path, f in files if len(f)]
         files, problems, incomplete = _incomplete_files(files, spec, as_of)
@@ -417,14 +760,14 @@ def ingest(
             else (files[0][1] if files else pd.DataFrame())
         )
     else:
-        raw = read_source(spec.source)
+        raw = read_source(spec.source, text_columns(spec))
     if raw.empty:
         if quarantined:
             return IngestResult((), tuple(quarantined), 0, 0)
         raise DataError("the source holds no row: check source.path / source.table")
     _require_columns(raw, spec)
     ts = parse_timestamps(raw, spec)
-    keep = [spec.label, *spec.features.numeric, *spec.features.categorical]
+    keep = [spec.label, *spec.features.numeric, *spec.features.categorical, *spec.id_columns]
     frame = raw[list(dict.fromkeys(keep))].copy()
     frame.insert(0, TS, ts)
     if files and any(problems):
@@ -444,20 +787,37 @@ def ingest(
     frame = frame[~duplicated].reset_index(drop=True)
     if dropped:
         logger.warning("dropped %d duplicated row(s)", dropped)
-    if as_of is None:
-        future = frame[TS] > complete_by
-        if future.any():
-            quarantined += _future_rows(frame[future], spec, complete_by)
-            frame = frame[~future].reset_index(drop=True)
+    if spec.family != "als":  # an ALS source sums or keeps the last of a pair (als.duplicates)
+        conflicting = _conflicting_rows(frame, spec)
+        if conflicting.any():
+            quarantined += _conflict_records(frame[conflicting], spec)
+            frame = frame[~conflicting].reset_index(drop=True)
+    future = frame[TS] > wall
+    if future.any():
+        quarantined += _future_rows(frame[future], spec, wall)
+        frame = frame[~future].reset_index(drop=True)
 
     periods = frame[TS].dt.to_period(spec.partitions.freq)
     partitions: list[Partition] = []
+    watched = [
+        c
+        for c in dict.fromkeys([*spec.features.numeric, *spec.features.categorical])
+        if c not in spec.features.optional
+    ]
+    seen: set[str] = set()  # features with a value in an earlier usable partition
+    source_labels = (
+        set(pd.unique(frame[spec.label].dropna()))
+        if spec.task == "binary" and spec.positive is None and spec.labels is None
+        else None
+    )
+    if spec.positive is not None:
+        _check_positive(frame, spec)
     for period, part in frame.groupby(periods, sort=True):
         start = period.start_time
         end = (period + 1).start_time
         if end > complete_by:
             # the newest partition is still filling up
-            if as_of is None:
+            if as_of is None or as_of > wall:
                 logger.info(
                     "partition %s ends at %s, after now (%s): still filling up, not used",
                     period,
@@ -473,10 +833,13 @@ def ingest(
                 quarantined.append(Quarantine(key, len(part), str(flagged.iloc[0])))
                 continue
             part = part.drop(columns=FILE_PROBLEM)
-        usable, reason = _check_partition(part, spec)
-        if reason is not None:
-            quarantined.append(Quarantine(key=key, rows=len(part), reason=reason))
+        usable, problem = _check_partition(part, spec, source_labels)
+        if problem is None:
+            problem = _vanished_features(usable, watched, seen)
+        if problem is not None:
+            quarantined.append(Quarantine(key, len(part), *problem))
             continue
+        seen.update(c for c in watched if usable[c].notna().any())
         notes = []
         if duplicates_per.get(key, 0):
             notes.append(f"{int(duplicates_per[key])} duplicated row(s) dropped")
@@ -485,6 +848,6 @@ def ingest(
         partitions.append(
             Partition(key, start, end, fingerprint(usable), usable, "; ".join(notes) or None)
         )
-    for q in quarantined:
-        logger.warning("quarantined partition %s: %s", q.key, q.reason)
+    for line in quarantine_summary(quarantined):
+        logger.warning("%s", line)
     return IngestResult(tuple(partitions), tuple(quarantined), dropped, len(raw))

@@ -63,6 +63,9 @@ class Tag(StrEnum):
     APPROVAL_AUTOMATIC = "retrain.approval_automatic"
     DECISION = "retrain.decision"
     MODEL_NAME = "retrain.model_name"
+    # a binary label mapped to 0/1 by the spec (positive / labels): the model predicts the
+    # probability of the values mapped to 1, e.g. "UP = 1, other values = 0"
+    LABEL_MAPPING = "retrain.label_mapping"
 
 
 Role = Literal["candidate", "champion", "baseline"]
@@ -179,6 +182,8 @@ def lineage_tags(
     out = {str(k): v for k, v in tags.items()}
     for key, value in trained.label_stats.items():
         out[label_key(key)] = f"{value:.6g}"
+    if spec.label_mapping is not None:
+        out[str(Tag.LABEL_MAPPING)] = spec.label_mapping
     if r.champion is not None:
         out[backtest_key(r.metric, "champion")] = f"{r.champion:.6g}"
     return out

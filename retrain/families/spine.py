@@ -137,7 +137,7 @@ def prepare(
         ]
         rows += [(q.key, "-", q.rows, "quarantined", q.reason) for q in result.quarantined]
         ledger.record_partitions(spec.name, rows)
-    train, holdout = plan_windows(result.partitions, spec, as_of=as_of)
+    train, holdout = plan_windows(result.partitions, spec, as_of, result.quarantined)
     cache = FeatureCache(spec.state.features, spec)
     materialized = cache.materialize(train.partitions + holdout.partitions)
     return Prepared(result, materialized, train, holdout, cache.spec_hash)

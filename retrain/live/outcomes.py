@@ -10,7 +10,7 @@ answer credits the team whose items were clicked.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -64,16 +64,30 @@ def _row_values(metric: str, labels: Sequence[float], predictions: Sequence[floa
     raise ValueError(f"no online form of metric {metric!r}")
 
 
-def _labels(outcome: Mapping[str, Any]) -> list[float] | None:
+def _labels(
+    outcome: Mapping[str, Any], code: Callable[[Any], float | None] = float
+) -> list[float] | None:
+    """The feedback's labels as numbers (``code``: the spec's label mapping, e.g. "UP" -> 1);
+    None when there is none, or one the mapping does not know (the answer stays unlabelled)."""
     if "labels" in outcome:
-        return [float(v) for v in outcome["labels"]]
-    if "label" in outcome:
-        return [float(outcome["label"])]
-    return None
+        raw = list(outcome["labels"])
+    elif "label" in outcome:
+        raw = [outcome["label"]]
+    else:
+        return None
+    try:
+        values = [code(v) for v in raw]
+    except (TypeError, ValueError):
+        return None
+    return None if any(v is None for v in values) else [float(v) for v in values if v is not None]
 
 
 def _value(
-    family: str, metric: str, output: Mapping[str, Any], feedback: Mapping[str, Any]
+    family: str,
+    metric: str,
+    output: Mapping[str, Any],
+    feedback: Mapping[str, Any],
+    code: Callable[[Any], float | None] = float,
 ) -> tuple[float | None, str | None]:
     if family == "als":
         clicked = {str(i) for i in feedback.get("clicks", ())}
@@ -84,7 +98,7 @@ def _value(
             return None, credit(teams, items, list(clicked))
         hit = any(str(i) in clicked for r in lists for i in r["items"])
         return float(hit), None
-    labels = _labels(feedback)
+    labels = _labels(feedback, code)
     if labels is None:
         return None, None
     return _row_values(metric, labels, output["predictions"]), None
@@ -98,12 +112,15 @@ def outcomes(
     *,
     now: datetime,
     label_delay: timedelta,
+    label_code: Callable[[Any], float | None] = float,
 ) -> list[Outcome]:
     """Join logged answers with feedback (the newest per request), in time order.
 
     An answer younger than ``label_delay`` is left out entirely (its labels may still come); an
     older answer without feedback counts as unlabelled for a tabular model and as "no click" for
-    a recommender (a click that never came is the outcome).
+    a recommender (a click that never came is the outcome). ``label_code`` turns a feedback
+    label into the number the model predicts (``ModelSpec.label_code``: "UP" -> 1 with
+    ``positive = "UP"``).
     """
     latest: dict[str, Mapping[str, Any]] = {}
     for row in sorted(feedback, key=lambda r: r["at"]):
@@ -117,7 +134,7 @@ def outcomes(
         winner: str | None = None
         fb = latest.get(str(row["request_id"]))
         if not error and (fb is not None or family == "als"):
-            value, winner = _value(family, metric, row["output"] or {}, fb or {})
+            value, winner = _value(family, metric, row["output"] or {}, fb or {}, label_code)
             if value is not None and not math.isfinite(value):
                 value = None
         found.append(

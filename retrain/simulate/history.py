@@ -16,7 +16,7 @@ import pandas as pd
 from retrain.config import ModelSpec
 from retrain.errors import EmptyWindowError, LookAheadError, SimulationError
 from retrain.features import FeatureCache
-from retrain.ingest import Partition, ingest
+from retrain.ingest import Partition, ingest, nothing_usable
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,8 @@ def load_replay(spec: ModelSpec, start: str | None = None, end: str | None = Non
     partitions = tuple(
         p for p in result.partitions if start is None or p.start >= pd.Timestamp(start)
     )
+    if not result.partitions and result.quarantined:
+        raise SimulationError(nothing_usable(result.quarantined))
     if not partitions:
         raise SimulationError(
             f"no usable partition in the source between {start or 'the start'} and "

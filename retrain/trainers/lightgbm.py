@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -57,10 +58,35 @@ def schema_differences(
     return problems
 
 
+# characters LightGBM refuses in a feature name ("Do not support special JSON characters")
+_JSON_SPECIAL = re.compile(r'[",:\[\]{}]')
+
+
+def lightgbm_names(names: Sequence[str]) -> list[str]:
+    """The names LightGBM is given for ``names``: each special JSON character (LightGBM
+    refuses ``" , : [ ] { }``) becomes ``_``, with a ``__2`` suffix should two names meet.
+    Training and serving both go through :func:`encode_frame`, so they agree; the trainer's
+    ``feature_names_`` (and the columns a client sends) stay the source's.
+
+    >>> lightgbm_names(["temp", "temp[C]", "temp_C_", "a:b"])
+    ['temp', 'temp_C___2', 'temp_C_', 'a_b']
+    """
+    out: list[str] = []
+    for name in names:
+        safe = _JSON_SPECIAL.sub("_", str(name))
+        candidate, n = safe, 1
+        while candidate in out or (candidate != name and candidate in names):
+            n += 1
+            candidate = f"{safe}__{n}"
+        out.append(candidate)
+    return out
+
+
 def encode_frame(
     X: pd.DataFrame, feature_names: Sequence[str], categories: dict[str, list[str]]
 ) -> pd.DataFrame:
-    """Columns in training order; categoricals as their frozen integer codes (unseen: NaN)."""
+    """Columns in training order, named for LightGBM (:func:`lightgbm_names`); categoricals as
+    their frozen integer codes (unseen: NaN)."""
     missing = [c for c in feature_names if c not in X.columns]
     if missing:
         raise TrainingError(
@@ -82,6 +108,7 @@ def encode_frame(
                 as_str[unseen].unique()[:3].tolist(),
             )
         out[col] = mapped.astype("float64")
+    out.columns = lightgbm_names(list(feature_names))
     return out.astype("float64")
 
 
@@ -157,10 +184,16 @@ class LightGBMTrainer:
             raise NotFittedError("this LightGBMTrainer is not fitted yet: call fit(X, y) first")
         return encode_frame(X, self.feature_names_, self.categories_)
 
+    @property
+    def lightgbm_categorical(self) -> list[str] | Literal["auto"]:
+        """The categorical features as LightGBM names them (``auto``: none)."""
+        names = dict(zip(self.feature_names_, lightgbm_names(self.feature_names_), strict=True))
+        return [names[c] for c in self.categories_] or "auto"
+
     def _reference_dataset(self, params: dict[str, Any]) -> lgb.Dataset:
         return lgb.Dataset(
             self.reference_,
-            categorical_feature=list(self.categories_) or "auto",
+            categorical_feature=self.lightgbm_categorical,
             params=params,
             free_raw_data=False,
         )
@@ -238,7 +271,7 @@ class LightGBMTrainer:
             dataset = lgb.Dataset(
                 encoded,
                 label=target,
-                categorical_feature=list(self.categories_) or "auto",
+                categorical_feature=self.lightgbm_categorical,
                 reference=self._reference_dataset(params),
                 params=params,
                 free_raw_data=False,

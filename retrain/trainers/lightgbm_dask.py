@@ -174,7 +174,7 @@ class DaskLightGBMTrainer(LightGBMTrainer):
         model.fit(
             encoded,
             label,
-            categorical_feature=list(self.categories_) or "auto",
+            categorical_feature=self.lightgbm_categorical,
             init_model=init.booster_ if self.strategy == "warm" and init is not None else None,
             eval_set=[(encoded, label)],
             eval_names=["train"],

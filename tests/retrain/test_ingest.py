@@ -89,9 +89,9 @@ def test_a_file_that_is_neither_parquet_nor_csv_is_a_data_error_naming_it(
     four_days, write_source, make_spec
 ):
     folder = write_source(four_days)
-    (folder / "data.json").write_text("{}")
+    (folder / "data.xlsx").write_text("{}")
 
-    with pytest.raises(DataError, match=r"data\.json is not a parquet or CSV file"):
+    with pytest.raises(DataError, match=r"data\.xlsx is not a parquet, CSV or JSON file"):
         ingest(make_spec(folder))
 
 

@@ -37,12 +37,25 @@ def test_an_aware_now_is_compared_in_utc(four_days, write_source, make_spec):
     assert keys(result) == list(DAYS[:3])
 
 
-def test_as_of_decides_completeness_when_it_is_given(four_days, write_source, make_spec):
+def test_as_of_decides_completeness_when_it_is_before_now(four_days, write_source, make_spec):
     spec = make_spec(write_source(four_days))
 
-    result = ingest(spec, as_of=pd.Timestamp("2011-03-04"), now=pd.Timestamp("2011-03-02 12:00"))
+    result = ingest(spec, as_of=pd.Timestamp("2011-03-04"), now=pd.Timestamp("2011-03-10 12:00"))
 
     assert keys(result) == list(DAYS[:3])
+
+
+def test_an_as_of_in_the_future_still_quarantines_rows_after_now(
+    four_days, write_source, make_spec
+):
+    spec = make_spec(write_source(four_days))
+
+    result = ingest(spec, as_of=pd.Timestamp("2011-03-10"), now=pd.Timestamp("2011-03-02 12:00"))
+
+    assert keys(result) == [DAYS[0]]  # 2011-03-02 is still filling up at now
+    future = [q for q in result.quarantined if "in the future" in q.reason]
+    assert [q.key for q in future] == ["2011-03-02", "2011-03-03", "2011-03-04"]
+    assert "(after now, 2011-03-02 12:00:00)" in future[0].reason
 
 
 def test_by_default_now_is_the_wall_clock(four_days, write_source, make_spec):
