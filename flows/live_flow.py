@@ -8,13 +8,20 @@ challenger with the same invariant as a backtest promotion, or end it (roll back
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
+import tempfile
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, pause_flow_run, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_image_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import FlowPauseTimeout
 from prefect.runtime import flow_run
@@ -30,6 +37,7 @@ from retrain.ledger import Ledger, now
 from retrain.live import LiveDecision, evaluate, outcomes, promotion_decision
 from retrain.live.outcomes import Outcome, online_metric
 from retrain.promotion import Approval, automatic_approval, needs_operator, timed_out
+from retrain.reports import live_plot
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +112,19 @@ def decide_live(
         ],
         description="per-arm requests, errors, latency and online metric with its interval",
     )
+    create_image_artifact(
+        image_url=live_plot_url(spec, decision),
+        key=_key(spec.name, "live-plot"),
+        description="online metric per arm with its interval; labelled requests vs required",
+    )
     return decision
+
+
+def live_plot_url(spec: ModelSpec, decision: LiveDecision) -> str:
+    """The live test's plot as a data URL: shown inline in the artifact and the pause form."""
+    with tempfile.TemporaryDirectory(prefix="retrain-live-") as tmp:
+        png = live_plot(Path(tmp) / "live.png", decision)
+        return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
 
 
 def ask_operator(spec: ModelSpec, decision: LiveDecision) -> Approval:
@@ -112,6 +132,7 @@ def ask_operator(spec: ModelSpec, decision: LiveDecision) -> Approval:
     description = (
         f"# Promote {spec.name} version {decision.challenger_version} to champion?\n\n"
         + decision.markdown()
+        + "\n\nThe plot of the arms is the run's `live-plot` artifact (Artifacts tab)."
         + "\n\nChoose **approve** or **reject**, give your name and a comment, then Submit."
     )
     timeout = spec.gate.approval_timeout_seconds

@@ -138,3 +138,35 @@ def drift_report(path: Path, result: Any) -> Path:
     )
     fig.savefig(path, dpi=110)
     return path
+
+
+def live_plot(path: Path, decision: Any) -> Path:
+    """A live test at a glance: each arm's online metric with its interval, and the labelled
+    requests per arm against the sample size the test needs (``decision``: a LiveDecision)."""
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    arms = list(decision.arms)
+    names = [f"{a.arm}\nv{a.version}" for a in arms]
+    for i, a in enumerate(arms):
+        if a.metric is None or not np.isfinite(a.metric):
+            continue
+        low = a.metric - a.ci_low if a.ci_low is not None else 0.0
+        high = a.ci_high - a.metric if a.ci_high is not None else 0.0
+        left.errorbar([i], [a.metric], yerr=[[low], [high]], fmt="o", color=f"C{i}", capsize=6)
+    left.set_xticks(range(len(arms)), names)
+    left.set_xlim(-0.6, len(arms) - 0.4)
+    better = "larger" if decision.greater_is_better else "smaller"
+    left.set_title(f"online {decision.metric} ({better} is better), 95% interval", fontsize=9)
+    right.bar(
+        range(len(arms)), [a.labelled for a in arms], color=[f"C{i}" for i in range(len(arms))]
+    )
+    if decision.required_samples is not None:
+        right.axhline(decision.required_samples, color="k", linestyle="--", linewidth=1)
+        right.text(-0.4, decision.required_samples, " required", va="bottom", fontsize=8)
+    right.set_xticks(range(len(arms)), names)
+    right.set_title("labelled requests per arm", fontsize=9)
+    fig.suptitle(
+        f"Live test ({decision.routing}) of {decision.model}: {decision.action}", fontsize=10
+    )
+    fig.savefig(path, dpi=100)
+    return path

@@ -21,7 +21,7 @@ from flows.retrain_flow import retrain_flow
 from registry.client import APPROVAL_TAG, GATE_TAG
 from registry.live import LIVE_TAG
 from tests.conftest import bike_slice, spec_dict
-from tests.flows.conftest import run_flow
+from tests.flows.conftest import artifacts_of, run_flow
 from tests.gateway.conftest import (  # noqa: F401  (fixtures)
     gateway,
     gw_ledger,
@@ -164,9 +164,14 @@ def test_a_continuing_test_changes_nothing(make_models, gateway, tmp_path: Path,
     models.promote(models.add(rounds=5))
     challenger = models.add(rounds=20)
     spec = write_spec(tmp_path, models, {"routing": "canary", "min_samples": 100})
-    result, _ = run_flow(live_evaluate_flow, str(spec))
+    result, run_id = run_flow(live_evaluate_flow, str(spec))
     assert result["status"] == "continue" and "0 labelled requests" in result["decision"]
     assert models.registry.alias_version("challenger") == challenger
+    # the evidence on the flow run: the markdown, the per-arm table and the plot
+    key = models.registry.model_name.lower()
+    [plot] = artifacts_of(run_id, f"{key}-live-plot")
+    assert plot.type == "image" and str(plot.data).startswith("data:image/png;base64,")
+    assert artifacts_of(run_id, f"{key}-live-test") and artifacts_of(run_id, f"{key}-live-arms")
 
 
 def test_live_evaluate_on_the_command_line_runs_the_same_evaluation(make_models, tmp_path: Path):
