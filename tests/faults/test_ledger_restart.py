@@ -1,17 +1,20 @@
 """The ledger's PostgreSQL server restarted in the middle of a retrain and of a transaction.
 
-These tests really restart the PostgreSQL cluster of RETRAIN_TEST_POSTGRES_URL (``pg_ctlcluster
-restart``, or RETRAIN_TEST_POSTGRES_RESTART for another command), so every other connection
-to it is cut too: they are ``slow`` and ``postgres``, and the server is always started again.
+These tests restart a PostgreSQL server of their own: a throw-away cluster (``initdb`` in a
+temporary directory, on a free port, trust auth) started for this module and removed after it,
+never the shared server of RETRAIN_TEST_POSTGRES_URL, whose other users would be cut off too.
+They are ``slow`` and ``postgres``; under CI a missing PostgreSQL installation fails them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
-import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,24 +25,67 @@ import sqlalchemy as sa
 import yaml
 
 from retrain.ledger import Ledger, model_locks, now, process_owner
-from tests.conftest import postgres_schema
+from tests.conftest import free_port, postgres_schema
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
-RESTART_ENV = "RETRAIN_TEST_POSTGRES_RESTART"
 
-
-def restart_command() -> list[str]:
-    if os.environ.get(RESTART_ENV):
-        return shlex.split(os.environ[RESTART_ENV])
-    if shutil.which("pg_lsclusters") is None:
+def pg_bin() -> Path:
+    """The directory of PostgreSQL's server binaries (initdb, pg_ctl)."""
+    found = shutil.which("initdb") or next(
+        iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)), None
+    )
+    if found is None:
+        message = "no PostgreSQL server binaries (initdb) here: install postgresql"
         if os.environ.get("CI"):
-            pytest.fail(f"no pg_ctlcluster here: set {RESTART_ENV} to a command that restarts it")
-        pytest.skip(f"no pg_ctlcluster: set {RESTART_ENV}")
-    version, cluster = subprocess.run(
-        ["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True
-    ).stdout.split()[:2]
-    return ["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster, "restart"]
+            pytest.fail(message)
+        pytest.skip(message)
+    return Path(found).parent
+
+
+class OwnPostgres:
+    """A PostgreSQL cluster in a temporary directory, run as the ``postgres`` user when root
+    (initdb refuses root)."""
+
+    def __init__(self) -> None:
+        self.bin = pg_bin()
+        self.dir = Path(tempfile.mkdtemp(prefix="retrain-pg-"))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+
+    def _run(self, *command: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, *command], check=True, capture_output=True, timeout=120)
+
+    def init(self) -> OwnPostgres:
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust")
+        return self
+
+    def pg_ctl(self, action: str) -> None:
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"),
+            "-o", options, "-w", action,
+        )  # fmt: skip
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):  # not running
+            self.pg_ctl("stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def own_postgres() -> Iterator[OwnPostgres]:
+    server = OwnPostgres().init()
+    try:
+        server.pg_ctl("start")
+        wait_until_up(server.url)
+        yield server
+    finally:
+        server.remove()
 
 
 def wait_until_up(url: str, timeout: float = 60) -> None:
@@ -60,25 +106,24 @@ def wait_until_up(url: str, timeout: float = 60) -> None:
 
 
 @pytest.fixture
-def restart_postgres(postgres_url: str) -> Iterator[Callable[[], None]]:
-    """Restart the server now; whatever happens, it runs again when the test ends."""
-    command = restart_command()
-    start = [*command[:-1], "start"]
+def restart_postgres(own_postgres: OwnPostgres) -> Iterator[Callable[[], None]]:
+    """Restart this module's own server now; whatever happens, it runs again afterwards."""
 
     def restart() -> None:
-        subprocess.run(command, check=True, capture_output=True)
-        wait_until_up(postgres_url)
+        own_postgres.pg_ctl("restart")
+        wait_until_up(own_postgres.url)
 
     try:
         yield restart
     finally:
-        subprocess.run(start, capture_output=True)  # "already running" is fine
-        wait_until_up(postgres_url)
+        with contextlib.suppress(subprocess.CalledProcessError):  # already running
+            own_postgres.pg_ctl("start")
+        wait_until_up(own_postgres.url)
 
 
 @pytest.fixture
-def ledger_url(postgres_url: str) -> Iterator[str]:
-    with postgres_schema(postgres_url, "test_restart") as url:
+def ledger_url(own_postgres: OwnPostgres) -> Iterator[str]:
+    with postgres_schema(own_postgres.url, "test_restart") as url:
         yield url
 
 
