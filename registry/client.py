@@ -37,6 +37,7 @@ from registry.errors import (
     UntrustedModel,
     VersionNotFound,
 )
+from registry.relocate import relocate
 from retrain.config import StateSpec
 from retrain.families.lineage import Lineage, Tag
 from retrain.ledger import Ledger
@@ -215,6 +216,7 @@ class ModelRegistry:
     def client(self) -> MlflowClient:
         if self._client is None:
             initialise_sqlite_store(self.tracking_uri)
+            relocate(self.tracking_uri, self.model_name, self.artifact_root)
             self._client = MlflowClient(
                 tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
             )
