@@ -159,9 +159,15 @@ class FeatureCache:
         if self.local:
             self.fs.makedirs(self.fs._parent(path), exist_ok=True)
             tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "wb") as fh:
-                fh.write(blob)
-            os.replace(tmp, path)  # readers never see a half-written file
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(blob)
+                os.replace(tmp, path)  # readers never see a half-written file
+            except BaseException:
+                # a full disk (ENOSPC) or a kill mid-write: leave no partial file behind
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
         else:
             self.fs.pipe_file(path, blob)  # one PUT: the object appears whole or not at all
 

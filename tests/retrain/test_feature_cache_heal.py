@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -112,3 +113,42 @@ def test_credentials_in_the_cache_options_are_refused(four_days, write_source, t
     data["state"]["cache_options"] = {"endpoint_url": "http://x", "secret": "s3cret"}
     with pytest.raises(SpecError, match=r"holds credentials \['secret'\]"):
         parse_spec(data)
+
+
+@pytest.fixture
+def full_disk(tmp_path) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted for this test, nearly filled (a real ENOSPC, not a mock)."""
+    import os
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs here (root needed): {done.stderr.decode()}")
+        pytest.skip("cannot mount a tmpfs here (root needed)")
+    try:
+        with open(mount / "filler", "wb", buffering=0) as fh:  # fill it to the last block
+            try:
+                while True:
+                    fh.write(b"\0" * 4096)
+            except OSError:
+                pass
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_fails_the_write_and_leaves_no_partial_file(full_disk, spec, partitions):
+    cache = FeatureCache(full_disk / "cache", spec)
+
+    with pytest.raises(OSError, match="No space left on device"):
+        cache.materialize(partitions)
+
+    left = [p.name for p in (full_disk / "cache").rglob("*") if p.is_file()]
+    assert not [name for name in left if ".tmp" in name], left
+    (full_disk / "filler").unlink()  # space again: the next materialise completes
+    assert len(cache.materialize(partitions).computed) == len(partitions)
