@@ -203,6 +203,8 @@ def _v4(conn: Connection) -> None:
 # Ordered migrations: index i brings the schema to version i + 1. Append, never edit.
 MIGRATIONS: Sequence[Callable[[Connection], None]] = (_v1, _v2, _v3, _v4)
 SCHEMA_VERSION = len(MIGRATIONS)
+# the PostgreSQL advisory lock that serialises migrations (any fixed 64-bit key)
+MIGRATE_LOCK = 0x7265747261696E  # "retrain"
 
 
 def now() -> datetime:
@@ -298,6 +300,12 @@ class Ledger:
         """Bring the schema to the newest version; returns the number of steps applied."""
         try:
             with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    # one migrator at a time: concurrent first migrations would race on CREATE
+                    # TABLE (IntegrityError on pg_type); the lock ends with this transaction
+                    conn.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATE_LOCK}
+                    )
                 metadata.create_all(conn, tables=[schema_version])
                 current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
                 current = int(current or 0)

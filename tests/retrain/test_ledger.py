@@ -396,3 +396,34 @@ def test_suspending_a_run_that_holds_no_claim_is_refused(ledger, model):
     run_id = ledger.start_run(model, "scheduled", "night")
     with pytest.raises(LedgerError, match=f"run {run_id} does not hold the claim on {model}"):
         ledger.suspend_run(model, run_id)
+
+
+@pytest.mark.postgres
+def test_concurrent_first_migrations_on_postgresql_all_succeed_once(postgres_url):
+    """Four processes running their first `ledger migrate` at once on an empty PostgreSQL
+    schema used to race on CREATE TABLE (IntegrityError on pg_type_typname_nsp_index)."""
+    import threading
+
+    with postgres_schema(postgres_url, "test_migrate_race") as url:
+        ledgers = [Ledger(url) for _ in range(4)]
+        start = threading.Barrier(len(ledgers))
+        applied: list[int] = []
+        errors: list[BaseException] = []
+
+        def migrate(ledger: Ledger) -> None:
+            start.wait()
+            try:
+                applied.append(ledger.migrate())
+            except BaseException as exc:  # collected and asserted below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=migrate, args=(x,)) for x in ledgers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        assert sorted(applied) == [0, 0, 0, SCHEMA_VERSION]
+        assert ledgers[0].current_version() == SCHEMA_VERSION
+        for ledger in ledgers:
+            ledger.dispose()
