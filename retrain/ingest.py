@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from retrain import servable
 from retrain.config import ModelSpec, SourceSpec
 from retrain.errors import DataError, SchemaError
 from retrain.redact import redact_url
@@ -228,32 +229,12 @@ def _incomplete_files(
 
 def parse_timestamps(frame: pd.DataFrame, spec: ModelSpec) -> pd.Series:
     """Event time of every row; raises SchemaError naming unparseable values."""
-    raw = frame[spec.timestamp.column]
-    if pd.api.types.is_datetime64_any_dtype(raw):
-        ts = raw
-    elif pd.api.types.is_numeric_dtype(raw) and spec.timestamp.format in {"s", "ms"}:
-        ts = pd.to_datetime(raw, unit=spec.timestamp.format, errors="coerce")
-    else:
-        ts = pd.to_datetime(raw, format=spec.timestamp.format, errors="coerce")
-    bad = ts.isna() & raw.notna()
-    if bad.any() or raw.isna().any():
-        examples = raw[bad | raw.isna()].head(3).tolist()
-        raise SchemaError(
-            f"timestamp column {spec.timestamp.column!r} does not parse in "
-            f"{int((bad | raw.isna()).sum())} row(s), e.g. {examples}; fix the data or set "
-            "timestamp.format (a strftime pattern, or 's'/'ms' for epoch numbers)"
+    try:  # the code every served model runs on raw rows (retrain.servable)
+        return servable.parse_timestamps(
+            frame, spec.timestamp.column, spec.timestamp.hours_from, spec.timestamp.format
         )
-    if getattr(ts.dt, "tz", None) is not None:
-        ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
-    if spec.timestamp.hours_from:
-        hours = pd.to_numeric(frame[spec.timestamp.hours_from], errors="coerce")
-        if hours.isna().any():
-            raise SchemaError(
-                f"timestamp.hours_from column {spec.timestamp.hours_from!r} has non-numeric "
-                "values; fix the data"
-            )
-        ts = ts + pd.to_timedelta(hours, unit="h")
-    return ts.astype("datetime64[ns]")
+    except servable.ServableError as exc:
+        raise SchemaError(str(exc)) from None
 
 
 def fingerprint(frame: pd.DataFrame) -> str:

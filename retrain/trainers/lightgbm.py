@@ -19,6 +19,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from retrain import servable
 from retrain.errors import NotFittedError, NoTreesAddedError, SchemaChangeError, TrainingError
 
 logger = logging.getLogger(__name__)
@@ -60,29 +61,13 @@ def schema_differences(
 def encode_frame(
     X: pd.DataFrame, feature_names: Sequence[str], categories: dict[str, list[str]]
 ) -> pd.DataFrame:
-    """Columns in training order; categoricals as their frozen integer codes (unseen: NaN)."""
-    missing = [c for c in feature_names if c not in X.columns]
-    if missing:
-        raise TrainingError(
-            f"feature column(s) {missing} are missing from the data the model is asked to "
-            "score; the model was trained with " + ", ".join(feature_names)
-        )
-    out = X[list(feature_names)].copy()
-    for col, cats in categories.items():
-        codes = {value: float(i) for i, value in enumerate(cats)}
-        as_str = out[col].astype("string")
-        mapped = as_str.map(codes)
-        unseen = mapped.isna() & as_str.notna()
-        if unseen.any():
-            logger.warning(
-                "feature %r: %d row(s) with categories the model never saw (e.g. %s) are "
-                "scored as missing",
-                col,
-                int(unseen.sum()),
-                as_str[unseen].unique()[:3].tolist(),
-            )
-        out[col] = mapped.astype("float64")
-    return out.astype("float64")
+    """Columns in training order; categoricals as their frozen integer codes (unseen: NaN).
+
+    The code every served model runs (:func:`retrain.servable.encode_frame`)."""
+    try:
+        return servable.encode_frame(X, feature_names, categories)
+    except servable.ServableError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 class LightGBMTrainer:
