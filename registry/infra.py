@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -106,8 +107,11 @@ def _run(command: list[str], deadline: float, what: str) -> None:
 
 
 def _tail(text: str, lines: int = 6) -> str:
-    kept = [line for line in text.strip().splitlines() if not line.startswith("WARNING: Loc")]
-    return " | ".join(kept[-lines:])[-1500:]
+    """What a failed command said: its error lines (the first is the cause), else its end."""
+    kept = [line.strip() for line in text.strip().splitlines()]
+    kept = [line for line in kept if line and not line.startswith("WARNING: Location")]
+    errors = [line for line in kept if re.match(r"^[\w.]*(Error|Exception)\b.*: ", line)]
+    return " | ".join(dict.fromkeys(errors) if errors else kept[-lines:])[:1500]
 
 
 def _free_port() -> int:
