@@ -331,10 +331,11 @@ def query_keys(index: np.ndarray, users: Sequence[Any]) -> np.ndarray:
     """Raw user ids (strings or integers) as the keys of a model's id map: a model whose ids
     are strings (the ALS family keeps them as training does, :func:`category_strings`) finds
     user 42 by 42 or "42"; integer ids are matched by :func:`coerce_ids`."""
-    series = pd.Series(list(users), dtype=object)
+    whole = [int(u) if isinstance(u, float) and u.is_integer() else u for u in users]
+    series = pd.Series(whole, dtype=object).infer_objects()
     if index.dtype.kind in "iu":
-        return id_array(series.infer_objects())
-    return category_strings(series.infer_objects())
+        return id_array(series)
+    return category_strings(series)
 
 
 def check_k(k: Any) -> int:
