@@ -109,7 +109,7 @@ def _signature(record: CandidateRecord, trainer_dir: Path, inputs: Path | None) 
     recommender's user ids (strings or integers) are typed ``Any``; every other column keeps
     the source's type (an integer column stays ``long``).
     """
-    if record.sample is None:
+    if record.sample is None or record.sample.empty:
         return None
     params = dict(record.predict_params or {})
     model = _served_model(record.family, trainer_dir, inputs)
@@ -171,7 +171,7 @@ def save_servable(record: CandidateRecord, directory: Path) -> Path:
             python_model=str(MODEL_CODE[record.family]),
             code_paths=[str(bundled)],
             signature=_signature(record, Path(record.model_dir), inputs),
-            input_example=record.sample,
+            input_example=None if record.sample is None or record.sample.empty else record.sample,
             artifacts=artifacts,
             pip_requirements=requirements(record.family),
         )
