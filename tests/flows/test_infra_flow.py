@@ -48,7 +48,7 @@ def test_a_candidate_whose_requirements_miss_a_package_is_refused_and_the_champi
 
 
 def test_infra_validation_is_off_for_runs_outside_a_deployment_by_default(tmp_path, bike_dir):
-    spec_path = write_spec(tmp_path, bike_dir)
+    spec_path = write_spec(tmp_path, bike_dir, **{"gate.infra_validation": "deployments"})
 
     outcome, _ = run_flow(retrain_flow, str(spec_path), as_of=AS_OF, auto_approve=True)
 
