@@ -64,6 +64,8 @@ def model_environment(requirements_file: Path, cache_dir: Path, deadline: float)
     same environment at once); a marker file written last says it is complete, so a build cut
     off halfway is thrown away and redone.
     """
+    # the commands run in another folder: absolute paths
+    requirements_file, cache_dir = requirements_file.resolve(), cache_dir.resolve()
     requirements = requirements_file.read_text()
     env = cache_dir / requirements_key(requirements)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +137,15 @@ def model_server(
     clean["PATH"] = f"{env / 'bin'}{os.pathsep}{clean.get('PATH', '')}"
     clean["VIRTUAL_ENV"] = str(env)
     command = [str(env / "bin" / "python"), "-m", "mlflow", "models", "serve", "-m"]
-    command += [str(model_dir), "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    command += [
+        str(model_dir.resolve()),
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
     command += ["-w", "1"]
     with open(log, "w") as out:
         server = subprocess.Popen(
