@@ -33,6 +33,7 @@ from prefect.runtime import deployment, flow_run
 from flows.errors import ApprovalError
 from flows.settings import resolve_spec
 from registry import CandidateRecord, ModelRegistry
+from registry.infra import validate_version
 from retrain.config import ModelSpec
 from retrain.families import family_of
 from retrain.families.lineage import Tag, lineage_tags, refit_tags
@@ -44,8 +45,10 @@ from retrain.families.spine import (
     align_to_champion,
     parse_as_of,
     prepare,
+    source_rows,
 )
 from retrain.freshness import data_age, data_end, format_age
+from retrain.infra import InfraCheck, gate_with_infra, infra_wanted
 from retrain.ledger import Ledger, RunRecord
 from retrain.promotion import (
     Approval,
@@ -275,10 +278,31 @@ def register_candidate(
             sample=family.signature_sample(spec, prepared, trained),
             family=spec.family,
             predict_params=family.predict_params(spec),
+            inputs=family.serving_inputs(spec),
         )
         return registry.register_candidate(record, actor=actor, flow_run_id=_flow_run_id())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@task(cache_policy=NO_CACHE)
+def validate_infra(
+    spec: ModelSpec, registry: ModelRegistry, version: str, prepared: Prepared
+) -> InfraCheck | None:
+    """Serve the candidate with `mlflow models serve` and check its answers to raw holdout
+    rows (``gate.infra_validation``; None when it does not run)."""
+    if not infra_wanted(spec.gate, deployment.id is not None):
+        return None
+    check = validate_version(
+        registry,
+        version,
+        source_rows(spec, prepared.holdout),
+        family_of(spec).predict_params(spec),
+        spec.state.dir / "model-envs",
+        spec.gate.infra_timeout_seconds,
+    )
+    get_run_logger().info("%s", check.reason)
+    return check
 
 
 def _plot_artifact(spec: ModelSpec, plot: Path | None, metric: str) -> None:
@@ -579,8 +603,11 @@ def _retrain(
             trigger_check or None,
             validated=validated if validated is not trained else None,
         )
-        ledger.update_run(run_id, model_version=version, metrics=evaluated.result.to_dict())
-        result = evaluated.result
+        # the served candidate answers raw rows over HTTP as in process, or the gate fails
+        result = gate_with_infra(
+            evaluated.result, validate_infra(spec, registry, version, prepared)
+        )
+        ledger.update_run(run_id, model_version=version, metrics=result.to_dict())
         if result.passed and spec.live.required != "none":
             # backtest gate -> challenger -> live test -> champion: the online evaluation
             # (flows/live_flow.py) decides, with the same invariant, approval and audit

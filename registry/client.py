@@ -6,30 +6,31 @@ backtest gate passed AND the promotion was approved. Every alias change is writt
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
+import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-import lightgbm
 import mlflow
 import mlflow.artifacts
 import mlflow.pyfunc
-import numpy
 import pandas
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import AnyType, ColSpec, Schema
 
-import retrain
 from registry.errors import (
     DecisionFinal,
     PromotionRefused,
@@ -38,17 +39,19 @@ from registry.errors import (
     VersionNotFound,
 )
 from registry.relocate import relocate
+from retrain import servable
 from retrain.config import StateSpec
 from retrain.families.lineage import Lineage, Tag
 from retrain.ledger import Ledger
 from retrain.promotion import PromotionDecision
 from retrain.redact import redact_url
+from retrain.trainers import ALSTrainer, LightGBMTrainer
 
 logger = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 GATE_TAG, APPROVAL_TAG = str(Tag.GATE), str(Tag.APPROVAL)
-# models from code: no pickle, the loader imports registry.pyfunc
+# models from code: no pickle; each file imports only mlflow and the bundled retrain_servable
 MODEL_CODE = {
     "lightgbm": Path(__file__).with_name("lightgbm_model_code.py"),
     "als": Path(__file__).with_name("als_model_code.py"),
@@ -74,20 +77,141 @@ class CandidateRecord:
     family: str = "lightgbm"
     # parameters the model's predict takes, with their defaults (e.g. ALS: {"k": 10})
     predict_params: Mapping[str, Any] | None = None
+    # the raw columns the served model reads (None: its feature columns, as they are)
+    inputs: servable.Inputs | None = None
 
 
-def _requirements(family: str) -> list[str]:
-    engine = (
-        f"implicit=={importlib.metadata.version('implicit')}"
-        if family == "als"
-        else f"lightgbm=={lightgbm.__version__}"
-    )
-    return [
-        engine,
-        f"pandas=={pandas.__version__}",
-        f"numpy=={numpy.__version__}",
-        f"retrain=={retrain.__version__}",
+# What each family's served model imports (retrain/servable.py, bundled in every version): the
+# model's requirements, pinned to the versions installed here. retrain itself is never one.
+SERVED_PACKAGES = {
+    "lightgbm": ("mlflow", "lightgbm", "numpy", "pandas"),
+    "als": ("mlflow", "numpy", "pandas", "pyarrow", "scipy"),
+}
+# the name the bundled copy of retrain/servable.py is imported by inside a model
+SERVABLE_MODULE = "retrain_servable"
+
+
+def requirements(family: str) -> list[str]:
+    """The model's pip requirements: real published packages at their installed versions."""
+    return [f"{name}=={importlib.metadata.version(name)}" for name in SERVED_PACKAGES[family]]
+
+
+def _served_model(family: str, trainer_dir: Path, inputs: Path | None) -> Any:
+    """The model as a served version loads it (the bundled code, in this process)."""
+    if family == "als":
+        return servable.RecommenderModel.load(trainer_dir, inputs)
+    return servable.TabularModel.load(trainer_dir, inputs)
+
+
+def _signature(record: CandidateRecord, trainer_dir: Path, inputs: Path | None) -> Any:
+    """Input schema on the sample's own columns and types, the output schema of its answer.
+
+    The timestamp column (a date string, epoch number or datetime in the source) and a
+    recommender's user ids (strings or integers) are typed ``Any``; every other column keeps
+    the source's type (an integer column stays ``long``).
+    """
+    if record.sample is None or record.sample.empty:
+        return None
+    params = dict(record.predict_params or {})
+    model = _served_model(record.family, trainer_dir, inputs)
+    try:
+        answer = model.predict(record.sample, **params)
+    except servable.ServableError as exc:
+        raise RegistryError(
+            f"the model cannot score its own input example ({exc}): the sample rows must be "
+            "the source's raw columns"
+        ) from None
+    inferred = infer_signature(record.sample, answer, params=params or None)
+    anytyped: set[str] = set()
+    optional: set[str] = set()
+    if isinstance(record.inputs, servable.TabularInputs) and record.inputs.timestamp:
+        anytyped.add(record.inputs.timestamp)
+    if isinstance(record.inputs, servable.QueryInputs):
+        anytyped.update(record.inputs.columns)
+        if len(record.inputs.columns) > 1:  # the source's user column, or `user`
+            optional.update(record.inputs.columns)
+    specs = [
+        ColSpec(AnyType(), col.name, required=col.name not in optional)
+        if col.name in anytyped
+        else col
+        for col in inferred.inputs.inputs
     ]
+    specs += [
+        ColSpec(AnyType(), name, required=False)
+        for name in sorted(optional - {c.name for c in specs})
+    ]
+    return ModelSignature(Schema(specs), inferred.outputs, inferred.params)
+
+
+def save_servable(record: CandidateRecord, directory: Path) -> Path:
+    """Write the self-contained MLflow model of a candidate under ``directory/model``.
+
+    The model is MLflow "model from code": the family's small wrapper file, with
+    ``retrain/servable.py`` bundled as ``retrain_servable.py`` (``code_paths``), the trainer's
+    saved files and the raw inputs as artifacts, a signature on the sample's raw columns, the
+    sample as input example, and only real published packages as requirements. It loads with
+    ``mlflow.pyfunc.load_model`` where neither retrain nor registry is installed.
+    """
+    code = directory / "code"
+    code.mkdir(parents=True, exist_ok=True)
+    bundled = code / f"{SERVABLE_MODULE}.py"
+    shutil.copyfile(servable.__file__, bundled)
+    artifacts = {"trainer": str(record.model_dir)}
+    inputs: Path | None = None
+    if record.inputs is not None:
+        inputs = directory / servable.INPUTS_FILE
+        inputs.write_text(json.dumps(servable.inputs_to_json(record.inputs), indent=2))
+        artifacts["inputs"] = str(inputs)
+    model_path = directory / "model"
+    # MLflow runs the model's code while saving it: with the bundled copy, as a load would
+    with warnings.catch_warnings(), loading_pyfunc():
+        sys.path.insert(0, str(code))
+        warnings.filterwarnings("ignore", message=".*type hint.*")
+        mlflow.pyfunc.save_model(
+            str(model_path),
+            python_model=str(MODEL_CODE[record.family]),
+            code_paths=[str(bundled)],
+            signature=_signature(record, Path(record.model_dir), inputs),
+            input_example=None if record.sample is None or record.sample.empty else record.sample,
+            artifacts=artifacts,
+            pip_requirements=requirements(record.family),
+        )
+    return model_path
+
+
+def trainer_path(model_dir: Path) -> Path:
+    """Where a logged model keeps its trainer's saved files."""
+    conf = Model.load(str(model_dir)).flavors["python_function"]
+    return model_dir / conf["artifacts"]["trainer"]["path"]
+
+
+def load_trainer(directory: Path) -> Any:
+    """The trainer (LightGBM or ALS) whose saved files are in ``directory``."""
+    if (directory / "als.json").exists():
+        return ALSTrainer.load(directory)
+    return LightGBMTrainer.load(directory)
+
+
+@contextlib.contextmanager
+def loading_pyfunc() -> Iterator[None]:
+    """Around ``mlflow.pyfunc.load_model`` in this process: each version imports its own
+    bundled ``retrain_servable``, and what MLflow adds for a load goes away after it.
+
+    MLflow imports a model-from-code file under a new module name at every load, and puts
+    the model's code folder first on ``sys.path``, and never removes either: one module per
+    load for the life of the process (a monitor loading its champion every check grew by ~50
+    KB per check), and an earlier version's bundled code found first.
+    """
+    path = list(sys.path)
+    sys.modules.pop(SERVABLE_MODULE, None)
+    before = set(sys.modules)
+    try:
+        yield
+    finally:
+        for name in set(sys.modules) - before:
+            if name.startswith(CODE_MODULE_PREFIX) or name == SERVABLE_MODULE:
+                del sys.modules[name]
+        sys.path[:] = path
 
 
 @dataclass(frozen=True)
@@ -351,23 +475,17 @@ class ModelRegistry:
 
     @reachable
     def load_model(self, version: str) -> Any:
-        """The fitted trainer of a version, loaded from this registry only."""
+        """The fitted trainer of a version, loaded from this registry only.
+
+        Read from the trainer's files inside the model (what ``LightGBMTrainer.save`` /
+        ``ALSTrainer.save`` wrote): no model code runs in this process.
+        """
         uri = self._trusted_model_uri(str(version))
         with tempfile.TemporaryDirectory(prefix="retrain-model-") as tmp:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=uri, dst_path=tmp, tracking_uri=self.tracking_uri
             )
-            before = set(sys.modules)
-            try:
-                pyfunc = mlflow.pyfunc.load_model(local)
-                return pyfunc.unwrap_python_model().trainer
-            finally:
-                # MLflow imports a model-from-code file under a new module name at every load
-                # and never removes it: one module per load, for the life of the process (a
-                # monitor loading its champion every check grew by ~50 KB per check)
-                for name in set(sys.modules) - before:
-                    if name.startswith(CODE_MODULE_PREFIX):
-                        del sys.modules[name]
+            return load_trainer(trainer_path(Path(local)))
 
     # -- writing ------------------------------------------------------------------------------
     @reachable
@@ -399,23 +517,7 @@ class ModelRegistry:
             for path in record.artifacts.values():
                 self.client.log_artifact(run_id, str(path), artifact_path="evidence")
             with tempfile.TemporaryDirectory(prefix="retrain-pyfunc-") as tmp:
-                model_path = Path(tmp) / "model"
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message=".*type hint.*")
-                    mlflow.pyfunc.save_model(
-                        str(model_path),
-                        python_model=str(MODEL_CODE[record.family]),
-                        signature=(
-                            infer_signature(
-                                record.sample,
-                                params=dict(record.predict_params or {}) or None,
-                            )
-                            if record.sample is not None
-                            else None
-                        ),
-                        artifacts={"trainer": str(record.model_dir)},
-                        pip_requirements=_requirements(record.family),
-                    )
+                model_path = save_servable(record, Path(tmp))
                 self.client.log_artifacts(run_id, str(model_path), artifact_path="model")
             source = f"{run.info.artifact_uri}/model"
             mv = self.client.create_model_version(

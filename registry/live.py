@@ -8,7 +8,6 @@ audited), and one that passes promotes it through :meth:`ModelRegistry.promote` 
 from __future__ import annotations
 
 import logging
-import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +19,9 @@ from registry.client import (
     APPROVAL_TAG,
     CHALLENGER,
     CHAMPION,
-    CODE_MODULE_PREFIX,
     GATE_TAG,
     ModelRegistry,
+    loading_pyfunc,
     reachable,
 )
 from registry.errors import RegistryError
@@ -62,13 +61,8 @@ def load_servable(registry: ModelRegistry, version: str) -> Any:
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=uri, dst_path=tmp, tracking_uri=registry.tracking_uri
         )
-        before = set(sys.modules)
-        try:
+        with loading_pyfunc():
             return mlflow.pyfunc.load_model(local)
-        finally:
-            for name in set(sys.modules) - before:  # see ModelRegistry.load_model
-                if name.startswith(CODE_MODULE_PREFIX):
-                    del sys.modules[name]
 
 
 @reachable

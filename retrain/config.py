@@ -207,6 +207,31 @@ class GateSpec(_Strict):
     # An incremental retrain after a refitted champion moves its holdout past the first new
     # partition (retrain.families.spine.align_to_champion), so a lineage always advances.
     refit: bool = True
+    # infra validation before promotion (registry/infra.py): the registered candidate served by
+    # a real `mlflow models serve` in an environment holding only the model's requirements,
+    # answering raw holdout rows over HTTP as it does in process. "deployments": the runs of a
+    # `retrain serve` deployment only; "always" (true) / "never" (false)
+    infra_validation: Literal["deployments", "always", "never"] = "deployments"
+    # the longest the check may take: building the model's environment (once per set of
+    # requirements, cached under the state directory), starting the server, answering
+    infra_timeout: str = "15m"
+
+    @field_validator("infra_validation", mode="before")
+    @classmethod
+    def _infra_switch(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "always" if value else "never"
+        return value
+
+    @field_validator("infra_timeout")
+    @classmethod
+    def _valid_infra_timeout(cls, value: str) -> str:
+        _duration(value, "gate.infra_timeout")
+        return value
+
+    @property
+    def infra_timeout_seconds(self) -> float:
+        return float(pd.Timedelta(self.infra_timeout).total_seconds())
 
     @field_validator("approval_timeout")
     @classmethod

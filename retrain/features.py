@@ -22,6 +22,7 @@ from retrain.config import ModelSpec
 from retrain.errors import CacheError, EmptyWindowError
 from retrain.ingest import TS, Partition, Quarantine, nothing_usable
 from retrain.redact import redact_url
+from retrain.servable import derive_features
 
 logger = logging.getLogger(__name__)
 
@@ -33,27 +34,16 @@ def compute_features(part: Partition, spec: ModelSpec) -> pd.DataFrame:
     frame = part.frame
     out = pd.DataFrame({TS: frame[TS].to_numpy(), PARTITION: part.key})
     out[spec.label] = pd.to_numeric(frame[spec.label], errors="raise").astype("float64").to_numpy()
-    for col in spec.features.numeric:
-        out[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64").to_numpy()
-    for col in spec.features.categorical:
-        values = frame[col]
-        if pd.api.types.is_float_dtype(values):
-            present = values.dropna()
-            if (present == present.round()).all():
-                # Integer codes read as float only because the source has a gap somewhere:
-                # they must stay "1", "2", not become "1.0" (unseen by a model trained on "1").
-                values = values.astype("Int64")
-        out[col] = values.astype("string").to_numpy(dtype=object, na_value=None)
-    ts = pd.Series(frame[TS].to_numpy())
-    derived = {
-        "hour": lambda: ts.dt.hour,
-        "dayofweek": lambda: ts.dt.dayofweek,
-        "month": lambda: ts.dt.month,
-        "dayofyear": lambda: ts.dt.dayofyear,
-        "is_weekend": lambda: (ts.dt.dayofweek >= 5).astype(int),
-    }
-    for name in spec.features.derived:
-        out[name] = derived[name]().astype("float64").to_numpy()
+    # the code every served model runs on raw rows (retrain.servable ships inside the model)
+    features = derive_features(
+        frame,
+        pd.Series(frame[TS].to_numpy()),
+        spec.features.numeric,
+        spec.features.categorical,
+        spec.features.derived,
+    )
+    for col in features.columns:
+        out[col] = features[col].to_numpy()
     return out
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from retrain import servable
 from retrain.config import ModelSpec, SourceSpec, label_text
 from retrain.errors import DataError, SchemaError
 from retrain.redact import redact_url
@@ -300,60 +301,14 @@ def _incomplete_files(
     return kept, problems, quarantined
 
 
-def _text_timestamps(raw: pd.Series, spec: ModelSpec) -> pd.Series:
-    """Timestamps written as text. Several UTC offsets in one column (a local-time export that
-    spans a daylight-saving change: ``+01:00`` in winter, ``+02:00`` in summer) are each
-    converted to UTC, the standard reading of an offset, and the conversion is logged."""
-    try:
-        return pd.to_datetime(raw, format=spec.timestamp.format, errors="coerce")
-    except ValueError as exc:  # pandas: "Mixed timezones detected. Pass utc=True ..."
-        if "timezone" not in str(exc).lower():
-            raise SchemaError(
-                f"timestamp column {spec.timestamp.column!r} does not parse ({exc}); fix the "
-                "data or set timestamp.format"
-            ) from None
-    ts = pd.to_datetime(raw, format=spec.timestamp.format, errors="coerce", utc=True)
-    logger.info(
-        "timestamp column %r holds several UTC offsets (a local-time export across a "
-        "daylight-saving change?): each timestamp is converted to UTC with its own offset",
-        spec.timestamp.column,
-    )
-    return ts
-
-
 def parse_timestamps(frame: pd.DataFrame, spec: ModelSpec) -> pd.Series:
     """Event time of every row; raises SchemaError naming unparseable values."""
-    raw = frame[spec.timestamp.column]
-    if pd.api.types.is_datetime64_any_dtype(raw):
-        ts = raw
-    elif pd.api.types.is_numeric_dtype(raw) and spec.timestamp.format in {"s", "ms"}:
-        ts = pd.to_datetime(raw, unit=spec.timestamp.format, errors="coerce")
-    else:
-        ts = _text_timestamps(raw, spec)
-    bad = ts.isna() & raw.notna()
-    if bad.any() or raw.isna().any():
-        examples = raw[bad | raw.isna()].head(3).tolist()
-        offsets = (
-            "; the others carry a UTC offset: write every timestamp with its offset"
-            if getattr(ts.dt, "tz", None) is not None and not raw.isna().all()
-            else ""
+    try:  # the code every served model runs on raw rows (retrain.servable)
+        return servable.parse_timestamps(
+            frame, spec.timestamp.column, spec.timestamp.hours_from, spec.timestamp.format
         )
-        raise SchemaError(
-            f"timestamp column {spec.timestamp.column!r} does not parse in "
-            f"{int((bad | raw.isna()).sum())} row(s), e.g. {examples}{offsets}; fix the data or "
-            "set timestamp.format (a strftime pattern, or 's'/'ms' for epoch numbers)"
-        )
-    if getattr(ts.dt, "tz", None) is not None:
-        ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
-    if spec.timestamp.hours_from:
-        hours = pd.to_numeric(frame[spec.timestamp.hours_from], errors="coerce")
-        if hours.isna().any():
-            raise SchemaError(
-                f"timestamp.hours_from column {spec.timestamp.hours_from!r} has non-numeric "
-                "values; fix the data"
-            )
-        ts = ts + pd.to_timedelta(hours, unit="h")
-    return ts.astype("datetime64[ns]")
+    except servable.ServableError as exc:
+        raise SchemaError(str(exc)) from None
 
 
 def fingerprint(frame: pd.DataFrame) -> str:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from retrain import servable
 from retrain.backtest import backtest
 from retrain.config import ModelSpec
 from retrain.errors import SchemaChangeError, TrainingError
@@ -48,8 +49,8 @@ from retrain.families.spine import (
     Trained,
     increment_window,
     judged_holdout,
-    sample_rows,
     serving_prepared,
+    source_rows,
     split_windows,
 )
 from retrain.features import FeatureCache, Window, make_window
@@ -399,7 +400,7 @@ def write_evidence(
     directory.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
     for name, window in (("train_sample", prepared.train), ("holdout_sample", prepared.holdout)):
-        sample_rows(spec, window).to_csv(directory / f"{name}.csv", index=False)
+        source_rows(spec, window).to_csv(directory / f"{name}.csv", index=False)
         out[name] = directory / f"{name}.csv"
     result = evaluated.result
     pd.DataFrame(result.table()).to_csv(directory / "backtest.csv", index=False)
@@ -428,10 +429,17 @@ def write_evidence(
     return out
 
 
-def signature_sample(spec: ModelSpec, trained: Trained) -> pd.DataFrame:
-    """A few query rows for the pyfunc's signature: ``user`` ids (external, as strings)."""
-    users = trained.model.user_index_[:5]
-    return pd.DataFrame({"user": pd.Series(users, dtype=object).astype(str)})
+def signature_sample(spec: ModelSpec, prepared: Prepared) -> pd.DataFrame:
+    """A few queries for the served model's signature and input example: the user ids of raw
+    holdout rows, in the source's user column with the source's type."""
+    user, _ = _columns(spec)
+    return source_rows(spec, prepared.holdout, n=5)[[user]]
+
+
+def serving_inputs(spec: ModelSpec) -> servable.QueryInputs:
+    """A served recommender reads user ids from the source's user column (or ``user``)."""
+    user, _ = _columns(spec)
+    return servable.QueryInputs(user=user)
 
 
 def score_step(spec: ModelSpec, model: Any, rows: pd.DataFrame, before: pd.DataFrame) -> Scored:
@@ -513,7 +521,10 @@ class ALSFamily:
     def signature_sample(
         self, spec: ModelSpec, prepared: Prepared, trained: Trained
     ) -> pd.DataFrame:
-        return signature_sample(spec, trained)
+        return signature_sample(spec, prepared)
+
+    def serving_inputs(self, spec: ModelSpec) -> servable.QueryInputs:
+        return serving_inputs(spec)
 
     def curves(self, trained: Trained) -> Mapping[str, list[float]]:
         return {}

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from retrain import servable
 from retrain.backtest import backtest, baseline_predictions, score
 from retrain.config import ModelSpec
 from retrain.errors import BacktestError, DataError, NoTreesAddedError, TrainingError
@@ -33,8 +34,8 @@ from retrain.families.spine import (
     Trained,
     increment_window,
     judged_holdout,
-    sample_rows,
     serving_prepared,
+    source_rows,
     split_windows,
 )
 from retrain.features import FeatureCache, Window, make_window
@@ -217,7 +218,7 @@ def write_evidence(
     directory.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
     for name, window in (("train_sample", prepared.train), ("holdout_sample", prepared.holdout)):
-        sample_rows(spec, window).to_csv(directory / f"{name}.csv", index=False)
+        source_rows(spec, window).to_csv(directory / f"{name}.csv", index=False)
         out[name] = directory / f"{name}.csv"
     out["backtest_plot"] = backtest_plot(
         directory / "backtest.png",
@@ -302,6 +303,19 @@ def rebuild(spec: ModelSpec, tags: Mapping[str, str], registered: Any, parent: A
     )
 
 
+def serving_inputs(spec: ModelSpec) -> servable.TabularInputs:
+    """The raw columns a served model reads: the timestamp (when features derive from it), the
+    numeric and the categorical columns, as the source has them."""
+    return servable.TabularInputs(
+        numeric=spec.features.numeric,
+        categorical=spec.features.categorical,
+        derived=spec.features.derived,
+        timestamp=spec.timestamp.column,
+        hours_from=spec.timestamp.hours_from,
+        timestamp_format=spec.timestamp.format,
+    )
+
+
 def plan(mode: str, spec: ModelSpec, champion: Champion | None) -> TrainingPlan:
     """Scratch, warm start or refit (the stateful planner, ``stateful.plan_training``)."""
     return plan_training(
@@ -366,7 +380,10 @@ class LightGBMFamily:
     def signature_sample(
         self, spec: ModelSpec, prepared: Prepared, trained: Trained
     ) -> pd.DataFrame:
-        return sample_rows(spec, prepared.holdout, n=5)[list(spec.features.columns)]
+        return source_rows(spec, prepared.holdout, n=5)[list(serving_inputs(spec).columns)]
+
+    def serving_inputs(self, spec: ModelSpec) -> servable.TabularInputs:
+        return serving_inputs(spec)
 
     def curves(self, trained: Trained) -> Mapping[str, list[float]]:
         train = trained.model.evals_result_.get("train", {})

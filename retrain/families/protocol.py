@@ -17,6 +17,7 @@ import pandas as pd
 from retrain.config import ModelSpec
 from retrain.families.spine import Champion, Evaluated, Prepared, Scored, Trained
 from retrain.features import Window
+from retrain.servable import Inputs
 from retrain.stateful import TrainingPlan
 
 
@@ -90,6 +91,11 @@ class Family(Protocol):
         self, spec: ModelSpec, prepared: Prepared, trained: Trained
     ) -> pd.DataFrame:
         """A few inputs of the servable model: its signature and input example."""
+        ...
+
+    def serving_inputs(self, spec: ModelSpec) -> Inputs:
+        """The raw columns the servable model reads (the source's own), and how it derives its
+        features from them (``retrain.servable``, bundled with every model version)."""
         ...
 
     def curves(self, trained: Trained) -> Mapping[str, list[float]]:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from retrain.backtest import BacktestResult
 from retrain.config import ModelSpec
-from retrain.errors import BacktestError, DataError, EmptyWindowError
+from retrain.errors import BacktestError, DataError, EmptyWindowError, SchemaError
 from retrain.families.lineage import Lineage
 from retrain.features import (
     FeatureCache,
@@ -29,7 +29,7 @@ from retrain.features import (
     make_window,
     plan_windows,
 )
-from retrain.ingest import TS, IngestResult, ingest
+from retrain.ingest import IngestResult, ingest, parse_timestamps, read_source
 from retrain.ledger import Ledger
 from retrain.stateful import STATEFUL_MODES, ChampionState, TrainingPlan
 
@@ -242,10 +242,47 @@ def split_windows(
     return bounds, ids
 
 
-def sample_rows(spec: ModelSpec, window: Window, n: int = 50) -> pd.DataFrame:
-    """A small, seeded sample of a window's model-ready rows (features and label)."""
-    frame = FeatureCache(spec.state.features, spec).load(window.partitions)
-    return frame.sample(min(n, len(frame)), random_state=spec.seed).sort_values(TS)
+def source_rows(spec: ModelSpec, window: Window, n: int = 50) -> pd.DataFrame:
+    """A small, seeded sample of the source's own rows whose event time lies in ``window``.
+
+    Every column of the source with the source's own types (as ``pd.read_csv`` of the file,
+    or the SQL table, gives them): what a served model takes. The run's evidence samples and
+    the model's input example are such rows, so they score as they are.
+    """
+    raw = read_source(spec.source)
+    ts = _event_times(raw, spec)
+    inside = raw[((ts >= window.start) & (ts < window.end)).to_numpy()]
+    picked = inside.sample(min(n, len(inside)), random_state=spec.seed)
+    order = ts.loc[picked.index].sort_values(kind="stable").index
+    return picked.loc[order].reset_index(drop=True)
+
+
+def _event_times(raw: pd.DataFrame, spec: ModelSpec) -> pd.Series:
+    """Event times of the source's rows; NaT for a row whose timestamp does not parse (ingest
+    quarantines those; a sample just leaves them out)."""
+    try:
+        return parse_timestamps(raw, spec)
+    except SchemaError:
+        pass
+    col, hours = spec.timestamp.column, spec.timestamp.hours_from
+    fmt = spec.timestamp.format
+    values = raw[col]
+    if fmt in {"s", "ms"} and pd.api.types.is_numeric_dtype(values):
+        parsed = pd.to_datetime(values, unit=fmt, errors="coerce")
+    elif pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values
+    else:
+        parsed = pd.to_datetime(values, format=fmt, errors="coerce")
+    good = parsed.notna()
+    if hours:
+        good &= pd.to_numeric(raw[hours], errors="coerce").notna()
+    ts = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns]")
+    if good.any():
+        try:
+            ts[good] = parse_timestamps(raw[good], spec)
+        except SchemaError:
+            logger.warning("no timestamp of the source parses: the row samples are empty")
+    return ts
 
 
 def serving_prepared(spec: ModelSpec, prepared: Prepared) -> Prepared:

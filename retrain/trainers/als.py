@@ -103,6 +103,7 @@ import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import ThreadpoolController
 
+from retrain import servable
 from retrain.errors import FoldInError, NotFittedError, TrainingError
 from retrain.trainers.interactions import (
     DUPLICATES,
@@ -111,19 +112,14 @@ from retrain.trainers.interactions import (
     check_min_rating,
     check_positives,
     check_window,
-    coerce_ids,
     dedupe_last,
-    empty_recommendations,
     encode_ids,
     lookup,
     pad_rows_cols,
     popularity_ranking,
     positive_mask,
-    query_ids,
-    recommendation_frame,
     sparse_matrix,
     splice_rows,
-    top_k,
 )
 
 CONFIDENCE = ("linear", "bm25", "tfidf", "threshold")
@@ -134,8 +130,6 @@ IDF_FLOOR = 1e-3
 FORMAT = 2
 # formats load() reads: 1 lacks the recent positives and orphan rows (no increment fold-in)
 READABLE_FORMATS = (1, 2)
-# Users scored per matrix product in recommend(): bounds memory to BATCH x items floats.
-BATCH = 2048
 META_FILE = "als.json"
 ARRAYS = ("user_factors", "item_factors", "idf", "popular_items", "popular_scores")
 # id lists saved as parquet (keeps int or str ids as they are): attribute, column
@@ -822,42 +816,22 @@ class ALSTrainer:
         may get fewer than k rows when fewer unseen items exist. Repeated ids are answered once.
         """
         self._check_fitted()
-        k = check_k(k)
-        users = query_ids(user_ids)
-        if users.size == 0:
-            return empty_recommendations()
-        rows = lookup(self.user_index_, coerce_ids(self.user_index_, users))
-        has_history = self.user_items_.getnnz(axis=1) > 0
-        als = rows >= 0
-        als[als] = has_history[rows[als]]
-        parts = []
-        positions = []
-        als_positions = np.flatnonzero(als)
-        for start in range(0, als_positions.size, BATCH):
-            batch = als_positions[start : start + BATCH]
-            batch_rows = rows[batch]
-            scores = self.user_factors_[batch_rows] @ self.item_factors_.T
-            if filter_seen:
-                seen = self.seen_[batch_rows].tocoo()
-                scores[seen.row, seen.col] = -np.inf
-            cols, best = top_k(scores, k)
-            parts.append(recommendation_frame(users[batch], self.item_index_[cols], best, "als"))
-            positions.append(np.repeat(batch, (np.isfinite(best)).sum(axis=1)))
-        fallback = np.flatnonzero(~als)
-        if fallback.size:
-            head = self.popular_items_[:k]
-            parts.append(
-                recommendation_frame(
-                    users[fallback],
-                    np.broadcast_to(self.item_index_[head], (fallback.size, head.size)),
-                    np.broadcast_to(self.popular_scores_[:k], (fallback.size, head.size)),
-                    "popularity",
-                )
-            )
-            positions.append(np.repeat(fallback, head.size))
-        out = pd.concat(parts, ignore_index=True)
-        order = np.argsort(np.concatenate(positions), kind="stable")
-        return out.iloc[order].reset_index(drop=True)
+        check_k(k)
+        return servable.recommend(self.query_state(), user_ids, k=k, filter_seen=filter_seen)
+
+    def query_state(self) -> servable.RecommenderFactors:
+        """What answering a query needs: the part of the model a served version loads."""
+        self._check_fitted()
+        return servable.RecommenderFactors(
+            user_index=self.user_index_,
+            item_index=self.item_index_,
+            user_factors=self.user_factors_,
+            item_factors=self.item_factors_,
+            seen=self.seen_,
+            has_history=self.user_items_.getnnz(axis=1) > 0,
+            popular_items=self.popular_items_,
+            popular_scores=self.popular_scores_,
+        )
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, directory: Path | str) -> Path:

@@ -12,17 +12,39 @@ Recommendations are a table ``user, rank, item, score, source`` (rank 1 is the b
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from retrain import servable
 from retrain.errors import TrainingError
 
+# what a served model runs too (retrain.servable ships inside every model version)
+from retrain.servable import (
+    RECOMMENDATION_COLUMNS,
+    coerce_ids,
+    empty_recommendations,
+    id_array,
+    lookup,
+    query_ids,
+    recommendation_frame,
+    top_k,
+)
+
+__all__ = [
+    "RECOMMENDATION_COLUMNS",
+    "coerce_ids",
+    "empty_recommendations",
+    "id_array",
+    "lookup",
+    "query_ids",
+    "recommendation_frame",
+    "top_k",
+]
+
 COLUMNS = ("user", "item", "weight", "ts")
-RECOMMENDATION_COLUMNS = ("user", "rank", "item", "score", "source")
 DUPLICATES = ("sum", "last")
 
 
@@ -112,14 +134,6 @@ def dedupe_last(frame: pd.DataFrame) -> pd.DataFrame:
     return ordered.drop_duplicates(["user", "item"], keep="last").sort_index()
 
 
-def id_array(values: Iterable[Any] | pd.Series | np.ndarray) -> np.ndarray:
-    """External ids as a plain numpy array (int64 for integer ids, object for strings)."""
-    series = values if isinstance(values, pd.Series) else pd.Series(list(values))
-    if pd.api.types.is_integer_dtype(series):
-        return series.to_numpy(dtype="int64")
-    return series.to_numpy(dtype=object)
-
-
 def sorted_unique(values: pd.Series, what: str) -> np.ndarray:
     """Distinct ids in sorted order (so row numbers do not depend on the input's row order)."""
     unique = id_array(pd.Series(pd.unique(values), dtype=values.dtype))
@@ -159,21 +173,6 @@ def encode_ids(
     extra = lookup(unique, candidates)
     codes[absent] = np.where(extra >= 0, extra + index.size, -1)
     return codes, np.concatenate([index, unique.astype(index.dtype, copy=False)])
-
-
-def lookup(index: np.ndarray, values: Any) -> np.ndarray:
-    """Row of each value in ``index`` (-1 when absent)."""
-    return np.asarray(pd.Index(index).get_indexer(pd.Index(values)), dtype="int64")
-
-
-def coerce_ids(index: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Query ids in the index's type: '42' finds user 42 when the model's ids are integers."""
-    if index.dtype.kind in "iu" and ids.dtype.kind not in "iu":
-        numeric = pd.to_numeric(pd.Series(ids, dtype=object), errors="coerce")
-        whole = numeric.notna() & (numeric == numeric.round())
-        if whole.all():
-            return numeric.to_numpy(dtype="int64")
-    return ids
 
 
 def sparse_matrix(
@@ -233,56 +232,11 @@ def _distinct_users_per_item(users: np.ndarray, items: np.ndarray, n_items: int)
     return np.bincount(distinct % n_items, minlength=n_items)
 
 
-def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Columns of the k best scores of each row, best first (ties: lower column first)."""
-    n_cols = scores.shape[1]
-    kk = min(k, n_cols)
-    if kk < n_cols:
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-        part.sort(axis=1)
-    else:
-        part = np.broadcast_to(np.arange(n_cols), scores.shape).copy()
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
-
-
-def recommendation_frame(
-    users: np.ndarray, items: np.ndarray, scores: np.ndarray, source: str
-) -> pd.DataFrame:
-    """Rows ``user, rank, item, score, source`` from (n_users, k) item and score arrays.
-
-    Entries whose score is -inf (filtered) are left out, so a user may get fewer than k rows.
-    """
-    width = items.shape[1]
-    keep = np.isfinite(scores)
-    ranks = np.cumsum(keep, axis=1)
-    return pd.DataFrame(
-        {
-            "user": np.repeat(users, width)[keep.ravel()],
-            "rank": ranks[keep].astype("int64"),
-            "item": items[keep],
-            "score": scores[keep].astype("float64"),
-            "source": np.full(int(keep.sum()), source, dtype=object),
-        }
-    )
-
-
-def empty_recommendations() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=object) for c in RECOMMENDATION_COLUMNS})
-
-
-def query_ids(user_ids: Any) -> np.ndarray:
-    """The distinct query ids, in the order first given."""
-    if isinstance(user_ids, str | int | np.integer):
-        user_ids = [user_ids]
-    return id_array(pd.Series(pd.unique(pd.Series(list(user_ids)))))
-
-
 def check_k(k: Any) -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise TrainingError(f"k must be a positive integer, got {k!r}")
-    return int(k)
+    try:
+        return servable.check_k(k)
+    except servable.ServableError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 def check_window(window: Any) -> pd.Timedelta:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +19,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from retrain import servable
 from retrain.errors import NotFittedError, NoTreesAddedError, SchemaChangeError, TrainingError
 
 logger = logging.getLogger(__name__)
@@ -58,58 +58,16 @@ def schema_differences(
     return problems
 
 
-# characters LightGBM refuses in a feature name ("Do not support special JSON characters")
-_JSON_SPECIAL = re.compile(r'[",:\[\]{}]')
-
-
-def lightgbm_names(names: Sequence[str]) -> list[str]:
-    """The names LightGBM is given for ``names``: each special JSON character (LightGBM
-    refuses ``" , : [ ] { }``) becomes ``_``, with a ``__2`` suffix should two names meet.
-    Training and serving both go through :func:`encode_frame`, so they agree; the trainer's
-    ``feature_names_`` (and the columns a client sends) stay the source's.
-
-    >>> lightgbm_names(["temp", "temp[C]", "temp_C_", "a:b"])
-    ['temp', 'temp_C___2', 'temp_C_', 'a_b']
-    """
-    out: list[str] = []
-    for name in names:
-        safe = _JSON_SPECIAL.sub("_", str(name))
-        candidate, n = safe, 1
-        while candidate in out or (candidate != name and candidate in names):
-            n += 1
-            candidate = f"{safe}__{n}"
-        out.append(candidate)
-    return out
-
-
 def encode_frame(
     X: pd.DataFrame, feature_names: Sequence[str], categories: dict[str, list[str]]
 ) -> pd.DataFrame:
-    """Columns in training order, named for LightGBM (:func:`lightgbm_names`); categoricals as
-    their frozen integer codes (unseen: NaN)."""
-    missing = [c for c in feature_names if c not in X.columns]
-    if missing:
-        raise TrainingError(
-            f"feature column(s) {missing} are missing from the data the model is asked to "
-            "score; the model was trained with " + ", ".join(feature_names)
-        )
-    out = X[list(feature_names)].copy()
-    for col, cats in categories.items():
-        codes = {value: float(i) for i, value in enumerate(cats)}
-        as_str = out[col].astype("string")
-        mapped = as_str.map(codes)
-        unseen = mapped.isna() & as_str.notna()
-        if unseen.any():
-            logger.warning(
-                "feature %r: %d row(s) with categories the model never saw (e.g. %s) are "
-                "scored as missing",
-                col,
-                int(unseen.sum()),
-                as_str[unseen].unique()[:3].tolist(),
-            )
-        out[col] = mapped.astype("float64")
-    out.columns = lightgbm_names(list(feature_names))
-    return out.astype("float64")
+    """Columns in training order; categoricals as their frozen integer codes (unseen: NaN).
+
+    The code every served model runs (:func:`retrain.servable.encode_frame`)."""
+    try:
+        return servable.encode_frame(X, feature_names, categories)
+    except servable.ServableError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 class LightGBMTrainer:
@@ -187,7 +145,9 @@ class LightGBMTrainer:
     @property
     def lightgbm_categorical(self) -> list[str] | Literal["auto"]:
         """The categorical features as LightGBM names them (``auto``: none)."""
-        names = dict(zip(self.feature_names_, lightgbm_names(self.feature_names_), strict=True))
+        names = dict(
+            zip(self.feature_names_, servable.lightgbm_names(self.feature_names_), strict=True)
+        )
         return [names[c] for c in self.categories_] or "auto"
 
     def _reference_dataset(self, params: dict[str, Any]) -> lgb.Dataset:

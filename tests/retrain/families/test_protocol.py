@@ -17,7 +17,7 @@ def test_every_registered_family_has_every_step_of_the_protocol() -> None:
     steps = [
         "plan", "fit", "fit_candidate", "rebuild", "evaluate", "write_evidence", "baseline",
         "signature_sample", "curves", "predict_params", "monitored_features", "score", "pooled",
-        "metric_name",
+        "metric_name", "serving_inputs",
     ]  # fmt: skip
     for name in families.REGISTERED:
         family = family_named(name)

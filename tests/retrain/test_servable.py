@@ -1,0 +1,78 @@
+"""retrain/servable.py ships inside every model: it must stand alone and match training."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from retrain import servable
+from retrain.features import compute_features
+from retrain.ingest import ingest
+
+
+def top_level_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in tree.body:  # function-level imports (lightgbm, scipy) load only when used
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_bundled_module_imports_only_the_standard_library_numpy_and_pandas():
+    imports = top_level_imports(Path(servable.__file__)) - {"__future__"}
+    assert imports - set(sys.stdlib_module_names) == {"numpy", "pandas"}
+
+
+def test_raw_rows_give_the_features_training_computed(bike_spec):
+    spec = bike_spec.model_copy(update={"features": bike_spec.features.model_copy(
+        update={"derived": ("dayofyear", "is_weekend")})})  # fmt: skip
+    part = ingest(spec).partitions[3]
+    raw = pd.read_csv(next(Path(spec.source.path).glob("2011-03.csv")))
+    day = pd.to_datetime(raw["dteday"]) + pd.to_timedelta(raw["hr"], unit="h")
+    rows = raw[(day >= part.start) & (day < part.end)].reset_index(drop=True)
+    inputs = servable.TabularInputs(
+        numeric=spec.features.numeric,
+        categorical=spec.features.categorical,
+        derived=spec.features.derived,
+        timestamp="dteday",
+        hours_from="hr",
+    )
+
+    served = inputs.features(rows)
+    trained = compute_features(part, spec)[list(spec.features.columns)]
+    pd.testing.assert_frame_equal(served[list(spec.features.columns)], trained)
+
+
+def test_an_unparseable_timestamp_is_refused_naming_the_column_and_the_fix():
+    inputs = servable.TabularInputs(("temp",), (), ("hour",), timestamp="dteday")
+    rows = pd.DataFrame({"dteday": ["2011-03-01", "yesterday"], "temp": [0.2, 0.3]})
+    with pytest.raises(servable.ServableError, match=r"'dteday' does not parse in 1 row.*format"):
+        inputs.features(rows)
+
+
+def test_rows_without_a_raw_column_are_refused_naming_it():
+    inputs = servable.TabularInputs(("temp", "hum"), ("weathersit",))
+    with pytest.raises(servable.ServableError, match=r"column\(s\) \['hum'\] are missing"):
+        inputs.features(pd.DataFrame({"temp": [0.2], "weathersit": [1]}))
+
+
+def test_float_codes_of_a_categorical_stay_integer_strings():
+    values = servable.category_strings(pd.Series([1.0, np.nan, 3.0]))
+    assert values.tolist() == ["1", None, "3"]
+
+
+def test_query_keys_find_string_ids_by_integers_and_integer_ids_by_strings():
+    strings = np.array(["4", "5"], dtype=object)
+    assert servable.query_keys(strings, [4, "5", 6.0]).tolist() == ["4", "5", "6"]
+    integers = np.array([4, 5], dtype="int64")
+    found = servable.lookup(integers, servable.coerce_ids(integers, servable.query_keys(
+        integers, ["4", "5"])))  # fmt: skip
+    assert found.tolist() == [0, 1]
