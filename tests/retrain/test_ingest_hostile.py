@@ -64,7 +64,7 @@ def test_timestamps_with_several_utc_offsets_are_converted_to_utc_and_logged(tmp
             "y": [1.0, 2.0, 3.0],
         }
     )
-    with caplog.at_level("INFO", logger="retrain.ingest"):
+    with caplog.at_level("INFO", logger="retrain.servable"):
         result = ingest(spec_for(tmp_path, frame), now=NOW)
 
     assert keys(result) == ["2024-03-30", "2024-03-31"]
