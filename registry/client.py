@@ -37,6 +37,7 @@ from registry.errors import (
     UntrustedModel,
     VersionNotFound,
 )
+from registry.trust import inside, model_digest, verify_digest
 from retrain.config import StateSpec
 from retrain.families.lineage import Lineage, Tag
 from retrain.ledger import Ledger
@@ -319,21 +320,27 @@ class ModelRegistry:
             chain.append(self.version(parent))
         return chain
 
+    def _untrusted_fix(self) -> str:
+        return (
+            "retrain loads models only from its configured registry "
+            f"({self.safe_uri()}), with the content it registered: register the model with "
+            "retrain (a new retrain run), or move the alias off that version "
+            "(`retrain rollback MODEL --to VERSION`) and delete it"
+        )
+
     def _trusted_model_uri(self, version: str) -> str:
         """Where a version's model lives, if that is inside this registry's own store.
 
         A version can be registered by hand (MLflow UI, another client) with a ``source``
-        anywhere: another server, a shared folder, a bucket. Loading runs the model's code, so
-        only a version whose model was logged by a run of this model's experiment, under that
-        run's artifact location, is loaded; anything else is refused.
+        anywhere: another server, a shared folder, a bucket, or a path that climbs out of a
+        run's artifacts with ``..``. Loading runs the model's code, so only a version whose
+        model was logged by a run of this model's experiment, under that run's artifact
+        location (normalised and resolved: registry.trust.inside), is loaded.
         """
         mv = self.client.get_model_version(self.model_name, version)
         uri = self.client.get_model_version_download_uri(self.model_name, version)
         where = f"version {version} of {self.model_name!r} points at {redact_url(uri)}"
-        fix = (
-            "retrain loads models only from its configured registry "
-            f"({self.safe_uri()}): register the model with retrain, or delete that version"
-        )
+        fix = self._untrusted_fix()
         if not mv.run_id:
             raise UntrustedModel(f"{where}, which no run of this registry logged; {fix}")
         run = self.client.get_run(mv.run_id)
@@ -341,20 +348,31 @@ class ModelRegistry:
         if experiment is None or run.info.experiment_id != experiment.experiment_id:
             raise UntrustedModel(f"{where}, logged by run {mv.run_id} of another experiment; {fix}")
         root = run.info.artifact_uri.rstrip("/")
-        if not uri.startswith(f"{root}/"):
+        if not inside(uri, root):
             raise UntrustedModel(
                 f"{where}, outside the artifact store of its run ({redact_url(root)}); {fix}"
             )
         return uri
 
+    def download_trusted(self, version: str, destination: str) -> str:
+        """Download a version's model into ``destination`` after both checks: its location is
+        inside this registry's store and its files hash to the digest recorded at
+        registration. Returns the local model directory. Nothing of it has been imported."""
+        uri = self._trusted_model_uri(str(version))
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=destination, tracking_uri=self.tracking_uri
+        )
+        expected = self.version(str(version)).tags.get(str(Tag.MODEL_SHA256))
+        verify_digest(
+            local, expected, f"version {version} of {self.model_name!r}", self._untrusted_fix()
+        )
+        return str(local)
+
     @reachable
     def load_model(self, version: str) -> Any:
         """The fitted trainer of a version, loaded from this registry only."""
-        uri = self._trusted_model_uri(str(version))
         with tempfile.TemporaryDirectory(prefix="retrain-model-") as tmp:
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=tmp, tracking_uri=self.tracking_uri
-            )
+            local = self.download_trusted(str(version), tmp)
             before = set(sys.modules)
             try:
                 pyfunc = mlflow.pyfunc.load_model(local)
@@ -414,13 +432,14 @@ class ModelRegistry:
                         artifacts={"trainer": str(record.model_dir)},
                         pip_requirements=_requirements(record.family),
                     )
+                digest = model_digest(model_path)  # what load_model verifies before loading
                 self.client.log_artifacts(run_id, str(model_path), artifact_path="model")
             source = f"{run.info.artifact_uri}/model"
             mv = self.client.create_model_version(
                 self.model_name,
                 source=source,
                 run_id=run_id,
-                tags=dict(record.version_tags),
+                tags={**record.version_tags, str(Tag.MODEL_SHA256): digest},
                 description=record.description,
             )
         except BaseException:

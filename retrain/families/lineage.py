@@ -63,6 +63,8 @@ class Tag(StrEnum):
     APPROVAL_AUTOMATIC = "retrain.approval_automatic"
     DECISION = "retrain.decision"
     MODEL_NAME = "retrain.model_name"
+    # written by the registry at registration: sha256 of the model's files (registry.trust)
+    MODEL_SHA256 = "retrain.model_sha256"
 
 
 Role = Literal["candidate", "champion", "baseline"]
