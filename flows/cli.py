@@ -297,6 +297,7 @@ def status(
 ) -> None:
     """Aliases, versions and the last retrain runs of a model (the demo model by default)."""
     from registry import ModelRegistry
+    from registry.errors import RegistryError
     from retrain.freshness import data_age, data_end, format_age
     from retrain.ingest import utc_now
 
@@ -306,6 +307,11 @@ def status(
         console.print(f"no ledger at {ledger.safe_url()} yet: run a retrain first")
         raise typer.Exit(code=1)
     registry = ModelRegistry.for_spec(model_spec.state, model_spec.name, ledger)
+    try:
+        for note in registry.recover_alias_changes():
+            console.print(f"[yellow]recovered an interrupted alias change:[/] {note}")
+    except (RetrainError, RegistryError) as exc:
+        console.print(f"[red]interrupted alias changes not recovered:[/] {exc}")
     aliases = registry.aliases()
     versions = Table(title=f"{model_spec.name}: model versions")
     for col in (
@@ -369,8 +375,11 @@ def rollback(
     actor: Annotated[str, typer.Option(help="Who (recorded in the audit).")] = "operator",
     spec: Annotated[Path | None, typer.Option("--spec", "-s", help="Model spec file.")] = None,
     state_dir: StateOption = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="Roll back to this (approved) version.")
+    ] = None,
 ) -> None:
-    """Move `champion` back to `previous` in one audited step."""
+    """Move `champion` back to `previous` (or --to VERSION) in one audited step."""
     from registry.errors import RegistryError
 
     model_spec = _load(spec, state_dir)
@@ -379,7 +388,10 @@ def rollback(
     ledger = Ledger(model_spec.state.ledger)
     try:
         ledger.migrate()
-        was, now = _registry(model_spec).rollback(actor=actor, reason=reason)
+        registry = _registry(model_spec)
+        for note in registry.recover_alias_changes():
+            console.print(f"[yellow]recovered:[/] {note}")
+        was, now = registry.rollback(actor=actor, reason=reason, to=to)
     except (RetrainError, RegistryError) as exc:
         _fail(exc)
     console.print(f"{model}: champion v{was} -> v{now} (v{was} is now `previous`); audited")

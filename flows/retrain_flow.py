@@ -126,6 +126,14 @@ def prepare_data(spec: ModelSpec, as_of: pd.Timestamp | None, ledger: Ledger) ->
     return prepared
 
 
+def recover_alias_changes(registry: ModelRegistry) -> list[str]:
+    """Revert an alias change an earlier run left halfway (killed, MLflow or ledger down)."""
+    notes = registry.recover_alias_changes()
+    for note in notes:
+        get_run_logger().warning("recovered an interrupted alias change: %s", note)
+    return notes
+
+
 @task(cache_policy=NO_CACHE)
 def load_champion(registry: ModelRegistry) -> Champion | None:
     version = registry.alias_version("champion")
@@ -518,6 +526,7 @@ def _retrain(
 ) -> dict[str, Any]:
     ledger.migrate()
     registry = make_registry(spec, ledger)
+    recover_alias_changes(registry)
     earlier = ledger.run_of_flow_run(_flow_run_id() or "")
     if earlier is not None and earlier.status == "suspended":
         return resume_after_answer(spec, ledger, registry, earlier, actor)

@@ -668,6 +668,12 @@ class ModelSpec(_Strict):
     def greater_is_better(self) -> bool:
         return self.metric in GREATER_IS_BETTER
 
+    def config_hash(self) -> str:
+        """Hash of the spec but where things are (``state``, ``source``): two runs on the same
+        data version with the same config hash train the same model."""
+        payload = self.model_dump(mode="json", exclude={"state", "source"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
     def feature_spec_hash(self) -> str:
         """Hash of everything that decides the content of the cached feature partitions."""
         payload = {
