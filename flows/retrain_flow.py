@@ -56,7 +56,7 @@ from retrain.promotion import (
     needs_operator,
     timed_out,
 )
-from retrain.stateful import Mode, skip_reason
+from retrain.stateful import Mode, skip_reason, unchanged_reason
 
 logger = logging.getLogger(__name__)
 
@@ -499,6 +499,7 @@ def retrain_flow(
     actor: str = "operator",
     overrides: dict[str, Any] | None = None,
     trigger_check: str | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Retrain one model and promote the candidate if it earns it.
 
@@ -506,12 +507,14 @@ def retrain_flow(
     (warm start / refit from the champion on the partitions since its training end, from
     scratch every ``stateful.scratch_every`` increments). ``trigger_check`` is the ledger id of
     the monitor check that requested a continual retrain: its drift report is logged with the
-    new version.
+    new version. A run whose data and spec are the champion's is skipped unless ``force``.
     """
     spec = resolve_spec(spec_path, overrides)
     cutoff = parse_as_of(as_of)
     with Ledger(spec.state.ledger) as ledger:  # its connections closed when the run ends
-        return _retrain(spec, ledger, mode, reason, cutoff, auto_approve, actor, trigger_check)
+        return _retrain(
+            spec, ledger, mode, reason, cutoff, auto_approve, actor, trigger_check, force
+        )
 
 
 def _retrain(
@@ -523,6 +526,7 @@ def _retrain(
     auto_approve: bool,
     actor: str,
     trigger_check: str | None,
+    force: bool = False,
 ) -> dict[str, Any]:
     ledger.migrate()
     registry = make_registry(spec, ledger)
@@ -551,6 +555,13 @@ def _retrain(
             prepared.train.version,
             prepared.holdout.start,
             len(prepared.holdout.partitions),
+        ) or unchanged_reason(
+            champion.version if champion else None,
+            champion.tags if champion else {},
+            prepared.train.version,
+            prepared.spec_hash,
+            spec.config_hash(),
+            force,
         )
         if skip is not None:
             return _skipped(ledger, spec, mode, run_id, skip)

@@ -40,6 +40,7 @@ from registry.errors import (
     VersionNotFound,
 )
 from registry.trust import inside, model_digest, verify_digest
+from retrain.audit import AliasDrift, alias_drift
 from retrain.config import StateSpec
 from retrain.errors import LedgerError
 from retrain.families.lineage import Lineage, Tag, same_training
@@ -588,6 +589,31 @@ class ModelRegistry:
                 done.append(note)
         return done
 
+    @reachable
+    def alias_drift(self) -> tuple[AliasDrift, ...]:
+        """Aliases that are not where retrain's audit last put them (moved outside retrain).
+        Call :meth:`recover_alias_changes` first: a pending change differs on purpose."""
+        return alias_drift(self.aliases(), self.ledger.audited_aliases(self.model_name))
+
+    @reachable
+    def revert_drift(
+        self, drift: Sequence[AliasDrift], actor: str, flow_run_id: str | None = None
+    ) -> tuple[AliasMove, ...]:
+        """Move aliases moved outside retrain back where the audit says, as one audited
+        change (a champion goes back to the last version retrain promoted)."""
+        return self._change_aliases(
+            [
+                (
+                    d.alias,
+                    d.audited_version,
+                    f"reverted: moved outside retrain to {d.registry_version or '(unset)'}",
+                )
+                for d in drift
+            ],
+            actor,
+            flow_run_id,
+        )
+
     def _move_alias(
         self, alias: str, version: str, actor: str, reason: str, flow_run_id: str | None
     ) -> None:
@@ -666,17 +692,19 @@ class ModelRegistry:
                 f"version {target} of {self.model_name} is already the champion: nothing to do"
             )
         try:
-            self._require_promotable(target)
+            target_tags = self._require_promotable(target)
         except PromotionRefused as exc:
             raise PromotionRefused(f"cannot roll back to it: {exc}") from None
-        self._change_aliases(
-            [
-                (CHAMPION, target, f"rollback: {reason}"),
-                (PREVIOUS, current, f"rolled back from {current}"),
-            ],
-            actor,
-            flow_run_id,
+        targets: list[tuple[str, str | None, str]] = [(CHAMPION, target, f"rollback: {reason}")]
+        current_tags = self.version(current).tags
+        legit = (
+            current_tags.get(GATE_TAG) == "passed" and current_tags.get(APPROVAL_TAG) == "approved"
         )
+        # previous: the replaced champion, unless it never earned the alias (moved there
+        # outside retrain) or is the same model as the target
+        if legit and not same_training(current_tags, target_tags):
+            targets.append((PREVIOUS, current, f"rolled back from {current}"))
+        self._change_aliases(targets, actor, flow_run_id)
         return current, target
 
 

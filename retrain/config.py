@@ -349,6 +349,9 @@ class MonitorSpec(_Strict):
     all: tuple[str, ...] = ()  # ... or when all of these fire together
     cooldown: str = "1D"  # minimum gap between two triggered retrains
     debounce: int = Field(default=1, ge=1)  # a signal must fire in this many checks in a row
+    # an alias moved outside retrain (MLflow UI, MlflowClient) is always flagged and emits
+    # retrain.alias.tampered; with this on, the monitor also moves it back (audited)
+    revert_tampered_alias: bool = False
 
     @field_validator("interval", "max_age", "cooldown")
     @classmethod
