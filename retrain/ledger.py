@@ -324,8 +324,14 @@ class Ledger:
     def engine(self) -> Engine:
         if self._engine is None:
             url = sa.make_url(self.url)
-            if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            database = url.database or ""
+            # a SQLite URI (file:...?mode=ro&uri=true) names an existing file: no folder to make
+            if (
+                url.get_backend_name() == "sqlite"
+                and database not in ("", ":memory:")
+                and not database.startswith("file:")
+            ):
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
             self._engine = sa.create_engine(url, pool_pre_ping=True)
         return self._engine
 
