@@ -622,6 +622,14 @@ class ModelRegistry:
     def _delete_alias(self, alias: str, actor: str, reason: str, flow_run_id: str | None) -> None:
         self._change_aliases([(alias, None, reason)], actor, flow_run_id)
 
+    def _earned_previous(self, replaced: str, new_champion_tags: Mapping[str, str]) -> bool:
+        """Whether a replaced champion becomes ``previous``: only if it passed the gate and
+        was approved (not a version moved into ``champion`` outside retrain) and is not the
+        same model as the new champion (then ``previous`` keeps the last different one)."""
+        tags = self.version(replaced).tags
+        legit = tags.get(GATE_TAG) == "passed" and tags.get(APPROVAL_TAG) == "approved"
+        return legit and not same_training(tags, new_champion_tags)
+
     def _require_promotable(self, version: str) -> dict[str, str]:
         tags = self.version(version).tags
         if tags.get(GATE_TAG) != "passed" or tags.get(APPROVAL_TAG) != "approved":
@@ -655,7 +663,7 @@ class ModelRegistry:
         if old == version:
             return old
         targets: list[tuple[str, str | None, str]] = [(CHAMPION, version, decision.reason)]
-        if old is not None and not same_training(self.version(old).tags, tags):
+        if old is not None and self._earned_previous(old, tags):
             targets.append((PREVIOUS, old, f"replaced by version {version}"))
         if aliases.get(CHALLENGER) == version:
             targets.append((CHALLENGER, None, f"version {version} promoted"))
@@ -696,13 +704,7 @@ class ModelRegistry:
         except PromotionRefused as exc:
             raise PromotionRefused(f"cannot roll back to it: {exc}") from None
         targets: list[tuple[str, str | None, str]] = [(CHAMPION, target, f"rollback: {reason}")]
-        current_tags = self.version(current).tags
-        legit = (
-            current_tags.get(GATE_TAG) == "passed" and current_tags.get(APPROVAL_TAG) == "approved"
-        )
-        # previous: the replaced champion, unless it never earned the alias (moved there
-        # outside retrain) or is the same model as the target
-        if legit and not same_training(current_tags, target_tags):
+        if self._earned_previous(current, target_tags):
             targets.append((PREVIOUS, current, f"rolled back from {current}"))
         self._change_aliases(targets, actor, flow_run_id)
         return current, target

@@ -204,3 +204,16 @@ def test_promoting_the_same_model_again_keeps_the_last_different_champion_as_pre
     assert registry.aliases() == {"champion": again, "previous": first}
     assert second != again
     audit_replays_to_aliases(registry)
+
+
+def test_a_version_moved_into_champion_by_hand_never_becomes_previous(registry, make_record):
+    promoted(registry, make_record)
+    rogue = registry.register_candidate(make_record(), actor="test")  # never gated or approved
+    registry.client.set_registered_model_alias(registry.model_name, "champion", rogue)
+    third = approved_candidate(registry, make_record)
+
+    registry.promote(decision(third), actor="ana")
+
+    assert registry.aliases() == {"champion": third}
+    with pytest.raises(PromotionRefused, match="cannot roll back to it"):
+        registry.rollback(actor="oncall", reason="x", to=rogue)
