@@ -133,6 +133,8 @@ def make_machine(tracking_uri: str, ledger_url: str, artifact_root, make_record)
             n + 1: marking it done); then recovery, now or by the next operation."""
             version = data.draw(st.sampled_from(self.approved))
             rollback = data.draw(st.booleans())
+            if recover:  # else the change below recovers an earlier one first
+                self.registry.recover_alias_changes()
             before = self.registry.aliases()
             self.registry.fault_hook = fail_at(step)
             outcome: Exception | None = None
