@@ -146,6 +146,7 @@ def _run_mode(
     actor: str,
     state_dir: Path | None,
     verbose: bool,
+    force: bool = False,
 ) -> None:
     from registry.errors import RegistryError
 
@@ -160,6 +161,7 @@ def _run_mode(
             auto_approve=auto_approve,
             actor=actor,
             overrides=_overrides(state_dir),
+            force=force,
         )
     except (RetrainError, RegistryError) as exc:
         _fail(exc)
@@ -185,9 +187,13 @@ def run_manual(
     actor: ActorOption = "operator",
     state_dir: StateOption = None,
     verbose: VerboseOption = False,
+    force: Annotated[
+        bool, typer.Option(help="Retrain even if the data and spec are the champion's.")
+    ] = False,
 ) -> None:
-    """Retrain from scratch now; wait for approval in the Prefect UI unless --auto-approve."""
-    _run_mode("manual", spec, as_of, auto_approve, reason, actor, state_dir, verbose)
+    """Retrain from scratch now; wait for approval in the Prefect UI unless --auto-approve.
+    Skipped when the data and spec are the champion's (same model), unless --force."""
+    _run_mode("manual", spec, as_of, auto_approve, reason, actor, state_dir, verbose, force)
 
 
 @run_app.command("stateful")
@@ -294,9 +300,14 @@ def status(
     spec: Annotated[Path | None, typer.Option("--spec", "-s", help="Model spec file.")] = None,
     state_dir: StateOption = None,
     limit: Annotated[int, typer.Option(help="How many recent runs to show.")] = 10,
+    check: Annotated[
+        bool, typer.Option(help="Exit 1 if an alias was moved outside retrain.")
+    ] = False,
 ) -> None:
-    """Aliases, versions and the last retrain runs of a model (the demo model by default)."""
+    """Aliases, versions and the last retrain runs of a model (the demo model by default).
+    An alias moved outside retrain (not where retrain's audit says) is shown in red."""
     from registry import ModelRegistry
+    from registry.errors import RegistryError
     from retrain.freshness import data_age, data_end, format_age
     from retrain.ingest import utc_now
 
@@ -306,6 +317,13 @@ def status(
         console.print(f"no ledger at {ledger.safe_url()} yet: run a retrain first")
         raise typer.Exit(code=1)
     registry = ModelRegistry.for_spec(model_spec.state, model_spec.name, ledger)
+    drift: tuple[Any, ...] = ()
+    try:
+        for note in registry.recover_alias_changes():
+            console.print(f"[yellow]recovered an interrupted alias change:[/] {note}")
+        drift = registry.alias_drift()
+    except (RetrainError, RegistryError) as exc:
+        console.print(f"[red]interrupted alias changes not recovered:[/] {exc}")
     aliases = registry.aliases()
     versions = Table(title=f"{model_spec.name}: model versions")
     for col in (
@@ -360,6 +378,14 @@ def status(
             (r.error or r.reason or "")[:70],
         )
     console.print(runs)
+    for d in drift:
+        console.print(
+            f"[bold red]{d.describe(model_spec.name)}[/]: move it back with `retrain rollback "
+            f"{model_spec.name} --to VERSION`, or let the monitor do it "
+            "(monitor.revert_tampered_alias = true)"
+        )
+    if check and drift:
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -369,8 +395,11 @@ def rollback(
     actor: Annotated[str, typer.Option(help="Who (recorded in the audit).")] = "operator",
     spec: Annotated[Path | None, typer.Option("--spec", "-s", help="Model spec file.")] = None,
     state_dir: StateOption = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="Roll back to this (approved) version.")
+    ] = None,
 ) -> None:
-    """Move `champion` back to `previous` in one audited step."""
+    """Move `champion` back to `previous` (or --to VERSION) in one audited step."""
     from registry.errors import RegistryError
 
     model_spec = _load(spec, state_dir)
@@ -379,10 +408,15 @@ def rollback(
     ledger = Ledger(model_spec.state.ledger)
     try:
         ledger.migrate()
-        was, now = _registry(model_spec).rollback(actor=actor, reason=reason)
+        registry = _registry(model_spec)
+        for note in registry.recover_alias_changes():
+            console.print(f"[yellow]recovered:[/] {note}")
+        was, now = registry.rollback(actor=actor, reason=reason, to=to)
+        previous = registry.alias_version("previous")
     except (RetrainError, RegistryError) as exc:
         _fail(exc)
-    console.print(f"{model}: champion v{was} -> v{now} (v{was} is now `previous`); audited")
+    kept = f"v{was} is now `previous`" if previous == was else f"`previous` stays v{previous}"
+    console.print(f"{model}: champion v{was} -> v{now} ({kept}); audited")
 
 
 @ledger_app.command("migrate")

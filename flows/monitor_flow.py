@@ -17,8 +17,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from flows.retrain_flow import _flow_run_id, load_champion, make_registry
+from flows.retrain_flow import _flow_run_id, load_champion, make_registry, recover_alias_changes
 from flows.settings import resolve_spec
+from registry import ModelRegistry
 from retrain.config import ModelSpec
 from retrain.families.spine import Champion, parse_as_of
 from retrain.ledger import Ledger
@@ -28,6 +29,7 @@ from retrain.reports import drift_report
 logger = logging.getLogger(__name__)
 
 RETRAIN_EVENT = "retrain.model.retrain-requested"
+TAMPERED_EVENT = "retrain.alias.tampered"
 
 
 def model_resource(model: str) -> dict[str, str]:
@@ -49,6 +51,36 @@ def check_signals(
     return monitor_check(spec, ledger, champion, parse_as_of(as_of))
 
 
+@task(cache_policy=NO_CACHE)
+def check_aliases(spec: ModelSpec, registry: ModelRegistry) -> list[dict[str, Any]]:
+    """Aliases moved outside retrain: each one is an event on the model's resource and, with
+    ``monitor.revert_tampered_alias``, is moved back where retrain's audit says (audited)."""
+    recover_alias_changes(registry)
+    drift = registry.alias_drift()
+    revert = spec.monitor.revert_tampered_alias and bool(drift)
+    if revert:
+        registry.revert_drift(drift, actor="monitor", flow_run_id=_flow_run_id())
+    found = []
+    for d in drift:
+        get_run_logger().warning(
+            "%s%s", d.describe(spec.name), "; moved back" if revert else " (not moved back)"
+        )
+        found.append(
+            {
+                "alias": d.alias,
+                "registry_version": d.registry_version,
+                "audited_version": d.audited_version,
+                "reverted": revert,
+            }
+        )
+        emit_event(
+            event=TAMPERED_EVENT,
+            resource=model_resource(spec.name),
+            payload={k: "" if v is None else str(v) for k, v in found[-1].items()},
+        )
+    return found
+
+
 @flow(name="retrain-monitor")
 def monitor_flow(
     spec_path: str, as_of: str | None = None, overrides: dict[str, Any] | None = None
@@ -62,11 +94,18 @@ def monitor_flow(
 def _check(spec: ModelSpec, ledger: Ledger, as_of: str | None) -> dict[str, Any]:
     ledger.migrate()
     registry = make_registry(spec, ledger)
+    tampered = check_aliases(spec, registry)
     champion = load_champion(registry)
     if champion is None:
         message = f"{spec.name} has no champion yet: train one first (`retrain run manual`)"
         get_run_logger().warning(message)
-        return {"model": spec.name, "status": "no-champion", "retrain": False, "reasons": [message]}
+        return {
+            "model": spec.name,
+            "status": "no-champion",
+            "retrain": False,
+            "reasons": [message],
+            "tampered": tampered,
+        }
     result = check_signals(spec, ledger, champion, as_of)
     decision = result.decision
     reasons = list(decision.reasons)
@@ -129,4 +168,5 @@ def _check(spec: ModelSpec, ledger: Ledger, as_of: str | None) -> dict[str, Any]
         "blocked_by": list(decision.blocked_by),
         "fired": list(decision.fired),
         "fresh_rows": result.fresh_rows,
+        "tampered": tampered,
     }

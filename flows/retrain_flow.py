@@ -59,7 +59,7 @@ from retrain.promotion import (
     needs_operator,
     timed_out,
 )
-from retrain.stateful import Mode, skip_reason
+from retrain.stateful import Mode, skip_reason, unchanged_reason
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,14 @@ def prepare_data(spec: ModelSpec, as_of: pd.Timestamp | None, ledger: Ledger) ->
         prepared.holdout.describe(),
     )
     return prepared
+
+
+def recover_alias_changes(registry: ModelRegistry) -> list[str]:
+    """Revert an alias change an earlier run left halfway (killed, MLflow or ledger down)."""
+    notes = registry.recover_alias_changes()
+    for note in notes:
+        get_run_logger().warning("recovered an interrupted alias change: %s", note)
+    return notes
 
 
 @task(cache_policy=NO_CACHE)
@@ -515,6 +523,7 @@ def retrain_flow(
     actor: str = "operator",
     overrides: dict[str, Any] | None = None,
     trigger_check: str | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Retrain one model and promote the candidate if it earns it.
 
@@ -522,12 +531,14 @@ def retrain_flow(
     (warm start / refit from the champion on the partitions since its training end, from
     scratch every ``stateful.scratch_every`` increments). ``trigger_check`` is the ledger id of
     the monitor check that requested a continual retrain: its drift report is logged with the
-    new version.
+    new version. A run whose data and spec are the champion's is skipped unless ``force``.
     """
     spec = resolve_spec(spec_path, overrides)
     cutoff = parse_as_of(as_of)
     with Ledger(spec.state.ledger) as ledger:  # its connections closed when the run ends
-        return _retrain(spec, ledger, mode, reason, cutoff, auto_approve, actor, trigger_check)
+        return _retrain(
+            spec, ledger, mode, reason, cutoff, auto_approve, actor, trigger_check, force
+        )
 
 
 def _retrain(
@@ -539,9 +550,11 @@ def _retrain(
     auto_approve: bool,
     actor: str,
     trigger_check: str | None,
+    force: bool = False,
 ) -> dict[str, Any]:
     ledger.migrate()
     registry = make_registry(spec, ledger)
+    recover_alias_changes(registry)
     earlier = ledger.run_of_flow_run(_flow_run_id() or "")
     if earlier is not None and earlier.status == "suspended":
         return resume_after_answer(spec, ledger, registry, earlier, actor)
@@ -566,6 +579,13 @@ def _retrain(
             prepared.train.version,
             prepared.holdout.start,
             len(prepared.holdout.partitions),
+        ) or unchanged_reason(
+            champion.version if champion else None,
+            champion.tags if champion else {},
+            prepared.train.version,
+            prepared.spec_hash,
+            spec.config_hash(),
+            force,
         )
         if skip is not None:
             return _skipped(ledger, spec, mode, run_id, skip)

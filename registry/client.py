@@ -16,8 +16,9 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -30,6 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, ColSpec, Schema
+from sqlalchemy import exc as sa_exc
 
 from registry.errors import (
     DecisionFinal,
@@ -39,10 +41,13 @@ from registry.errors import (
     VersionNotFound,
 )
 from registry.relocate import relocate
+from registry.trust import inside, model_digest, verify_digest
 from retrain import servable
+from retrain.audit import AliasDrift, alias_drift
 from retrain.config import StateSpec
-from retrain.families.lineage import Lineage, Tag
-from retrain.ledger import Ledger
+from retrain.errors import LedgerError
+from retrain.families.lineage import Lineage, Tag, same_training
+from retrain.ledger import AliasIntent, AliasMove, Ledger, now, owner_is_dead, process_owner
 from retrain.promotion import PromotionDecision
 from retrain.redact import redact_url
 from retrain.trainers import ALSTrainer, LightGBMTrainer
@@ -58,6 +63,8 @@ MODEL_CODE = {
 }
 # the module name MLflow gives a model-from-code file it loads (mlflow.models.utils)
 CODE_MODULE_PREFIX = "code_model_"
+# an alias change takes seconds: one pending for longer than this was abandoned
+ALIAS_CHANGE_STALE = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -326,6 +333,8 @@ class ModelRegistry:
         self.ledger = ledger
         self.artifact_root = artifact_root
         self._client: MlflowClient | None = None
+        # called before each step of an alias change (see _fault_point): fault injection
+        self.fault_hook: Callable[[int, str], None] | None = None
 
     @classmethod
     def for_spec(cls, spec: StateSpec, model_name: str, ledger: Ledger) -> ModelRegistry:
@@ -445,21 +454,27 @@ class ModelRegistry:
             chain.append(self.version(parent))
         return chain
 
+    def _untrusted_fix(self) -> str:
+        return (
+            "retrain loads models only from its configured registry "
+            f"({self.safe_uri()}), with the content it registered: register the model with "
+            "retrain (a new retrain run), or move the alias off that version "
+            "(`retrain rollback MODEL --to VERSION`) and delete it"
+        )
+
     def _trusted_model_uri(self, version: str) -> str:
         """Where a version's model lives, if that is inside this registry's own store.
 
         A version can be registered by hand (MLflow UI, another client) with a ``source``
-        anywhere: another server, a shared folder, a bucket. Loading runs the model's code, so
-        only a version whose model was logged by a run of this model's experiment, under that
-        run's artifact location, is loaded; anything else is refused.
+        anywhere: another server, a shared folder, a bucket, or a path that climbs out of a
+        run's artifacts with ``..``. Loading runs the model's code, so only a version whose
+        model was logged by a run of this model's experiment, under that run's artifact
+        location (normalised and resolved: registry.trust.inside), is loaded.
         """
         mv = self.client.get_model_version(self.model_name, version)
         uri = self.client.get_model_version_download_uri(self.model_name, version)
         where = f"version {version} of {self.model_name!r} points at {redact_url(uri)}"
-        fix = (
-            "retrain loads models only from its configured registry "
-            f"({self.safe_uri()}): register the model with retrain, or delete that version"
-        )
+        fix = self._untrusted_fix()
         if not mv.run_id:
             raise UntrustedModel(f"{where}, which no run of this registry logged; {fix}")
         run = self.client.get_run(mv.run_id)
@@ -467,11 +482,25 @@ class ModelRegistry:
         if experiment is None or run.info.experiment_id != experiment.experiment_id:
             raise UntrustedModel(f"{where}, logged by run {mv.run_id} of another experiment; {fix}")
         root = run.info.artifact_uri.rstrip("/")
-        if not uri.startswith(f"{root}/"):
+        if not inside(uri, root):
             raise UntrustedModel(
                 f"{where}, outside the artifact store of its run ({redact_url(root)}); {fix}"
             )
         return uri
+
+    def download_trusted(self, version: str, destination: str) -> str:
+        """Download a version's model into ``destination`` after both checks: its location is
+        inside this registry's store and its files hash to the digest recorded at
+        registration. Returns the local model directory. Nothing of it has been imported."""
+        uri = self._trusted_model_uri(str(version))
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=destination, tracking_uri=self.tracking_uri
+        )
+        expected = self.version(str(version)).tags.get(str(Tag.MODEL_SHA256))
+        verify_digest(
+            local, expected, f"version {version} of {self.model_name!r}", self._untrusted_fix()
+        )
+        return str(local)
 
     @reachable
     def load_model(self, version: str) -> Any:
@@ -480,11 +509,8 @@ class ModelRegistry:
         Read from the trainer's files inside the model (what ``LightGBMTrainer.save`` /
         ``ALSTrainer.save`` wrote): no model code runs in this process.
         """
-        uri = self._trusted_model_uri(str(version))
         with tempfile.TemporaryDirectory(prefix="retrain-model-") as tmp:
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=tmp, tracking_uri=self.tracking_uri
-            )
+            local = self.download_trusted(str(version), tmp)
             return load_trainer(trainer_path(Path(local)))
 
     # -- writing ------------------------------------------------------------------------------
@@ -518,13 +544,14 @@ class ModelRegistry:
                 self.client.log_artifact(run_id, str(path), artifact_path="evidence")
             with tempfile.TemporaryDirectory(prefix="retrain-pyfunc-") as tmp:
                 model_path = save_servable(record, Path(tmp))
+                digest = model_digest(model_path)  # what load_model verifies before loading
                 self.client.log_artifacts(run_id, str(model_path), artifact_path="model")
             source = f"{run.info.artifact_uri}/model"
             mv = self.client.create_model_version(
                 self.model_name,
                 source=source,
                 run_id=run_id,
-                tags=dict(record.version_tags),
+                tags={**record.version_tags, str(Tag.MODEL_SHA256): digest},
                 description=record.description,
             )
         except BaseException:
@@ -565,31 +592,165 @@ class ModelRegistry:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.model_name, decision.version, str(key), value)
 
+    # -- alias changes: one intent in the ledger, the moves in MLflow, then done + audit ------
+    def _fault_point(self, step: int, what: str) -> None:
+        """Called before each step of an alias change (0: writing the intent, 1..n: the moves,
+        n + 1: marking it done); tests inject faults here (raise, SIGKILL)."""
+        if self.fault_hook is not None:
+            self.fault_hook(step, what)
+
+    def _set_alias(self, alias: str, version: str | None) -> None:
+        if version is None:
+            try:
+                self.client.delete_registered_model_alias(self.model_name, alias)
+            except MlflowException as exc:
+                if not _is_not_found(exc):
+                    raise
+        else:
+            self.client.set_registered_model_alias(self.model_name, alias, version)
+
+    def _change_aliases(
+        self,
+        targets: Sequence[tuple[str, str | None, str]],
+        actor: str,
+        flow_run_id: str | None,
+    ) -> tuple[AliasMove, ...]:
+        """Move aliases as ONE audited change: (alias, to version or None, reason) each.
+
+        1. any interrupted earlier change is recovered first (:meth:`recover_alias_changes`);
+        2. the intent (every move, from and to) is written to the ledger, alone in its
+           transaction: a ledger that is down or read only stops here, nothing moved;
+        3. the aliases move in MLflow;
+        4. the intent is marked done and its audit rows written, in one ledger transaction.
+        A failure or a kill after 2 leaves a pending intent that the next recovery reverts.
+        """
+        self.recover_alias_changes()
+        current = self.aliases()
+        moves = tuple(
+            AliasMove(alias, current.get(alias), to, reason)
+            for alias, to, reason in targets
+            if current.get(alias) != to
+        )
+        if not moves:
+            return ()
+        self._fault_point(0, "write the intent")
+        intent = self.ledger.begin_alias_change(self.model_name, moves, actor, flow_run_id)
+        try:
+            for step, move in enumerate(moves, start=1):
+                self._fault_point(step, f"move {move.alias} to {move.to_version}")
+                self._set_alias(move.alias, move.to_version)
+            self._fault_point(len(moves) + 1, "mark the intent done")
+            self.ledger.finish_alias_change(intent)
+        except (MlflowException, LedgerError, sa_exc.SQLAlchemyError) as exc:
+            raise RegistryError(
+                f"the alias change of {self.model_name} ({_describe(moves)}) stopped halfway: "
+                f"{_short(exc)}. It is pending in the ledger (alias change {intent}): the next "
+                "retrain, `retrain status` or `retrain rollback` reverts it once the registry "
+                "and the ledger answer; nothing was audited"
+            ) from None
+        return moves
+
+    def _abandoned(self, intent: AliasIntent) -> bool:
+        if intent.owner == process_owner() or owner_is_dead(intent.owner):
+            return True
+        return now() - intent.created_at > ALIAS_CHANGE_STALE
+
+    @reachable
+    def recover_alias_changes(self) -> list[str]:
+        """Revert every interrupted alias change of this model; what was done, one line each.
+
+        An interrupted change is reverted, never completed: the run or command that started
+        it failed (and said so), so its aliases go back to where they were. The moves that
+        had reached MLflow are audited (the move, then the revert), so the audit still
+        replays to the registry's aliases. A change still in progress in another live process
+        (younger than ALIAS_CHANGE_STALE) is an error: wait and retry.
+        """
+        done: list[str] = []
+        for intent in self.ledger.pending_alias_changes(self.model_name):
+            if not self._abandoned(intent):
+                raise RegistryError(
+                    f"an alias change of {self.model_name} is in progress in process "
+                    f"{intent.owner} since {intent.created_at:%Y-%m-%d %H:%M:%S} UTC (ledger "
+                    f"alias change {intent.id}): wait for it to end, then retry"
+                )
+            current = self.aliases()
+            audit: list[AliasMove] = []
+            back: list[str] = []
+            why = f"reverted: alias change {intent.id} by {intent.actor} was interrupted"
+            for move in intent.moves:
+                now_at = current.get(move.alias)
+                if now_at == move.from_version:
+                    continue  # this move never reached MLflow
+                if now_at == move.to_version:
+                    audit.append(replace(move, reason=f"{move.reason} (interrupted)"))
+                audit.append(AliasMove(move.alias, now_at, move.from_version, why))
+                self._set_alias(move.alias, move.from_version)
+                back.append(f"{move.alias} back to {move.from_version or '(none)'}")
+            summary = ", ".join(back) if back else "nothing had moved yet"
+            note = f"{why}; {summary}"
+            if self.ledger.finish_alias_change(intent.id, "reverted", note, audit):
+                logger.warning("%s: %s", self.model_name, note)
+                done.append(note)
+        return done
+
+    @reachable
+    def alias_drift(self) -> tuple[AliasDrift, ...]:
+        """Aliases that are not where retrain's audit last put them (moved outside retrain).
+        Call :meth:`recover_alias_changes` first: a pending change differs on purpose."""
+        return alias_drift(self.aliases(), self.ledger.audited_aliases(self.model_name))
+
+    @reachable
+    def revert_drift(
+        self, drift: Sequence[AliasDrift], actor: str, flow_run_id: str | None = None
+    ) -> tuple[AliasMove, ...]:
+        """Move aliases moved outside retrain back where the audit says, as one audited
+        change (a champion goes back to the last version retrain promoted)."""
+        return self._change_aliases(
+            [
+                (
+                    d.alias,
+                    d.audited_version,
+                    f"reverted: moved outside retrain to {d.registry_version or '(unset)'}",
+                )
+                for d in drift
+            ],
+            actor,
+            flow_run_id,
+        )
+
     def _move_alias(
         self, alias: str, version: str, actor: str, reason: str, flow_run_id: str | None
     ) -> None:
-        before = self.alias_version(alias)
-        if before == version:
-            return
-        self.client.set_registered_model_alias(self.model_name, alias, version)
-        self.ledger.record_alias_change(
-            self.model_name, alias, before, version, actor, reason, flow_run_id
-        )
+        self._change_aliases([(alias, version, reason)], actor, flow_run_id)
 
     def _delete_alias(self, alias: str, actor: str, reason: str, flow_run_id: str | None) -> None:
-        before = self.alias_version(alias)
-        if before is None:
-            return
-        self.client.delete_registered_model_alias(self.model_name, alias)
-        self.ledger.record_alias_change(
-            self.model_name, alias, before, None, actor, reason, flow_run_id
-        )
+        self._change_aliases([(alias, None, reason)], actor, flow_run_id)
+
+    def _earned_previous(self, replaced: str, new_champion_tags: Mapping[str, str]) -> bool:
+        """Whether a replaced champion becomes ``previous``: only if it passed the gate and
+        was approved (not a version moved into ``champion`` outside retrain) and is not the
+        same model as the new champion (then ``previous`` keeps the last different one)."""
+        tags = self.version(replaced).tags
+        legit = tags.get(GATE_TAG) == "passed" and tags.get(APPROVAL_TAG) == "approved"
+        return legit and not same_training(tags, new_champion_tags)
+
+    def _require_promotable(self, version: str) -> dict[str, str]:
+        tags = self.version(version).tags
+        if tags.get(GATE_TAG) != "passed" or tags.get(APPROVAL_TAG) != "approved":
+            raise PromotionRefused(
+                f"version {version} of {self.model_name} is tagged gate={tags.get(GATE_TAG)!r}, "
+                f"approval={tags.get(APPROVAL_TAG)!r}: only a version that passed the backtest "
+                "gate and was approved can become champion (call record_decision first)"
+            )
+        return tags
 
     @reachable
     def promote(
         self, decision: PromotionDecision, actor: str, flow_run_id: str | None = None
     ) -> str | None:
-        """Move ``champion`` to the decided version; the old champion becomes ``previous``.
+        """Move ``champion`` to the decided version; the old champion becomes ``previous``
+        (unless it is the same model: trained on the same data with the same spec, then
+        ``previous`` keeps the last different champion). One audited alias change.
 
         Refuses (PromotionRefused) unless the decision says promote AND the version's own tags
         in the registry say the gate passed and the promotion was approved.
@@ -599,33 +760,66 @@ class ModelRegistry:
             raise PromotionRefused(
                 f"version {version} was not promoted: {decision.reason}; the champion stays"
             )
-        tags = self.version(version).tags
-        if tags.get(GATE_TAG) != "passed" or tags.get(APPROVAL_TAG) != "approved":
-            raise PromotionRefused(
-                f"version {version} of {self.model_name} is tagged gate={tags.get(GATE_TAG)!r}, "
-                f"approval={tags.get(APPROVAL_TAG)!r}: only a version that passed the backtest "
-                "gate and was approved can become champion (call record_decision first)"
-            )
-        old = self.alias_version(CHAMPION)
+        tags = self._require_promotable(version)
+        self.recover_alias_changes()
+        aliases = self.aliases()
+        old = aliases.get(CHAMPION)
         if old == version:
             return old
-        self._move_alias(CHAMPION, version, actor, decision.reason, flow_run_id)
-        if old is not None:
-            self._move_alias(PREVIOUS, old, actor, f"replaced by version {version}", flow_run_id)
-        if self.alias_version(CHALLENGER) == version:
-            self._delete_alias(CHALLENGER, actor, f"version {version} promoted", flow_run_id)
+        targets: list[tuple[str, str | None, str]] = [(CHAMPION, version, decision.reason)]
+        if old is not None and self._earned_previous(old, tags):
+            targets.append((PREVIOUS, old, f"replaced by version {version}"))
+        if aliases.get(CHALLENGER) == version:
+            targets.append((CHALLENGER, None, f"version {version} promoted"))
+        self._change_aliases(targets, actor, flow_run_id)
         logger.info("%s: champion %s -> %s", self.model_name, old, version)
         return old
 
     @reachable
-    def rollback(self, actor: str, reason: str, flow_run_id: str | None = None) -> tuple[str, str]:
-        """Swap ``champion`` and ``previous`` in one step; returns (from, to)."""
-        current, previous = self.alias_version(CHAMPION), self.alias_version(PREVIOUS)
-        if current is None or previous is None:
+    def rollback(
+        self,
+        actor: str,
+        reason: str,
+        flow_run_id: str | None = None,
+        to: str | None = None,
+    ) -> tuple[str, str]:
+        """Move ``champion`` back to ``previous`` (or to version ``to``, any earlier version
+        that passed the gate and was approved); the replaced champion becomes ``previous``.
+        One audited alias change; returns (from, to)."""
+        self.recover_alias_changes()
+        aliases = self.aliases()
+        current = aliases.get(CHAMPION)
+        if current is None:
             raise RegistryError(
-                f"{self.model_name} has no {'champion' if current is None else 'previous'} "
-                "version: there is nothing to roll back to"
+                f"{self.model_name} has no champion version: there is nothing to roll back to"
             )
-        self._move_alias(CHAMPION, previous, actor, f"rollback: {reason}", flow_run_id)
-        self._move_alias(PREVIOUS, current, actor, f"rolled back from {current}", flow_run_id)
-        return current, previous
+        target = aliases.get(PREVIOUS) if to is None else str(to)
+        if target is None:
+            raise RegistryError(
+                f"{self.model_name} has no previous version: there is nothing to roll back to "
+                "(name one with `retrain rollback MODEL --to VERSION`)"
+            )
+        if target == current:
+            raise RegistryError(
+                f"version {target} of {self.model_name} is already the champion: nothing to do"
+            )
+        try:
+            target_tags = self._require_promotable(target)
+        except PromotionRefused as exc:
+            raise PromotionRefused(f"cannot roll back to it: {exc}") from None
+        targets: list[tuple[str, str | None, str]] = [(CHAMPION, target, f"rollback: {reason}")]
+        if self._earned_previous(current, target_tags):
+            targets.append((PREVIOUS, current, f"rolled back from {current}"))
+        self._change_aliases(targets, actor, flow_run_id)
+        return current, target
+
+
+def _describe(moves: Sequence[AliasMove]) -> str:
+    return ", ".join(f"{m.alias} {m.from_version} -> {m.to_version}" for m in moves)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    if any(marker in text for marker in UNREACHABLE):
+        return "the MLflow tracking server does not answer"
+    return redact_url(text.splitlines()[0] if text else type(exc).__name__)[:300]

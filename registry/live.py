@@ -12,7 +12,6 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-import mlflow.artifacts
 import mlflow.pyfunc
 
 from registry.client import (
@@ -56,11 +55,8 @@ def live_versions(registry: ModelRegistry) -> LiveVersions:
 def load_servable(registry: ModelRegistry, version: str) -> Any:
     """The version's MLflow pyfunc model (what ``mlflow models serve`` serves), from this
     registry's own store only."""
-    uri = registry._trusted_model_uri(str(version))
     with tempfile.TemporaryDirectory(prefix="retrain-serve-") as tmp:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=tmp, tracking_uri=registry.tracking_uri
-        )
+        local = registry.download_trusted(str(version), tmp)
         with loading_pyfunc():
             return mlflow.pyfunc.load_model(local)
 

@@ -408,6 +408,9 @@ class MonitorSpec(_Strict):
     all: tuple[str, ...] = ()  # ... or when all of these fire together
     cooldown: str = "1D"  # minimum gap between two triggered retrains
     debounce: int = Field(default=1, ge=1)  # a signal must fire in this many checks in a row
+    # an alias moved outside retrain (MLflow UI, MlflowClient) is always flagged and emits
+    # retrain.alias.tampered; with this on, the monitor also moves it back (audited)
+    revert_tampered_alias: bool = False
 
     @field_validator("interval", "max_age", "cooldown")
     @classmethod
@@ -817,6 +820,12 @@ class ModelSpec(_Strict):
     @property
     def greater_is_better(self) -> bool:
         return self.metric in GREATER_IS_BETTER
+
+    def config_hash(self) -> str:
+        """Hash of the spec but where things are (``state``, ``source``): two runs on the same
+        data version with the same config hash train the same model."""
+        payload = self.model_dump(mode="json", exclude={"state", "source"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def feature_spec_hash(self) -> str:
         """Hash of everything that decides the content of the cached feature partitions."""

@@ -161,6 +161,25 @@ live_feedback = sa.Table(
 )
 
 
+# One alias change (a promotion, a rollback, a registration's challenger, a revert) in the
+# making: written BEFORE the registry moves anything, marked done (with its audit rows, in one
+# transaction) after; a pending row found later is an interrupted change to complete.
+alias_intents = sa.Table(
+    "alias_intents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(200), nullable=False, index=True),
+    sa.Column("moves", sa.Text, nullable=False),  # JSON: [{alias, from, to, reason}, ...]
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("flow_run_id", sa.String(64)),
+    sa.Column("owner", sa.String(300), nullable=False),  # host:pid of the process making it
+    sa.Column("status", sa.String(16), nullable=False),  # pending | done | reverted
+    sa.Column("note", sa.Text),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime),
+)
+
+
 # run statuses that keep the model's claim: a suspended run waits for its operator with no process
 HOLDING = ("running", "suspended")
 SUSPENDED_OWNER = "suspended"
@@ -200,8 +219,12 @@ def _v4(conn: Connection) -> None:
     metadata.create_all(conn, tables=[live_predictions, live_feedback])
 
 
+def _v5(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[alias_intents])
+
+
 # Ordered migrations: index i brings the schema to version i + 1. Append, never edit.
-MIGRATIONS: Sequence[Callable[[Connection], None]] = (_v1, _v2, _v3, _v4)
+MIGRATIONS: Sequence[Callable[[Connection], None]] = (_v1, _v2, _v3, _v4, _v5)
 SCHEMA_VERSION = len(MIGRATIONS)
 # the PostgreSQL advisory lock that serialises migrations (any fixed 64-bit key)
 MIGRATE_LOCK = 0x7265747261696E  # "retrain"
@@ -215,6 +238,45 @@ def _ts(value: Any) -> datetime | None:
     if value is None:
         return None
     return value.to_pydatetime() if hasattr(value, "to_pydatetime") else value
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One alias of one model going from one version (None: unset) to another (None: removed)."""
+
+    alias: str
+    from_version: str | None
+    to_version: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class AliasIntent:
+    """A pending (or finished) alias change as the ledger holds it."""
+
+    id: int
+    model: str
+    moves: tuple[AliasMove, ...]
+    actor: str
+    flow_run_id: str | None
+    owner: str
+    status: str
+    created_at: datetime
+
+
+def _intent(r: Any) -> AliasIntent:
+    return AliasIntent(
+        id=r.id,
+        model=r.model,
+        moves=tuple(
+            AliasMove(m["alias"], m["from"], m["to"], m["reason"]) for m in json.loads(r.moves)
+        ),
+        actor=r.actor,
+        flow_run_id=r.flow_run_id,
+        owner=r.owner,
+        status=r.status,
+        created_at=r.created_at,
+    )
 
 
 @dataclass(frozen=True)
@@ -264,8 +326,14 @@ class Ledger:
     def engine(self) -> Engine:
         if self._engine is None:
             url = sa.make_url(self.url)
-            if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            database = url.database or ""
+            # a SQLite URI (file:...?mode=ro&uri=true) names an existing file: no folder to make
+            if (
+                url.get_backend_name() == "sqlite"
+                and database not in ("", ":memory:")
+                and not database.startswith("file:")
+            ):
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
             self._engine = sa.create_engine(url, pool_pre_ping=True)
         return self._engine
 
@@ -461,6 +529,136 @@ class Ledger:
                     at=now(),
                 )
             )
+
+    def _refused(
+        self, exc: sa.exc.DBAPIError, what: str, consequence: str = "nothing was moved"
+    ) -> LedgerError:
+        first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else "no answer"
+        return LedgerError(
+            f"the ledger at {self.safe_url()} refused to record {what} ({first}): it is down "
+            f"or read only; {consequence}. Make the ledger writable (file permissions, "
+            "`default_transaction_read_only`, the server) and retry"
+        )
+
+    def begin_alias_change(
+        self,
+        model: str,
+        moves: Sequence[AliasMove],
+        actor: str,
+        flow_run_id: str | None = None,
+    ) -> int:
+        """Write the intent of an alias change (nothing else in its transaction); its id.
+
+        Raises LedgerError if the ledger cannot write it: then nothing may move.
+        """
+        self._require_schema()
+        payload = json.dumps(
+            [
+                {"alias": m.alias, "from": m.from_version, "to": m.to_version, "reason": m.reason}
+                for m in moves
+            ]
+        )
+        try:
+            with self.engine.begin() as conn:
+                result = conn.execute(
+                    alias_intents.insert().values(
+                        model=model,
+                        moves=payload,
+                        actor=actor,
+                        flow_run_id=flow_run_id,
+                        owner=process_owner(),
+                        status="pending",
+                        created_at=now(),
+                    )
+                )
+                key = result.inserted_primary_key
+                assert key is not None
+                return int(key[0])
+        except sa.exc.DBAPIError as exc:
+            raise self._refused(exc, f"the alias change of {model}") from None
+
+    def finish_alias_change(
+        self,
+        intent_id: int,
+        status: str = "done",
+        note: str = "",
+        audit: Sequence[AliasMove] | None = None,
+    ) -> bool:
+        """Mark a pending intent done or reverted and write its audit rows, in one transaction:
+        ``audit`` (default: the intent's own moves). False if it was no longer pending (another
+        process finished it first): then nothing is written."""
+        if status not in ("done", "reverted"):
+            raise LedgerError(f"an alias change ends done or reverted, not {status!r}")
+        self._require_schema()
+        try:
+            return self._finish_alias_change(intent_id, status, note, audit)
+        except sa.exc.DBAPIError as exc:
+            raise self._refused(
+                exc,
+                f"the end of alias change {intent_id}",
+                "it stays pending and the next recovery reverts it",
+            ) from None
+
+    def _finish_alias_change(
+        self, intent_id: int, status: str, note: str, audit: Sequence[AliasMove] | None
+    ) -> bool:
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(alias_intents).where(alias_intents.c.id == intent_id)
+            ).first()
+            if row is None:
+                raise LedgerError(f"no alias change {intent_id} in the ledger")
+            claimed = conn.execute(
+                alias_intents.update()
+                .where(alias_intents.c.id == intent_id, alias_intents.c.status == "pending")
+                .values(status=status, note=note or None, finished_at=now())
+            )
+            if claimed.rowcount != 1:
+                return False
+            intent = _intent(row)
+            rows = [
+                {
+                    "model": intent.model,
+                    "alias": m.alias,
+                    "from_version": m.from_version,
+                    "to_version": m.to_version,
+                    "actor": intent.actor,
+                    "reason": m.reason,
+                    "flow_run_id": intent.flow_run_id,
+                    "at": now(),
+                }
+                for m in (intent.moves if audit is None else audit)
+            ]
+            if rows:
+                conn.execute(alias_audit.insert(), rows)
+        return True
+
+    def pending_alias_changes(self, model: str) -> list[AliasIntent]:
+        """Alias changes of ``model`` that were begun and never finished, oldest first."""
+        self._require_schema()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(alias_intents)
+                .where(alias_intents.c.model == model, alias_intents.c.status == "pending")
+                .order_by(alias_intents.c.id)
+            ).all()
+        return [_intent(r) for r in rows]
+
+    def alias_changes(self, model: str) -> list[dict[str, Any]]:
+        """Every alias change of ``model`` begun, with its status and note, oldest first."""
+        self._require_schema()
+        with self.engine.connect() as conn:
+            result = conn.execute(
+                sa.select(alias_intents)
+                .where(alias_intents.c.model == model)
+                .order_by(alias_intents.c.id)
+            )
+            return [dict(r._mapping) for r in result]
+
+    def audited_aliases(self, model: str) -> dict[str, str | None]:
+        """Where the audit says each alias of ``model`` is: the last audited move's target
+        (None: removed). Aliases never audited are absent."""
+        return {row["alias"]: row["to_version"] for row in self.alias_history(model)}
 
     def alias_history(self, model: str) -> list[dict[str, Any]]:
         self._require_schema()

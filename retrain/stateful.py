@@ -14,7 +14,7 @@ parent_version='4', increments=3)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -22,6 +22,7 @@ import pandas as pd
 
 from retrain.config import StatefulSpec
 from retrain.errors import SchemaChangeError
+from retrain.families.lineage import Tag, same_training
 from retrain.trainers.lightgbm import schema_differences
 
 # The four retraining modes (DESIGN.md); a flow's ``mode`` parameter has this type, so Prefect
@@ -135,3 +136,43 @@ def skip_reason(
             f"v{champion.version} was trained on: no new data"
         )
     return None
+
+
+def unchanged_reason(
+    champion_version: str | None,
+    champion_tags: Mapping[str, str],
+    train_data_version: str,
+    feature_spec_hash: str,
+    config_hash: str,
+    force: bool = False,
+) -> str | None:
+    """Why a retrain would only repeat the champion (None: go ahead): its training window's
+    data version and its spec (feature spec and config hashes) are the champion's, so the new
+    version would be the same model and its promotion would only push the last different
+    champion out of ``previous``. ``force`` retrains anyway.
+
+    >>> tags = {Tag.DATA_VERSION: "dv-1", Tag.FEATURE_SPEC_HASH: "f" * 16,
+    ...         Tag.CONFIG_HASH: "c" * 16}
+    >>> print(unchanged_reason("3", tags, "dv-1", "f" * 64, "c" * 64))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    the training data (data version dv-1) and the spec (config cccccccccccccccc) are the ones
+    champion v3 was trained with: it would be the same model; pass --force to retrain anyway
+    >>> unchanged_reason("3", tags, "dv-1", "f" * 64, "d" * 64) is None
+    True
+    >>> unchanged_reason("3", tags, "dv-1", "f" * 64, "c" * 64, force=True) is None
+    True
+    """
+    if force or champion_version is None:
+        return None
+    candidate = {
+        str(Tag.DATA_VERSION): train_data_version,
+        str(Tag.FEATURE_SPEC_HASH): feature_spec_hash[:16],
+        str(Tag.CONFIG_HASH): config_hash[:16],
+    }
+    if not same_training(candidate, champion_tags):
+        return None
+    return (
+        f"the training data (data version {train_data_version}) and the spec (config "
+        f"{config_hash[:16]}) are the ones champion v{champion_version} was trained with: it "
+        "would be the same model; pass --force to retrain anyway"
+    )

@@ -39,6 +39,7 @@ class Tag(StrEnum):
     FAMILY = "retrain.family"
     DATA_VERSION = "retrain.data_version"
     FEATURE_SPEC_HASH = "retrain.feature_spec_hash"
+    CONFIG_HASH = "retrain.config_hash"  # the whole spec but its state and source locations
     WINDOW_START = "retrain.window_start"
     WINDOW_END = "retrain.window_end"
     ROWS = "retrain.rows"
@@ -66,6 +67,8 @@ class Tag(StrEnum):
     # a binary label mapped to 0/1 by the spec (positive / labels): the model predicts the
     # probability of the values mapped to 1, e.g. "UP = 1, other values = 0"
     LABEL_MAPPING = "retrain.label_mapping"
+    # written by the registry at registration: sha256 of the model's files (registry.trust)
+    MODEL_SHA256 = "retrain.model_sha256"
 
 
 Role = Literal["candidate", "champion", "baseline"]
@@ -142,6 +145,31 @@ class Lineage:
         return float(value) if value else None
 
 
+def training_data_version(tags: Mapping[str, str]) -> str | None:
+    """The data version of the fit the gate judged: the training window's, or with
+    ``gate.refit`` the validated fit's (the served one also learned the holdout)."""
+    return tags.get("retrain.validated.data_version") or tags.get(str(Tag.DATA_VERSION)) or None
+
+
+def same_training(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
+    """Two versions trained on the same data with the same spec: the same model (a seeded fit
+    is byte-identical, ``retrain rebuild``). Unknown (a tag missing) is never the same.
+
+    >>> one = {Tag.DATA_VERSION: "dv1", Tag.FEATURE_SPEC_HASH: "f", Tag.CONFIG_HASH: "c"}
+    >>> same_training(one, dict(one)), same_training(one, {**one, Tag.CONFIG_HASH: "d"})
+    (True, False)
+    >>> same_training({Tag.DATA_VERSION: "dv1"}, {Tag.DATA_VERSION: "dv1"})
+    False
+    """
+    keys = (Tag.FEATURE_SPEC_HASH, Tag.CONFIG_HASH)
+    data = training_data_version(a)
+    return (
+        data is not None
+        and data == training_data_version(b)
+        and all(a.get(str(k)) and a.get(str(k)) == b.get(str(k)) for k in keys)
+    )
+
+
 def lineage_tags(
     spec: ModelSpec,
     mode: str,
@@ -161,6 +189,7 @@ def lineage_tags(
         Tag.FAMILY: spec.family,
         Tag.DATA_VERSION: trained.window.version,
         Tag.FEATURE_SPEC_HASH: prepared.spec_hash[:16],
+        Tag.CONFIG_HASH: spec.config_hash()[:16],
         Tag.WINDOW_START: str(trained.window.start),
         Tag.WINDOW_END: str(trained.window.end),
         Tag.DATA_END: str(trained.data_end or trained.window.end),

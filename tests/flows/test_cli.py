@@ -126,6 +126,26 @@ def test_rollback_moves_champion_back_to_previous_and_is_audited(tmp_path, bike_
     again = runner.invoke(app, ["rollback", "bike-test", "--spec", str(spec)])
     assert again.exit_code == 0  # rolling back twice swaps back: previous always exists
     assert "champion v1 -> v2" in flat(again)
+    to = runner.invoke(app, ["rollback", "bike-test", "--spec", str(spec), "--to", "1"])
+    assert to.exit_code == 0, to.output
+    assert "champion v2 -> v1 (v2 is now `previous`); audited" in flat(to)
+
+    # the ledger read only: one clear error, nothing moves, and a retry never says "audited"
+    ledger = Ledger(model_spec.state.ledger)
+    audited = len(ledger.alias_history("bike-test"))
+    database = model_spec.state.ledger.removeprefix("sqlite:///")
+    data = yaml.safe_load(spec.read_text())
+    data["state"]["ledger_url"] = f"sqlite:///file:{database}?mode=ro&uri=true"
+    read_only = tmp_path / "read-only.yaml"
+    read_only.write_text(yaml.safe_dump(data))
+    for _ in range(2):
+        refused = runner.invoke(app, ["rollback", "bike-test", "--spec", str(read_only)])
+        assert refused.exit_code == 2, refused.output
+        assert "down or read only; nothing was moved" in flat(refused)
+        assert "audited" not in flat(refused) and "Traceback" not in refused.output
+    assert len(ledger.alias_history("bike-test")) == audited
+    status = runner.invoke(app, ["status", "--spec", str(spec), "--check"])
+    assert status.exit_code == 0, status.output  # nothing moved outside the audit
 
 
 def test_rollback_without_a_previous_champion_says_so(tmp_path, bike_dir):

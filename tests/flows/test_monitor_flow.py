@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 import yaml
+from mlflow.tracking import MlflowClient
+from prefect import get_client
+from prefect.events.filters import (
+    EventFilter,
+    EventNameFilter,
+    EventOccurredFilter,
+    EventResourceFilter,
+)
 from typer.testing import CliRunner
 
 from flows.cli import app
-from flows.monitor_flow import monitor_flow, report_path
+from flows.monitor_flow import TAMPERED_EVENT, monitor_flow, report_path
 from flows.retrain_flow import make_registry, retrain_flow
 from retrain.config import load_spec
 from retrain.ledger import Ledger
@@ -178,3 +188,77 @@ def test_a_check_and_a_retrain_close_their_ledger_connections(tmp_path, bike_hou
     assert database.exists() and open_handles(database) == 0
     retrain_flow(str(spec_path), as_of="2011-08-29", auto_approve=True)
     assert open_handles(database) == 0
+
+
+def tampered_events(model: str, since: datetime) -> list:
+    with get_client(sync_client=True) as client:
+        page = client.read_events(
+            filter=EventFilter(
+                event=EventNameFilter(name=[TAMPERED_EVENT]),
+                resource=EventResourceFilter(id=[f"retrain.model.{model}"]),
+                occurred=EventOccurredFilter(since=since),
+            ),
+            limit=50,
+        )
+    return list(page.events)
+
+
+def test_an_alias_moved_outside_retrain_is_flagged_announced_and_moved_back(tmp_path, bike_hourly):
+    spec_path = write_case(tmp_path, bike_hourly, AUGUST)
+    spec = load_spec(spec_path)
+    # a second version (2 trees: the gate may refuse it); one of the two is not the champion
+    retrain_flow(
+        str(spec_path),
+        as_of="2011-08-15",
+        auto_approve=True,
+        force=True,
+        overrides={"lightgbm.num_boost_round": 2},
+    )
+    registry = make_registry(spec, Ledger(spec.state.ledger))
+    champion = registry.alias_version("champion")
+    [other] = [v.version for v in registry.versions() if v.version != champion]
+    started = datetime.now(UTC)
+    # someone with access to the registry moves the champion by hand
+    MlflowClient(spec.state.tracking).set_registered_model_alias(spec.name, "champion", other)
+
+    status = CliRunner().invoke(app, ["status", "--spec", str(spec_path), "--check"])
+    assert status.exit_code == 1, status.output
+    assert (
+        f"alias champion is v{other} in the registry but v{champion} in retrain's audit: it "
+        "was moved outside retrain"
+    ) in " ".join(status.output.split())
+    assert CliRunner().invoke(app, ["status", "--spec", str(spec_path)]).exit_code == 0
+
+    flagged = monitor_flow(str(spec_path), as_of="2011-08-22")  # revert off by default
+    assert flagged["tampered"] == [
+        {
+            "alias": "champion",
+            "registry_version": other,
+            "audited_version": champion,
+            "reverted": False,
+        }
+    ]
+    assert registry.alias_version("champion") == other
+
+    out = monitor_flow(
+        str(spec_path), as_of="2011-08-22", overrides={"monitor.revert_tampered_alias": True}
+    )
+
+    assert out["tampered"][0]["reverted"] is True
+    assert registry.alias_version("champion") == champion
+    last = registry.ledger.alias_history(spec.name)[-1]
+    assert (last["alias"], last["from_version"], last["to_version"], last["actor"]) == (
+        "champion",
+        other,
+        champion,
+        "monitor",
+    )
+    assert last["reason"] == f"reverted: moved outside retrain to {other}"
+    assert registry.alias_drift() == ()
+    assert CliRunner().invoke(app, ["status", "--spec", str(spec_path), "--check"]).exit_code == 0
+    deadline = time.monotonic() + 60
+    while len(events := tampered_events(spec.name, started)) < 2 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert len(events) == 2
+    assert {e.payload["reverted"] for e in events} == {"True", "False"}
+    assert {e.payload["registry_version"] for e in events} == {other}

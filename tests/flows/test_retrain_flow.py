@@ -75,7 +75,7 @@ def test_a_second_run_reuses_the_feature_cache_and_is_compared_with_the_champion
     first = retrain_flow(str(spec_path), as_of=AS_OF, auto_approve=True)
     assert first["features_computed"] > 0
 
-    second = retrain_flow(str(spec_path), as_of=AS_OF, auto_approve=True)
+    second = retrain_flow(str(spec_path), as_of=AS_OF, auto_approve=True, force=True)
 
     assert second["features_computed"] == 0
     assert second["features_cached"] == first["features_computed"]
@@ -86,6 +86,30 @@ def test_a_second_run_reuses_the_feature_cache_and_is_compared_with_the_champion
     tags = registry.version(second["version"]).tags
     assert tags["retrain.champion_at_training"] == first["version"]
     assert tags["retrain.parent_version"] == "none"  # scratch: no weights inherited
+    # promoted, the same model does not push the last different champion out of `previous`
+    assert registry.aliases().get("previous") is None
+
+
+def test_a_rerun_on_the_champions_data_and_spec_is_skipped_unless_forced(tmp_path, bike_dir):
+    spec_path = write_spec(tmp_path, bike_dir)
+    first = retrain_flow(str(spec_path), as_of=AS_OF, auto_approve=True)
+
+    again = retrain_flow(str(spec_path), as_of=AS_OF, auto_approve=True)
+
+    assert again["status"] == "skipped"
+    assert f"are the ones champion v{first['version']} was trained with" in again["decision"]
+    assert "--force" in again["decision"]
+    registry, ledger, spec = registry_for(spec_path)
+    assert [v.version for v in registry.versions()] == [first["version"]]
+    assert [r.status for r in ledger.runs(spec.name)] == ["skipped", "promoted"]
+    # another spec (more trees) on the same data is a different model: it runs
+    changed = retrain_flow(
+        str(spec_path),
+        as_of=AS_OF,
+        auto_approve=True,
+        overrides={"lightgbm.num_boost_round": 7},
+    )
+    assert changed["status"] in ("promoted", "rejected")
 
 
 def test_a_worse_candidate_is_registered_but_the_champion_stays(tmp_path, bike_dir):

@@ -1,6 +1,7 @@
 """Property test: over any sequence of register / gate / approve / reject / rollback / forged
-promotion, `champion` only ever points to a version that passed the gate and was approved, and
-every alias change is audited."""
+promotion, and of promotions and rollbacks that fail at any step of their alias change (then
+recovered), `champion` only ever points to a version that passed the gate and was approved, and
+the audit replays to the registry's aliases (every alias change is audited, none twice)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,19 @@ import uuid
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from registry import DecisionFinal, ModelRegistry, PromotionRefused, RegistryError
 from registry.client import APPROVAL_TAG, GATE_TAG
 from retrain.ledger import Ledger
 from retrain.promotion import Approval, PromotionDecision, decide
+from tests.registry.audit import Injected, audit_replays_to_aliases, fail_at
 
 
 def make_machine(tracking_uri: str, ledger_url: str, artifact_root, make_record):
@@ -31,23 +39,23 @@ def make_machine(tracking_uri: str, ledger_url: str, artifact_root, make_record)
             self.versions: list[str] = []
             self.gate: dict[str, bool] = {}
             self.decided: set[str] = set()
-            self.alias_changes = 0
-            self.last_aliases: dict[str, str] = {}
+            self.approved: list[str] = []
 
-        def _count_alias_changes(self) -> None:
-            now = self.registry.aliases()
-            changed = {
-                a
-                for a in set(now) | set(self.last_aliases)
-                if now.get(a) != self.last_aliases.get(a)
-            }
-            self.alias_changes += len(changed)
-            self.last_aliases = now
+        @initialize()
+        def two_approved_versions(self) -> None:
+            """Start from a champion and a previous champion, so alias changes have work."""
+            for _ in range(2):
+                version = self.registry.register_candidate(make_record(), actor="prop")
+                self.versions.append(version)
+                self.gate[version] = True
+                self.decided.add(version)
+                self.approved.append(version)
+                self.registry.record_decision(approved_decision(version))
+                self.registry.promote(approved_decision(version), actor="prop")
 
         @rule()
         def register(self) -> None:
             self.versions.append(self.registry.register_candidate(make_record(), actor="prop"))
-            self._count_alias_changes()
 
         @precondition(lambda self: self.versions)
         @rule(data=st.data(), passed=st.booleans())
@@ -73,6 +81,7 @@ def make_machine(tracking_uri: str, ledger_url: str, artifact_root, make_record)
             self.registry.record_decision(decision)
             self.decided.add(version)
             if decision.promote:
+                self.approved.append(version)
                 self.registry.promote(decision, actor="prop")
             else:
                 try:
@@ -80,7 +89,6 @@ def make_machine(tracking_uri: str, ledger_url: str, artifact_root, make_record)
                     raise AssertionError("a refused decision moved the champion")
                 except PromotionRefused:
                     pass
-            self._count_alias_changes()
 
         @precondition(lambda self: self.versions)
         @rule(data=st.data())
@@ -95,7 +103,6 @@ def make_machine(tracking_uri: str, ledger_url: str, artifact_root, make_record)
                 assert legit, "a version without gate+approval tags became champion"
             except PromotionRefused:
                 assert not legit
-            self._count_alias_changes()
 
         @rule()
         def rollback(self) -> None:
@@ -105,7 +112,6 @@ def make_machine(tracking_uri: str, ledger_url: str, artifact_root, make_record)
                 assert "champion" in aliases and "previous" in aliases
             except RegistryError:
                 assert "champion" not in aliases or "previous" not in aliases
-            self._count_alias_changes()
 
         @invariant()
         def champion_passed_the_gate_and_was_approved(self) -> None:
@@ -116,12 +122,47 @@ def make_machine(tracking_uri: str, ledger_url: str, artifact_root, make_record)
                     assert tags.get(GATE_TAG) == "passed", (alias, version, tags)
                     assert tags.get(APPROVAL_TAG) == "approved", (alias, version, tags)
 
+        @precondition(lambda self: self.approved)
+        @rule(
+            data=st.data(),
+            step=st.integers(min_value=0, max_value=4),
+            recover=st.booleans(),
+        )
+        def promotion_or_rollback_that_fails_at_a_step(self, data, step: int, recover: bool):
+            """The alias change raises before its step ``step`` (0: the intent, 1..n: a move,
+            n + 1: marking it done); then recovery, now or by the next operation."""
+            version = data.draw(st.sampled_from(self.approved))
+            rollback = data.draw(st.booleans())
+            if recover:  # else the change below recovers an earlier one first
+                self.registry.recover_alias_changes()
+            before = self.registry.aliases()
+            self.registry.fault_hook = fail_at(step)
+            outcome: Exception | None = None
+            try:
+                if rollback:
+                    self.registry.rollback(actor="prop", reason="faulty rollback", to=version)
+                else:
+                    self.registry.promote(approved_decision(version), actor="prop")
+            except (Injected, RegistryError) as exc:
+                outcome = exc
+            finally:
+                self.registry.fault_hook = None
+            if recover:
+                self.registry.recover_alias_changes()
+                assert self.registry.ledger.pending_alias_changes(self.registry.model_name) == []
+                if isinstance(outcome, Injected):  # an interrupted change is undone
+                    assert self.registry.aliases() == before
+
         @invariant()
-        def every_alias_change_is_audited(self) -> None:
-            audit = self.registry.ledger.alias_history(self.registry.model_name)
-            assert len(audit) == self.alias_changes
+        def the_audit_replays_to_the_aliases(self) -> None:
+            if not self.registry.ledger.pending_alias_changes(self.registry.model_name):
+                audit_replays_to_aliases(self.registry)
 
     return RegistryMachine
+
+
+def approved_decision(version: str) -> PromotionDecision:
+    return PromotionDecision(version, True, True, True, "prop", "", False, "property test")
 
 
 def test_champion_invariant_holds_over_random_operation_sequences(
@@ -132,8 +173,8 @@ def test_champion_invariant_holds_over_random_operation_sequences(
     )
     test_case = machine.TestCase
     test_case.settings = settings(
-        max_examples=12,
-        stateful_step_count=12,
+        max_examples=15,
+        stateful_step_count=14,
         deadline=None,
         suppress_health_check=list(HealthCheck),
     )

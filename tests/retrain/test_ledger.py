@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from retrain.errors import LedgerError
-from retrain.ledger import SCHEMA_VERSION, Ledger, retrain_runs, schema_version
+from retrain.ledger import SCHEMA_VERSION, AliasMove, Ledger, retrain_runs, schema_version
 from tests.conftest import postgres_schema
 
 
@@ -221,6 +221,39 @@ def test_alias_changes_are_audited_in_order(ledger, model):
     ]
     assert history[1]["flow_run_id"] == "fr-9"
     assert history[0]["at"] <= history[2]["at"]
+
+
+def test_an_alias_change_is_pending_until_done_and_then_audited_once(ledger, model):
+    moves = [
+        AliasMove("champion", "1", "2", "approved by ana"),
+        AliasMove("previous", None, "1", "replaced by version 2"),
+    ]
+    intent = ledger.begin_alias_change(model, moves, "ana", flow_run_id="fr-1")
+
+    [pending] = ledger.pending_alias_changes(model)
+    assert (pending.id, pending.moves, pending.actor) == (intent, tuple(moves), "ana")
+    assert ledger.alias_history(model) == []  # nothing audited before it is done
+
+    assert ledger.finish_alias_change(intent) is True
+    assert ledger.finish_alias_change(intent) is False  # a second finisher writes nothing
+    assert ledger.pending_alias_changes(model) == []
+    history = ledger.alias_history(model)
+    assert [(h["alias"], h["from_version"], h["to_version"]) for h in history] == [
+        ("champion", "1", "2"),
+        ("previous", None, "1"),
+    ]
+    assert {h["flow_run_id"] for h in history} == {"fr-1"}
+    assert ledger.audited_aliases(model) == {"champion": "2", "previous": "1"}
+
+
+def test_a_reverted_alias_change_audits_only_what_it_is_given(ledger, model):
+    intent = ledger.begin_alias_change(model, [AliasMove("champion", "1", "2", "x")], "ana")
+
+    assert ledger.finish_alias_change(intent, "reverted", "nothing had moved yet", audit=[])
+
+    assert ledger.alias_history(model) == []
+    [change] = ledger.alias_changes(model)
+    assert (change["status"], change["note"]) == ("reverted", "nothing had moved yet")
 
 
 def test_a_ledger_newer_than_this_code_is_refused(ledger):
