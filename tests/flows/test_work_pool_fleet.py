@@ -37,7 +37,8 @@ from tests.flows.conftest import (
 )
 
 POOL = "fleet"
-MODELS = 3
+# two models, the least that can overlap; a third would add a round of ~45 s to the suite
+MODELS = 2
 RUN_TIMEOUT = 300
 LIMIT_REACHED = "Deployment concurrency limit reached."
 FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
@@ -162,10 +163,15 @@ def test_two_workers_run_a_fleet_of_models_concurrently_and_each_model_one_at_a_
                 client.read_deployment_by_name(f"retrain/fleet-{i}-scheduled")
                 for i in range(MODELS)
             ]
-            # one run per model, and a second run of the first model asked for at once
-            first = [client.create_flow_run_from_deployment(d.id) for d in deployments]
-            again = client.create_flow_run_from_deployment(deployments[0].id)
-        runs = wait_until_final(postgres_server, [r.id for r in [*first, again]], workers)
+            # one run per model, and a second run of the first model asked for right after its
+            # first: a free worker picks it up while the first runs (and the server cancels
+            # it), or after the first has finished
+            first, again, *others = [
+                client.create_flow_run_from_deployment(d.id)
+                for d in [deployments[0], deployments[0], *deployments[1:]]
+            ]
+        ids = [run.id for run in [first, *others, again]]
+        runs = wait_until_final(postgres_server, ids, workers)
         with client_of(postgres_server) as client:
             histories = {run.name: client.read_flow_run_states(run.id) for run in runs}
     finally:
