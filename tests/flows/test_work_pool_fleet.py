@@ -9,7 +9,6 @@ two ``prefect worker start --pool NAME --limit 1`` processes that each run one r
 from __future__ import annotations
 
 import itertools
-import re
 import subprocess
 import time
 import uuid
@@ -19,7 +18,6 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import yaml
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.objects import FlowRun, StateType
 
 from retrain.config import load_spec
@@ -42,7 +40,6 @@ MODELS = 2
 RUN_TIMEOUT = 300
 LIMIT_REACHED = "Deployment concurrency limit reached."
 FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
-SUBMITTED = re.compile(r"Worker '([^']+)' submitting flow run")
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +124,16 @@ def wait_for_workers(
             time.sleep(1)
 
 
-def worker_of(server: PrefectServer, run: FlowRun) -> str | None:
-    """The worker that submitted ``run``, from the run's own log ("Worker 'w' submitting ...")."""
-    with client_of(server) as client:
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
-    names = {m.group(1) for log in logs if (m := SUBMITTED.search(log.message))}
-    assert len(names) <= 1, f"run {run.name} was submitted by several workers: {names}"
-    return names.pop() if names else None
+def ran_by(run: FlowRun, workers: dict[str, tuple[subprocess.Popen, Path]]) -> str:
+    """The worker whose process ran ``run``: a process worker streams its runs' output, and the
+    engine's last line names the run ("Flow run 'name' - Finished in state ..."). Not the
+    "submitting" line: two workers may both try to submit one run, and one of them loses."""
+    finished = f"Flow run '{run.name}' - Finished in state"
+    names = [
+        name for name, (_, log) in workers.items() if finished in log.read_text(errors="replace")
+    ]
+    assert len(names) == 1, f"run {run.name} finished in the output of {names or 'no worker'}"
+    return names[0]
 
 
 @pytest.mark.slow
@@ -194,8 +194,8 @@ def test_two_workers_run_a_fleet_of_models_concurrently_and_each_model_one_at_a_
     ), f"{second.name}: {second.state}"
 
     # both workers ran retrains, and retrains of different models ran at the same time
-    ran_by = {run.name: worker_of(postgres_server, run) for run in model_runs}
-    assert set(ran_by.values()) == set(workers), ran_by
+    runners = {run.name: ran_by(run, workers) for run in model_runs}
+    assert set(runners.values()) == set(workers), runners
     model_of = {run.name: str(run.deployment_id) for run in runs}
     running = sorted(running_intervals(histories))
     overlapping = [
