@@ -63,6 +63,45 @@ def dask_client(scheduler: Any = None, workers: int = 2) -> Iterator[Any]:
         client.close()
 
 
+def _concat(*parts: Any) -> Any:
+    return pd.concat(parts) if len(parts) > 1 else parts[0]
+
+
+def place_partitions(client: Any, X: Any, y: Any) -> tuple[Any, Any]:
+    """``X`` and ``y`` computed onto the workers in a fixed layout: one partition per worker,
+    the ``k``-th of the ``n`` workers (in address order) holding partitions ``k, k+n, k+2n...``
+    of the input, concatenated in that order (features and labels alike).
+
+    LightGBM's distributed fit depends on which rows each worker holds, and in which order
+    (each worker bins its share of the features on its own rows). Left to the scheduler, the
+    layout changes from run to run and so does the model: on the same data and seed, the
+    holdout error of a warm increment on two workers varied by 9% between runs. With a fixed
+    layout, the same data, seed and number of workers give the same model.
+    """
+    import dask
+    import dask.dataframe as dd
+    from distributed import wait
+
+    workers = sorted(client.scheduler_info()["workers"])
+    if not workers:
+        raise TrainingError(
+            "the Dask cluster has no worker: start `dask worker SCHEDULER_ADDRESS` processes"
+        )
+    xs, ys = X.to_delayed(), y.to_delayed()
+    placed = []
+    for k, worker in enumerate(workers[: len(xs)]):
+        mine = range(k, len(xs), len(workers))
+        parts = [
+            dask.delayed(_concat)(*[xs[i] for i in mine]),
+            dask.delayed(_concat)(*[ys[i] for i in mine]),
+        ]
+        placed.append(client.compute(parts, workers=[worker], allow_other_workers=False))
+    wait([future for pair in placed for future in pair])
+    X_placed = dd.from_delayed([pair[0] for pair in placed], meta=X._meta, verify_meta=False)
+    y_placed = dd.from_delayed([pair[1] for pair in placed], meta=y._meta, verify_meta=False)
+    return X_placed, y_placed
+
+
 class DaskLightGBMTrainer(LightGBMTrainer):
     """:class:`LightGBMTrainer` fitted through ``lightgbm.dask`` on a Dask dataframe.
 
@@ -160,6 +199,7 @@ class DaskLightGBMTrainer(LightGBMTrainer):
         else:
             self.reference_ = init.reference_
 
+        encoded, label = place_partitions(client, encoded, label)
         estimator = (
             lgb_dask.DaskLGBMClassifier if self.task == "binary" else lgb_dask.DaskLGBMRegressor
         )

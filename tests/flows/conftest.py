@@ -9,6 +9,7 @@ PREFECT_API_URL explicitly, and through a Prefect client pointed at it (``client
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import signal
 import socket
@@ -131,16 +132,13 @@ class PrefectServer:
         return {**base_env(self.home), "PREFECT_API_URL": self.url}
 
 
-@pytest.fixture(scope="module")
-def live_server(tmp_path_factory) -> Iterator[PrefectServer]:
-    """``prefect server start`` on a free port and a fresh SQLite database (one per module)."""
-    root = tmp_path_factory.mktemp("prefect-server")
+@contextlib.contextmanager
+def prefect_server_on(root: Path, database_url: str) -> Iterator[PrefectServer]:
+    """``prefect server start`` on a free port and the database ``database_url`` (a SQLAlchemy
+    async URL: ``sqlite+aiosqlite:///...`` or ``postgresql+asyncpg://...``); stopped after."""
     port = free_port()
     env = base_env(root / "home")
-    env.update(
-        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{root / 'prefect.db'}",
-        PREFECT_UI_ENABLED="false",
-    )
+    env.update(PREFECT_API_DATABASE_CONNECTION_URL=database_url, PREFECT_UI_ENABLED="false")
     log = root / "server.log"
     process = start(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -168,6 +166,14 @@ def live_server(tmp_path_factory) -> Iterator[PrefectServer]:
         stop(process)
 
 
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory) -> Iterator[PrefectServer]:
+    """``prefect server start`` on a free port and a fresh SQLite database (one per module)."""
+    root = tmp_path_factory.mktemp("prefect-server")
+    with prefect_server_on(root, f"sqlite+aiosqlite:///{root / 'prefect.db'}") as server:
+        yield server
+
+
 def client_of(server: PrefectServer) -> SyncPrefectClient:
     """A Prefect client of ``server`` (not of the session's test harness)."""
     return SyncPrefectClient(server.url)
@@ -183,6 +189,19 @@ def read_deployment(server: PrefectServer, name: str, timeout: float = 60):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1)
+
+
+def running_intervals(histories: dict[str, list]) -> list[tuple[datetime.datetime, Any, str]]:
+    """(entered Running, left Running, run name) of every run that ran; still running: no end."""
+    far = datetime.datetime.max.replace(tzinfo=datetime.UTC)
+    intervals = []
+    for name, states in histories.items():
+        ordered = sorted(states, key=lambda state: state.timestamp)
+        for i, state in enumerate(ordered):
+            if state.type == StateType.RUNNING:
+                left = [s.timestamp for s in ordered[i + 1 :] if s.type != StateType.RUNNING]
+                intervals.append((state.timestamp, left[0] if left else far, name))
+    return intervals
 
 
 def completed_runs(

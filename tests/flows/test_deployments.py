@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
-from prefect.client.schemas.objects import ConcurrencyLimitStrategy, StateType
+from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 from typer.testing import CliRunner
@@ -36,6 +36,7 @@ from tests.flows.conftest import (
     completed_run,
     free_port,
     read_deployment,
+    running_intervals,
     start,
     stop,
 )
@@ -225,19 +226,6 @@ def test_deploy_prefect_yaml_defines_the_same_deployment_as_retrain_serve():
 
 
 # --- a real Prefect server in a subprocess (the live_server fixture: conftest.py) -----------
-
-
-def running_intervals(histories: dict[str, list]) -> list[tuple[datetime.datetime, Any, str]]:
-    """(entered Running, left Running, run name) of every run that ran; still running: no end."""
-    far = datetime.datetime.max.replace(tzinfo=datetime.UTC)
-    intervals = []
-    for name, states in histories.items():
-        ordered = sorted(states, key=lambda state: state.timestamp)
-        for i, state in enumerate(ordered):
-            if state.type == StateType.RUNNING:
-                left = [s.timestamp for s in ordered[i + 1 :] if s.type != StateType.RUNNING]
-                intervals.append((state.timestamp, left[0] if left else far, name))
-    return intervals
 
 
 def serve_every_5s(

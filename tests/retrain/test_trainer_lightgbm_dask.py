@@ -11,7 +11,7 @@ import pytest
 from retrain.backtest import score
 from retrain.errors import TrainingError
 from retrain.trainers import LightGBMTrainer
-from retrain.trainers.lightgbm_dask import DaskLightGBMTrainer
+from retrain.trainers.lightgbm_dask import DaskLightGBMTrainer, place_partitions
 from tests.retrain.test_trainer_lightgbm import SMALL, make_data
 
 dd = pytest.importorskip("dask.dataframe")
@@ -104,3 +104,24 @@ def test_missing_labels_anywhere_in_the_frame_are_refused(client):
     y[-3] = np.nan  # in the last Dask partition, not the first
     with pytest.raises(TrainingError, match="missing labels"):
         DaskLightGBMTrainer(**options(), client=client).fit(*as_dask(X, y, parts=4))
+
+
+def test_partitions_are_placed_on_the_workers_in_a_fixed_layout(client):
+    X, y = make_data(70)
+    X_d, y_d = as_dask(X, y, parts=7)  # 10 rows each
+    workers = sorted(client.scheduler_info()["workers"])
+
+    X_p, y_p = place_partitions(client, X_d, y_d)
+
+    # one partition per worker: the k-th worker holds input partitions k, k+2, k+4, ... in order
+    assert X_p.npartitions == y_p.npartitions == len(workers) == 2
+    for k, (x_part, y_part) in enumerate(zip(X_p.to_delayed(), y_p.to_delayed(), strict=True)):
+        expected = pd.concat([X_d.partitions[i].compute() for i in range(k, 7, 2)])
+        pd.testing.assert_frame_equal(x_part.compute(), expected)
+        assert y_part.compute().index.equals(expected.index)
+    held = client.run(
+        lambda dask_worker: sorted(
+            len(value) for key, value in dask_worker.data.items() if "_concat" in str(key)
+        )
+    )
+    assert [held[w] for w in workers] == [[40, 40], [30, 30]]  # features and labels together
