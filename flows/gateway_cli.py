@@ -7,14 +7,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from flows.cli_edge import handled
 from flows.settings import resolve_spec
-from retrain.errors import RetrainError
-
-console = Console(stderr=True)
 
 
+@handled
 def gateway_command(
     spec: Annotated[
         list[Path], typer.Option("--spec", "-s", help="Model spec file; repeat for more models.")
@@ -24,21 +22,12 @@ def gateway_command(
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "warning",
 ) -> None:
     """Serve the models' champion and challenger (routing from each spec's [live] table)."""
-    try:
-        specs = [resolve_spec(path) for path in spec]
-    except RetrainError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=2) from None
+    specs = [resolve_spec(path) for path in spec]
     import uvicorn
 
     from gateway.app import create_app
-    from gateway.errors import GatewayError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        app = create_app(specs)
-    except GatewayError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=2) from None
+    app = create_app(specs)
     # a SIGTERM lets answers in flight finish and the prediction log drain before exit
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)

@@ -325,6 +325,18 @@ def wait_for_approval(
         ledger.suspend_run(spec.name, run_id)
         return _suspended_answer(spec, version, description)
     form = ApprovalInput.with_initial_data(description=description, decision="reject")
+    logger.warning(
+        "%s v%s waits for an operator (at most %s): answer in the Prefect UI%s, or with "
+        "`retrain approve %s %s` / `retrain reject %s %s`",
+        spec.name,
+        version,
+        spec.gate.approval_timeout,
+        f" ({_run_page()})" if _run_page() else "",
+        spec.name,
+        version,
+        spec.name,
+        version,
+    )
     try:
         answer = pause_flow_run(
             wait_for_input=form,
@@ -334,7 +346,16 @@ def wait_for_approval(
         )
     except FlowPauseTimeout:
         return timed_out(spec.gate.approval_timeout)
-    return _approval(answer)
+    return _approval(answer, spec)
+
+
+def _run_page() -> str | None:
+    """This flow run's page in the Prefect UI, when the server has one."""
+    from prefect.settings import get_current_settings
+
+    ui = get_current_settings().ui_url
+    run = _flow_run_id()
+    return f"{ui}/runs/flow-run/{run}" if ui and run else None
 
 
 def _suspended_answer(spec: ModelSpec, version: str, description: str) -> Approval:
@@ -348,11 +369,14 @@ def _suspended_answer(spec: ModelSpec, version: str, description: str) -> Approv
     )
     if answer is None:
         raise ApprovalError(f"flow run resumed without an answer for {spec.name} version {version}")
-    return _approval(answer)
+    return _approval(answer, spec)
 
 
-def _approval(answer: ApprovalInput) -> Approval:
+def _approval(answer: ApprovalInput, spec: ModelSpec) -> Approval:
     approver = answer.approver.strip() or "unknown operator"
+    if answer.decision == "approve" and not spec.gate.approver_allowed(approver):
+        # the Prefect form accepts any name: an approval only counts from gate.approvers
+        return Approval(False, approver, f"{approver!r} is not in gate.approvers: not counted")
     return Approval(answer.decision == "approve", approver, answer.comment)
 
 
