@@ -35,8 +35,14 @@ if TYPE_CHECKING:  # pandas, MLflow and Prefect load only when a command needs t
     from retrain.config import ModelSpec
     from retrain.ledger import Ledger
 
+EXIT_CODES = (
+    "Exit codes: 0 ok, 1 error, 2 usage, 3 bad spec, 4 bad data, 5 refused (gate, approver, "
+    "registry), 6 skipped, 7 infrastructure down (ledger, MLflow, Prefect, disk), "
+    "130 interrupted, 143 terminated. See docs/cli.md."
+)
 app = typer.Typer(
-    help="Continual retraining: train, backtest and promote models.", no_args_is_help=True
+    help=f"Continual retraining: train, backtest and promote models.\n\n{EXIT_CODES}",
+    no_args_is_help=True,
 )
 run_app = typer.Typer(help="Run one retrain now.", no_args_is_help=True)
 ledger_app = typer.Typer(help="The ledger database.", no_args_is_help=True)
@@ -81,11 +87,7 @@ def _edge_environment(
         ),
     ] = False,
 ) -> None:
-    """Continual retraining: train, backtest and promote models.
-
-    Exit codes: 0 ok, 1 error, 2 usage, 3 bad spec, 4 bad data, 5 refused (gate, approver,
-    registry), 6 skipped, 7 infrastructure down (ledger, MLflow, Prefect, disk), 130 interrupted.
-    """
+    """Continual retraining: train, backtest and promote models."""
     state.verbose = verbose
     state.json = False
     for key, value in EMBEDDED_ENV.items():
@@ -413,7 +415,8 @@ def _seconds(age: Any) -> float | None:
 
 
 def _metrics_of(tags: dict[str, str]) -> dict[str, float]:
-    """The metrics among a version's tags (``retrain.<metric>.candidate`` ...), as floats."""
+    """The backtest metrics among a version's tags (``retrain.backtest.mae.candidate`` ...), as
+    floats (tags hold 6 significant digits; the ledger run's ``backtest`` holds them all)."""
     out: dict[str, float] = {}
     for key, value in tags.items():
         if key.endswith((".candidate", ".champion", ".baseline")):
@@ -491,6 +494,12 @@ def status(
                         "finished_at": r.finished_at,
                         "reason": r.reason,
                         "error": r.error,
+                        # the backtest as computed (full precision): what the gate decided on
+                        "backtest": {
+                            k: v
+                            for k, v in r.metrics.items()
+                            if isinstance(v, int | float) and not isinstance(v, bool)
+                        },
                     }
                     for r in recent
                 ],
