@@ -547,15 +547,16 @@ def _retrain(
         return resume_after_answer(spec, ledger, registry, earlier, actor)
     expire_unanswered(spec, ledger, registry)
     run_id = ledger.start_run(spec.name, mode, reason, actor=actor, flow_run_id=_flow_run_id())
-    # one retrain per model: a run still waiting for approval keeps its claim until it ends
-    holder = ledger.claim_model(
-        spec.name, run_id, stale_after=pd.Timedelta(spec.gate.approval_timeout) + CLAIM_MARGIN
-    )
-    if holder is not None:
-        note = f"another retrain of {spec.name} is running (ledger run {holder})"
-        return _skipped(ledger, spec, mode, run_id, note)
-    # suspended for its operator: the run and its claim wait in the ledger
+    # suspended for its operator: the run and its claim wait in the ledger; an interrupt from
+    # here on (Ctrl-C, SIGTERM) finishes the run as failed
     with holding_claim(ledger, spec.name, run_id):
+        # one retrain per model: a run still waiting for approval keeps its claim until it ends
+        holder = ledger.claim_model(
+            spec.name, run_id, stale_after=pd.Timedelta(spec.gate.approval_timeout) + CLAIM_MARGIN
+        )
+        if holder is not None:
+            note = f"another retrain of {spec.name} is running (ledger run {holder})"
+            return _skipped(ledger, spec, mode, run_id, note)
         prepared = prepare_data(spec, cutoff, ledger)
         champion = load_champion(registry)
         prepared = align_to_champion(prepared, mode, champion, spec.gate.refit)
