@@ -118,8 +118,17 @@ def test_a_run_prints_json_alone_on_stdout_and_nothing_on_stderr(tmp_path, bike_
     spec = write_spec(tmp_path, bike_dir)
 
     done = subprocess.run(
-        [str(BIN / "retrain"), "run", "manual", "--spec", str(spec), "--as-of", "2011-04-29"]
-        + ["--auto-approve", "--json"],
+        [
+            str(BIN / "retrain"),
+            "run",
+            "manual",
+            "--spec",
+            str(spec),
+            "--as-of",
+            "2011-04-29",
+            "--auto-approve",
+            "--json",
+        ],  # fmt: skip
         env=quiet_env(tmp_path),
         cwd=tmp_path,
         capture_output=True,
