@@ -128,7 +128,7 @@ def test_a_run_prints_json_alone_on_stdout_and_nothing_on_stderr(tmp_path, bike_
             "2011-04-29",
             "--auto-approve",
             "--json",
-        ],  # fmt: skip
+        ],
         env=quiet_env(tmp_path),
         cwd=tmp_path,
         capture_output=True,
