@@ -231,6 +231,7 @@ def setup_logging(verbose: bool) -> None:
     if verbose:
         for name in ("retrain", "registry", "flows"):
             logging.getLogger(name).setLevel(logging.INFO)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per Prefect API call
     state.verbose = state.verbose or verbose
     quiet_flow_runs()
 

@@ -292,9 +292,13 @@ class Ledger:
                 value = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
                 return int(value or 0)
         except sa.exc.OperationalError as exc:
-            raise LedgerUnreachable(
-                f"cannot reach the ledger at {self.safe_url()}: {exc.orig}"
-            ) from None
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: sa.exc.OperationalError) -> LedgerUnreachable:
+        return LedgerUnreachable(
+            f"cannot reach the ledger at {self.safe_url()}: {exc.orig}; start the database or "
+            "fix state.ledger_url / RETRAIN_LEDGER_URL"
+        )
 
     def migrate(self) -> int:
         """Bring the schema to the newest version; returns the number of steps applied."""
@@ -315,9 +319,7 @@ class Ledger:
                     )
                 applied = SCHEMA_VERSION - current
         except sa.exc.OperationalError as exc:
-            raise LedgerUnreachable(
-                f"cannot reach the ledger at {self.safe_url()}: {exc.orig}"
-            ) from None
+            raise self._unreachable(exc) from None
         if applied:
             logger.info("ledger %s migrated to schema version %d", self.safe_url(), SCHEMA_VERSION)
         self._schema_checked = True

@@ -223,6 +223,18 @@ def test_json_output_is_the_outcome_at_full_precision_and_a_skipped_run_exits_6(
     assert skipped.exit_code == 6
     assert json.loads(skipped.stdout)["status"] == "skipped"
 
+    checked = runner.invoke(
+        app, ["monitor", "--spec", str(spec), "--as-of", "2011-04-30", "--json"]
+    )
+    assert checked.exit_code == 0, checked.output
+    check = json.loads(checked.stdout)
+    assert check["signals"], check
+    assert {r["check_id"] for r in check["signals"]} == {check["check_id"]}
+    history = json.loads(
+        runner.invoke(app, ["signals", "bike-test", "--spec", str(spec), "--json"]).stdout
+    )
+    assert [c["id"] for c in history["decisions"]] == [check["check_id"]]
+
 
 def test_the_table_shows_four_significant_digits(tmp_path, bike_dir):
     from retrain.config import load_spec
