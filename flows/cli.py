@@ -93,7 +93,8 @@ def _edge_environment(
     for key, value in EMBEDDED_ENV.items():
         os.environ.setdefault(key, value)
     quiet_environment(verbose)
-    on_terminate()
+    if state.standalone:  # not in an in-process runner: its signals are not ours
+        on_terminate()
     # MLflow nags about type hints on every PythonModel; our models take DataFrames on purpose.
     warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
 
@@ -128,12 +129,6 @@ def _run_flow(spec_path: Path, **kwargs: Any) -> dict[str, Any]:
 
     quiet_flow_runs()  # Prefect's logging setup (at its import) replaced the root's handlers
     return retrain_flow(spec_path=str(spec_path), **kwargs)
-
-
-def _print(*renderables: Any) -> None:
-    """Human output on stdout; nothing with ``--json`` (stdout holds the JSON only)."""
-    if not state.json:
-        console.print(*renderables)
 
 
 def _outcome_table(title: str, rows: list[dict[str, Any]]) -> Table:

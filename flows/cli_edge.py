@@ -179,6 +179,8 @@ def stop_now(code: int) -> None:
     helpers) and, as the console script, exit at once. What the run recorded (the ledger's
     failed run, the flow run's Crashed state) is written before the exception gets here;
     what is left are exit handlers that would wait on the stopped children."""
+    if not state.standalone:
+        return  # an in-process runner (tests): its children are not ours to stop
     import psutil
 
     children = psutil.Process().children(recursive=True)
@@ -189,10 +191,9 @@ def stop_now(code: int) -> None:
     for child in alive:
         with contextlib.suppress(psutil.Error):
             child.kill()
-    if state.standalone:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # -- quiet by default ---------------------------------------------------------------------------
@@ -204,7 +205,10 @@ FLOW_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 
 def quiet_environment(verbose: bool) -> None:
     """Before Prefect or MLflow is imported: their INFO logs only with ``-v``. An operator's
-    own environment wins."""
+    own environment wins. Only in the console script: an in-process runner's (the tests')
+    environment and warnings are not ours to change."""
+    if not state.standalone:
+        return
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, "INFO" if verbose else value)
     # library warnings (MLflow, pydantic, LightGBM ...) are for developers: they become log
