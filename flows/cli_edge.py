@@ -242,8 +242,9 @@ def setup_logging(verbose: bool) -> None:
 
 def quiet_flow_runs() -> None:
     """Attach :class:`FlowRunTracebacks` to the root's handlers (again after Prefect's logging
-    setup replaced them), unless ``-v``."""
-    if state.verbose:
+    setup replaced them), unless ``-v``; only in the console script (an in-process runner's
+    handlers, e.g. pytest's log capture, are not ours)."""
+    if state.verbose or not state.standalone:
         return
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, FlowRunTracebacks) for f in handler.filters):

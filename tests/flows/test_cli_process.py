@@ -140,3 +140,25 @@ def test_a_run_prints_json_alone_on_stdout_and_nothing_on_stderr(tmp_path, bike_
     assert json.loads(done.stdout)["status"] == "promoted"
     # no Prefect INFO lines, no MLflow warnings, no flow-run tracebacks
     assert done.stderr == ""
+
+
+@pytest.mark.slow
+def test_a_failing_run_is_one_error_line_without_prefects_tracebacks(tmp_path, bike_dir):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here
+    spec = write_spec(tmp_path, bike_dir, **{"state.tracking_uri": f"http://127.0.0.1:{port}"})
+    env = {**quiet_env(tmp_path), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
+
+    done = subprocess.run(
+        [str(BIN / "retrain"), "run", "manual", "--spec", str(spec), "--as-of", "2011-04-29",
+         "--auto-approve"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=START_TIMEOUT,
+    )  # fmt: skip
+
+    assert done.returncode == 7  # infrastructure down
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"error: the MLflow tracking server http://127.0.0.1:{port} does not")
