@@ -216,6 +216,8 @@ def quiet_environment(verbose: bool) -> None:
     # in front of ours at import, so a filter alone does not hold)
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose else logging.ERROR)
+    # MLflow's HTTP client retries a server that does not answer: a warning per retry
+    logging.getLogger("urllib3").setLevel(logging.WARNING if verbose else logging.ERROR)
 
 
 class FlowRunTracebacks(logging.Filter):
