@@ -2,28 +2,47 @@
 
 from __future__ import annotations
 
-import logging
+import getpass
 import os
 import shutil
 import warnings
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows.cli_edge import (
+    ExitCode,
+    emit_json,
+    fail,
+    handled,
+    metric,
+    on_terminate,
+    quiet_environment,
+    quiet_flow_runs,
+    state,
+)
+from flows.errors import ApprovalNotAllowed, CannotWait, FlowError
 from flows.gateway_cli import gateway_command, live_evaluate_command
 from flows.settings import resolve_spec
 from flows.simulate_cli import simulate_command
-from retrain.config import ModelSpec
 from retrain.errors import RetrainError
-from retrain.families.lineage import NONE, Lineage, Tag
-from retrain.ledger import Ledger
 
+if TYPE_CHECKING:  # pandas, MLflow and Prefect load only when a command needs them
+    from retrain.config import ModelSpec
+    from retrain.ledger import Ledger
+
+EXIT_CODES = (
+    "Exit codes: 0 ok, 1 error, 2 usage, 3 bad spec, 4 bad data, 5 refused (gate, approver, "
+    "registry), 6 skipped, 7 infrastructure down (ledger, MLflow, Prefect, disk), "
+    "130 interrupted, 143 terminated. See docs/cli.md."
+)
 app = typer.Typer(
-    help="Continual retraining: train, backtest and promote models.", no_args_is_help=True
+    help=f"Continual retraining: train, backtest and promote models.\n\n{EXIT_CODES}",
+    no_args_is_help=True,
 )
 run_app = typer.Typer(help="Run one retrain now.", no_args_is_help=True)
 ledger_app = typer.Typer(help="The ledger database.", no_args_is_help=True)
@@ -47,10 +66,35 @@ EMBEDDED_ENV = {
 }
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"retrain {metadata.version('retrain')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _edge_environment() -> None:
+def _edge_environment(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Show Prefect's and MLflow's logs and full tracebacks."
+        ),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Continual retraining: train, backtest and promote models."""
+    state.verbose = verbose
+    state.json = False
     for key, value in EMBEDDED_ENV.items():
         os.environ.setdefault(key, value)
+    quiet_environment(verbose)
+    if state.standalone:  # not in an in-process runner: its signals are not ours
+        on_terminate()
     # MLflow nags about type hints on every PythonModel; our models take DataFrames on purpose.
     warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
 
@@ -71,40 +115,32 @@ def _overrides(state_dir: Path | None) -> dict[str, Any]:
 
 
 def _load(spec: Path | None, state_dir: Path | None) -> ModelSpec:
-    try:
-        return resolve_spec(spec or demo_spec_path(), _overrides(state_dir))
-    except RetrainError as exc:
-        _fail(exc)
+    return resolve_spec(spec or demo_spec_path(), _overrides(state_dir))
 
 
-def _fail(exc: Exception) -> NoReturn:
-    console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=2)
+def _ledger(model_spec: ModelSpec) -> Ledger:
+    from retrain.ledger import Ledger
 
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    return Ledger(model_spec.state.ledger)
 
 
 def _run_flow(spec_path: Path, **kwargs: Any) -> dict[str, Any]:
     from flows.retrain_flow import retrain_flow
 
+    quiet_flow_runs()  # Prefect's logging setup (at its import) replaced the root's handlers
     return retrain_flow(spec_path=str(spec_path), **kwargs)
 
 
 def _outcome_table(title: str, rows: list[dict[str, Any]]) -> Table:
-    metric = rows[0]["outcome"]["metric"] if rows else ""
+    name = rows[0]["outcome"]["metric"] if rows else ""
     table = Table(title=title)
     for col in (
         "step",
         "as of",
         "version",
-        f"candidate {metric}",
-        f"champion {metric}",
-        f"baseline {metric}",
+        f"candidate {name}",
+        f"champion {name}",
+        f"baseline {name}",
         "gate",
         "promoted",
         "champion after",
@@ -116,9 +152,9 @@ def _outcome_table(title: str, rows: list[dict[str, Any]]) -> Table:
             row["step"],
             row["as_of"] or "latest",
             o["version"],
-            f"{o['candidate']:.2f}",
-            "-" if o["champion"] is None else f"{o['champion']:.2f}",
-            f"{o['baseline']:.2f}",
+            metric(o["candidate"]),
+            metric(o["champion"]),
+            metric(o["baseline"]),
             "passed" if o["gate_passed"] else "[red]failed[/]",
             "[green]yes[/]" if o["promoted"] else "no",
             row["champion_after"] or "-",
@@ -134,7 +170,46 @@ AutoApproveOption = Annotated[
 ]
 ReasonOption = Annotated[str, typer.Option(help="Why this retrain (recorded).")]
 ActorOption = Annotated[str, typer.Option(help="Who asked for it (recorded).")]
-VerboseOption = Annotated[bool, typer.Option("--verbose", "-v")]
+VerboseOption = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Show Prefect's and MLflow's logs and tracebacks.")
+]
+JsonOption = Annotated[
+    bool,
+    typer.Option("--json", help="Print the result as JSON on stdout (full precision), only that."),
+]
+
+
+def _check_as_of(as_of: str | None) -> None:
+    """A bad --as-of is a usage error, before any work."""
+    if as_of is None:
+        return
+    from retrain.errors import DataError
+    from retrain.families.spine import parse_as_of
+
+    try:
+        parse_as_of(as_of)
+    except DataError as exc:
+        raise fail(str(exc), ExitCode.USAGE) from None
+
+
+def _prefect_ui_url() -> str | None:
+    """PREFECT_API_URL (environment or Prefect profile): a server with a UI and a run page."""
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url or None
+
+
+def refuse_unanswerable_wait(model_spec: ModelSpec, auto_approve: bool) -> None:
+    """Without a Prefect server, nobody can answer an approval (the temporary server has no
+    UI and dies with this process): refuse before any work, saying what to do instead."""
+    if not model_spec.gate.require_approval or auto_approve or _prefect_ui_url():
+        return
+    raise CannotWait(
+        f"{model_spec.name} needs an operator's approval (gate.require_approval) and no Prefect "
+        "server is configured, so nobody could answer: pass --auto-approve, or start one "
+        "(`prefect server start`; `export PREFECT_API_URL=http://127.0.0.1:4200/api`) and "
+        f"answer in its UI or with `retrain approve {model_spec.name} VERSION`"
+    )
 
 
 def _run_mode(
@@ -145,40 +220,52 @@ def _run_mode(
     reason: str,
     actor: str,
     state_dir: Path | None,
-    verbose: bool,
+    as_json: bool = False,
     force: bool = False,
 ) -> None:
-    from registry.errors import RegistryError
-
-    _setup_logging(verbose)
-    _load(spec, state_dir)  # validate before starting a flow run
-    try:
-        outcome = _run_flow(
-            spec,
-            mode=mode,
-            reason=reason,
-            as_of=as_of,
-            auto_approve=auto_approve,
-            actor=actor,
-            overrides=_overrides(state_dir),
-            force=force,
-        )
-    except (RetrainError, RegistryError) as exc:
-        _fail(exc)
+    _check_as_of(as_of)
+    model_spec = _load(spec, state_dir)  # validate before starting a flow run
+    refuse_unanswerable_wait(model_spec, auto_approve)
+    outcome = _run_flow(
+        spec,
+        mode=mode,
+        reason=reason,
+        as_of=as_of,
+        auto_approve=auto_approve,
+        actor=actor,
+        overrides=_overrides(state_dir),
+        force=force,
+    )
+    code = outcome_code(outcome)
+    if as_json:
+        emit_json(outcome)
+        raise typer.Exit(code=int(code))
     if outcome["status"] == "skipped":
         console.print(f"{mode} retrain skipped: {outcome['decision']}")
-        return
-    row = {
-        "step": f"{mode} ({outcome['strategy']})",
-        "as_of": as_of,
-        "outcome": outcome,
-        "champion_after": outcome["version"] if outcome["promoted"] else None,
-    }
-    console.print(_outcome_table(f"{mode} retrain", [row]))
+        raise typer.Exit(code=int(code))
+    if "candidate" in outcome:
+        row = {
+            "step": f"{mode} ({outcome['strategy']})",
+            "as_of": as_of,
+            "outcome": outcome,
+            "champion_after": outcome["version"] if outcome["promoted"] else None,
+        }
+        console.print(_outcome_table(f"{mode} retrain", [row]))
     console.print(f"decision: {outcome['decision']}")
+    raise typer.Exit(code=int(code))
+
+
+def outcome_code(outcome: dict[str, Any]) -> ExitCode:
+    """0 promoted (or handed to its live test), 5 not promoted, 6 skipped."""
+    if outcome["status"] == "skipped":
+        return ExitCode.SKIPPED
+    if outcome["status"] == "live" or outcome.get("promoted"):
+        return ExitCode.OK
+    return ExitCode.REFUSED
 
 
 @run_app.command("manual")
+@handled
 def run_manual(
     spec: SpecOption,
     as_of: AsOfOption = None,
@@ -187,16 +274,21 @@ def run_manual(
     actor: ActorOption = "operator",
     state_dir: StateOption = None,
     verbose: VerboseOption = False,
+    as_json: JsonOption = False,
     force: Annotated[
         bool, typer.Option(help="Retrain even if the data and spec are the champion's.")
     ] = False,
 ) -> None:
     """Retrain from scratch now; wait for approval in the Prefect UI unless --auto-approve.
-    Skipped when the data and spec are the champion's (same model), unless --force."""
-    _run_mode("manual", spec, as_of, auto_approve, reason, actor, state_dir, verbose, force)
+    Skipped when the data and spec are the champion's (same model), unless --force.
+
+    Exits 0 when the candidate is promoted, 5 when it is not (gate or approver), 6 skipped.
+    """
+    _run_mode("manual", spec, as_of, auto_approve, reason, actor, state_dir, as_json, force)
 
 
 @run_app.command("stateful")
+@handled
 def run_stateful(
     spec: SpecOption,
     as_of: AsOfOption = None,
@@ -205,35 +297,55 @@ def run_stateful(
     actor: ActorOption = "operator",
     state_dir: StateOption = None,
     verbose: VerboseOption = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Warm-start (or refit) from the champion on the data since its training end."""
-    _run_mode("stateful", spec, as_of, auto_approve, reason, actor, state_dir, verbose)
+    """Warm-start (or refit) from the champion on the data since its training end.
+
+    Exits 0 when the candidate is promoted, 5 when it is not (gate or approver), 6 skipped.
+    """
+    _run_mode("stateful", spec, as_of, auto_approve, reason, actor, state_dir, as_json)
 
 
 def _registry(model_spec: ModelSpec) -> Any:
     from registry import ModelRegistry
 
-    ledger = Ledger(model_spec.state.ledger)
-    return ModelRegistry.for_spec(model_spec.state, model_spec.name, ledger)
+    return ModelRegistry.for_spec(model_spec.state, model_spec.name, _ledger(model_spec))
+
+
+def _for_model(spec: Path | None, state_dir: Path | None, model: str) -> ModelSpec:
+    model_spec = _load(spec, state_dir)
+    if model != model_spec.name:
+        model_spec = model_spec.model_copy(update={"name": model})
+    return model_spec
 
 
 @app.command()
+@handled
 def lineage(
     model: Annotated[str, typer.Argument(help="Registered model name.")],
     version: Annotated[str, typer.Argument(help="Model version.")],
     spec: Annotated[Path | None, typer.Option("--spec", "-s", help="Model spec file.")] = None,
     state_dir: StateOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """The chain of a version back to the first scratch model: windows, data versions, metrics."""
-    from registry.errors import RegistryError
+    from retrain.families.lineage import NONE, Lineage, Tag
 
-    model_spec = _load(spec, state_dir)
-    if model != model_spec.name:
-        model_spec = model_spec.model_copy(update={"name": model})
-    try:
-        chain = _registry(model_spec).lineage(version)
-    except RegistryError as exc:
-        _fail(exc)
+    model_spec = _for_model(spec, state_dir, model)
+    chain = _registry(model_spec).lineage(version)
+    if as_json:
+        emit_json(
+            [
+                {
+                    "version": info.version,
+                    "strategy": Lineage(info.tags).strategy,
+                    "parent": Lineage(info.tags).parent_version,
+                    "tags": dict(info.tags),
+                }
+                for info in chain
+            ]
+        )
+        return
     table = Table(title=f"lineage of {model} v{version} (newest first)")
     for col in (
         "version",
@@ -249,7 +361,7 @@ def lineage(
         table.add_column(col)
     for info in chain:
         t = Lineage(info.tags)
-        metric = next((k for k in info.tags if k.endswith(".candidate")), "")
+        key = next((k for k in info.tags if k.endswith(".candidate")), "")
         table.add_row(
             info.version,
             t.strategy,
@@ -257,7 +369,7 @@ def lineage(
             f"{t.get(Tag.WINDOW_START)[:10]} .. {t.get(Tag.WINDOW_END)[:10]}",
             t.get(Tag.ROWS),
             t.get(Tag.DATA_VERSION),
-            f"{metric.split('.')[-2] if metric else ''} {t.get(metric)}",
+            f"{key.split('.')[-2] if key else ''} {t.get(key)}",
             t.gate,
             t.parent_version or NONE,
         )
@@ -267,35 +379,57 @@ def lineage(
 
 
 @app.command()
+@handled
 def rebuild(
     version: Annotated[str, typer.Argument(help="Model version to rebuild.")],
     spec: SpecOption,
     state_dir: StateOption = None,
 ) -> None:
     """Retrain a registered version from the feature cache and check it is byte-identical."""
-    from registry.errors import RegistryError
     from retrain.families import family_of
+    from retrain.families.lineage import Lineage
 
     model_spec = _load(spec, state_dir)
+    if model_spec.family != "lightgbm":
+        raise fail(
+            f"`retrain rebuild` checks LightGBM boosters only; {model_spec.name} has family = "
+            f"{model_spec.family!r}. Its lineage is in `retrain lineage`",
+            ExitCode.USAGE,
+        )
     registry = _registry(model_spec)
-    try:
-        info = registry.version(version)
-        parent_version = Lineage(info.tags).parent_version
-        parent = registry.load_model(parent_version) if parent_version is not None else None
-        registered = registry.load_model(version)
-        rebuilt = family_of(model_spec).rebuild(model_spec, info.tags, registered, parent)
-    except (RetrainError, RegistryError) as exc:
-        _fail(exc)
+    info = registry.version(version)
+    parent_version = Lineage(info.tags).parent_version
+    parent = registry.load_model(parent_version) if parent_version is not None else None
+    registered = registry.load_model(version)
+    rebuilt = family_of(model_spec).rebuild(model_spec, info.tags, registered, parent)
     same = rebuilt.model.model_string() == registered.model_string()
     console.print(
         f"v{version}: rebuilt from data version {rebuilt.window.version} "
         f"({rebuilt.rows} rows): " + ("[green]byte-identical[/]" if same else "[red]DIFFERENT[/]")
     )
     if not same:
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=int(ExitCode.FAILED))
+
+
+def _seconds(age: Any) -> float | None:
+    return None if age is None else float(age.total_seconds())
+
+
+def _metrics_of(tags: dict[str, str]) -> dict[str, float]:
+    """The backtest metrics among a version's tags (``retrain.backtest.mae.candidate`` ...), as
+    floats (tags hold 6 significant digits; the ledger run's ``backtest`` holds them all)."""
+    out: dict[str, float] = {}
+    for key, value in tags.items():
+        if key.endswith((".candidate", ".champion", ".baseline")):
+            try:
+                out[key.removeprefix("retrain.")] = float(value)
+            except ValueError:
+                continue
+    return out
 
 
 @app.command()
+@handled
 def status(
     spec: Annotated[Path | None, typer.Option("--spec", "-s", help="Model spec file.")] = None,
     state_dir: StateOption = None,
@@ -303,28 +437,97 @@ def status(
     check: Annotated[
         bool, typer.Option(help="Exit 1 if an alias was moved outside retrain.")
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Aliases, versions and the last retrain runs of a model (the demo model by default).
     An alias moved outside retrain (not where retrain's audit says) is shown in red."""
     from registry import ModelRegistry
     from registry.errors import RegistryError
+    from retrain.families.lineage import Lineage, Tag
     from retrain.freshness import data_age, data_end, format_age
     from retrain.ingest import utc_now
 
     model_spec = _load(spec, state_dir)
-    ledger = Ledger(model_spec.state.ledger)
+    ledger = _ledger(model_spec)
     if ledger.current_version() == 0:
-        console.print(f"no ledger at {ledger.safe_url()} yet: run a retrain first")
-        raise typer.Exit(code=1)
+        raise fail(f"no ledger at {ledger.safe_url()} yet: run a retrain first")
     registry = ModelRegistry.for_spec(model_spec.state, model_spec.name, ledger)
     drift: tuple[Any, ...] = ()
+    notes: list[str] = []
     try:
-        for note in registry.recover_alias_changes():
-            console.print(f"[yellow]recovered an interrupted alias change:[/] {note}")
+        notes += [
+            f"recovered an interrupted alias change: {n}" for n in registry.recover_alias_changes()
+        ]
         drift = registry.alias_drift()
     except (RetrainError, RegistryError) as exc:
-        console.print(f"[red]interrupted alias changes not recovered:[/] {exc}")
+        notes.append(f"interrupted alias changes not recovered: {exc}")
+    if not as_json:
+        for note in notes:
+            console.print(f"[yellow]{note}[/]")
     aliases = registry.aliases()
+    all_versions = registry.versions()
+    champion_version = aliases.get("champion")
+    now = utc_now()
+    champion_tags = next((v.tags for v in all_versions if v.version == champion_version), {})
+    champion_end = data_end(champion_tags) if champion_version is not None else None
+    recent = ledger.runs(model_spec.name, limit=limit)
+    if as_json:
+        emit_json(
+            {
+                "model": model_spec.name,
+                "aliases": aliases,
+                "versions": [
+                    {
+                        "version": v.version,
+                        "aliases": sorted(a for a, ver in aliases.items() if ver == v.version),
+                        "mode": Lineage(v.tags).mode,
+                        "data_version": v.tags.get(str(Tag.DATA_VERSION)),
+                        "window_start": v.tags.get(str(Tag.WINDOW_START)),
+                        "window_end": v.tags.get(str(Tag.WINDOW_END)),
+                        "data_end": data_end(v.tags),
+                        "rows": v.tags.get(str(Tag.ROWS)),
+                        "gate": Lineage(v.tags).gate,
+                        "approval": v.tags.get(str(Tag.APPROVAL), "pending"),
+                        "parent": v.tags.get(str(Tag.PARENT_VERSION)),
+                        "metrics": _metrics_of(v.tags),
+                    }
+                    for v in all_versions
+                ],
+                "champion": None
+                if champion_version is None
+                else {
+                    "version": champion_version,
+                    "data_end": champion_end,
+                    "data_age_seconds": _seconds(data_age(now, champion_end)),
+                },
+                "runs": [
+                    {
+                        "run": r.id,
+                        "mode": r.mode,
+                        "status": r.status,
+                        "version": r.model_version,
+                        "data_version": r.data_version,
+                        "actor": r.actor,
+                        "started_at": r.started_at,
+                        "finished_at": r.finished_at,
+                        "reason": r.reason,
+                        "error": r.error,
+                        # the backtest as computed (full precision): what the gate decided on
+                        "backtest": {
+                            k: v
+                            for k, v in r.metrics.items()
+                            if isinstance(v, int | float) and not isinstance(v, bool)
+                        },
+                    }
+                    for r in recent
+                ],
+                "notes": notes,
+                "alias_drift": [d.describe(model_spec.name) for d in drift],
+            }
+        )
+        if check and drift:
+            raise typer.Exit(code=1)
+        return
     versions = Table(title=f"{model_spec.name}: model versions")
     for col in (
         "version",
@@ -339,7 +542,7 @@ def status(
         "parent",
     ):
         versions.add_column(col)
-    for v in registry.versions():
+    for v in all_versions:
         t = Lineage(v.tags)
         versions.add_row(
             v.version,
@@ -354,19 +557,15 @@ def status(
             t.get(Tag.PARENT_VERSION),
         )
     console.print(versions)
-    champion_version = aliases.get("champion")
     if champion_version is not None:
-        tags = next((v.tags for v in registry.versions() if v.version == champion_version), {})
-        end = data_end(tags)
-        now = utc_now()
         console.print(
-            f"champion v{champion_version}: data age {format_age(data_age(now, end))} "
-            f"(now {now:%Y-%m-%d %H:%M} UTC minus its last training row {end})"
+            f"champion v{champion_version}: data age {format_age(data_age(now, champion_end))} "
+            f"(now {now:%Y-%m-%d %H:%M} UTC minus its last training row {champion_end})"
         )
     runs = Table(title=f"{model_spec.name}: last retrain runs (ledger)")
     for col in ("run", "mode", "status", "version", "data version", "actor", "started", "note"):
         runs.add_column(col)
-    for r in ledger.runs(model_spec.name, limit=limit):
+    for r in recent:
         runs.add_row(
             str(r.id),
             r.mode,
@@ -389,6 +588,7 @@ def status(
 
 
 @app.command()
+@handled
 def rollback(
     model: Annotated[str, typer.Argument(help="Registered model name.")],
     reason: Annotated[str, typer.Option(help="Why (recorded in the audit).")] = "operator rollback",
@@ -400,38 +600,132 @@ def rollback(
     ] = None,
 ) -> None:
     """Move `champion` back to `previous` (or --to VERSION) in one audited step."""
-    from registry.errors import RegistryError
-
-    model_spec = _load(spec, state_dir)
-    if model != model_spec.name:
-        model_spec = model_spec.model_copy(update={"name": model})
-    ledger = Ledger(model_spec.state.ledger)
-    try:
-        ledger.migrate()
-        registry = _registry(model_spec)
-        for note in registry.recover_alias_changes():
-            console.print(f"[yellow]recovered:[/] {note}")
-        was, now = registry.rollback(actor=actor, reason=reason, to=to)
-        previous = registry.alias_version("previous")
-    except (RetrainError, RegistryError) as exc:
-        _fail(exc)
+    model_spec = _for_model(spec, state_dir, model)
+    _ledger(model_spec).migrate()
+    registry = _registry(model_spec)
+    for note in registry.recover_alias_changes():
+        console.print(f"[yellow]recovered:[/] {note}")
+    was, now = registry.rollback(actor=actor, reason=reason, to=to)
+    previous = registry.alias_version("previous")
     kept = f"v{was} is now `previous`" if previous == was else f"`previous` stays v{previous}"
     console.print(f"{model}: champion v{was} -> v{now} ({kept}); audited")
 
 
+ApproverOption = Annotated[
+    str | None,
+    typer.Option(help="Who answers (recorded; checked against gate.approvers). Default: $USER."),
+]
+CommentOption = Annotated[str, typer.Option(help="Why (recorded with the decision).")]
+
+
+def answer_waiting_run(
+    model_spec: ModelSpec, version: str, decision: str, approver: str, comment: str
+) -> str:
+    """Answer the paused or suspended run that waits for ``version``'s approval, as the form in
+    the Prefect UI would; returns its flow run id."""
+    from uuid import UUID
+
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.deployments import check_server
+
+    if not model_spec.gate.approver_allowed(approver):
+        raise ApprovalNotAllowed(
+            f"{approver!r} may not answer for {model_spec.name}: gate.approvers allows only "
+            f"{', '.join(model_spec.gate.approvers)}; ask one of them, or add the name to "
+            "[gate] approvers in the spec"
+        )
+    ledger = _ledger(model_spec)
+    waiting = ledger.waiting_flow_run(model_spec.name, version)
+    if waiting is None:
+        raise FlowError(
+            f"no retrain of {model_spec.name} waits for approval of version {version}: see "
+            f"`retrain status` for the runs and their versions"
+        )
+    run_id, flow_run_id = waiting
+    check_server()
+    with get_client(sync_client=True) as client:
+        try:
+            flow_run = client.read_flow_run(UUID(flow_run_id))
+        except ObjectNotFound:
+            raise FlowError(
+                f"flow run {flow_run_id} of ledger run {run_id} is not on the Prefect server at "
+                f"{_prefect_ui_url()}: point PREFECT_API_URL at the server the run used"
+            ) from None
+    if flow_run.state is None or not flow_run.state.is_paused():
+        shown = flow_run.state.name if flow_run.state else "unknown"
+        raise FlowError(
+            f"flow run {flow_run_id} of {model_spec.name} v{version} is {shown}, not waiting "
+            "for an answer: see `retrain status`"
+        )
+    resume_flow_run(
+        UUID(flow_run_id),
+        run_input={"decision": decision, "approver": approver, "comment": comment},
+    )
+    return flow_run_id
+
+
+def _answer(
+    decision: str,
+    model: str,
+    version: str,
+    approver: str | None,
+    comment: str,
+    spec: Path | None,
+    state_dir: Path | None,
+) -> None:
+    model_spec = _for_model(spec, state_dir, model)
+    who = (approver or getpass.getuser()).strip()
+    flow_run_id = answer_waiting_run(model_spec, version, decision, who, comment)
+    verb = "approved" if decision == "approve" else "rejected"
+    console.print(
+        f"{model} v{version}: {verb} by {who}; the waiting run (flow run {flow_run_id}) "
+        "goes on with the decision"
+    )
+
+
+@app.command()
+@handled
+def approve(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="The version that waits for approval.")],
+    approver: ApproverOption = None,
+    comment: CommentOption = "",
+    spec: Annotated[Path | None, typer.Option("--spec", "-s", help="Model spec file.")] = None,
+    state_dir: StateOption = None,
+) -> None:
+    """Approve the candidate a paused or suspended retrain waits on (as the Prefect UI form)."""
+    _answer("approve", model, version, approver, comment, spec, state_dir)
+
+
+@app.command()
+@handled
+def reject(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="The version that waits for approval.")],
+    approver: ApproverOption = None,
+    comment: CommentOption = "",
+    spec: Annotated[Path | None, typer.Option("--spec", "-s", help="Model spec file.")] = None,
+    state_dir: StateOption = None,
+) -> None:
+    """Reject the candidate a paused or suspended retrain waits on (as the Prefect UI form)."""
+    _answer("reject", model, version, approver, comment, spec, state_dir)
+
+
 @ledger_app.command("migrate")
+@handled
 def ledger_migrate(spec: SpecOption, state_dir: StateOption = None) -> None:
     """Create or upgrade the ledger schema."""
     model_spec = _load(spec, state_dir)
-    ledger = Ledger(model_spec.state.ledger)
-    try:
-        applied = ledger.migrate()
-    except RetrainError as exc:
-        _fail(exc)
+    ledger = _ledger(model_spec)
+    applied = ledger.migrate()
     console.print(f"ledger {ledger.safe_url()}: {applied} migration(s) applied")
 
 
 @app.command()
+@handled
 def serve(
     spec: Annotated[
         list[Path],
@@ -447,46 +741,45 @@ def serve(
     monitor_interval: Annotated[
         float | None, typer.Option(help="Monitor every SECONDS instead of monitor.interval.")
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Serve the scheduled retrain of each model on the Prefect server at PREFECT_API_URL."""
     from flows.deployments import serve_models
 
-    _setup_logging(verbose)
     for path in spec:
         _load(path, None)  # validate every spec before registering anything
-    try:
-        serve_models(
-            spec,
-            interval_seconds=interval,
-            continual=continual,
-            monitor_interval_seconds=monitor_interval,
-        )
-    except RetrainError as exc:
-        _fail(exc)
+    quiet_flow_runs()
+    serve_models(
+        spec,
+        interval_seconds=interval,
+        continual=continual,
+        monitor_interval_seconds=monitor_interval,
+    )
 
 
 @app.command()
+@handled
 def monitor(
     spec: SpecOption,
     as_of: AsOfOption = None,
     state_dir: StateOption = None,
     verbose: VerboseOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Run one monitor check now: print the signals and the decision (and emit the event)."""
     from flows.monitor_flow import monitor_flow
 
-    _setup_logging(verbose)
-    _load(spec, state_dir)
-    try:
-        out = monitor_flow(str(spec), as_of=as_of, overrides=_overrides(state_dir))
-    except RetrainError as exc:
-        _fail(exc)
-    if out["status"] == "no-champion":
-        _fail(RetrainError(out["reasons"][0]))
+    _check_as_of(as_of)
     model_spec = _load(spec, state_dir)
-    ledger = Ledger(model_spec.state.ledger)
+    quiet_flow_runs()
+    out = monitor_flow(str(spec), as_of=as_of, overrides=_overrides(state_dir))
+    if out["status"] == "no-champion":
+        raise RetrainError(out["reasons"][0])
+    ledger = _ledger(model_spec)
     rows = [r for r in ledger.signal_history(model_spec.name) if r["check_id"] == out["check_id"]]
+    if as_json:
+        emit_json({**out, "signals": rows})
+        return
     console.print(_signal_table(f"signals of check {out['check_id']}", rows))
     verdict = "[bold red]retrain requested[/]" if out["retrain"] else "no retrain"
     console.print(f"decision: {verdict}: " + "; ".join(out["reasons"]))
@@ -511,21 +804,23 @@ def _signal_table(title: str, rows: list[dict[str, Any]]) -> Table:
 
 
 @app.command()
+@handled
 def signals(
     model: Annotated[str, typer.Argument(help="Registered model name.")],
     spec: Annotated[Path | None, typer.Option("--spec", "-s", help="Model spec file.")] = None,
     state_dir: StateOption = None,
     name: Annotated[str | None, typer.Option(help="Only this signal (e.g. drift).")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """The history of a model's monitor signals and trigger decisions."""
     model_spec = _load(spec, state_dir)
-    ledger = Ledger(model_spec.state.ledger)
-    try:
-        ledger.migrate()
-        rows = ledger.signal_history(model, name)
-        checks = ledger.recent_checks(model, limit=1000)
-    except RetrainError as exc:
-        _fail(exc)
+    ledger = _ledger(model_spec)
+    ledger.migrate()
+    rows = ledger.signal_history(model, name)
+    checks = ledger.recent_checks(model, limit=1000)
+    if as_json:
+        emit_json({"model": model, "signals": rows, "decisions": checks})
+        return
     console.print(_signal_table(f"{model}: signal history", rows))
     decisions = Table(title=f"{model}: trigger decisions")
     for col in ("check", "as of", "champion", "retrain", "fired", "reasons"):
@@ -560,20 +855,22 @@ DEMO_TITLES = {
 
 
 @app.command()
+@handled
 def demo(
     state_dir: Annotated[Path, typer.Option(help="Where the demo keeps its state.")] = Path(
         ".retrain"
     ),
     reset: Annotated[bool, typer.Option(help="Delete the demo state first.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOption = False,
     family: Annotated[
         str, typer.Option(help="lightgbm: Bike Sharing demand; als: MovieLens recommendations.")
     ] = "lightgbm",
 ) -> None:
     """Train, backtest and promote a bundled model step by step (Bike Sharing or MovieLens)."""
-    _setup_logging(verbose)
     if family not in DEMO_TITLES:
-        _fail(RetrainError(f"--family {family!r} is unknown; use one of {sorted(DEMO_TITLES)}"))
+        raise fail(
+            f"--family {family!r} is unknown; use one of {sorted(DEMO_TITLES)}", ExitCode.USAGE
+        )
     spec_path = demo_spec_path(family)
     steps = (
         ALS_DEMO_STEPS
@@ -582,17 +879,15 @@ def demo(
     )
     if reset and state_dir.exists():
         if not (state_dir / STATE_MARKER).exists() and any(state_dir.iterdir()):
-            _fail(RetrainError(f"{state_dir} is not a retrain state directory; not deleting it"))
+            raise RetrainError(f"{state_dir} is not a retrain state directory; not deleting it")
         shutil.rmtree(state_dir)
     model_spec = _load(spec_path, state_dir)
-    ledger = Ledger(model_spec.state.ledger)
+    ledger = _ledger(model_spec)
     if ledger.current_version() and ledger.runs(model_spec.name, limit=1):
-        _fail(
-            RetrainError(
-                f"the demo already ran in {state_dir}: see "
-                f"`retrain status --state-dir {state_dir} --spec {spec_path}`, "
-                "or start over with `retrain demo --reset`"
-            )
+        raise RetrainError(
+            f"the demo already ran in {state_dir}: see "
+            f"`retrain status --state-dir {state_dir} --spec {spec_path}`, "
+            "or start over with `retrain demo --reset`"
         )
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / STATE_MARKER).touch()
@@ -602,18 +897,15 @@ def demo(
     registry = ModelRegistry.for_spec(model_spec.state, model_spec.name, ledger)
     for step, as_of, mode, extra in steps:
         console.rule(f"[bold]step {step}[/]: {mode} retrain as of {as_of}")
-        try:
-            outcome = _run_flow(
-                spec_path,
-                mode=mode,
-                reason=f"demo step {step}",
-                as_of=as_of,
-                auto_approve=True,
-                actor="demo",
-                overrides={**_overrides(state_dir), **extra},
-            )
-        except RetrainError as exc:
-            _fail(exc)
+        outcome = _run_flow(
+            spec_path,
+            mode=mode,
+            reason=f"demo step {step}",
+            as_of=as_of,
+            auto_approve=True,
+            actor="demo",
+            overrides={**_overrides(state_dir), **extra},
+        )
         rows.append(
             {
                 "step": step,
@@ -639,6 +931,7 @@ def demo(
 
 
 @app.command()
+@handled
 def recommend(
     user: Annotated[
         list[str], typer.Option("--user", "-u", help="External user id (repeat for several).")
@@ -654,29 +947,23 @@ def recommend(
     state_dir: StateOption = None,
 ) -> None:
     """Top-k items for users from the champion ALS model (unknown users: popularity fallback)."""
-    from registry.errors import RegistryError
-
     model_spec = _load(spec or demo_spec_path("als"), state_dir)
     if model_spec.family != "als":
-        _fail(
-            RetrainError(
-                f"{model_spec.name} is a {model_spec.family} model: `retrain recommend` needs "
-                "an ALS spec (family = 'als')"
-            )
+        raise fail(
+            f"{model_spec.name} is a {model_spec.family} model: `retrain recommend` needs "
+            "an ALS spec (family = 'als')",
+            ExitCode.USAGE,
         )
     if k < 1:
-        _fail(RetrainError(f"--k must be a positive number of items, got {k}"))
+        raise fail(f"--k must be a positive number of items, got {k}", ExitCode.USAGE)
     registry = _registry(model_spec)
-    try:
-        chosen = version or registry.alias_version("champion")
-        if chosen is None:
-            raise RetrainError(
-                f"{model_spec.name} has no champion yet: train one with "
-                "`retrain demo --family als` or `retrain run manual --spec SPEC`"
-            )
-        model = registry.load_model(chosen)
-    except (RegistryError, RetrainError) as exc:
-        _fail(exc)
+    chosen = version or registry.alias_version("champion")
+    if chosen is None:
+        raise RetrainError(
+            f"{model_spec.name} has no champion yet: train one with "
+            "`retrain demo --family als` or `retrain run manual --spec SPEC`"
+        )
+    model = registry.load_model(chosen)
     recs = model.recommend(user, k=k)
     table = Table(title=f"top {k} items of {model_spec.name} v{chosen}")
     for col in ("user", "rank", "item", "score", "source"):
@@ -699,5 +986,12 @@ app.command("gateway")(gateway_command)
 app.command("live-evaluate")(live_evaluate_command)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """The ``retrain`` console script: the app, in a process of its own (an interrupted run
+    stops its children and exits at once)."""
+    state.standalone = True
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -36,6 +36,7 @@ from prefect.schedules import Cron, Interval, Schedule
 from prefect.settings import get_current_settings
 from prefect.types.entrypoint import EntrypointType
 
+from flows.errors import PrefectUnreachable
 from flows.live_flow import live_evaluate_flow
 from flows.monitor_flow import RETRAIN_EVENT, model_resource, monitor_flow
 from flows.retrain_flow import retrain_flow
@@ -258,7 +259,7 @@ def check_server() -> str:
     """The configured Prefect API URL, after checking that the server answers."""
     url = get_current_settings().api.url
     if not url:
-        raise RetrainError(
+        raise PrefectUnreachable(
             "PREFECT_API_URL is not set: scheduled deployments need a running Prefect server. "
             "Start one with `prefect server start` and "
             "`export PREFECT_API_URL=http://127.0.0.1:4200/api` (or `prefect config set`)."
@@ -266,7 +267,7 @@ def check_server() -> str:
     with get_client(sync_client=True) as client:
         failure = client.api_healthcheck()
     if failure is not None:
-        raise RetrainError(
+        raise PrefectUnreachable(
             f"the Prefect server at {url} does not answer ({failure}): start it with "
             "`prefect server start` or point PREFECT_API_URL at a running one"
         )

@@ -8,14 +8,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from flows.cli_edge import handled
 from flows.settings import resolve_spec
-from retrain.errors import RetrainError
-
-console = Console(stderr=True)
 
 
+@handled
 def gateway_command(
     spec: Annotated[
         list[Path], typer.Option("--spec", "-s", help="Model spec file; repeat for more models.")
@@ -31,11 +29,7 @@ def gateway_command(
     ] = 1,
 ) -> None:
     """Serve the models' champion and challenger (routing from each spec's [live] table)."""
-    try:
-        specs = [resolve_spec(path) for path in spec]
-    except RetrainError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=2) from None
+    specs = [resolve_spec(path) for path in spec]
     # native thread pools loaded from here on (LightGBM's and implicit's OpenMP) read these at
     # load time; the gateway also limits the pools already loaded (numpy's BLAS)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -43,18 +37,14 @@ def gateway_command(
     import uvicorn
 
     from gateway.app import create_app
-    from gateway.errors import GatewayError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        app = create_app(specs, threads_per_request)
-    except GatewayError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=2) from None
+    app = create_app(specs, threads_per_request)
     # a SIGTERM lets answers in flight finish and the prediction log drain before exit
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
 
 
+@handled
 def live_evaluate_command(
     spec: Annotated[Path, typer.Option("--spec", "-s", help="Model spec file (.toml or .yaml).")],
     auto_approve: Annotated[
@@ -62,18 +52,12 @@ def live_evaluate_command(
     ] = False,
 ) -> None:
     """Evaluate the model's live test once now (the same flow `retrain serve` schedules)."""
-    try:
-        resolve_spec(spec)  # a bad spec fails here, before Prefect starts
-    except RetrainError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=2) from None
+    resolve_spec(spec)  # a bad spec fails here, before Prefect starts
+    from rich.console import Console
+
     from flows.live_flow import live_evaluate_flow
 
-    try:
-        result = live_evaluate_flow(spec_path=str(spec.resolve()), auto_approve=auto_approve)
-    except RetrainError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=2) from None
+    result = live_evaluate_flow(spec_path=str(spec.resolve()), auto_approve=auto_approve)
     out = Console()
     out.print(f"{result['model']}: {result['status']}: {result['decision']}")
     evidence = result.get("evidence") or {}

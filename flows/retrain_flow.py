@@ -357,6 +357,18 @@ def wait_for_approval(
         ledger.suspend_run(spec.name, run_id)
         return _suspended_answer(spec, version, description)
     form = ApprovalInput.with_initial_data(description=description, decision="reject")
+    logger.warning(
+        "%s v%s waits for an operator (at most %s): answer in the Prefect UI%s, or with "
+        "`retrain approve %s %s` / `retrain reject %s %s`",
+        spec.name,
+        version,
+        spec.gate.approval_timeout,
+        f" ({_run_page()})" if _run_page() else "",
+        spec.name,
+        version,
+        spec.name,
+        version,
+    )
     try:
         answer = pause_flow_run(
             wait_for_input=form,
@@ -366,7 +378,16 @@ def wait_for_approval(
         )
     except FlowPauseTimeout:
         return timed_out(spec.gate.approval_timeout)
-    return _approval(answer)
+    return _approval(answer, spec)
+
+
+def _run_page() -> str | None:
+    """This flow run's page in the Prefect UI, when the server has one."""
+    from prefect.settings import get_current_settings
+
+    ui = get_current_settings().ui_url
+    run = _flow_run_id()
+    return f"{ui}/runs/flow-run/{run}" if ui and run else None
 
 
 def _suspended_answer(spec: ModelSpec, version: str, description: str) -> Approval:
@@ -380,11 +401,14 @@ def _suspended_answer(spec: ModelSpec, version: str, description: str) -> Approv
     )
     if answer is None:
         raise ApprovalError(f"flow run resumed without an answer for {spec.name} version {version}")
-    return _approval(answer)
+    return _approval(answer, spec)
 
 
-def _approval(answer: ApprovalInput) -> Approval:
+def _approval(answer: ApprovalInput, spec: ModelSpec) -> Approval:
     approver = answer.approver.strip() or "unknown operator"
+    if answer.decision == "approve" and not spec.gate.approver_allowed(approver):
+        # the Prefect form accepts any name: an approval only counts from gate.approvers
+        return Approval(False, approver, f"{approver!r} is not in gate.approvers: not counted")
     return Approval(answer.decision == "approve", approver, answer.comment)
 
 
@@ -560,15 +584,16 @@ def _retrain(
         return resume_after_answer(spec, ledger, registry, earlier, actor)
     expire_unanswered(spec, ledger, registry)
     run_id = ledger.start_run(spec.name, mode, reason, actor=actor, flow_run_id=_flow_run_id())
-    # one retrain per model: a run still waiting for approval keeps its claim until it ends
-    holder = ledger.claim_model(
-        spec.name, run_id, stale_after=pd.Timedelta(spec.gate.approval_timeout) + CLAIM_MARGIN
-    )
-    if holder is not None:
-        note = f"another retrain of {spec.name} is running (ledger run {holder})"
-        return _skipped(ledger, spec, mode, run_id, note)
-    # suspended for its operator: the run and its claim wait in the ledger
+    # suspended for its operator: the run and its claim wait in the ledger; an interrupt from
+    # here on (Ctrl-C, SIGTERM) finishes the run as failed
     with holding_claim(ledger, spec.name, run_id):
+        # one retrain per model: a run still waiting for approval keeps its claim until it ends
+        holder = ledger.claim_model(
+            spec.name, run_id, stale_after=pd.Timedelta(spec.gate.approval_timeout) + CLAIM_MARGIN
+        )
+        if holder is not None:
+            note = f"another retrain of {spec.name} is running (ledger run {holder})"
+            return _skipped(ledger, spec, mode, run_id, note)
         prepared = prepare_data(spec, cutoff, ledger)
         champion = load_champion(registry)
         prepared = align_to_champion(prepared, mode, champion, spec.gate.refit)

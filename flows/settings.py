@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from retrain.config import ModelSpec, load_spec
+if TYPE_CHECKING:  # retrain.config imports pandas: not at import time (`retrain --help`)
+    from retrain.config import ModelSpec
 
 ENV_OVERRIDES = {
     "RETRAIN_STATE_DIR": "state.dir",
@@ -25,5 +26,7 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
 
 def resolve_spec(spec_path: str | Path, overrides: dict[str, Any] | None = None) -> ModelSpec:
     """The spec file, then environment variables, then explicit overrides (strongest)."""
+    from retrain.config import load_spec
+
     merged = {**env_overrides(), **(overrides or {})}
     return load_spec(spec_path, overrides=merged)

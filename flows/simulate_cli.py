@@ -3,30 +3,28 @@ no registry: the simulator runs in-process)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import tomli_w
 import typer
-import yaml
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from flows.cli_edge import emit_json, handled
+from flows.errors import UsageError
 from flows.settings import resolve_spec
-from retrain.config import ModelSpec
-from retrain.errors import RetrainError
-from retrain.oracle_losses import OracleResult, build_loss_matrix, oracle_of
-from retrain.oracle_report import write_oracle
-from retrain.simulate import ProgressCallback, Simulation, load_replay, parse_policies
-from retrain.simulate.grid import parse_grid, simulate_grid, spec_diff
-from retrain.simulate.report import write_report
+
+if TYPE_CHECKING:  # the simulator imports pandas and the trainers: only when it runs
+    from retrain.config import ModelSpec
+    from retrain.oracle_losses import OracleResult
+    from retrain.simulate import ProgressCallback, Simulation
 
 console = Console(width=None if os.isatty(1) else 120)
 DEFAULT_POLICIES = "never,monthly,weekly,daily,stateful,continual,baseline"
@@ -44,7 +42,7 @@ def parse_sets(values: list[str]) -> dict[str, Any]:
     for item in values:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise RetrainError(
+            raise UsageError(
                 f"--set {item!r} is not key=value: write e.g. --set lightgbm.num_boost_round=100"
             )
         try:
@@ -135,6 +133,10 @@ def _simulate(
     grid: list[str] | None = None,
     oracle_every: int | None = None,
 ) -> tuple[Simulation, ModelSpec, Path, OracleResult | None]:
+    from retrain.oracle_losses import build_loss_matrix, oracle_of
+    from retrain.simulate import load_replay, parse_policies
+    from retrain.simulate.grid import parse_grid, simulate_grid
+
     overrides = parse_sets(sets or [])
     axes = parse_grid(grid or [])
     if state_dir is not None:
@@ -183,6 +185,9 @@ def _simulate(
 def write_spec(source: Path, point: dict[str, Any], target: Path, policy: str) -> Path:
     """The spec file ``source`` with the recommended grid point's keys set, as ``target``
     (TOML or YAML by its suffix); the recommended policy heads it as a comment."""
+    import tomli_w
+    import yaml
+
     text = source.read_text(encoding="utf-8")
     data = yaml.safe_load(text) if source.suffix in {".yaml", ".yml"} else tomllib.loads(text)
     for dotted, value in point.items():
@@ -197,12 +202,50 @@ def write_spec(source: Path, point: dict[str, Any], target: Path, policy: str) -
     elif target.suffix == ".toml":
         body = tomli_w.dumps(data)
     else:
-        raise RetrainError(f"--write-spec {target} must end in .toml, .yaml or .yml")
+        raise UsageError(f"--write-spec {target} must end in .toml, .yaml or .yml")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(head + body, encoding="utf-8")
     return target
 
 
+def _no_progress(name: str, done: int, total: int) -> None:
+    """Progress nobody sees (``--json``: stdout holds the JSON only)."""
+
+
+def _with_bar(
+    *args: Any,
+) -> tuple[Simulation, ModelSpec, Path, OracleResult | None]:
+    """:func:`_simulate` with a progress bar per policy (on a terminal)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def report(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done, total=total)
+
+        spec, policies, state_dir, sets, start, end, jobs, checkpoints, resume, grid, every = args
+        return _simulate(
+            spec, policies, state_dir, sets, start, end, jobs, report, checkpoints, resume, grid,
+            every,
+        )  # fmt: skip
+
+
+@handled
 def simulate_command(
     spec: Annotated[
         Path | None,
@@ -276,78 +319,68 @@ def simulate_command(
         int,
         typer.Option(help="Without a terminal: one progress line per policy every N steps."),
     ] = 50,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the library logs and tracebacks.")
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the result as JSON on stdout (full precision), nothing else."
+        ),
+    ] = False,
 ) -> None:
     """Replay the history under several retraining policies and recommend one."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    from retrain.oracle_report import write_oracle
+    from retrain.simulate.grid import spec_diff
+    from retrain.simulate.report import write_report
+
     once = OnceFilter()
     for handler in logging.getLogger().handlers:
         handler.addFilter(once)
-    try:
-        if not 0 <= tolerance < 1:
-            raise RetrainError(f"--tolerance {tolerance} must be a fraction in [0, 1), e.g. 0.02")
-        if progress_every < 1:
-            raise RetrainError(f"--progress-every {progress_every} must be at least 1")
-        checkpoints = out / "runs"
-        if console.is_terminal:
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=console,
-            ) as bar:
-                tasks: dict[str, Any] = {}
-
-                def report(name: str, done: int, total: int) -> None:
-                    if name not in tasks:
-                        tasks[name] = bar.add_task(name, total=total)
-                    bar.update(tasks[name], completed=done, total=total)
-
-                simulation, base, spec_path, hindsight = _simulate(
-                    spec,
-                    policies,
-                    state_dir,
-                    sets,
-                    start,
-                    end,
-                    jobs,
-                    report,
-                    checkpoints,
-                    resume,
-                    grid,
-                    oracle_every if oracle else None,
-                )
-        else:
-            simulation, base, spec_path, hindsight = _simulate(
-                spec,
-                policies,
-                state_dir,
-                sets,
-                start,
-                end,
-                jobs,
-                LineProgress(progress_every),
-                checkpoints,
-                resume,
-                grid,
-                oracle_every if oracle else None,
-            )
-        sections = [write_oracle(out, simulation, hindsight).section] if hindsight else []
-        result = write_report(simulation, out, tolerance, sections)
-        chosen = next(r for r in simulation.runs if r.label == result.recommendation.policy)
-        diff = spec_diff(base, chosen.point)
-        written = (
-            write_spec(spec_path, dict(chosen.point), write_spec_to, chosen.policy)
-            if write_spec_to is not None
-            else None
+    if not 0 <= tolerance < 1:
+        raise UsageError(f"--tolerance {tolerance} must be a fraction in [0, 1), e.g. 0.02")
+    if progress_every < 1:
+        raise UsageError(f"--progress-every {progress_every} must be at least 1")
+    checkpoints = out / "runs"
+    every = oracle_every if oracle else None
+    if console.is_terminal and not as_json:
+        simulation, base, spec_path, hindsight = _with_bar(
+            spec, policies, state_dir, sets, start, end, jobs, checkpoints, resume, grid, every
         )
-    except RetrainError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=2) from None
+    else:
+        progress: ProgressCallback = _no_progress if as_json else LineProgress(progress_every)
+        simulation, base, spec_path, hindsight = _simulate(
+            spec, policies, state_dir, sets, start, end, jobs, progress, checkpoints, resume,
+            grid, every,
+        )  # fmt: skip
+    sections = [write_oracle(out, simulation, hindsight).section] if hindsight else []
+    result = write_report(simulation, out, tolerance, sections)
+    chosen = next(r for r in simulation.runs if r.label == result.recommendation.policy)
+    diff = spec_diff(base, chosen.point)
+    written = (
+        write_spec(spec_path, dict(chosen.point), write_spec_to, chosen.policy)
+        if write_spec_to is not None
+        else None
+    )
+    if as_json:
+        emit_json(
+            {
+                "model": simulation.spec_name,
+                "partitions": simulation.partitions,
+                "metric": simulation.metric,
+                "policies": simulation.table(),
+                "recommendation": json.loads((out / "recommendation.json").read_text()),
+                "spec_diff": {k: {"now": now, "new": new} for k, (now, new) in diff.items()},
+                "oracle": hindsight.capture_rows() if hindsight is not None else None,
+                "feature_cache": {
+                    "computed": simulation.features_computed,
+                    "cached": simulation.features_cached,
+                },
+                "report": str(result.html),
+                "recommended_spec": str(written) if written is not None else None,
+            }
+        )
+        return
     console.print(
         _summary_table(
             f"{simulation.spec_name}: {simulation.partitions} partitions replayed",

@@ -37,6 +37,7 @@ from registry.errors import (
     DecisionFinal,
     PromotionRefused,
     RegistryError,
+    TrackingUnreachable,
     UntrustedModel,
     VersionNotFound,
 )
@@ -256,7 +257,7 @@ def reachable(method: F) -> F:
             return method(self, *args, **kwargs)
         except MlflowException as exc:
             if any(marker in str(exc) for marker in UNREACHABLE):
-                raise RegistryError(
+                raise TrackingUnreachable(
                     f"the MLflow tracking server {self.safe_uri()} does not answer (gave up "
                     "after its retries): start it or fix RETRAIN_TRACKING_URI / "
                     "state.tracking_uri; nothing was changed in the registry"

@@ -7,6 +7,10 @@ class RegistryError(Exception):
     """Base class of registry errors."""
 
 
+class TrackingUnreachable(RegistryError):
+    """The MLflow tracking server does not answer (after its retries)."""
+
+
 class PromotionRefused(RegistryError):
     """An alias move that would break the invariant: champion = gated and approved version."""
 

@@ -233,6 +233,26 @@ class GateSpec(_Strict):
     def infra_timeout_seconds(self) -> float:
         return float(pd.Timedelta(self.infra_timeout).total_seconds())
 
+    # who may answer an approval (`retrain approve`/`reject`, the Prefect form); empty: anyone
+    approvers: tuple[str, ...] = ()
+
+    @field_validator("approvers")
+    @classmethod
+    def _valid_approvers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in value)
+        if any(not name for name in names):
+            raise ValueError(
+                "gate.approvers holds an empty name: list the people who may approve, e.g. "
+                'approvers = ["ana", "oncall"], or leave it out to let anyone approve'
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"gate.approvers lists a name twice: {list(names)}")
+        return names
+
+    def approver_allowed(self, name: str) -> bool:
+        """May ``name`` answer an approval? Anyone, when ``approvers`` is empty."""
+        return not self.approvers or name.strip() in self.approvers
+
     @field_validator("approval_timeout")
     @classmethod
     def _valid_timeout(cls, value: str) -> str:

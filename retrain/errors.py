@@ -31,6 +31,10 @@ class LedgerError(RetrainError):
     """The ledger database is unusable (not migrated, unreachable, inconsistent)."""
 
 
+class LedgerUnreachable(LedgerError):
+    """The ledger database does not answer (down, wrong host or port, refused)."""
+
+
 class TrainingError(RetrainError):
     """A trainer was given data it cannot learn from."""
 

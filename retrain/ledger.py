@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from retrain.errors import LedgerError
+from retrain.errors import LedgerError, LedgerUnreachable
 from retrain.redact import redact_url
 
 logger = logging.getLogger(__name__)
@@ -362,7 +362,13 @@ class Ledger:
                 value = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
                 return int(value or 0)
         except sa.exc.OperationalError as exc:
-            raise LedgerError(f"cannot reach the ledger at {self.safe_url()}: {exc.orig}") from None
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: sa.exc.OperationalError) -> LedgerUnreachable:
+        return LedgerUnreachable(
+            f"cannot reach the ledger at {self.safe_url()}: {exc.orig}; start the database or "
+            "fix state.ledger_url / RETRAIN_LEDGER_URL"
+        )
 
     def migrate(self) -> int:
         """Bring the schema to the newest version; returns the number of steps applied."""
@@ -389,7 +395,7 @@ class Ledger:
                     )
                 applied = SCHEMA_VERSION - current
         except sa.exc.OperationalError as exc:
-            raise LedgerError(f"cannot reach the ledger at {self.safe_url()}: {exc.orig}") from None
+            raise self._unreachable(exc) from None
         if applied:
             logger.info("ledger %s migrated to schema version %d", self.safe_url(), SCHEMA_VERSION)
         self._schema_checked = True
@@ -855,6 +861,24 @@ class Ledger:
         if run_id is None:
             return None
         return self.run(int(run_id))
+
+    def waiting_flow_run(self, model: str, version: str) -> tuple[int, str] | None:
+        """The newest run of ``model`` that registered ``version`` and has not finished (it
+        waits for its approval, paused or suspended): its ledger id and Prefect flow run id."""
+        self._require_schema()
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(retrain_runs.c.id, retrain_runs.c.flow_run_id)
+                .where(
+                    retrain_runs.c.model == model,
+                    retrain_runs.c.model_version == version,
+                    retrain_runs.c.status.in_(HOLDING),
+                    retrain_runs.c.flow_run_id.is_not(None),
+                )
+                .order_by(retrain_runs.c.id.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else (int(row.id), str(row.flow_run_id))
 
     def run(self, run_id: int) -> RunRecord:
         self._require_schema()

@@ -52,12 +52,13 @@ class RetrainRun:
     proc: subprocess.Popen[Any]
     log: Path
 
-    def wait_ok(self, timeout: float) -> None:
+    def wait_ok(self, timeout: float, expected: int = 0) -> None:
+        """Wait for the exit code: 0 promoted, 5 not promoted (docs/cli.md)."""
         try:
             code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             pytest.fail(f"retrain still running after {timeout:.0f}s:\n{log_tail(self.log)}")
-        assert code == 0, f"retrain exited with {code}:\n{log_tail(self.log)}"
+        assert code == expected, f"retrain exited with {code}:\n{log_tail(self.log)}"
 
 
 @pytest.fixture
@@ -251,7 +252,7 @@ def test_an_operator_rejects_in_the_prefect_ui_and_the_champion_stays(
     )
 
     wait_until_not_paused(prefect_server, flow_run)
-    run.wait_ok(FINISH_TIMEOUT)
+    run.wait_ok(FINISH_TIMEOUT, expected=5)  # rejected: not promoted
     assert registry.alias_version("champion") == "1"
     tags = registry.version("2").tags
     assert tags["retrain.approval"] == "rejected"

@@ -194,7 +194,7 @@ def test_retrain_serve_refuses_a_spec_with_a_bad_cron(tmp_path, bike_dir):
 
     result = CliRunner().invoke(app, ["serve", "--spec", str(path), "--interval", "5"])
 
-    assert result.exit_code == 2
+    assert result.exit_code == 3  # a bad spec
     assert "schedule.cron: not a cron expression (Bad hour)" in " ".join(result.output.split())
 
 

@@ -196,7 +196,7 @@ def test_live_evaluate_refuses_a_bad_spec_with_one_line(tmp_path: Path):
 
     result = CliRunner().invoke(app, ["live-evaluate", "--spec", str(bad)])
 
-    assert result.exit_code == 2
+    assert result.exit_code == 3  # a bad spec (docs/cli.md)
     assert "error:" in result.output and "Traceback" not in result.output
 
 

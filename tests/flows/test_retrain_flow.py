@@ -241,3 +241,21 @@ def test_the_flow_refuses_an_unknown_mode_at_its_boundary(tmp_path, bike_dir):
     with pytest.raises(ParameterTypeError, match=r"mode.*'manual', 'scheduled', 'stateful'"):
         retrain_flow(str(spec_path), mode="hourly")
     assert not (load_spec(spec_path).state.dir / "ledger.db").exists()  # refused before any work
+
+
+def test_an_approval_from_a_name_outside_gate_approvers_is_not_counted(tmp_path, bike_dir):
+    from flows.retrain_flow import ApprovalInput, _approval
+    from retrain.config import parse_spec
+    from tests.conftest import spec_dict
+
+    spec = parse_spec(spec_dict(bike_dir, tmp_path / "state", **{"gate.approvers": ["ana"]}))
+
+    bob = _approval(ApprovalInput(decision="approve", approver="bob", comment="lgtm"), spec)
+    ana = _approval(ApprovalInput(decision="approve", approver="ana", comment="lgtm"), spec)
+
+    assert (bob.approved, bob.approver, bob.comment) == (
+        False,
+        "bob",
+        "'bob' is not in gate.approvers: not counted",
+    )
+    assert (ana.approved, ana.approver, ana.comment) == (True, "ana", "lgtm")

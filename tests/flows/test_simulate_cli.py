@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -49,10 +51,18 @@ def test_simulate_writes_the_report_and_prints_the_recommendation(
         assert (out / name).is_file()
 
     again = runner.invoke(
-        app, ["simulate", "--spec", str(spec), "--policies", "never", "--out", str(out)]
+        app, ["simulate", "--spec", str(spec), "--policies", "never", "--out", str(out), "--json"]
     )
     assert again.exit_code == 0, again.output
-    assert "feature cache: 0 computed, 61 cached" in flat(again.output)
+    replay = json.loads(again.stdout)  # stdout holds the JSON only: no progress lines
+    assert replay["feature_cache"] == {"computed": 0, "cached": 61}
+    assert replay["recommendation"]["policy"] == "never"
+    [row] = replay["policies"]
+    assert row["policy"] == "never"
+    # full precision, as the report's summary.csv holds it (the table shows 4 digits)
+    with (out / "summary.csv").open() as handle:
+        [written] = [r for r in csv.DictReader(handle) if r["policy"] == "never"]
+    assert row[replay["metric"]] == pytest.approx(float(written[replay["metric"]]), rel=1e-12)
 
 
 def test_simulate_rejects_bad_options_naming_the_fix(tmp_path: Path, bike_dir: Path) -> None:
@@ -64,7 +74,7 @@ def test_simulate_rejects_bad_options_naming_the_fix(tmp_path: Path, bike_dir: P
     assert bad_set.exit_code == 2
     assert "--set 'oops' is not key=value" in flat(bad_set.output)
     bad_key = runner.invoke(app, ["simulate", "--spec", str(spec), "--set", "lightgbm.rounds=3"])
-    assert bad_key.exit_code == 2
+    assert bad_key.exit_code == 3  # a bad spec key
     assert "lightgbm.rounds: unknown key" in flat(bad_key.output)
 
 
