@@ -382,6 +382,9 @@ def rollback(
         was, now = _registry(model_spec).rollback(actor=actor, reason=reason)
     except (RetrainError, RegistryError) as exc:
         _fail(exc)
+    from flows.events import rolled_back
+
+    rolled_back(model, was, now, actor, reason)
     console.print(f"{model}: champion v{was} -> v{now} (v{was} is now `previous`); audited")
 
 

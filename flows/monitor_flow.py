@@ -15,8 +15,10 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.events import emit_event
 
+from flows import events
+from flows.events import RETRAIN_REQUESTED as RETRAIN_EVENT
+from flows.events import model_resource
 from flows.retrain_flow import _flow_run_id, load_champion, make_registry
 from flows.settings import resolve_spec
 from retrain.config import ModelSpec
@@ -27,11 +29,7 @@ from retrain.reports import drift_report
 
 logger = logging.getLogger(__name__)
 
-RETRAIN_EVENT = "retrain.model.retrain-requested"
-
-
-def model_resource(model: str) -> dict[str, str]:
-    return {"prefect.resource.id": f"retrain.model.{model}", "prefect.resource.name": model}
+__all__ = ["RETRAIN_EVENT", "model_resource", "monitor_flow"]
 
 
 def _key(*parts: str) -> str:
@@ -103,10 +101,9 @@ def _check(spec: ModelSpec, ledger: Ledger, as_of: str | None) -> dict[str, Any]
         ),
     )
     if retrain:
-        emit_event(
-            event=RETRAIN_EVENT,
-            resource=model_resource(spec.name),
-            payload={
+        events.retrain_requested(
+            spec.name,
+            {
                 "reason": "continual trigger: " + "; ".join(reasons),
                 "reasons": reasons,
                 "as_of": "" if as_of is None else str(as_of),
