@@ -20,7 +20,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from prefect.context import FlowRunContext
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.events import emit_event
 from prefect.settings import PREFECT_API_URL
 
@@ -44,7 +44,8 @@ def model_resource(model: str) -> dict[str, str]:
 
 
 def _emit(event: str, model: str, payload: Mapping[str, Any]) -> None:
-    if PREFECT_API_URL.value() is None and FlowRunContext.get() is None:
+    in_a_run = FlowRunContext.get() is not None or TaskRunContext.get() is not None
+    if PREFECT_API_URL.value() is None and not in_a_run:
         # a CLI command on the embedded setup: no server, so no automation, listens (emitting
         # would start Prefect's temporary server for nothing)
         logger.debug("no Prefect server configured: %s for %s not emitted", event, model)
