@@ -226,7 +226,7 @@ class ModelRegistry:
     def _experiment_id(self) -> str:
         exp = self.client.get_experiment_by_name(self.model_name)
         if exp is not None:
-            if exp.tags.get(EXPERIMENT_KIND) != CLASSIC_ML:  # made before the tag existed
+            if EXPERIMENT_KIND not in exp.tags:  # made before retrain tagged its experiments
                 self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, CLASSIC_ML)
             return str(exp.experiment_id)
         location = None
