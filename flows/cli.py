@@ -607,6 +607,9 @@ def rollback(
         console.print(f"[yellow]recovered:[/] {note}")
     was, now = registry.rollback(actor=actor, reason=reason, to=to)
     previous = registry.alias_version("previous")
+    from flows.events import rolled_back
+
+    rolled_back(model, was, now, actor, reason)
     kept = f"v{was} is now `previous`" if previous == was else f"`previous` stays v{previous}"
     console.print(f"{model}: champion v{was} -> v{now} ({kept}); audited")
 

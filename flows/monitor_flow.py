@@ -15,8 +15,10 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.events import emit_event
 
+from flows import events
+from flows.events import RETRAIN_REQUESTED as RETRAIN_EVENT
+from flows.events import model_resource
 from flows.retrain_flow import _flow_run_id, load_champion, make_registry, recover_alias_changes
 from flows.settings import resolve_spec
 from registry import ModelRegistry
@@ -28,12 +30,9 @@ from retrain.reports import drift_report
 
 logger = logging.getLogger(__name__)
 
-RETRAIN_EVENT = "retrain.model.retrain-requested"
-TAMPERED_EVENT = "retrain.alias.tampered"
+TAMPERED_EVENT = events.ALIAS_TAMPERED
 
-
-def model_resource(model: str) -> dict[str, str]:
-    return {"prefect.resource.id": f"retrain.model.{model}", "prefect.resource.name": model}
+__all__ = ["RETRAIN_EVENT", "TAMPERED_EVENT", "model_resource", "monitor_flow"]
 
 
 def _key(*parts: str) -> str:
@@ -73,10 +72,8 @@ def check_aliases(spec: ModelSpec, registry: ModelRegistry) -> list[dict[str, An
                 "reverted": revert,
             }
         )
-        emit_event(
-            event=TAMPERED_EVENT,
-            resource=model_resource(spec.name),
-            payload={k: "" if v is None else str(v) for k, v in found[-1].items()},
+        events.alias_tampered(
+            spec.name, {k: "" if v is None else str(v) for k, v in found[-1].items()}
         )
     return found
 
@@ -142,10 +139,9 @@ def _check(spec: ModelSpec, ledger: Ledger, as_of: str | None) -> dict[str, Any]
         ),
     )
     if retrain:
-        emit_event(
-            event=RETRAIN_EVENT,
-            resource=model_resource(spec.name),
-            payload={
+        events.retrain_requested(
+            spec.name,
+            {
                 "reason": "continual trigger: " + "; ".join(reasons),
                 "reasons": reasons,
                 "as_of": "" if as_of is None else str(as_of),

@@ -14,7 +14,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +22,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, pause_flow_run, suspend_flow_run, task
 from prefect.artifacts import (
     create_image_artifact,
+    create_link_artifact,
     create_markdown_artifact,
     create_table_artifact,
 )
@@ -30,10 +31,22 @@ from prefect.exceptions import FlowPauseTimeout, Pause
 from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
 
+from flows import events
 from flows.errors import ApprovalError
+from flows.links import (
+    FLOW_RUN_ID_TAG,
+    FLOW_RUN_URL_TAG,
+    flow_run_url,
+    retrain_run_name,
+    run_name,
+    tag_flow_run,
+)
 from flows.settings import resolve_spec
 from registry import CandidateRecord, ModelRegistry
+from registry.cards import log_card
 from registry.infra import validate_version
+from registry.links import version_link
+from retrain.card import CardFacts, card_facts, decision_line, render_card
 from retrain.config import ModelSpec
 from retrain.families import family_of
 from retrain.families.lineage import Tag, lineage_tags, refit_tags
@@ -177,44 +190,6 @@ def backtest_candidate(
 ) -> Evaluated:
     evaluated = family_of(spec).evaluate(spec, trained, prepared.holdout, champion)
     get_run_logger().info("backtest: %s", "; ".join(evaluated.result.reasons))
-    result = evaluated.result
-    as_of = prepared.holdout.end
-    freshness = [
-        "",
-        "### Data age",
-        "",
-        f"- candidate: last training row {trained.data_end}, data age "
-        f"{format_age(data_age(as_of, trained.data_end))} at the as-of {as_of}",
-    ]
-    if champion is not None:
-        end = data_end(champion.tags)
-        freshness.append(
-            f"- champion v{champion.version}: last training row {end}, data age "
-            f"{format_age(data_age(as_of, end))}"
-        )
-    create_markdown_artifact(
-        key=_artifact_key(spec.name, "backtest"),
-        markdown=result.markdown() + "\n".join(freshness),
-        description=f"backtest verdict for {spec.name}",
-    )
-    create_table_artifact(
-        key=_artifact_key(spec.name, "backtest-table"),
-        table=_rounded(result.table()),
-        description=f"{result.metric} of candidate, champion and baseline on the same holdout",
-    )
-    if len(result.windows) > 1:
-        create_table_artifact(
-            key=_artifact_key(spec.name, "backtest-windows"),
-            table=_rounded(result.window_table()),
-            description=f"{result.metric} per backtest window; improvement > 0: candidate better",
-        )
-    ranking = getattr(evaluated, "ranking", None)  # the recommendation family's segments
-    if ranking is not None:
-        create_table_artifact(
-            key=_artifact_key(spec.name, "ranking-segments"),
-            table=_rounded(ranking.table()),
-            description=f"precision/MAP/NDCG@{ranking.k} for all, warm and cold users",
-        )
     return evaluated
 
 
@@ -239,7 +214,6 @@ def register_candidate(
         model_dir = trained.model.save(workdir / "trainer")
         family = family_of(spec)
         evidence = family.write_evidence(workdir / "evidence", spec, prepared, trained, evaluated)
-        _plot_artifact(spec, evidence.get("backtest_plot"), evaluated.result.metric)
         tags = lineage_tags(
             spec,
             mode,
@@ -252,6 +226,10 @@ def register_candidate(
         )
         if validated is not None:
             tags.update(refit_tags(validated))
+        run_url = flow_run_url(_flow_run_id())
+        if run_url:  # the way back from MLflow to the Prefect flow run
+            tags[FLOW_RUN_URL_TAG] = run_url
+        tags[FLOW_RUN_ID_TAG] = _flow_run_id() or "none"
         if trigger_check:
             report = spec.state.dir / "reports" / f"drift-check-{trigger_check}.png"
             if report.exists():
@@ -282,13 +260,24 @@ def register_candidate(
             version_tags=tags,
             artifacts=evidence,
             curves=family.curves(trained),
-            run_name=f"{mode}-{trained.plan.strategy}-{trained.window.version}",
+            run_name=run_name(spec.name, mode, _as_of_label(as_of)),
             sample=family.signature_sample(spec, prepared, trained),
             family=spec.family,
             predict_params=family.predict_params(spec),
             inputs=family.serving_inputs(spec),
         )
-        return registry.register_candidate(record, actor=actor, flow_run_id=_flow_run_id())
+        version = registry.register_candidate(record, actor=actor, flow_run_id=_flow_run_id())
+        link = version_link(spec.state.tracking, spec.name, version)
+        create_link_artifact(
+            link=link,
+            link_text=f"{spec.name} version {version} in MLflow",
+            key=_artifact_key(spec.name, "mlflow-version"),
+            description=f"the MLflow model version this run registered ({record.description})",
+        )
+        judged = validated if validated is not None else trained
+        publish_backtest(spec, judged, evaluated, champion, prepared.holdout.end, version, link)
+        _plot_artifact(spec, evidence.get("backtest_plot"), result.metric, _md_link(version, link))
+        return version
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -313,7 +302,73 @@ def validate_infra(
     return check
 
 
-def _plot_artifact(spec: ModelSpec, plot: Path | None, metric: str) -> None:
+def _md_link(version: str, link: str) -> str:
+    return f"(MLflow: [version {version}]({link}))"
+
+
+def publish_backtest(
+    spec: ModelSpec,
+    trained: Trained,
+    evaluated: Evaluated,
+    champion: Champion | None,
+    as_of: pd.Timestamp,
+    version: str,
+    link: str,
+) -> None:
+    """The backtest's verdict, tables and data age as Prefect artifacts, each linking to the
+    MLflow version they judged."""
+    result = evaluated.result
+    freshness = [
+        "",
+        "### Data age",
+        "",
+        f"- candidate: last training row {trained.data_end}, data age "
+        f"{format_age(data_age(as_of, trained.data_end))} at the as-of {as_of}",
+    ]
+    if champion is not None:
+        end = data_end(champion.tags)
+        freshness.append(
+            f"- champion v{champion.version}: last training row {end}, data age "
+            f"{format_age(data_age(as_of, end))}"
+        )
+    create_markdown_artifact(
+        key=_artifact_key(spec.name, "backtest"),
+        markdown=result.markdown()
+        + "\n".join(freshness)
+        + f"\n\nRegistered as [{spec.name} version {version}]({link}) in MLflow.",
+        description=f"backtest verdict for {spec.name} {_md_link(version, link)}",
+    )
+    create_table_artifact(
+        key=_artifact_key(spec.name, "backtest-table"),
+        table=_rounded(result.table()),
+        description=f"{result.metric} of candidate, champion and baseline on the same holdout; "
+        f"{_md_link(version, link)}",
+    )
+    if len(result.windows) > 1:
+        create_table_artifact(
+            key=_artifact_key(spec.name, "backtest-windows"),
+            table=_rounded(result.window_table()),
+            description=f"{result.metric} per backtest window; improvement > 0: candidate "
+            f"better; {_md_link(version, link)}",
+        )
+    ranking = getattr(evaluated, "ranking", None)  # the recommendation family's segments
+    if ranking is not None:
+        create_table_artifact(
+            key=_artifact_key(spec.name, "ranking-segments"),
+            table=_rounded(ranking.table()),
+            description=f"precision/MAP/NDCG@{ranking.k} for all, warm and cold users; "
+            f"{_md_link(version, link)}",
+        )
+
+
+def _as_of_label(as_of: pd.Timestamp | None) -> str | None:
+    """The as-of in a run name: its date at midnight, else its ISO time (None: latest)."""
+    if as_of is None:
+        return None
+    return str(as_of.date()) if as_of == as_of.normalize() else as_of.isoformat()
+
+
+def _plot_artifact(spec: ModelSpec, plot: Path | None, metric: str, note: str = "") -> None:
     """The backtest plot (metric per window, both models) on the flow run, inline: the
     approver sees it next to the verdict without access to MLflow's artifact store."""
     if plot is None or not Path(plot).exists():
@@ -322,7 +377,7 @@ def _plot_artifact(spec: ModelSpec, plot: Path | None, metric: str) -> None:
     create_image_artifact(
         image_url=f"data:image/png;base64,{encoded}",
         key=_artifact_key(spec.name, "backtest-plot"),
-        description=f"{metric} per backtest window: candidate, champion and baseline",
+        description=f"{metric} per backtest window: candidate, champion and baseline {note}",
     )
 
 
@@ -333,7 +388,12 @@ def _tmp_root(spec: ModelSpec) -> Path:
 
 
 def wait_for_approval(
-    spec: ModelSpec, ledger: Ledger, run_id: int, version: str, evaluated: Evaluated
+    spec: ModelSpec,
+    ledger: Ledger,
+    run_id: int,
+    version: str,
+    evaluated: Evaluated,
+    evidence: dict[str, Any] | None = None,
 ) -> Approval:
     """Wait until an operator answers the form in the Prefect UI (or the timeout rejects).
 
@@ -342,13 +402,19 @@ def wait_for_approval(
     run's claim on the model, the process exits, and the answer resubmits the flow run, which
     finds its suspended ledger run and goes straight to :func:`resume_after_answer`.
     """
+    link = version_link(spec.state.tracking, spec.name, version)
     description = (
         f"# Promote {spec.name} version {version} to champion?\n\n"
+        f"The candidate in MLflow: [{spec.name} version {version}]({link}); its model card is "
+        "among this run's artifacts.\n\n"
         + evaluated.result.markdown()
         + "\n\nChoose **approve** or **reject**, give your name and a comment, then Submit."
     )
     timeout = spec.gate.approval_timeout_seconds
     how = approval_wait(timeout, spec.gate.suspend_after_seconds, deployment.id is not None)
+    events.approval_requested(
+        spec.name, version, flow_run_url(_flow_run_id()), evidence or {"version_url": link}
+    )
     if how == "suspend":
         get_run_logger().info(
             "suspending until an operator answers (at most %s); nothing runs meanwhile",
@@ -424,6 +490,9 @@ def expire_unanswered(spec: ModelSpec, ledger: Ledger, registry: ModelRegistry) 
             run.id, "rejected", promoted=False, actor="timeout", error=decision.reason
         )
         ledger.release_model(spec.name, run.id)
+        events.refused(
+            spec.name, decision.version, decision.reason, {"run_id": run.id, **run.metrics}
+        )
         get_run_logger().warning(
             "ledger run %s (version %s) was never answered: %s",
             run.id,
@@ -463,7 +532,11 @@ def holding_claim(
             on_pause()
         raise
     except BaseException as exc:
-        ledger.finish_run(run_id, "failed", promoted=False, error=f"{type(exc).__name__}: {exc}")
+        error = f"{type(exc).__name__}: {exc}"
+        ledger.finish_run(run_id, "failed", promoted=False, error=error)
+        events.failed(
+            model, error, {"run_id": run_id, "flow_run_url": flow_run_url(_flow_run_id()) or ""}
+        )
         raise
     finally:
         if not suspended:
@@ -495,6 +568,7 @@ def resume_after_answer(
         decision = _decision_of(run, approval)
         previous = apply_decision(registry, decision, actor)
         _finish(ledger, run.id, decision, actor)
+    announce(spec, decision, previous, {"run_id": run.id, **run.metrics})
     return {
         "status": "promoted" if decision.promote else "rejected",
         "model": spec.name,
@@ -520,6 +594,40 @@ def apply_decision(registry: ModelRegistry, decision: PromotionDecision, actor: 
     return registry.promote(decision, actor=decision.approver or actor, flow_run_id=_flow_run_id())
 
 
+def announce(
+    spec: ModelSpec, decision: PromotionDecision, previous: str | None, evidence: dict[str, Any]
+) -> None:
+    """The decision as an event: promoted, or refused with the reason."""
+    if decision.promote:
+        approver = decision.approver or "automatic"
+        events.promoted(spec.name, decision.version, previous, approver, evidence)
+    else:
+        events.refused(spec.name, decision.version, decision.reason, evidence)
+
+
+def _links(spec: ModelSpec, version: str) -> dict[str, str]:
+    """Where a person finds the version (MLflow) and this run (Prefect)."""
+    links = {"version_url": version_link(spec.state.tracking, spec.name, version)}
+    run_url = flow_run_url(_flow_run_id())
+    if run_url:
+        links["flow_run_url"] = run_url
+    return links
+
+
+@task(cache_policy=NO_CACHE)
+def publish_card(spec: ModelSpec, registry: ModelRegistry, facts: CardFacts) -> str:
+    """The model card: ``model_card.md`` on the version's MLflow run and a Prefect artifact."""
+    markdown = render_card(facts)
+    log_card(registry, facts.version, markdown)
+    create_markdown_artifact(
+        key=_artifact_key(spec.name, "model-card"),
+        markdown=markdown,
+        description=f"model card of {spec.name} version {facts.version} "
+        f"{_md_link(facts.version, version_link(spec.state.tracking, spec.name, facts.version))}",
+    )
+    return markdown
+
+
 def _skipped(ledger: Ledger, spec: ModelSpec, mode: str, run_id: int, why: str) -> dict[str, Any]:
     """Record a run that had nothing to do (or was not allowed to run) and say why."""
     get_run_logger().info("retrain of %s skipped: %s", spec.name, why)
@@ -537,7 +645,7 @@ def make_registry(spec: ModelSpec, ledger: Ledger) -> ModelRegistry:
     return ModelRegistry.for_spec(spec.state, spec.name, ledger)
 
 
-@flow(name="retrain", log_prints=False)
+@flow(name="retrain", log_prints=False, flow_run_name=retrain_run_name)
 def retrain_flow(
     spec_path: str,
     mode: Mode = "manual",
@@ -579,6 +687,7 @@ def _retrain(
     ledger.migrate()
     registry = make_registry(spec, ledger)
     recover_alias_changes(registry)
+    tag_flow_run(f"model:{spec.name}", f"mode:{mode}", f"family:{spec.family}")
     earlier = ledger.run_of_flow_run(_flow_run_id() or "")
     if earlier is not None and earlier.status == "suspended":
         return resume_after_answer(spec, ledger, registry, earlier, actor)
@@ -652,7 +761,25 @@ def _retrain(
         result = gate_with_infra(
             evaluated.result, validate_infra(spec, registry, version, prepared)
         )
+        if result is not evaluated.result:
+            evaluated = replace(evaluated, result=result)
         ledger.update_run(run_id, model_version=version, metrics=result.to_dict())
+        links = _links(spec, version)
+        evidence = events.evidence(version, trained, evaluated, run_id, links)
+        facts = card_facts(
+            spec,
+            mode,
+            reason,
+            actor,
+            version,
+            prepared,
+            trained,
+            evaluated,
+            champion,
+            refit=validated is not trained,
+            links=links,
+        )
+        publish_card(spec, registry, facts)
         if result.passed and spec.live.required != "none":
             # backtest gate -> challenger -> live test -> champion: the online evaluation
             # (flows/live_flow.py) decides, with the same invariant, approval and audit
@@ -669,7 +796,9 @@ def _retrain(
                 "decision": why,
             }
         if needs_operator(result.passed, spec.gate.require_approval, auto_approve):
-            approval: Approval | None = wait_for_approval(spec, ledger, run_id, version, evaluated)
+            approval: Approval | None = wait_for_approval(
+                spec, ledger, run_id, version, evaluated, evidence
+            )
         elif result.passed:
             approval = automatic_approval(actor)
         else:
@@ -682,6 +811,12 @@ def _retrain(
         )
         previous = apply_decision(registry, decision, actor)
         _finish(ledger, run_id, decision, actor)
+        publish_card(
+            spec,
+            registry,
+            replace(facts, decision=decision_line(decision), approver=decision.approver),
+        )
+    announce(spec, decision, previous, evidence)
     outcome = RetrainOutcome(
         model=spec.name,
         mode=mode,

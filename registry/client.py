@@ -62,6 +62,8 @@ MODEL_CODE = {
     "lightgbm": Path(__file__).with_name("lightgbm_model_code.py"),
     "als": Path(__file__).with_name("als_model_code.py"),
 }
+# the MLflow UI opens an experiment with this tag in its classic ML view, not the GenAI one
+EXPERIMENT_KIND, CLASSIC_ML = "mlflow.experimentKind", "custom_model_development"
 # the module name MLflow gives a model-from-code file it loads (mlflow.models.utils)
 CODE_MODULE_PREFIX = "code_model_"
 # an alias change takes seconds: one pending for longer than this was abandoned
@@ -360,6 +362,8 @@ class ModelRegistry:
     def _experiment_id(self) -> str:
         exp = self.client.get_experiment_by_name(self.model_name)
         if exp is not None:
+            if EXPERIMENT_KIND not in exp.tags:  # made before retrain tagged its experiments
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, CLASSIC_ML)
             return str(exp.experiment_id)
         location = None
         if isinstance(self.artifact_root, str) and "://" in self.artifact_root:
@@ -370,7 +374,11 @@ class ModelRegistry:
             root = Path(self.artifact_root)
             root.mkdir(parents=True, exist_ok=True)
             location = root.resolve().as_uri()
-        return str(self.client.create_experiment(self.model_name, artifact_location=location))
+        return str(
+            self.client.create_experiment(
+                self.model_name, artifact_location=location, tags={EXPERIMENT_KIND: CLASSIC_ML}
+            )
+        )
 
     def _ensure_registered_model(self) -> None:
         try:

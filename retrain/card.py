@@ -1,0 +1,190 @@
+"""The model card of a registered version: markdown for people, rendered from facts.
+
+A pure function of a frozen :class:`CardFacts`; the flow logs the result as the version run's
+``model_card.md`` in MLflow and publishes it as a Prefect markdown artifact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from retrain.backtest import BacktestResult
+from retrain.config import ModelSpec
+from retrain.families.spine import Champion, Evaluated, Prepared, Trained
+from retrain.freshness import data_age, format_age
+from retrain.promotion import PromotionDecision
+
+# what every card says a backtest cannot tell (the rest depends on the run)
+STANDING_LIMITS = (
+    "The verdict is a backtest on past rows the model never trained on; live traffic can differ "
+    "(shadow, canary or A/B tests judge that: docs/live.md).",
+)
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    model: str
+    version: str
+    family: str
+    mode: str
+    strategy: str
+    reason: str
+    actor: str
+    window_start: str
+    window_end: str
+    rows: int
+    data_end: str
+    data_age: str
+    as_of: str
+    result: BacktestResult
+    parent_version: str | None = None
+    champion_version: str | None = None
+    data_version: str = ""
+    # the decision: "pending" until known, then "approved by X" / "rejected by X: why" / ...
+    decision: str = "pending"
+    approver: str | None = None
+    links: tuple[tuple[str, str], ...] = ()  # (label, url)
+    limits: tuple[str, ...] = field(default=())
+    refit: bool = False  # the served fit is the validated recipe refitted through the holdout
+
+
+def run_limits(facts: CardFacts) -> tuple[str, ...]:
+    """What this run's evidence cannot say."""
+    r = facts.result
+    found = []
+    if r.champion is None:
+        found.append("No champion to compare with: judged against the baseline only.")
+    if facts.refit:
+        found.append(
+            "The served fit was refitted through the holdout (gate.refit): the metrics above are "
+            "of the validated recipe, not of this exact fit, which no held-out row has judged."
+        )
+    if not r.passed:
+        found.append("Refused by the gate: not fit to serve.")
+    return tuple(found)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def render_card(facts: CardFacts) -> str:
+    """The card's markdown: what it is, data, metrics vs champion and baseline, slices,
+    lineage, decision and who made it, known limits, links."""
+    r = facts.result
+    better = "higher" if r.greater_is_better else "lower"
+    lines = [
+        f"# Model card: {facts.model} version {facts.version}",
+        "",
+        "## What it is",
+        "",
+        f"- family: **{facts.family}**, trained by a **{facts.mode}** retrain "
+        f"({facts.strategy}): {facts.reason}",
+        f"- started by: {facts.actor}",
+        "",
+        "## Data",
+        "",
+        f"- training window: {facts.window_start} .. {facts.window_end} ({facts.rows} rows)",
+        f"- data version: `{facts.data_version or '-'}`",
+        f"- last training row: {facts.data_end}; data age {facts.data_age} at the as-of "
+        f"{facts.as_of}",
+        f"- holdout: {r.holdout_start} .. {r.holdout_end} ({r.rows} rows)",
+        "",
+        f"## Metrics ({r.metric}, {better} is better, same holdout rows)",
+        "",
+        "| model | version | " + r.metric + " |",
+        "|---|---|---|",
+        f"| candidate | {facts.version} | {_num(r.candidate)} |",
+    ]
+    if r.champion is not None:
+        lines.append(f"| champion | {r.champion_version or '-'} | {_num(r.champion)} |")
+    lines.append(f"| baseline | - | {_num(r.baseline)} |")
+    lines.append("")
+    if r.improvement is not None:
+        ci = (
+            f" (95% CI {_num(r.ci_low)} .. {_num(r.ci_high)})"
+            if r.ci_low is not None and r.ci_high is not None
+            else ""
+        )
+        lines += [f"Improvement over the champion: {_num(r.improvement)}{ci}.", ""]
+    lines += [f"Gate: **{'passed' if r.passed else 'refused'}**", ""]
+    lines += [f"- {reason}" for reason in r.reasons]
+    lines.append("")
+    if r.slices:
+        lines += ["## Slices", "", "| feature | value | rows | candidate | champion | change |"]
+        lines.append("|---|---|---|---|---|---|")
+        lines += [
+            f"| {s.feature} | {s.value} | {s.rows} | {_num(s.candidate)} | {_num(s.champion)} "
+            f"| {s.degradation:+.2%} |"
+            for s in r.slices
+        ]
+        lines.append("")
+    else:
+        lines += ["## Slices", "", "No per-slice scores for this run (none configured).", ""]
+    lines += [
+        "## Lineage",
+        "",
+        f"- parent version (weights inherited from): {facts.parent_version or 'none (scratch)'}",
+        f"- champion when trained: {facts.champion_version or 'none'}",
+        "",
+        "## Decision",
+        "",
+        f"- {facts.decision}",
+    ]
+    if facts.approver:
+        lines.append(f"- approved or rejected by: {facts.approver}")
+    lines += ["", "## Known limits", ""]
+    lines += [f"- {limit}" for limit in (*facts.limits, *run_limits(facts), *STANDING_LIMITS)]
+    if facts.links:
+        lines += ["", "## Links", ""]
+        lines += [f"- [{label}]({url})" for label, url in facts.links]
+    return "\n".join(lines) + "\n"
+
+
+def decision_line(decision: PromotionDecision) -> str:
+    """The decision line of a card."""
+    if decision.promote:
+        return f"promoted to champion: {decision.reason}"
+    return f"not promoted: {decision.reason}"
+
+
+LINK_LABELS = {"version_url": "MLflow version", "flow_run_url": "Prefect flow run"}
+
+
+def card_facts(
+    spec: ModelSpec,
+    mode: str,
+    reason: str,
+    actor: str,
+    version: str,
+    prepared: Prepared,
+    trained: Trained,
+    evaluated: Evaluated,
+    champion: Champion | None,
+    refit: bool,
+    links: Mapping[str, str],
+) -> CardFacts:
+    """The facts of a freshly registered version (its decision still pending)."""
+    as_of = prepared.holdout.end
+    return CardFacts(
+        model=spec.name,
+        version=version,
+        family=spec.family,
+        mode=mode,
+        strategy=trained.plan.strategy,
+        reason=reason,
+        actor=actor,
+        window_start=str(trained.window.start),
+        window_end=str(trained.window.end),
+        rows=trained.rows,
+        data_end=str(trained.data_end) if trained.data_end is not None else "unknown",
+        data_age=format_age(data_age(as_of, trained.data_end)),
+        as_of=str(as_of),
+        result=evaluated.result,
+        parent_version=trained.plan.parent_version,
+        champion_version=champion.version if champion else None,
+        data_version=trained.window.version,
+        links=tuple((LINK_LABELS.get(k, k), url) for k, url in links.items()),
+        refit=refit,
+    )
