@@ -38,17 +38,20 @@ def _columns(conn: sa.Connection) -> set[tuple[str, str]]:
 def relocate(tracking_uri: str, model_name: str, artifact_root: Path | str | None) -> int:
     """Point the model's stored artifact locations at ``artifact_root``; rows rewritten.
 
-    Does nothing unless the store is a SQLite file, ``artifact_root`` a local folder, and the
-    model's experiment lives under another local folder (the state moved or was copied).
+    Does nothing unless the store is a SQLite file in the same state directory as the local
+    ``artifact_root`` (``<dir>/mlflow.db`` beside ``<dir>/mlartifacts``), and the model's
+    experiment points at a folder of the same name in another directory: the state moved or
+    was copied with its store.
     """
     if not tracking_uri.startswith("sqlite:///") or artifact_root is None:
         return 0
     if isinstance(artifact_root, str) and "://" in artifact_root:
         return 0
     path = Path(tracking_uri.removeprefix("sqlite:///"))
-    if not path.exists():
-        return 0
-    new = Path(artifact_root).resolve().as_uri()
+    root = Path(artifact_root).resolve()
+    if not path.exists() or path.resolve().parent != root.parent:
+        return 0  # the store is not the state dir's own (it did not move with it)
+    new = root.as_uri()
     engine = sa.create_engine(tracking_uri)
     try:
         with engine.begin() as conn:
@@ -61,8 +64,8 @@ def relocate(tracking_uri: str, model_name: str, artifact_root: Path | str | Non
             if row is None or not str(row[1]).startswith("file://"):
                 return 0
             experiment_id, old = row[0], str(row[1]).rstrip("/")
-            if old == new:
-                return 0
+            if old == new or old.rsplit("/", 1)[-1] != root.name:
+                return 0  # in place, or an artifact root of another layout: not a moved state
             known = _columns(conn)
             params = {"old": old, "new": new, "n": len(old) + 1, "prefix": old + "/"}
             params |= {"experiment_id": experiment_id, "model": model_name}
