@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import yaml
 
 from flows.cli_edge import INTERRUPTED, TERMINATED
 from retrain.config import load_spec
-from retrain.ledger import Ledger
+from retrain.ledger import Ledger, model_locks
 from tests.conftest import spec_dict
 from tests.flows.conftest import BIN, base_env, tail
 
@@ -162,3 +163,84 @@ def test_a_failing_run_is_one_error_line_without_prefects_tracebacks(tmp_path, b
     assert done.stdout == ""
     [line] = done.stderr.splitlines()
     assert line.startswith(f"error: the MLflow tracking server http://127.0.0.1:{port} does not")
+
+
+@pytest.fixture
+def mounted(tmp_path):
+    """Mount a small tmpfs (root only): ``mounted(size, read_only)`` -> its path."""
+    import os
+
+    mounts: list[Path] = []
+
+    def mount(size: str, read_only: bool = False) -> Path:
+        where = tmp_path / f"disk{len(mounts)}"
+        where.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True
+        )
+        if done.returncode != 0:
+            message = f"cannot mount a tmpfs here (root needed): {done.stderr.decode()}"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in reversed(mounts):
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def run_on_state(tmp_path: Path, bike_dir: Path, state: Path) -> subprocess.CompletedProcess:
+    spec = write_spec(tmp_path, bike_dir)
+    return subprocess.run(
+        [str(BIN / "retrain"), "run", "manual", "--spec", str(spec), "--as-of", "2011-04-29",
+         "--auto-approve", "--state-dir", str(state)],
+        env=quiet_env(tmp_path), cwd=tmp_path, capture_output=True, text=True,
+        timeout=START_TIMEOUT,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_read_only_state_dir_is_one_line_naming_it_and_exit_7(tmp_path, bike_dir, mounted):
+    state = mounted("1m", read_only=True) / "state"
+
+    done = run_on_state(tmp_path, bike_dir, state)
+
+    assert done.returncode == 7, done.stderr  # infrastructure: the machine, not the input
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error:") and "Read-only file system" in line
+    assert str(tmp_path) in line  # names where
+
+
+@pytest.mark.slow
+def test_a_full_disk_mid_run_is_one_line_and_frees_the_model(tmp_path, bike_dir, mounted):
+    """The state on a disk that fills up during the run (the feature cache); the ledger on
+    another disk records the run as failed and releases the model's claim."""
+    disk = mounted("3m")
+    ledger_path = tmp_path / "ledger.db"
+    spec = tmp_path / "spec.yaml"
+    data = spec_dict(bike_dir, disk / "state", **{"state.ledger_url": f"sqlite:///{ledger_path}"})
+    data["state"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec.write_text(yaml.safe_dump(data))
+    with open(disk / "filler", "wb", buffering=0) as fh:  # leave about 100 KB
+        fh.write(b"\0" * (3 * 1024 * 1024 - 100 * 1024))
+
+    done = subprocess.run(
+        [str(BIN / "retrain"), "run", "manual", "--spec", str(spec), "--as-of", "2011-04-29",
+         "--auto-approve"],
+        env=quiet_env(tmp_path), cwd=tmp_path, capture_output=True, text=True,
+        timeout=START_TIMEOUT,
+    )  # fmt: skip
+
+    assert done.returncode == 7, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("error:") and "No space left on device" in line
+    ledger = Ledger(f"sqlite:///{ledger_path}")
+    [run] = ledger.runs("bike-test")
+    assert run.status == "failed" and "No space left on device" in (run.error or "")
+    with ledger.engine.connect() as conn:
+        assert conn.execute(sa.select(model_locks)).all() == []  # the claim was released
+    ledger.dispose()
