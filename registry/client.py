@@ -42,7 +42,7 @@ from registry.errors import (
     VersionNotFound,
 )
 from registry.relocate import relocate
-from registry.trust import inside, model_digest, verify_digest
+from registry.trust import drop_bytecode, inside, model_digest, verify_digest
 from retrain import servable
 from retrain.audit import AliasDrift, alias_drift
 from retrain.config import StateSpec
@@ -506,6 +506,7 @@ class ModelRegistry:
             artifact_uri=uri, dst_path=destination, tracking_uri=self.tracking_uri
         )
         expected = self.version(str(version)).tags.get(str(Tag.MODEL_SHA256))
+        drop_bytecode(local)
         verify_digest(
             local, expected, f"version {version} of {self.model_name!r}", self._untrusted_fix()
         )

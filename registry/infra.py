@@ -286,13 +286,9 @@ def validate_version(
     timeout_seconds: float,
 ) -> InfraCheck:
     """Infra-validate a registered version; its outcome and cost go on the version and run."""
-    uri = registry._trusted_model_uri(str(version))
     with tempfile.TemporaryDirectory(prefix="retrain-infra-model-") as tmp:
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=tmp, tracking_uri=registry.tracking_uri
-            )
-        )
+        # the registered content only (location and digest checked) is what gets served
+        local = Path(registry.download_trusted(str(version), tmp))
         outcome = validate_served_model(local, rows, params, cache_dir, timeout_seconds)
     record_check(registry, version, outcome)
     log = logger.info if outcome.passed else logger.warning

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -60,11 +61,20 @@ def inside(uri: str, root: str) -> bool:
 def model_digest(directory: Path | str) -> str:
     """sha256 over every file of a model directory: relative POSIX path and content, in order.
 
-    A symbolic link is refused: what it points at may lie anywhere.
+    A symbolic link is refused: what it points at may lie anywhere. Python's byte-code caches
+    (``__pycache__``, written beside the bundled code when a tool loads the model in place, e.g.
+    ``mlflow models serve`` of a local store) are not the model: they are left out here and
+    deleted from every downloaded copy before it loads (:func:`drop_bytecode`), so a planted
+    ``.pyc`` never runs. Nor is the metadata MLflow adds after registration
+    (:data:`MLFLOW_WRITES`).
     """
     root = Path(directory)
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
+        if BYTECODE in path.relative_to(root).parts or path.suffix == ".pyc":
+            continue
+        if path.relative_to(root).as_posix() in MLFLOW_WRITES:
+            continue
         if path.is_symlink():
             raise UntrustedModel(
                 f"the model at {root} holds a symbolic link ({path.relative_to(root)}): "
@@ -79,6 +89,23 @@ def model_digest(directory: Path | str) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+BYTECODE = "__pycache__"
+# files MLflow itself adds to a registered model's folder after registration (loading
+# ``models:/NAME@ALIAS`` from a local store writes the name and version there): metadata, not
+# code, and not part of what was registered
+MLFLOW_WRITES = frozenset({"registered_model_meta"})
+
+
+def drop_bytecode(directory: Path | str) -> None:
+    """Delete Python byte-code caches from a downloaded model (see :func:`model_digest`)."""
+    root = Path(directory)
+    for cache in sorted(root.rglob(BYTECODE), reverse=True):
+        if cache.is_dir() and not cache.is_symlink():
+            shutil.rmtree(cache)
+    for stray in root.rglob("*.pyc"):
+        stray.unlink()
 
 
 def verify_digest(directory: Path | str, expected: str | None, where: str, fix: str) -> None:

@@ -540,7 +540,7 @@ class Ledger:
         self, exc: sa.exc.DBAPIError, what: str, consequence: str = "nothing was moved"
     ) -> LedgerError:
         first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else "no answer"
-        return LedgerError(
+        return LedgerUnreachable(
             f"the ledger at {self.safe_url()} refused to record {what} ({first}): it is down "
             f"or read only; {consequence}. Make the ledger writable (file permissions, "
             "`default_transaction_read_only`, the server) and retry"

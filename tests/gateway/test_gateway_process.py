@@ -182,7 +182,8 @@ def test_a_restart_under_load_loses_no_logged_prediction(
     time.sleep(2)
     before = len(answered)
     # uvicorn shuts down gracefully, then re-raises the signal it caught (exit status -15)
-    assert gw.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+    # uvicorn drains, then re-raises the SIGTERM: the CLI exits 143 (docs/cli.md)
+    assert gw.stop(signal.SIGTERM) in (0, 143, -signal.SIGTERM)
     gw.start()  # same port
     time.sleep(2)
     stop.set()

@@ -168,3 +168,25 @@ def test_the_digest_covers_every_file_and_its_name(tmp_path):
 )
 def test_a_location_is_inside_its_root_only_after_normalising(uri, root, expected):
     assert inside(uri, root) is expected
+
+
+def test_bytecode_caches_and_mlflows_own_metadata_are_not_the_model(tmp_path):
+    """Loading a model in place (mlflow models serve of a local store) writes __pycache__ and
+    registered_model_meta beside it: not what was registered, so not hashed; and a downloaded
+    copy loses every byte-code file before it loads, so a planted .pyc never runs."""
+    from registry.trust import drop_bytecode, model_digest
+
+    model = tmp_path / "model"
+    (model / "code").mkdir(parents=True)
+    (model / "code" / "retrain_servable.py").write_text("X = 1\n")
+    (model / "MLmodel").write_text("flavors: {}\n")
+    before = model_digest(model)
+    (model / "code" / "__pycache__").mkdir()
+    (model / "code" / "__pycache__" / "retrain_servable.cpython-311.pyc").write_bytes(b"evil")
+    (model / "registered_model_meta").write_text("model_name: m\nmodel_version: '1'\n")
+
+    assert model_digest(model) == before
+    drop_bytecode(model)
+    assert not list(model.rglob("*.pyc")) and not (model / "code" / "__pycache__").exists()
+    (model / "code" / "retrain_servable.py").write_text("X = 2\n")
+    assert model_digest(model) != before  # the code itself still counts
