@@ -308,8 +308,11 @@ def test_mlflow_models_serve_of_the_champion_answers_raw_rows_over_http(
 
 
 @pytest.mark.slow
-def test_infra_validation_of_a_servable_version_passes_and_records_its_cost(champions, env_cache):
-    champion = champions["lightgbm"]
+@pytest.mark.parametrize("family", ["lightgbm", "als"])
+def test_infra_validation_of_a_servable_version_passes_and_records_its_cost(
+    champions, env_cache, family
+):
+    champion = champions[family]
     check = validate_version(
         champion.registry,
         champion.version,
