@@ -26,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import FlowPauseTimeout
 from prefect.runtime import flow_run
 
+from flows import events
 from flows.retrain_flow import ApprovalInput, make_registry
 from flows.settings import resolve_spec
 from registry import ModelRegistry
@@ -166,11 +167,23 @@ def carry_out(
         registry, decision.challenger_version, f"{decision.action}: {decision.reason}"
     )
     who = promotion.approver or actor
+    evidence = {
+        "routing": decision.routing,
+        "test": decision.test,
+        "metric": decision.metric,
+        "effect": "" if decision.effect is None else str(decision.effect),
+        "p_value": "" if decision.p_value is None else str(decision.p_value),
+        "samples": str(decision.samples),
+        "champion": decision.champion_version,
+    }
     if promotion.promote:
+        previous = registry.alias_version("champion")
         registry.record_decision(promotion)
         registry.promote(promotion, actor=who, flow_run_id=_flow_run_id())
+        events.promoted(decision.model, decision.challenger_version, previous, who, evidence)
     else:
         end_challenger(registry, promotion, actor=who, flow_run_id=_flow_run_id())
+        events.refused(decision.model, decision.challenger_version, promotion.reason, evidence)
     return {"promoted": promotion.promote, "decision": promotion.reason}
 
 

@@ -22,6 +22,7 @@ from registry.client import APPROVAL_TAG, GATE_TAG
 from registry.live import LIVE_TAG
 from tests.conftest import bike_slice, spec_dict
 from tests.flows.conftest import artifacts_of, run_flow
+from tests.flows.test_links_and_cards import model_events
 from tests.gateway.conftest import (  # noqa: F401  (fixtures)
     gateway,
     gw_ledger,
@@ -80,7 +81,7 @@ def test_online_evaluation_promotes_a_better_challenger_and_rolls_back_a_worse_o
     wait_logged(gw_ledger, worse.registry.model_name, 2 * n)
     time.sleep(0.5)  # the last feedback rows
 
-    promoted, _ = run_flow(live_evaluate_flow, str(spec_better))
+    promoted, promoted_run = run_flow(live_evaluate_flow, str(spec_better))
     assert promoted["status"] == "promoted", promoted["decision"]
     assert promoted["evidence"]["samples"] == n
     assert better.registry.alias_version("champion") == strong
@@ -93,8 +94,17 @@ def test_online_evaluation_promotes_a_better_challenger_and_rolls_back_a_worse_o
     ]
     assert moves[-1]["to_version"] == strong and moves[-1]["actor"] == "online-evaluation"
 
-    rolled, _ = run_flow(live_evaluate_flow, str(spec_worse))
+    rolled, rolled_run = run_flow(live_evaluate_flow, str(spec_worse))
     assert rolled["status"] == "rolled back", rolled["decision"]
+    # both decisions are model events, as a backtest promotion's are
+    [up] = model_events(promoted_run)
+    assert up["event"] == "retrain.model.promoted"
+    assert up["resource"]["prefect.resource.id"] == f"retrain.model.{better.registry.model_name}"
+    assert (up["payload"]["version"], up["payload"]["previous"]) == (strong, weak)
+    assert up["payload"]["routing"] == "shadow"
+    [down] = model_events(rolled_run)
+    assert down["event"] == "retrain.model.refused"
+    assert down["payload"]["version"] == bad and "challenger worse" in down["payload"]["reason"]
     assert worse.registry.alias_version("champion") == kept
     assert worse.registry.alias_version("challenger") is None
     tags = worse.registry.version(bad).tags
