@@ -236,7 +236,7 @@ def test_an_operator_rejects_in_the_prefect_ui_and_the_champion_stays(
     start_retrain(spec_path, "--auto-approve").wait_ok(PAUSE_TIMEOUT)
     registry, ledger, spec = registry_for(spec_path)
     assert registry.alias_version("champion") == "1"
-    run = start_retrain(spec_path)
+    run = start_retrain(spec_path, "--force")  # the champion's own data: same model unless forced
     flow_run = wait_for_paused_run(prefect_server, spec_path, run)
     assert registry.alias_version("challenger") == "2"
 

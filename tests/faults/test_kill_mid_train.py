@@ -1,7 +1,9 @@
+# ruff: noqa: F811  (the live_server fixture is imported, then requested by name)
 """Fault injection: the training process is killed with SIGKILL in the middle of training."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +21,7 @@ from retrain.features import plan_windows
 from retrain.ingest import ingest
 from retrain.ledger import Ledger
 from tests.conftest import bike_slice, spec_dict
+from tests.flows.conftest import live_server  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 RETRAIN = Path(sys.executable).with_name("retrain")
@@ -100,7 +103,7 @@ def test_a_retrain_killed_mid_train_leaves_no_trace_and_the_rerun_reuses_the_cac
     assert registry.aliases() == {}  # no alias change
 
     fast = subprocess.run(
-        [*command, "--verbose"],
+        [*command, "--json"],
         cwd=tmp_path,
         env=run_env(tmp_path),
         capture_output=True,
@@ -115,14 +118,14 @@ def test_a_retrain_killed_mid_train_leaves_no_trace_and_the_rerun_reuses_the_cac
     [rerun] = [r for r in runs.values() if r.id != killed.id]
     assert rerun.status == "promoted"
     assert {p.name for p in features.rglob("*.parquet")} == cached  # no feature recomputed
-    assert "features computed for 0" in fast.stdout + fast.stderr
+    assert json.loads(fast.stdout)["features_computed"] == 0
     assert [v.version for v in registry.versions()] == ["1"]
     assert registry.aliases() == {"champion": "1"}
 
 
 @pytest.mark.slow
 def test_a_crash_between_registering_and_moving_the_alias_leaves_a_consistent_state(
-    tmp_path, bike_hourly
+    tmp_path, bike_hourly, live_server
 ):
     data = tmp_path / "data"
     data.mkdir()
@@ -151,11 +154,12 @@ def test_a_crash_between_registering_and_moving_the_alias_leaves_a_consistent_st
     registry = ModelRegistry(spec.state.tracking, spec.name, ledger)
     assert registry.aliases() == {"champion": "1"}
 
-    # version 2 is registered, then the flow waits for an operator: kill it right there
+    # version 2 is registered, then the flow waits for an operator (on a real Prefect server:
+    # without one the CLI refuses to wait): kill it right there
     proc = subprocess.Popen(
         [*base, "--as-of", "2011-04-29"],
         cwd=tmp_path,
-        env=env,
+        env={**env, "PREFECT_API_URL": live_server.url},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

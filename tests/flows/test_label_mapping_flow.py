@@ -58,10 +58,7 @@ def test_a_text_label_with_positive_is_registered_and_served_as_the_probability_
     assert version.tags["retrain.label_mapping"] == "HIGH = 1, other values = 0"
     april = pd.read_csv(bike_dir / "2011-04.csv")
     served = load_servable(registry, outcome["version"])
-    rows = april[list(spec.features.columns)].astype(  # as the model's signature types them
-        {c: "float64" for c in spec.features.numeric} | {c: str for c in spec.features.categorical}
-    )
-    scores = np.asarray(served.predict(rows))
+    scores = np.asarray(served.predict(april))  # the source's raw rows, as pandas reads them
     high = april["demand"].to_numpy() == "HIGH"
     assert scores[high].mean() > 0.5 > scores[~high].mean()
 

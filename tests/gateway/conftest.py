@@ -142,19 +142,21 @@ def make_als_models(
     frame = taste_interactions()
 
     def make() -> ALSModels:
-        registry = ModelRegistry(
-            gw_tracking_uri,
-            f"gw-als-{uuid.uuid4().hex[:8]}",
-            gw_ledger,
-            artifact_root=tmp_path / "artifacts",
+        return ALSModels(
+            new_registry(gw_tracking_uri, gw_ledger, tmp_path, "gw-als"), frame, tmp_path
         )
-        return ALSModels(registry, frame, tmp_path)
 
     return make
 
 
-def write_als_spec(tmp_path: Path, models: Models, live: dict[str, Any]) -> Path:
-    data = als_spec_dict(tmp_path / "data", tmp_path / "state")
+def new_registry(tracking_uri: str, ledger: Ledger, tmp_path: Path, prefix: str) -> ModelRegistry:
+    """A registered model of its own (a fresh name) in the session's MLflow store."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    return ModelRegistry(tracking_uri, name, ledger, artifact_root=tmp_path / "artifacts")
+
+
+def spec_file(tmp_path: Path, models: Models, data: dict[str, Any], live: dict[str, Any]) -> Path:
+    """``data`` as the spec of ``models``' registry, with ``live`` (a 1 s alias poll)."""
     data["name"] = models.registry.model_name
     data["state"]["tracking_uri"] = models.registry.tracking_uri
     data["state"]["ledger_url"] = models.registry.ledger.url
@@ -162,6 +164,10 @@ def write_als_spec(tmp_path: Path, models: Models, live: dict[str, Any]) -> Path
     path = tmp_path / f"{models.registry.model_name}.yaml"
     path.write_text(yaml.safe_dump(json.loads(json.dumps(data, default=str))))
     return path
+
+
+def write_als_spec(tmp_path: Path, models: Models, live: dict[str, Any]) -> Path:
+    return spec_file(tmp_path, models, als_spec_dict(tmp_path / "data", tmp_path / "state"), live)
 
 
 @pytest.fixture
@@ -176,27 +182,17 @@ def make_models(
     gw_tracking_uri: str, gw_ledger: Ledger, tmp_path: Path, train_frame: pd.DataFrame
 ) -> Callable[[], Models]:
     def make() -> Models:
-        registry = ModelRegistry(
-            gw_tracking_uri,
-            f"gw-{uuid.uuid4().hex[:8]}",
-            gw_ledger,
-            artifact_root=tmp_path / "artifacts",
+        return Models(
+            new_registry(gw_tracking_uri, gw_ledger, tmp_path, "gw"), train_frame, tmp_path
         )
-        return Models(registry, train_frame, tmp_path)
 
     return make
 
 
 def write_spec(tmp_path: Path, models: Models, live: dict[str, Any], **overrides: Any) -> Path:
     data = spec_dict(tmp_path / "data", tmp_path / "state", **overrides)
-    data["name"] = models.registry.model_name
     data["features"] = {"numeric": ["temp", "hum", "hr"], "categorical": ["weathersit"]}
-    data["state"]["tracking_uri"] = models.registry.tracking_uri
-    data["state"]["ledger_url"] = models.registry.ledger.url
-    data["live"] = {"poll": "1s", **live}
-    path = tmp_path / f"{models.registry.model_name}.yaml"
-    path.write_text(yaml.safe_dump(json.loads(json.dumps(data, default=str))))
-    return path
+    return spec_file(tmp_path, models, data, live)
 
 
 class GatewayProcess:
