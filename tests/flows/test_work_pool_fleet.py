@@ -129,9 +129,16 @@ def ran_by(run: FlowRun, workers: dict[str, tuple[subprocess.Popen, Path]]) -> s
     engine's last line names the run ("Flow run 'name' - Finished in state ..."). Not the
     "submitting" line: two workers may both try to submit one run, and one of them loses."""
     finished = f"Flow run '{run.name}' - Finished in state"
-    names = [
-        name for name, (_, log) in workers.items() if finished in log.read_text(errors="replace")
-    ]
+    deadline = time.monotonic() + 30  # the server may know the final state before the line lands
+    while True:
+        names = [
+            name
+            for name, (_, log) in workers.items()
+            if finished in log.read_text(errors="replace")
+        ]
+        if names or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert len(names) == 1, f"run {run.name} finished in the output of {names or 'no worker'}"
     return names[0]
 

@@ -54,7 +54,9 @@ def keys(result) -> list[str]:
     return [p.key for p in result.partitions]
 
 
-def test_timestamps_with_several_utc_offsets_are_converted_to_utc_and_logged(tmp_path, caplog):
+def test_timestamps_with_several_utc_offsets_are_converted_to_utc_and_logged(
+    tmp_path, project_logs
+):
     frame = pd.DataFrame(
         {
             # a Berlin-local export across the spring DST change (+01:00, then +02:00)
@@ -64,13 +66,12 @@ def test_timestamps_with_several_utc_offsets_are_converted_to_utc_and_logged(tmp
             "y": [1.0, 2.0, 3.0],
         }
     )
-    with caplog.at_level("INFO", logger="retrain.servable"):
-        result = ingest(spec_for(tmp_path, frame), now=NOW)
+    result = ingest(spec_for(tmp_path, frame), now=NOW)
 
     assert keys(result) == ["2024-03-30", "2024-03-31"]
     stamps = [str(t) for p in result.partitions for t in p.frame["__ts__"]]
     assert stamps == ["2024-03-30 22:30:00", "2024-03-31 00:30:00", "2024-03-31 01:30:00"]
-    assert any("several UTC offsets" in r.getMessage() for r in caplog.records)
+    assert any("several UTC offsets" in r.getMessage() for r in project_logs.records)
 
 
 def test_timestamps_with_and_without_an_offset_are_a_schema_error_naming_the_fix(tmp_path):

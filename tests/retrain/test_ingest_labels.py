@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -166,13 +167,16 @@ def test_live_feedback_labels_are_mapped_like_the_training_labels(tmp_path):
 
 
 def test_every_partition_quarantined_for_one_reason_warns_once_and_fails_naming_the_fix(
-    tmp_path, caplog
+    tmp_path, project_logs
 ):
     spec = spec_for(tmp_path, updown(days=30))
-    with caplog.at_level("WARNING", logger="retrain.ingest"):
-        result = ingest(spec, now=pd.Timestamp("2025-01-01"))
+    result = ingest(spec, now=pd.Timestamp("2025-01-01"))  # project_logs sees retrain's records
 
-    warnings = [r.getMessage() for r in caplog.records if r.name == "retrain.ingest"]
+    warnings = [
+        r.getMessage()
+        for r in dict.fromkeys(project_logs.records)  # each once
+        if r.name == "retrain.ingest" and r.levelno >= logging.WARNING
+    ]
     assert warnings == [
         "quarantined 30 partition(s) (2024-01-01 to 2024-01-30, 360 rows): label 'move' has "
         "values outside {0, 1}: DOWN, UP; set positive = 'DOWN' or 'UP' (the value that means "
@@ -187,15 +191,18 @@ def test_every_partition_quarantined_for_one_reason_warns_once_and_fails_naming_
     )
 
 
-def test_reasons_that_differ_per_partition_group_by_their_cause(tmp_path, caplog):
+def test_reasons_that_differ_per_partition_group_by_their_cause(tmp_path, project_logs):
     frame = updown(days=5).assign(x=lambda f: f["x"].astype(object))
     for i, bad in enumerate([0, 12, 13, 24, 25, 26]):  # 1, 2 and 3 bad values on days 1-3
         frame.loc[bad, "x"] = f"bad{i}"
     spec = spec_for(tmp_path, frame, positive="UP")
-    with caplog.at_level("WARNING", logger="retrain.ingest"):
-        result = ingest(spec, now=pd.Timestamp("2025-01-01"))
+    result = ingest(spec, now=pd.Timestamp("2025-01-01"))  # project_logs sees retrain's records
 
-    [line] = [r.getMessage() for r in caplog.records if r.name == "retrain.ingest"]
+    [line] = [
+        r.getMessage()
+        for r in dict.fromkeys(project_logs.records)  # each once
+        if r.name == "retrain.ingest" and r.levelno >= logging.WARNING
+    ]
     assert line.startswith(
         "quarantined 3 partition(s) (2024-01-01 to 2024-01-03, 36 rows): numeric feature 'x' "
         "has non-numeric values; fix the data or list 'x' under features.categorical "
