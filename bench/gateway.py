@@ -138,6 +138,14 @@ def spec_file(work: Path, name: str, family: str, tracking: str, ledger: str, ro
     return path
 
 
+def gateway_command(port: int, *specs: Path) -> list[str]:
+    """`retrain gateway` on ``port`` serving ``specs``."""
+    cmd = [str(BIN / "retrain"), "gateway", "--port", str(port)]
+    for spec in specs:
+        cmd += ["--spec", str(spec)]
+    return cmd
+
+
 def wait(url: str, process: subprocess.Popen, log: Path, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -225,16 +233,11 @@ def main() -> None:
         for routing in ("off", "shadow", "canary"):
             port = free_port()
             log = work / f"gateway-{routing}.log"
-            cmd = [
-                str(BIN / "retrain"),
-                "gateway",
-                "--port",
-                str(port),
-                "--spec",
-                str(spec_file(work, lgb, "lightgbm", tracking, ledger_url, routing)),
-                "--spec",
-                str(spec_file(work, als, "als", tracking, ledger_url, routing)),
-            ]
+            cmd = gateway_command(
+                port,
+                spec_file(work, lgb, "lightgbm", tracking, ledger_url, routing),
+                spec_file(work, als, "als", tracking, ledger_url, routing),
+            )
             processes.append(start(cmd, log))
             wait(f"http://127.0.0.1:{port}/readyz", processes[-1], log)
             for name, kind in ((lgb, "predict"), (als, "recommend")):
@@ -298,14 +301,7 @@ def main() -> None:
     before = ledger.prediction_count(lgb)
     port = free_port()
     log = work / "gateway-lossless.log"
-    cmd = [
-        str(BIN / "retrain"),
-        "gateway",
-        "--port",
-        str(port),
-        "--spec",
-        str(spec_file(work, lgb, "lightgbm", tracking, ledger_url, "off")),
-    ]
+    cmd = gateway_command(port, spec_file(work, lgb, "lightgbm", tracking, ledger_url, "off"))
     p = start(cmd, log)
     wait(f"http://127.0.0.1:{port}/readyz", p, log)
     answered: list[str] = []

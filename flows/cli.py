@@ -619,6 +619,9 @@ ApproverOption = Annotated[
     typer.Option(help="Who answers (recorded; checked against gate.approvers). Default: $USER."),
 ]
 CommentOption = Annotated[str, typer.Option(help="Why (recorded with the decision).")]
+ModelArgument = Annotated[str, typer.Argument(help="Registered model name.")]
+WaitingVersionArgument = Annotated[str, typer.Argument(help="The version that waits for approval.")]
+OptionalSpecOption = Annotated[Path | None, typer.Option("--spec", "-s", help="Model spec file.")]
 
 
 def answer_waiting_run(
@@ -692,11 +695,11 @@ def _answer(
 @app.command()
 @handled
 def approve(
-    model: Annotated[str, typer.Argument(help="Registered model name.")],
-    version: Annotated[str, typer.Argument(help="The version that waits for approval.")],
+    model: ModelArgument,
+    version: WaitingVersionArgument,
     approver: ApproverOption = None,
     comment: CommentOption = "",
-    spec: Annotated[Path | None, typer.Option("--spec", "-s", help="Model spec file.")] = None,
+    spec: OptionalSpecOption = None,
     state_dir: StateOption = None,
 ) -> None:
     """Approve the candidate a paused or suspended retrain waits on (as the Prefect UI form)."""
@@ -706,11 +709,11 @@ def approve(
 @app.command()
 @handled
 def reject(
-    model: Annotated[str, typer.Argument(help="Registered model name.")],
-    version: Annotated[str, typer.Argument(help="The version that waits for approval.")],
+    model: ModelArgument,
+    version: WaitingVersionArgument,
     approver: ApproverOption = None,
     comment: CommentOption = "",
-    spec: Annotated[Path | None, typer.Option("--spec", "-s", help="Model spec file.")] = None,
+    spec: OptionalSpecOption = None,
     state_dir: StateOption = None,
 ) -> None:
     """Reject the candidate a paused or suspended retrain waits on (as the Prefect UI form)."""
