@@ -21,5 +21,9 @@ lint: install
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
+# the suite waits on servers more than it computes: three test processes on two cores
+# (one file per process at a time: module-scoped servers start once)
+TEST_WORKERS ?= 3
+
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
