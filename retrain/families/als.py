@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from retrain import servable
-from retrain.backtest import backtest
+from retrain.backtest import GateSettings, backtest
 from retrain.config import ModelSpec
 from retrain.errors import SchemaChangeError, TrainingError
 from retrain.families.baseline import popularity
@@ -365,24 +365,18 @@ def evaluate(
         if champion is None
         else _window_scores(spec.metric, champion.model, users, rels, als.k)
     )
-    gate = spec.gate
     result = backtest(
-        metric=spec.metric,
-        task="ranking",
+        GateSettings.from_spec(spec),
         y_holdout=np.zeros(candidate.size),
         candidate_pred=candidate,
         y_train=np.empty(0),
         holdout_start=holdout.start,
         holdout_end=holdout.end,
-        tolerance=gate.tolerance,
         champion_pred=champ,
         champion_version=champion.version if champion else None,
         champion_train_end=champion.train_end if champion else None,
-        bootstrap_samples=gate.bootstrap_samples,
-        seed=spec.seed,
         window_ids=row_window,
         window_bounds=bounds,
-        max_windows_lost=gate.max_windows_lost,
         baseline_pred=base,
     )
     if note:

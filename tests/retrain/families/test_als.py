@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retrain.backtest import backtest
+from retrain.backtest import GateSettings, backtest
 from retrain.config import parse_spec
 from retrain.errors import SchemaChangeError
 from retrain.families.als import evaluate, fit, fit_candidate, load_interactions, make_trainer, plan
@@ -194,14 +194,12 @@ def test_a_ranking_candidate_below_the_popularity_baseline_is_refused():
     users = np.array([0.2, 0.1, 0.0, 0.3])
 
     result = backtest(
-        metric="ndcg",
-        task="ranking",
+        GateSettings(metric="ndcg", task="ranking", tolerance=0.0),
         y_holdout=np.zeros(4),
         candidate_pred=users,
         y_train=np.empty(0),
         holdout_start=pd.Timestamp("2024-01-01"),
         holdout_end=pd.Timestamp("2024-01-05"),
-        tolerance=0.0,
         baseline_pred=users + 0.05,
     )
 
