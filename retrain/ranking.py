@@ -22,7 +22,7 @@ hit(i) = 1 when the item at rank i is in R:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -219,9 +219,13 @@ def _score(
     warm_users: pd.Index,
     k: int,
     fallback_source: str,
+    recs: pd.DataFrame | None = None,
 ) -> RankingScores:
+    """``recs``: the model's lists already computed for (at least) every user of ``relevant``
+    (with ``filter_seen``, the top ``k`` or more); they are computed here otherwise."""
     users = relevant["user"].drop_duplicates()
-    recs = model.recommend(users.tolist(), k=k, filter_seen=True)
+    if recs is None or not users.isin(recs["user"]).all():
+        recs = model.recommend(users.tolist(), k=k, filter_seen=True)
     metrics = user_metrics(recs, relevant, k)
     warm = metrics["user"].isin(warm_users).to_numpy()
     if "source" in recs.columns:
@@ -281,11 +285,18 @@ def ranking_backtest(
     popularity_window: str | pd.Timedelta = "30D",
     min_rating: float | None = None,
     champion: Recommender | None = None,
+    baseline: Recommender | None = None,
+    recommendations: Mapping[str, pd.DataFrame] | None = None,
 ) -> RankingBacktest:
     """Candidate, champion and the popularity baseline, scored on the same holdout users.
 
     ``train`` is the candidate's training history (it defines which items each user has seen
     and which users are warm); every model must have finished training before the holdout.
+    ``baseline``: the popularity model already fitted on ``train`` with ``popularity_window``
+    and ``min_rating`` (fitted here otherwise). ``recommendations``: each model's top-k lists
+    (seen items filtered) already computed for the holdout's users, by model name
+    ("candidate", "champion", "popularity"); a model without them, or whose lists miss one of
+    the users scored, is asked here.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise BacktestError(f"k must be a positive integer, got {k!r}")
@@ -299,21 +310,27 @@ def ranking_backtest(
     for model in (candidate, champion):
         if model is not None:
             _check_model_end(model, holdout)
-    try:
-        baseline = PopularityRecommender(window=popularity_window, min_rating=min_rating)
-        baseline.fit(train)
-    except TrainingError as exc:
-        raise BacktestError(f"cannot fit the popularity baseline: {exc}") from exc
+    if baseline is None:
+        try:
+            baseline = PopularityRecommender(window=popularity_window, min_rating=min_rating)
+            baseline.fit(train)
+        except TrainingError as exc:
+            raise BacktestError(f"cannot fit the popularity baseline: {exc}") from exc
     warm = pd.Index(train["user"].unique())
+    recs = dict(recommendations or {})
     return RankingBacktest(
         k=k,
         train_end=str(train["ts"].max()),
         holdout_start=str(holdout["ts"].min()),
         holdout_end=str(holdout["ts"].max()),
         popularity_window=str(pd.Timedelta(popularity_window)),
-        candidate=_score("candidate", candidate, relevant, warm, k, "popularity"),
+        candidate=_score(
+            "candidate", candidate, relevant, warm, k, "popularity", recs.get("candidate")
+        ),
         champion=None
         if champion is None
-        else _score("champion", champion, relevant, warm, k, "popularity"),
-        baseline=_score("popularity", baseline, relevant, warm, k, "_none_"),
+        else _score("champion", champion, relevant, warm, k, "popularity", recs.get("champion")),
+        baseline=_score(
+            "popularity", baseline, relevant, warm, k, "_none_", recs.get("popularity")
+        ),
     )
