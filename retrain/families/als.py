@@ -369,6 +369,8 @@ def evaluate(
         champion=champion.model if champion is not None else None,
         baseline=baseline,
         recommendations=recs,
+        # one window: its relevant pairs are the whole holdout's
+        relevant=relevant[0] if len(relevant) == 1 else None,
     )
     rels = [rel for _, rel in kept]
     row_window = np.concatenate([np.full(len(rel["user"].unique()), i) for i, rel in kept])
