@@ -3,16 +3,20 @@
 For each bundled spec (retrain/demo/bike.toml, movielens.toml) at one as-of: a champion and a
 candidate fitted from scratch on the spec's training window (the real ``fit`` of the family),
 then the real ``evaluate`` (the gate: backtest of candidate, champion and baseline, with the
-paired bootstrap of ``gate.bootstrap_samples`` draws), timed in CPU seconds (process_time):
-once with the vectorised bootstrap (now) and once with the former one-draw-at-a-time loop
-(before, kept here for the comparison only).
+paired bootstrap of ``gate.bootstrap_samples`` draws) right after the fit, as a retrain runs
+them (one ``in_memory()`` per retrain, as the retrain flow does; ``--no-memo``: without, as
+before), timed in CPU seconds (process_time), medians of ``--repeat`` retrains. The bootstrap
+alone is timed vectorised and as the former one-draw-at-a-time loop (kept for the comparison).
 
 Monitor: the simulator's continual policy on Bike Sharing, ``--checks`` daily checks after its
 first model, CPU per check with the champion's reference summarised once and each fresh row
 scored once (now), and with that cache cleared before every check (what every check paid
 before: the whole reference window re-read and re-scored), next to one scratch retrain.
 
-    .venv/bin/python bench/safety_cost.py            # ~2 min here (shared 2 cores)
+    .venv/bin/python bench/safety_cost.py            # ~3 min here (shared 2 cores)
+    # the code before a change, same conditions: its tree exported, this script run on it
+    git archive <commit> | tar -x -C /tmp/before
+    PYTHONPATH=/tmp/before .venv/bin/python bench/safety_cost.py --no-memo --out /tmp/b.md
 
 Writes bench/results/safety_cost.md. Read the ratios: the machine is shared.
 """
@@ -23,7 +27,7 @@ import argparse
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,7 @@ import retrain.backtest as backtest_module
 from retrain.config import ModelSpec, load_spec
 from retrain.families import family_of
 from retrain.families.spine import Champion, prepare
+from retrain.features import FeatureCache, in_memory
 from retrain.simulate import Decision, first_step, load_replay, make_policy
 from retrain.simulate.replay import _Replayer
 from retrain.stateful import scratch
@@ -86,7 +91,10 @@ def cpu(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
     return (time.process_time() - start) / repeat, out
 
 
-def gate_cost(name: str, state: Path) -> dict[str, Any]:
+def gate_cost(name: str, state: Path, memo: bool, repeat: int) -> dict[str, Any]:
+    """Fit and gate CPU as a retrain runs them: the candidate's fit, then the gate right after
+    it; with ``memo`` (what the retrain flow does since #14) both inside one ``in_memory()``,
+    so each cached partition is read once per retrain. Medians of ``repeat`` retrains."""
     spec = load_spec(DEMO / name, {"state.dir": str(state / name)})
     family = family_of(spec)
     prepared = prepare(spec, as_of=pd.Timestamp(AS_OF[name]))
@@ -94,12 +102,20 @@ def gate_cost(name: str, state: Path) -> dict[str, Any]:
     champ_spec = spec.model_copy(update={"seed": spec.seed + 1})
     old = family.fit_candidate(champ_spec, prepared, plan, None)
     champion = Champion("1", old.model, old.window.end, (old.window.version,), {})
-    fit_cpu, trained = cpu(lambda: family.fit_candidate(spec, prepared, plan, None))
-    gate_now, evaluated = cpu(
-        lambda: family.evaluate(spec, trained, prepared.holdout, champion), repeat=3
-    )
-    with bootstrap(loop_bootstrap):
-        gate_before, _ = cpu(lambda: family.evaluate(spec, trained, prepared.holdout, champion))
+    cache = FeatureCache(spec.state.features, spec)
+    fits, gates, reads = [], [], []
+    evaluated = None
+    for _ in range(repeat):
+        with in_memory() if memo else nullcontext():
+            fit_cpu, trained = cpu(lambda: family.fit_candidate(spec, prepared, plan, None))
+            gate_cpu, evaluated = cpu(
+                lambda t=trained: family.evaluate(spec, t, prepared.holdout, champion)
+            )
+        fits.append(fit_cpu)
+        gates.append(gate_cpu)
+        # what the gate's first read of the holdout partitions costs, alone
+        reads.append(cpu(lambda: cache.load(prepared.holdout.partitions))[0])
+    assert evaluated is not None
     # the statistical test alone, on the gate's own arrays
     args = (
         spec.metric,
@@ -112,17 +128,18 @@ def gate_cost(name: str, state: Path) -> dict[str, Any]:
     )
     boot_before, _ = cpu(lambda: loop_bootstrap(*args))
     boot_now, _ = cpu(lambda: backtest_module.paired_bootstrap(*args), repeat=5)
+    fit_cpu, gate_cpu = float(np.median(fits)), float(np.median(gates))
     return {
         "spec": name,
         "holdout rows": evaluated.result.rows,
         "bootstrap samples": spec.gate.bootstrap_samples,
         "fit cpu s": fit_cpu,
-        "gate cpu s (before)": gate_before,
-        "gate cpu s (now)": gate_now,
-        "bootstrap cpu s (before)": boot_before,
-        "bootstrap cpu s (now)": boot_now,
-        "gate/fit before": gate_before / fit_cpu,
-        "gate/fit now": gate_now / fit_cpu,
+        "gate cpu s": gate_cpu,
+        "holdout read cpu s": float(np.median(reads)),
+        "bootstrap cpu s (loop)": boot_before,
+        "bootstrap cpu s (vectorised)": boot_now,
+        "gate/fit": gate_cpu / fit_cpu,
+        "verdict": "passed" if evaluated.result.passed else "refused",
     }
 
 
@@ -168,23 +185,33 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checks", type=int, default=60, help="monitor checks to time")
+    parser.add_argument("--checks", type=int, default=60, help="monitor checks to time (0: none)")
+    parser.add_argument("--repeat", type=int, default=5, help="retrains timed per spec")
+    parser.add_argument(
+        "--no-memo",
+        action="store_true",
+        help="time fit and gate without the retrain's in-memory partitions (the code before #14)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "safety_cost.md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
-        gates = [gate_cost(name, state) for name in AS_OF]
-        monitor = monitor_cost(state, args.checks)
-    text = "\n\n".join(
-        [
-            "# Safety cost (bench/safety_cost.py)",
-            "Command: `.venv/bin/python bench/safety_cost.py`",
-            "## Gate vs fit (CPU seconds)",
-            table(gates),
+        gates = [gate_cost(name, state, not args.no_memo, args.repeat) for name in AS_OF]
+        monitor = monitor_cost(state, args.checks) if args.checks else None
+    flags = " --no-memo" if args.no_memo else ""
+    parts = [
+        "# Safety cost (bench/safety_cost.py)",
+        f"Command: `.venv/bin/python bench/safety_cost.py{flags} --repeat {args.repeat} "
+        f"--checks {args.checks}`",
+        "## Gate vs fit (CPU seconds, medians)",
+        table(gates),
+    ]
+    if monitor is not None:
+        parts += [
             "## Monitor check vs retrain, Bike Sharing continual policy (CPU seconds)",
             table([monitor]),
         ]
-    )
+    text = "\n\n".join(parts)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")
     print(text)

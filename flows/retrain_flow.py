@@ -60,6 +60,7 @@ from retrain.families.spine import (
     prepare,
     source_rows,
 )
+from retrain.features import in_memory
 from retrain.freshness import data_age, data_end, format_age
 from retrain.infra import InfraCheck, gate_with_infra, infra_wanted
 from retrain.ledger import Ledger, RunRecord
@@ -667,7 +668,9 @@ def retrain_flow(
     """
     spec = resolve_spec(spec_path, overrides)
     cutoff = parse_as_of(as_of)
-    with Ledger(spec.state.ledger) as ledger:  # its connections closed when the run ends
+    # its connections closed when the run ends; each cached partition read once per run (the
+    # fit, the gate and the refit share the frames)
+    with Ledger(spec.state.ledger) as ledger, in_memory():
         return _retrain(
             spec, ledger, mode, reason, cutoff, auto_approve, actor, trigger_check, force
         )

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from retrain.config import GREATER_IS_BETTER, RANKING_METRICS
+from retrain.config import GREATER_IS_BETTER, RANKING_METRICS, ModelSpec
 from retrain.errors import BacktestError
 
 
@@ -303,38 +303,67 @@ def _improvement(cand: float, champ: float, gib: bool) -> float:
     return (cand - champ) if gib else (champ - cand)
 
 
+@dataclass(frozen=True)
+class GateSettings:
+    """What a backtest judges by: the metric and the gate's thresholds, built once per spec.
+
+    ``max_slice_degradation`` None: slices are scored and shown but never fail the gate.
+    """
+
+    metric: str
+    task: str
+    tolerance: float = 0.0
+    bootstrap_samples: int = 1000
+    seed: int = 0
+    max_windows_lost: int | None = None
+    max_slice_degradation: float | None = None
+    min_slice_rows: int = 30
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> GateSettings:
+        """The settings of ``spec``'s gate (its slice limit applies only when it names slices)."""
+        gate = spec.gate
+        return cls(
+            metric=spec.metric,
+            task=spec.task,
+            tolerance=gate.tolerance,
+            bootstrap_samples=gate.bootstrap_samples,
+            seed=spec.seed,
+            max_windows_lost=gate.max_windows_lost,
+            max_slice_degradation=gate.max_slice_degradation if gate.slices else None,
+            min_slice_rows=gate.min_slice_rows,
+        )
+
+
 def backtest(
+    settings: GateSettings,
     *,
-    metric: str,
-    task: str,
     y_holdout: np.ndarray,
     candidate_pred: np.ndarray,
     y_train: np.ndarray,
     holdout_start: pd.Timestamp,
     holdout_end: pd.Timestamp,
-    tolerance: float,
     champion_pred: np.ndarray | None = None,
     champion_version: str | None = None,
     champion_train_end: pd.Timestamp | None = None,
-    bootstrap_samples: int = 1000,
-    seed: int = 0,
     window_ids: np.ndarray | None = None,
     window_bounds: Sequence[tuple[pd.Timestamp, pd.Timestamp]] = (),
-    max_windows_lost: int | None = None,
     slices: Mapping[str, np.ndarray] | None = None,
-    max_slice_degradation: float | None = None,
-    min_slice_rows: int = 30,
     baseline_pred: np.ndarray | None = None,
 ) -> BacktestResult:
     """Score candidate, champion and baseline on the same holdout windows; give the verdict.
 
-    The gate: the candidate beats the baseline; with a champion, the lower bound of the 95%
-    paired bootstrap interval of the improvement is above ``-tolerance x |champion metric|``,
-    the candidate loses at most ``max_windows_lost`` windows, and no slice of ``slices`` with
-    at least ``min_slice_rows`` rows degrades by more than ``max_slice_degradation``.
-    ``baseline_pred`` replaces the training-window mean / majority class (the ranking family
-    passes its popularity baseline's per-user scores).
+    The gate (``settings``): the candidate beats the baseline; with a champion, the lower bound
+    of the 95% paired bootstrap interval of the improvement is above ``-tolerance x |champion
+    metric|``, the candidate loses at most ``max_windows_lost`` windows, and no slice of
+    ``slices`` with at least ``min_slice_rows`` rows degrades by more than
+    ``max_slice_degradation``. ``baseline_pred`` replaces the training-window mean / majority
+    class (the ranking family passes its popularity baseline's per-user scores).
     """
+    metric, task, tolerance = settings.metric, settings.task, settings.tolerance
+    max_windows_lost = settings.max_windows_lost
+    max_slice_degradation = settings.max_slice_degradation
+    min_slice_rows = settings.min_slice_rows
     y = np.asarray(y_holdout, dtype="float64")
     if y.size == 0:
         raise BacktestError("the holdout holds no row: widen windows.holdout")
@@ -399,7 +428,7 @@ def backtest(
         champ = score(metric, y, champ_pred)
         improvement = _improvement(cand, champ, gib)
         low, high = paired_bootstrap(
-            metric, y, candidate_pred, champ_pred, bootstrap_samples, seed, gib
+            metric, y, candidate_pred, champ_pred, settings.bootstrap_samples, settings.seed, gib
         )
         windows_lost = sum(1 for w in windows if (w.improvement or 0.0) < 0)
         if max_windows_lost is not None and windows_lost > max_windows_lost:

@@ -22,7 +22,7 @@ hit(i) = 1 when the item at rank i is in R:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -147,7 +147,9 @@ def relevant_items(
     weights = holdout["weight"].to_numpy(dtype="float64")
     positives = holdout.loc[positive_mask(weights, min_rating), ["user", "item"]]
     pairs = positives.drop_duplicates()
-    seen = train[["user", "item"]].drop_duplicates()
+    # only the holdout users' training rows can hide a pair
+    mine = train["user"].isin(pairs["user"].unique())
+    seen = train.loc[mine, ["user", "item"]].drop_duplicates()
     merged = pairs.merge(seen, on=["user", "item"], how="left", indicator=True)
     fresh = merged[merged["_merge"] == "left_only"]
     return fresh[["user", "item"]].reset_index(drop=True)
@@ -164,34 +166,48 @@ def user_metrics(recommendations: pd.DataFrame, relevant: pd.DataFrame, k: int) 
     missing = [c for c in ("user", "rank", "item") if c not in recommendations.columns]
     if missing:
         raise BacktestError(f"recommendations lack column(s) {missing}: need user, rank, item")
-    n_relevant = relevant.groupby("user", sort=False).size().rename("relevant")
-    recs = recommendations.loc[recommendations["rank"] <= k, ["user", "rank", "item"]]
-    recs = recs.drop_duplicates(["user", "item"]).sort_values(["user", "rank"], kind="stable")
-    recs = recs[recs["user"].isin(n_relevant.index)]
-    flagged = recs.merge(relevant.assign(hit=1), on=["user", "item"], how="left")
-    hit = flagged["hit"].fillna(0).to_numpy(dtype="float64")
-    rank = flagged["rank"].to_numpy(dtype="float64")
-    cum_hits = pd.Series(hit).groupby(flagged["user"].to_numpy(), sort=False).cumsum().to_numpy()
-    per_rec = pd.DataFrame(
-        {
-            "user": flagged["user"].to_numpy(),
-            "hit": hit,
-            "ap": hit * cum_hits / rank,
-            "dcg": hit / np.log2(rank + 1.0),
-        }
+    n_relevant = relevant.groupby("user", sort=False).size()
+    users = n_relevant.index
+    n_users = len(users)
+    # vectorised over every (user, recommendation): integer codes instead of pandas merges
+    rank_all = recommendations["rank"].to_numpy()
+    top = rank_all <= k
+    rec_user = users.get_indexer(recommendations["user"].to_numpy()[top])
+    mine = rec_user >= 0
+    rec_user, rank = rec_user[mine], rank_all[top][mine].astype("float64")
+    rec_item_ids = recommendations["item"].to_numpy()[top][mine]
+    rel_user = users.get_indexer(relevant["user"].to_numpy())
+    item_codes, _ = pd.factorize(
+        np.concatenate([relevant["item"].to_numpy(dtype=object), rec_item_ids.astype(object)])
     )
-    sums = per_rec.groupby("user", sort=False)[["hit", "ap", "dcg"]].sum()
-    out = n_relevant.to_frame().join(sums, how="left").fillna(0.0)
-    den = np.minimum(out["relevant"].to_numpy(), k)
+    n_items = int(item_codes.max()) + 1 if item_codes.size else 1
+    rel_key = rel_user.astype("int64") * n_items + item_codes[: len(rel_user)]
+    rec_key = rec_user.astype("int64") * n_items + item_codes[len(rel_user) :]
+    # a (user, item) recommended twice counts once, at its first row
+    _, first = np.unique(rec_key, return_index=True)
+    first.sort()
+    rec_user, rank, rec_key = rec_user[first], rank[first], rec_key[first]
+    # each user's list in rank order (ties keep the given order)
+    order = np.lexsort((rank, rec_user))
+    rec_user, rank = rec_user[order], rank[order]
+    hit = np.isin(rec_key[order], rel_key).astype("float64")
+    cum = np.cumsum(hit)
+    starts = np.searchsorted(rec_user, rec_user, side="left")
+    cum_hits = cum - np.concatenate([[0.0], cum])[starts]
+    hits = np.bincount(rec_user, weights=hit, minlength=n_users)
+    ap = np.bincount(rec_user, weights=hit * cum_hits / rank, minlength=n_users)
+    dcg = np.bincount(rec_user, weights=hit / np.log2(rank + 1.0), minlength=n_users)
+    n_rel = n_relevant.to_numpy(dtype="int64")
+    den = np.minimum(n_rel, k)
     ideal = np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))[den - 1]
     return pd.DataFrame(
         {
-            "user": out.index.to_numpy(),
-            "relevant": out["relevant"].to_numpy(dtype="int64"),
-            "hits": out["hit"].to_numpy(dtype="int64"),
-            "precision": out["hit"].to_numpy() / k,
-            "ap": out["ap"].to_numpy() / den,
-            "ndcg": out["dcg"].to_numpy() / ideal,
+            "user": users.to_numpy(),
+            "relevant": n_rel,
+            "hits": hits.astype("int64"),
+            "precision": hits / k,
+            "ap": ap / den,
+            "ndcg": dcg / ideal,
             "implicit_precision_den": den,
         }
     )
@@ -219,9 +235,13 @@ def _score(
     warm_users: pd.Index,
     k: int,
     fallback_source: str,
+    recs: pd.DataFrame | None = None,
 ) -> RankingScores:
+    """``recs``: the model's lists already computed for (at least) every user of ``relevant``
+    (with ``filter_seen``, the top ``k`` or more); they are computed here otherwise."""
     users = relevant["user"].drop_duplicates()
-    recs = model.recommend(users.tolist(), k=k, filter_seen=True)
+    if recs is None or not users.isin(recs["user"]).all():
+        recs = model.recommend(users.tolist(), k=k, filter_seen=True)
     metrics = user_metrics(recs, relevant, k)
     warm = metrics["user"].isin(warm_users).to_numpy()
     if "source" in recs.columns:
@@ -281,16 +301,26 @@ def ranking_backtest(
     popularity_window: str | pd.Timedelta = "30D",
     min_rating: float | None = None,
     champion: Recommender | None = None,
+    baseline: Recommender | None = None,
+    recommendations: Mapping[str, pd.DataFrame] | None = None,
+    relevant: pd.DataFrame | None = None,
 ) -> RankingBacktest:
     """Candidate, champion and the popularity baseline, scored on the same holdout users.
 
     ``train`` is the candidate's training history (it defines which items each user has seen
     and which users are warm); every model must have finished training before the holdout.
+    ``baseline``: the popularity model already fitted on ``train`` with ``popularity_window``
+    and ``min_rating`` (fitted here otherwise). ``recommendations``: each model's top-k lists
+    (seen items filtered) already computed for the holdout's users, by model name
+    ("candidate", "champion", "popularity"); a model without them, or whose lists miss one of
+    the users scored, is asked here. ``relevant``: ``relevant_items(train, holdout,
+    min_rating)`` already computed (computed here otherwise).
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise BacktestError(f"k must be a positive integer, got {k!r}")
     train, holdout = _check_split(train, holdout)
-    relevant = relevant_items(train, holdout, min_rating)
+    if relevant is None:
+        relevant = relevant_items(train, holdout, min_rating)
     if relevant.empty:
         raise BacktestError(
             "no user has a relevant holdout item (a positive not seen in training): widen the "
@@ -299,21 +329,27 @@ def ranking_backtest(
     for model in (candidate, champion):
         if model is not None:
             _check_model_end(model, holdout)
-    try:
-        baseline = PopularityRecommender(window=popularity_window, min_rating=min_rating)
-        baseline.fit(train)
-    except TrainingError as exc:
-        raise BacktestError(f"cannot fit the popularity baseline: {exc}") from exc
+    if baseline is None:
+        try:
+            baseline = PopularityRecommender(window=popularity_window, min_rating=min_rating)
+            baseline.fit(train)
+        except TrainingError as exc:
+            raise BacktestError(f"cannot fit the popularity baseline: {exc}") from exc
     warm = pd.Index(train["user"].unique())
+    recs = dict(recommendations or {})
     return RankingBacktest(
         k=k,
         train_end=str(train["ts"].max()),
         holdout_start=str(holdout["ts"].min()),
         holdout_end=str(holdout["ts"].max()),
         popularity_window=str(pd.Timedelta(popularity_window)),
-        candidate=_score("candidate", candidate, relevant, warm, k, "popularity"),
+        candidate=_score(
+            "candidate", candidate, relevant, warm, k, "popularity", recs.get("candidate")
+        ),
         champion=None
         if champion is None
-        else _score("champion", champion, relevant, warm, k, "popularity"),
-        baseline=_score("popularity", baseline, relevant, warm, k, "_none_"),
+        else _score("champion", champion, relevant, warm, k, "popularity", recs.get("champion")),
+        baseline=_score(
+            "popularity", baseline, relevant, warm, k, "_none_", recs.get("popularity")
+        ),
     )

@@ -292,9 +292,14 @@ def encode_frame(
         )
     out = X[list(feature_names)].copy()
     for col, cats in categories.items():
-        codes = {value: float(i) for i, value in enumerate(cats)}
         as_str = out[col].astype("string")
-        mapped = as_str.map(codes)
+        index = pd.Index(cats, dtype="string")
+        if index.is_unique and not index.hasnans:
+            # one hash lookup per row: position in the frozen categories, -1 if absent
+            found = index.get_indexer(as_str)
+            mapped = pd.Series(np.where(found >= 0, found, np.nan), index=out.index)
+        else:
+            mapped = as_str.map({value: float(i) for i, value in enumerate(cats)})
         unseen = mapped.isna() & as_str.notna()
         if unseen.any():
             logger.warning(

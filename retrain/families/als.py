@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 
 from retrain import servable
-from retrain.backtest import backtest
+from retrain.backtest import GateSettings, backtest
 from retrain.config import ModelSpec
-from retrain.errors import SchemaChangeError, TrainingError
+from retrain.errors import BacktestError, SchemaChangeError, TrainingError
 from retrain.families.baseline import popularity
 from retrain.families.protocol import Family
 from retrain.families.spine import (
@@ -319,13 +319,8 @@ def refit(
 
 
 def _window_scores(
-    metric: str,
-    model: ALSTrainer | PopularityRecommender,
-    users: list[str],
-    relevant: list[pd.DataFrame],
-    k: int,
+    metric: str, recs: pd.DataFrame, relevant: list[pd.DataFrame], k: int
 ) -> np.ndarray:
-    recs = model.recommend(users, k=k, filter_seen=True)
     column = METRIC_COLUMN[metric]
     parts = [user_metrics(recs, rel, k)[column].to_numpy(dtype="float64") for rel in relevant]
     return np.concatenate(parts) if parts else np.empty(0)
@@ -334,7 +329,10 @@ def _window_scores(
 def evaluate(
     spec: ModelSpec, trained: Trained, holdout: Window, champion: Champion | None
 ) -> RankingEvaluated:
-    """Ranking backtest of candidate, champion and popularity on the same holdout users."""
+    """Ranking backtest of candidate, champion and popularity on the same holdout users.
+
+    Each model recommends once, for every user active in the holdout; the popularity baseline
+    is fitted once: the segment table and the per-window scores the gate judges share them."""
     als = spec.als
     holdout, note = judged_holdout(holdout, champion, spec.gate.refit)
     train = load_interactions(spec, trained.window)
@@ -345,6 +343,22 @@ def evaluate(
         relevant_items(train, held[window_ids == i], als.min_rating) for i in range(len(bounds))
     ]
     kept = [(i, rel) for i, rel in enumerate(relevant) if not rel.empty]
+    users = sorted({u for _, rel in kept for u in rel["user"]})
+    try:
+        baseline = popularity(train, als.popularity_window, als.min_rating)
+    except TrainingError as exc:
+        raise BacktestError(f"cannot fit the popularity baseline: {exc}") from exc
+    models: dict[str, ALSTrainer | PopularityRecommender] = {
+        "candidate": trained.model,
+        "popularity": baseline,
+    }
+    if champion is not None:
+        models["champion"] = champion.model
+    recs = (
+        {name: model.recommend(users, k=als.k, filter_seen=True) for name, model in models.items()}
+        if users
+        else {}
+    )
     ranking = ranking_backtest(
         trained.model,
         train,
@@ -353,36 +367,28 @@ def evaluate(
         popularity_window=als.popularity_window,
         min_rating=als.min_rating,
         champion=champion.model if champion is not None else None,
+        baseline=baseline,
+        recommendations=recs,
+        # one window: its relevant pairs are the whole holdout's
+        relevant=relevant[0] if len(relevant) == 1 else None,
     )
-    users = sorted({u for _, rel in kept for u in rel["user"]})
     rels = [rel for _, rel in kept]
     row_window = np.concatenate([np.full(len(rel["user"].unique()), i) for i, rel in kept])
-    baseline = popularity(train, als.popularity_window, als.min_rating)
-    candidate = _window_scores(spec.metric, trained.model, users, rels, als.k)
-    base = _window_scores(spec.metric, baseline, users, rels, als.k)
-    champ = (
-        None
-        if champion is None
-        else _window_scores(spec.metric, champion.model, users, rels, als.k)
-    )
-    gate = spec.gate
+    candidate = _window_scores(spec.metric, recs["candidate"], rels, als.k)
+    base = _window_scores(spec.metric, recs["popularity"], rels, als.k)
+    champ = None if champion is None else _window_scores(spec.metric, recs["champion"], rels, als.k)
     result = backtest(
-        metric=spec.metric,
-        task="ranking",
+        GateSettings.from_spec(spec),
         y_holdout=np.zeros(candidate.size),
         candidate_pred=candidate,
         y_train=np.empty(0),
         holdout_start=holdout.start,
         holdout_end=holdout.end,
-        tolerance=gate.tolerance,
         champion_pred=champ,
         champion_version=champion.version if champion else None,
         champion_train_end=champion.train_end if champion else None,
-        bootstrap_samples=gate.bootstrap_samples,
-        seed=spec.seed,
         window_ids=row_window,
         window_bounds=bounds,
-        max_windows_lost=gate.max_windows_lost,
         baseline_pred=base,
     )
     if note:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from retrain import servable
-from retrain.backtest import backtest, baseline_predictions, score
+from retrain.backtest import GateSettings, backtest, baseline_predictions, score
 from retrain.config import ModelSpec
 from retrain.errors import BacktestError, DataError, NoTreesAddedError, TrainingError
 from retrain.families.baseline import BaselineModel
@@ -183,27 +183,19 @@ def evaluate(
     candidate = trained.model.predict(X)
     champion_pred = champion.model.predict(X) if champion is not None else None
     bounds, window_ids = split_windows(holdout, spec.gate.backtest_windows, frame[TS])
-    gate = spec.gate
     result = backtest(
-        window_ids=window_ids,
-        window_bounds=bounds,
-        max_windows_lost=gate.max_windows_lost,
-        slices={col: frame[col].to_numpy() for col in gate.slices},
-        max_slice_degradation=gate.max_slice_degradation if gate.slices else None,
-        min_slice_rows=gate.min_slice_rows,
-        metric=spec.metric,
-        task=spec.task,
+        GateSettings.from_spec(spec),
         y_holdout=y,
         candidate_pred=candidate,
         y_train=trained.y_train,
         holdout_start=holdout.start,
         holdout_end=holdout.end,
-        tolerance=spec.gate.tolerance,
         champion_pred=champion_pred,
         champion_version=champion.version if champion else None,
         champion_train_end=champion.train_end if champion else None,
-        bootstrap_samples=spec.gate.bootstrap_samples,
-        seed=spec.seed,
+        window_ids=window_ids,
+        window_bounds=bounds,
+        slices={col: frame[col].to_numpy() for col in spec.gate.slices},
     )
     if note:
         result = replace(result, reasons=(*result.reasons, note))

@@ -817,7 +817,10 @@ class ALSTrainer:
         """
         self._check_fitted()
         check_k(k)
-        return servable.recommend(self.query_state(), user_ids, k=k, filter_seen=filter_seen)
+        # one BLAS thread, as around the fit: a few users' scores are a small product that a
+        # BLAS thread pool only spins on (about 10x the CPU on a busy machine)
+        with _one_blas_thread():
+            return servable.recommend(self.query_state(), user_ids, k=k, filter_seen=filter_seen)
 
     def query_state(self) -> servable.RecommenderFactors:
         """What answering a query needs: the part of the model a served version loads."""

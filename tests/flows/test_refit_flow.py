@@ -37,3 +37,23 @@ def test_a_promoted_version_is_the_refit_through_the_holdout_and_the_next_gate_i
     tags2 = registry.version(second["version"]).tags
     assert tags2["retrain.champion_at_training"] == first["version"], verdict
     assert second["champion"] is not None  # compared with the champion, on unseen rows
+
+
+def test_a_retrain_reads_each_cached_partition_once(tmp_path: Path, bike_dir: Path, monkeypatch):
+    # the fit, the gate and the refit through the holdout share the partitions they read
+    from retrain.features import FeatureCache
+
+    spec_path = tmp_path / "spec.yaml"
+    data = spec_dict(bike_dir, tmp_path / "state", **{"gate.refit": True, "gate.tolerance": 1.0})
+    spec_path.write_text(yaml.safe_dump(data))
+    reads: list[str] = []
+    real = FeatureCache.read_table
+    monkeypatch.setattr(
+        FeatureCache, "read_table", lambda self, part: reads.append(part.key) or real(self, part)
+    )
+
+    run = retrain_flow(str(spec_path), mode="manual", as_of="2011-04-22", auto_approve=True)
+
+    assert run["promoted"], run["decision"]  # refitted: train and holdout read twice before
+    assert reads, "the retrain read no cached partition"
+    assert len(reads) == len(set(reads)), sorted(reads)

@@ -1,38 +1,39 @@
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from retrain.backtest import backtest, baseline_predictions, paired_bootstrap, score
+from retrain.backtest import GateSettings, backtest, baseline_predictions, paired_bootstrap, score
+from retrain.config import parse_spec
 from retrain.errors import BacktestError
+from tests.conftest import spec_dict
 
 HOLDOUT_START = pd.Timestamp("2011-04-01")
 HOLDOUT_END = pd.Timestamp("2011-04-08")
 # A holdout of 40 rows; a training window whose mean (the baseline) is 20.5, far from most rows.
 Y = np.arange(1.0, 41.0)
 Y_TRAIN = np.full(10, 20.5)
+GATE_FIELDS = {f.name for f in fields(GateSettings)}
 
 
 def run(candidate_offset: float, champion_offset: float | None = None, **kwargs):
+    settings = {"metric": "mae", "task": "regression", "bootstrap_samples": 200}
     options = {
-        "metric": "mae",
-        "task": "regression",
         "y_holdout": Y,
         "candidate_pred": Y + candidate_offset,
         "y_train": Y_TRAIN,
         "holdout_start": HOLDOUT_START,
         "holdout_end": HOLDOUT_END,
-        "tolerance": 0.0,
-        "bootstrap_samples": 200,
-        "seed": 0,
     }
     if champion_offset is not None:
         options.update(champion_pred=Y + champion_offset, champion_version="3")
-    options.update(kwargs)
-    return backtest(**options)
+    for key, value in kwargs.items():
+        (settings if key in GATE_FIELDS else options)[key] = value
+    return backtest(GateSettings(**settings), **options)
 
 
 @pytest.mark.parametrize(
@@ -122,17 +123,14 @@ def test_with_a_greater_is_better_metric_a_higher_candidate_is_the_improvement()
     champion = np.array([0.1, 0.4, 0.35, 0.8] * 10)
 
     result = backtest(
-        metric="auc",
-        task="binary",
+        GateSettings(metric="auc", task="binary", tolerance=0.0, bootstrap_samples=200),
         y_holdout=y,
         candidate_pred=candidate,
         y_train=np.array([0, 1, 1]),
         holdout_start=HOLDOUT_START,
         holdout_end=HOLDOUT_END,
-        tolerance=0.0,
         champion_pred=champion,
         champion_version="3",
-        bootstrap_samples=200,
     )
 
     assert result.greater_is_better
@@ -219,20 +217,22 @@ def test_each_window_is_scored_for_both_models_and_lost_windows_are_counted():
     # the candidate is better (error 1 vs 2) except in the first window (error 3 vs 2)
     candidate = Y + np.where(WINDOW_IDS == 0, 3.0, 1.0)
     result = backtest(
-        metric="mae",
-        task="regression",
+        GateSettings(
+            metric="mae",
+            task="regression",
+            tolerance=0.0,
+            max_windows_lost=0,
+            bootstrap_samples=200,
+        ),
         y_holdout=Y,
         candidate_pred=candidate,
         y_train=Y_TRAIN,
         holdout_start=HOLDOUT_START,
         holdout_end=HOLDOUT_END,
-        tolerance=0.0,
         champion_pred=Y + 2.0,
         champion_version="3",
         window_ids=WINDOW_IDS,
         window_bounds=WINDOW_BOUNDS,
-        max_windows_lost=0,
-        bootstrap_samples=200,
     )
 
     assert [w.rows for w in result.windows] == [10, 10, 20]
@@ -248,20 +248,22 @@ def test_each_window_is_scored_for_both_models_and_lost_windows_are_counted():
 def test_allowing_a_lost_window_lets_an_overall_better_candidate_pass():
     candidate = Y + np.where(WINDOW_IDS == 0, 3.0, 1.0)
     result = backtest(
-        metric="mae",
-        task="regression",
+        GateSettings(
+            metric="mae",
+            task="regression",
+            tolerance=0.0,
+            max_windows_lost=1,
+            bootstrap_samples=200,
+        ),
         y_holdout=Y,
         candidate_pred=candidate,
         y_train=Y_TRAIN,
         holdout_start=HOLDOUT_START,
         holdout_end=HOLDOUT_END,
-        tolerance=0.0,
         champion_pred=Y + 2.0,
         champion_version="3",
         window_ids=WINDOW_IDS,
         window_bounds=WINDOW_BOUNDS,
-        max_windows_lost=1,
-        bootstrap_samples=200,
     )
     assert result.passed, result.reasons
 
@@ -271,20 +273,22 @@ def test_a_slice_that_degrades_beyond_the_limit_fails_the_gate_and_is_named():
     # better on clear days (error 1 vs 2), much worse on rainy ones (error 4 vs 2)
     candidate = Y + np.where(weather == "clear", 1.0, 4.0)
     result = backtest(
-        metric="mae",
-        task="regression",
+        GateSettings(
+            metric="mae",
+            task="regression",
+            tolerance=0.5,
+            max_slice_degradation=0.2,
+            min_slice_rows=5,
+            bootstrap_samples=200,
+        ),
         y_holdout=Y,
         candidate_pred=candidate,
         y_train=Y_TRAIN,
         holdout_start=HOLDOUT_START,
         holdout_end=HOLDOUT_END,
-        tolerance=0.5,
         champion_pred=Y + 2.0,
         champion_version="3",
         slices={"weathersit": weather},
-        max_slice_degradation=0.2,
-        min_slice_rows=5,
-        bootstrap_samples=200,
     )
 
     by_value = {sl.value: sl for sl in result.slices}
@@ -298,20 +302,22 @@ def test_slices_smaller_than_the_minimum_are_not_judged():
     weather = np.where(np.arange(40) < 38, "clear", "snow")
     candidate = Y + np.where(weather == "clear", 1.0, 9.0)
     result = backtest(
-        metric="mae",
-        task="regression",
+        GateSettings(
+            metric="mae",
+            task="regression",
+            tolerance=0.5,
+            max_slice_degradation=0.2,
+            min_slice_rows=5,
+            bootstrap_samples=200,
+        ),
         y_holdout=Y,
         candidate_pred=candidate,
         y_train=Y_TRAIN,
         holdout_start=HOLDOUT_START,
         holdout_end=HOLDOUT_END,
-        tolerance=0.5,
         champion_pred=Y + 2.0,
         champion_version="3",
         slices={"weathersit": weather},
-        max_slice_degradation=0.2,
-        min_slice_rows=5,
-        bootstrap_samples=200,
     )
     assert [sl.value for sl in result.slices] == ["clear"]
     assert result.passed, result.reasons
@@ -326,17 +332,14 @@ def test_a_candidate_better_on_average_but_with_an_uncertain_gain_is_refused():
     # paired row differences are all noise, so the lower confidence bound is below zero
     candidate = y + np.roll(errors, 1) * 0.99
     result = backtest(
-        metric="mae",
-        task="regression",
+        GateSettings(metric="mae", task="regression", tolerance=0.0, bootstrap_samples=500),
         y_holdout=y,
         candidate_pred=candidate,
         y_train=np.full(10, 0.0),
         holdout_start=HOLDOUT_START,
         holdout_end=HOLDOUT_END,
-        tolerance=0.0,
         champion_pred=champion,
         champion_version="3",
-        bootstrap_samples=500,
     )
     assert result.ci_low < 0 < result.ci_high
     assert not result.passed
@@ -421,3 +424,31 @@ def test_vectorised_bootstrap_draws_in_bounded_chunks_with_the_same_interval(mon
 
     width = whole[1] - whole[0]
     assert chunked == pytest.approx(whole, abs=0.1 * width)
+
+
+def test_gate_settings_come_from_the_spec_and_the_slice_limit_only_applies_with_slices(
+    tmp_path,
+):
+    overrides = {
+        "gate.tolerance": 0.05,
+        "gate.max_windows_lost": 2,
+        "gate.max_slice_degradation": 0.3,
+        "gate.min_slice_rows": 7,
+        "seed": 9,
+    }
+    plain = GateSettings.from_spec(parse_spec(spec_dict(tmp_path, tmp_path, **overrides)))
+    sliced = GateSettings.from_spec(
+        parse_spec(spec_dict(tmp_path, tmp_path, **overrides, **{"gate.slices": ["weathersit"]}))
+    )
+
+    assert plain == GateSettings(
+        metric="mae",
+        task="regression",
+        tolerance=0.05,
+        bootstrap_samples=200,
+        seed=9,
+        max_windows_lost=2,
+        max_slice_degradation=None,
+        min_slice_rows=7,
+    )
+    assert sliced.max_slice_degradation == 0.3

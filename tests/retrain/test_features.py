@@ -236,3 +236,65 @@ def test_split_windows_cuts_the_holdout_into_equal_consecutive_windows():
 
     assert bounds[1] == (pd.Timestamp("2011-04-03"), pd.Timestamp("2011-04-05"))
     assert ids.tolist() == [0, 0, 1, 2]
+
+
+def test_load_gives_what_reading_each_file_with_pandas_gives(
+    tmp_path, four_days, write_source, make_spec
+):
+    gappy = four_days.copy()
+    gappy.loc[gappy.index[24:48], "weathersit"] = None  # one day without any weathersit
+    for frame, name in ((four_days, "clean"), (gappy, "gappy")):
+        spec = make_spec(write_source(frame), **{"features.optional": ["weathersit"]})
+        parts = ingest(spec).partitions
+        cache = FeatureCache(tmp_path / name, spec)
+        cache.materialize(parts)
+
+        loaded = cache.load(parts)
+
+        one_by_one = pd.concat([cache.read_verified(p) for p in parts], ignore_index=True)
+        pd.testing.assert_frame_equal(loaded, one_by_one, check_exact=True)
+    assert loaded["weathersit"].isna().sum() == 24
+
+
+def test_tables_of_different_schemas_are_converted_one_by_one():
+    import pyarrow as pa
+
+    from retrain.features import _frame
+
+    typed = pa.table({"a": pa.array(["x", None]), "b": [1.0, 2.0]})
+    untyped = pa.table({"a": pa.nulls(1), "b": [3.0]})  # a column all null in one file
+
+    got = _frame([typed, untyped])
+
+    want = pd.concat([typed.to_pandas(), untyped.to_pandas()], ignore_index=True)
+    pd.testing.assert_frame_equal(got, want)
+    assert got["b"].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_in_memory_reads_each_partition_once_in_its_thread(tmp_path, spec, partitions, monkeypatch):
+    import threading
+
+    from retrain.features import in_memory
+
+    cache = FeatureCache(tmp_path / "cache", spec)
+    cache.materialize(partitions)
+    reads: list[str] = []
+    real = FeatureCache.read_table
+    monkeypatch.setattr(
+        FeatureCache, "read_table", lambda self, part: reads.append(part.key) or real(self, part)
+    )
+
+    cache.load(partitions)
+    cache.load(partitions)
+    assert len(reads) == 2 * len(partitions)  # no memo: every load reads
+    reads.clear()
+    with in_memory():
+        first = cache.load(partitions)
+        again = cache.load(partitions[:2])
+        # another thread has no memo of its own: it reads, and does not end this one's
+        other = threading.Thread(target=lambda: cache.load(partitions[:1]))
+        other.start()
+        other.join()
+        cache.load(partitions)
+    assert reads == [p.key for p in partitions] + [partitions[0].key]
+    pd.testing.assert_frame_equal(again, first.iloc[: len(again)])

@@ -273,3 +273,67 @@ def test_popularity_ranks_by_distinct_recent_users_then_all_time():
 def test_popularity_window_must_be_a_duration():
     with pytest.raises(TrainingError, match=r"popularity window 'lately' is not a duration"):
         PopularityRecommender(window="lately").fit(frame([("u", 1, 0)]))
+
+
+def _merge_user_metrics(recommendations, relevant, k):
+    """The former pandas implementation (merges and group-bys): the reference the vectorised
+    ``user_metrics`` must reproduce exactly."""
+    n_relevant = relevant.groupby("user", sort=False).size().rename("relevant")
+    recs = recommendations.loc[recommendations["rank"] <= k, ["user", "rank", "item"]]
+    recs = recs.drop_duplicates(["user", "item"]).sort_values(["user", "rank"], kind="stable")
+    recs = recs[recs["user"].isin(n_relevant.index)]
+    flagged = recs.merge(relevant.assign(hit=1), on=["user", "item"], how="left")
+    hit = flagged["hit"].fillna(0).to_numpy(dtype="float64")
+    rank = flagged["rank"].to_numpy(dtype="float64")
+    cum_hits = pd.Series(hit).groupby(flagged["user"].to_numpy(), sort=False).cumsum().to_numpy()
+    per_rec = pd.DataFrame(
+        {
+            "user": flagged["user"].to_numpy(),
+            "hit": hit,
+            "ap": hit * cum_hits / rank,
+            "dcg": hit / np.log2(rank + 1.0),
+        }
+    )
+    sums = per_rec.groupby("user", sort=False)[["hit", "ap", "dcg"]].sum()
+    out = n_relevant.to_frame().join(sums, how="left").fillna(0.0)
+    den = np.minimum(out["relevant"].to_numpy(), k)
+    ideal = np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))[den - 1]
+    return pd.DataFrame(
+        {
+            "user": out.index.to_numpy(),
+            "relevant": out["relevant"].to_numpy(dtype="int64"),
+            "hits": out["hit"].to_numpy(dtype="int64"),
+            "precision": out["hit"].to_numpy() / k,
+            "ap": out["ap"].to_numpy() / den,
+            "ndcg": out["dcg"].to_numpy() / ideal,
+            "implicit_precision_den": den,
+        }
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_user_metrics_match_the_merge_implementation(seed):
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(1, 8))
+    users = [f"u{i}" for i in range(40)]
+    relevant = pd.DataFrame(
+        {"user": rng.choice(users[:30], 150), "item": rng.integers(0, 60, 150).astype(str)}
+    ).drop_duplicates()
+    # lists longer than k, repeated items, users not in relevant, one user without any list
+    n = 500
+    recs = pd.DataFrame(
+        {
+            "user": rng.choice(users[1:], n),
+            "rank": rng.integers(1, k + 4, n),
+            "item": rng.integers(0, 60, n).astype(str),
+        }
+    )
+    if seed % 2:
+        recs["user"] = recs["user"].astype("string")
+        relevant = relevant.astype("string")
+
+    got = user_metrics(recs, relevant, k)
+    want = _merge_user_metrics(recs, relevant, k)
+
+    pd.testing.assert_frame_equal(got, want, check_exact=True, check_dtype=False)
+    assert got.dtypes.drop("user").equals(want.dtypes.drop("user"))

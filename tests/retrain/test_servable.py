@@ -76,3 +76,24 @@ def test_query_keys_find_string_ids_by_integers_and_integer_ids_by_strings():
     found = servable.lookup(integers, servable.coerce_ids(integers, servable.query_keys(
         integers, ["4", "5"])))  # fmt: skip
     assert found.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "cats", [["1", "2", "3"], ["2", "1", "2"]], ids=["frozen", "a category listed twice"]
+)
+def test_categorical_codes_are_positions_in_the_frozen_categories_unseen_and_missing_nan(
+    cats, project_logs
+):
+    X = pd.DataFrame({"w": ["3", "1", None, "9", "2"], "t": [1.0, 2.0, 3.0, 4.0, 5.0]})
+
+    out = servable.encode_frame(X, ["t", "w"], {"w": cats})
+
+    # what a dict of value -> position gives (the last position of a category listed twice)
+    codes = {value: float(i) for i, value in enumerate(cats)}
+    want = [codes.get(v, np.nan) if pd.notna(v) else np.nan for v in X["w"]]
+    np.testing.assert_array_equal(out["w"].to_numpy(), np.array(want))
+    assert list(out.columns) == ["t", "w"] and (out.dtypes == "float64").all()
+    unseen = [v for v in X["w"] if pd.notna(v) and v not in cats]
+    assert f"{len(unseen)} row(s) with categories the model never saw (e.g. {unseen})" in (
+        project_logs.text
+    )

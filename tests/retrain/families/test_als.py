@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retrain.backtest import backtest
+from retrain.backtest import GateSettings, backtest
 from retrain.config import parse_spec
 from retrain.errors import SchemaChangeError
 from retrain.families.als import evaluate, fit, fit_candidate, load_interactions, make_trainer, plan
@@ -194,14 +194,12 @@ def test_a_ranking_candidate_below_the_popularity_baseline_is_refused():
     users = np.array([0.2, 0.1, 0.0, 0.3])
 
     result = backtest(
-        metric="ndcg",
-        task="ranking",
+        GateSettings(metric="ndcg", task="ranking", tolerance=0.0),
         y_holdout=np.zeros(4),
         candidate_pred=users,
         y_train=np.empty(0),
         holdout_start=pd.Timestamp("2024-01-01"),
         holdout_end=pd.Timestamp("2024-01-05"),
-        tolerance=0.0,
         baseline_pred=users + 0.05,
     )
 
@@ -273,3 +271,56 @@ def test_interactions_from_a_sql_table_train_the_same_model_as_from_csv(tmp_path
     assert sql_prepared.train.rows > 0 and sql_prepared.cache.computed
     assert list(sql_model.user_index_) == list(csv_model.user_index_)
     np.testing.assert_array_equal(sql_model.user_factors_, csv_model.user_factors_)
+
+
+@pytest.mark.parametrize("windows", [1, 2])
+def test_the_gate_shares_each_models_lists_and_one_baseline_with_the_same_verdict(
+    make, first, windows
+):
+    """Each model recommends once and the baseline is fitted once per gate: the segment table
+    and every per-user score are what scoring each model on its own gives."""
+    from retrain.families.als import METRIC_COLUMN
+    from retrain.families.baseline import popularity
+    from retrain.families.spine import split_windows
+    from retrain.ranking import ranking_backtest, relevant_items, user_metrics
+
+    _, _, old = first
+    spec = make(**{"gate.backtest_windows": windows, "seed": 7})
+    prepared = prepare(spec, pd.Timestamp("2024-01-25"))
+    trained = fit(spec, prepared, scratch("candidate"), None)
+    champion = champion_of(old)
+
+    evaluated = evaluate(spec, trained, prepared.holdout, champion)
+
+    als = spec.als
+    train = load_interactions(spec, trained.window)
+    held = load_interactions(spec, prepared.holdout)
+    alone = ranking_backtest(
+        trained.model,
+        train,
+        held,
+        k=als.k,
+        popularity_window=als.popularity_window,
+        min_rating=als.min_rating,
+        champion=champion.model,
+    )
+    assert evaluated.ranking is not None
+    # NaN-aware: a segment without users scores NaN
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(evaluated.ranking.table()), pd.DataFrame(alone.table()), check_exact=True
+    )
+    _, ids = split_windows(prepared.holdout, windows, held["ts"])
+    rels = [relevant_items(train, held[ids == i], als.min_rating) for i in range(windows)]
+    rels = [rel for rel in rels if not rel.empty]
+    baseline = popularity(train, als.popularity_window, als.min_rating)
+    column = METRIC_COLUMN[spec.metric]
+    for model, got in (
+        (trained.model, evaluated.candidate),
+        (champion.model, evaluated.champion),
+        (baseline, evaluated.baseline),
+    ):
+        want = [
+            user_metrics(model.recommend(sorted(rel["user"].unique()), k=als.k), rel, als.k)
+            for rel in rels
+        ]
+        np.testing.assert_array_equal(got, np.concatenate([w[column].to_numpy() for w in want]))
