@@ -34,6 +34,7 @@ from retrain.errors import RetrainError
 if TYPE_CHECKING:  # pandas, MLflow and Prefect load only when a command needs them
     from retrain.config import ModelSpec
     from retrain.ledger import Ledger
+    from retrain.statuses import Mode
 
 EXIT_CODES = (
     "Exit codes: 0 ok, 1 error, 2 usage, 3 bad spec, 4 bad data, 5 refused (gate, approver, "
@@ -213,7 +214,7 @@ def refuse_unanswerable_wait(model_spec: ModelSpec, auto_approve: bool) -> None:
 
 
 def _run_mode(
-    mode: str,
+    mode: Mode,
     spec: Path,
     as_of: str | None,
     auto_approve: bool,

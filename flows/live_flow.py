@@ -39,6 +39,7 @@ from retrain.live import LiveDecision, evaluate, outcomes, promotion_decision
 from retrain.live.outcomes import Outcome, online_metric
 from retrain.promotion import Approval, automatic_approval, needs_operator, timed_out
 from retrain.reports import live_plot
+from retrain.statuses import live_run_mode
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ def live_evaluate_flow(
         if decision.action == "continue":
             return result
         run_id = ledger.start_run(
-            spec.name, f"live-{spec.live.routing}", decision.reason, actor, _flow_run_id()
+            spec.name, live_run_mode(spec.live.routing), decision.reason, actor, _flow_run_id()
         )
         approval: Approval | None = None
         if decision.action == "promote":

@@ -21,7 +21,7 @@ from retrain.ledger.database import Database
 from retrain.ledger.live import LiveStore
 from retrain.ledger.owners import owner_is_dead, process_owner
 from retrain.ledger.partitions import PartitionStore
-from retrain.ledger.runs import HOLDING, RunRecord, RunStore
+from retrain.ledger.runs import RunRecord, RunStore
 from retrain.ledger.schema import (
     MIGRATE_LOCK,
     MIGRATIONS,
@@ -39,6 +39,7 @@ from retrain.ledger.schema import (
     schema_version,
     signals,
 )
+from retrain.statuses import HOLDING
 
 __all__ = [
     "HOLDING",

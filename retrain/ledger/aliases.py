@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -18,6 +18,7 @@ from retrain.errors import LedgerError
 from retrain.ledger.database import Store
 from retrain.ledger.owners import process_owner
 from retrain.ledger.schema import alias_audit, alias_intents, now
+from retrain.statuses import ALIAS_CHANGE_ENDS, AliasChangeEnd, AliasChangeStatus
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class AliasIntent:
     actor: str
     flow_run_id: str | None
     owner: str
-    status: str
+    status: AliasChangeStatus
     created_at: datetime
 
 
@@ -55,7 +56,7 @@ def alias_intent(r: Any) -> AliasIntent:
         actor=r.actor,
         flow_run_id=r.flow_run_id,
         owner=r.owner,
-        status=r.status,
+        status=cast(AliasChangeStatus, r.status),
         created_at=r.created_at,
     )
 
@@ -128,14 +129,14 @@ class AliasStore(Store):
     def finish_alias_change(
         self,
         intent_id: int,
-        status: str = "done",
+        status: AliasChangeEnd = "done",
         note: str = "",
         audit: Sequence[AliasMove] | None = None,
     ) -> bool:
         """Mark a pending intent done or reverted and write its audit rows, in one transaction:
         ``audit`` (default: the intent's own moves). False if it was no longer pending (another
         process finished it first): then nothing is written."""
-        if status not in ("done", "reverted"):
+        if status not in ALIAS_CHANGE_ENDS:
             raise LedgerError(f"an alias change ends done or reverted, not {status!r}")
         self.db.require_schema()
         try:
@@ -148,7 +149,11 @@ class AliasStore(Store):
             ) from None
 
     def _finish_alias_change(
-        self, intent_id: int, status: str, note: str, audit: Sequence[AliasMove] | None
+        self,
+        intent_id: int,
+        status: AliasChangeEnd,
+        note: str,
+        audit: Sequence[AliasMove] | None,
     ) -> bool:
         with self.db.engine.begin() as conn:
             row = conn.execute(

@@ -17,8 +17,9 @@ import sqlalchemy as sa
 from retrain.errors import LedgerError
 from retrain.ledger.database import Store
 from retrain.ledger.owners import owner_is_dead, process_owner
-from retrain.ledger.runs import HOLDING, RunRecord, run_record
+from retrain.ledger.runs import RunRecord, run_record
 from retrain.ledger.schema import model_locks, now, retrain_runs
+from retrain.statuses import HOLDING
 
 logger = logging.getLogger("retrain.ledger")
 

@@ -7,8 +7,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from retrain.errors import LedgerError
 from retrain.ledger.database import Store
 from retrain.ledger.schema import ingest_manifest, now
+from retrain.statuses import PARTITION_STATUSES
 
 
 class PartitionStore(Store):
@@ -17,7 +19,15 @@ class PartitionStore(Store):
     def record_partitions(
         self, model: str, rows: Sequence[tuple[str, str, int, str, str | None]]
     ) -> int:
-        """Record (partition, fingerprint, rows, status, reason); returns how many were new."""
+        """Record (partition, fingerprint, rows, status, reason); returns how many were new.
+
+        ``status`` is a :data:`retrain.statuses.PartitionStatus` (ok or quarantined)."""
+        wrong = sorted({row[3] for row in rows} - set(PARTITION_STATUSES))
+        if wrong:
+            raise LedgerError(
+                f"partition status {', '.join(map(repr, wrong))} is not one of "
+                f"{', '.join(PARTITION_STATUSES)}"
+            )
         self.db.require_schema()
         new = 0
         with self.db.engine.begin() as conn:

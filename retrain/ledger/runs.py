@@ -5,25 +5,23 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
 from retrain.errors import LedgerError
 from retrain.ledger.database import Store
 from retrain.ledger.schema import now, retrain_runs, timestamp
-
-# run statuses that keep the model's claim: a suspended run waits for its operator with no process
-HOLDING = ("running", "suspended")
+from retrain.statuses import HOLDING, RUN_MODES, RUN_STATUSES, FinalStatus, RunMode, RunStatus
 
 
 @dataclass(frozen=True)
 class RunRecord:
     id: int
     model: str
-    mode: str
+    mode: RunMode
     reason: str | None
-    status: str
+    status: RunStatus
     data_version: str | None
     model_version: str | None
     promoted: bool | None
@@ -39,9 +37,9 @@ def run_record(r: Any) -> RunRecord:
     return RunRecord(
         id=r.id,
         model=r.model,
-        mode=r.mode,
+        mode=cast(RunMode, r.mode),
         reason=r.reason,
-        status=r.status,
+        status=cast(RunStatus, r.status),
         data_version=r.data_version,
         model_version=r.model_version,
         promoted=r.promoted,
@@ -59,11 +57,13 @@ class RunStore(Store):
     def start_run(
         self,
         model: str,
-        mode: str,
+        mode: RunMode,
         reason: str | None,
         actor: str | None = None,
         flow_run_id: str | None = None,
     ) -> int:
+        if mode not in RUN_MODES:
+            raise LedgerError(f"{mode!r} is not a run mode: one of {', '.join(RUN_MODES)}")
         self.db.require_schema()
         with self.db.engine.begin() as conn:
             result = conn.execute(
@@ -86,6 +86,10 @@ class RunStore(Store):
         unknown = set(values) - allowed
         if unknown:
             raise LedgerError(f"unknown retrain_runs column(s) {sorted(unknown)}")
+        if "status" in values and values["status"] not in RUN_STATUSES:
+            raise LedgerError(
+                f"{values['status']!r} is not a run status: one of {', '.join(RUN_STATUSES)}"
+            )
         if "metrics" in values and not isinstance(values["metrics"], str | None):
             values["metrics"] = json.dumps(values["metrics"], sort_keys=True, default=str)
         for key in ("train_start", "train_end"):
@@ -95,7 +99,7 @@ class RunStore(Store):
         with self.db.engine.begin() as conn:
             conn.execute(retrain_runs.update().where(retrain_runs.c.id == run_id).values(**values))
 
-    def finish_run(self, run_id: int, status: str, **values: Any) -> None:
+    def finish_run(self, run_id: int, status: FinalStatus, **values: Any) -> None:
         self.update_run(run_id, status=status, finished_at=now(), **values)
 
     def runs(self, model: str | None = None, limit: int = 20) -> list[RunRecord]:

@@ -43,7 +43,7 @@ retrain_runs = sa.Table(
     sa.Column("model", sa.String(200), nullable=False, index=True),
     sa.Column("mode", sa.String(32), nullable=False),
     sa.Column("reason", sa.Text),
-    # running | suspended (waiting for its operator) | promoted | rejected | failed | skipped
+    # a RunStatus (retrain/statuses.py): running | suspended | promoted | rejected | failed | ...
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("data_version", sa.String(64)),
     sa.Column("train_start", sa.DateTime),
