@@ -33,6 +33,7 @@ from registry import ModelRegistry
 from registry.client import GATE_TAG
 from registry.live import end_challenger, live_versions, record_live_result
 from retrain.config import ModelSpec
+from retrain.families.lineage import Lineage
 from retrain.labelled import labelled_frame, write_partitions
 from retrain.ledger import Ledger, now
 from retrain.live import LiveDecision, evaluate, outcomes, promotion_decision
@@ -161,7 +162,7 @@ def carry_out(
     promotion = promotion_decision(
         decision,
         backtest_passed=tags.get(GATE_TAG) == "passed",
-        backtest_reasons=(tags.get("retrain.decision", "see the version's backtest"),),
+        backtest_reasons=(Lineage(tags).decision or "see the version's backtest",),
         approval=approval,
     )
     record_live_result(
