@@ -34,6 +34,7 @@ from retrain.errors import RetrainError
 if TYPE_CHECKING:  # pandas, MLflow and Prefect load only when a command needs them
     from retrain.config import ModelSpec
     from retrain.ledger import Ledger
+    from retrain.statuses import Mode
 
 EXIT_CODES = (
     "Exit codes: 0 ok, 1 error, 2 usage, 3 bad spec, 4 bad data, 5 refused (gate, approver, "
@@ -213,7 +214,7 @@ def refuse_unanswerable_wait(model_spec: ModelSpec, auto_approve: bool) -> None:
 
 
 def _run_mode(
-    mode: str,
+    mode: Mode,
     spec: Path,
     as_of: str | None,
     auto_approve: bool,
@@ -329,7 +330,7 @@ def lineage(
     as_json: JsonOption = False,
 ) -> None:
     """The chain of a version back to the first scratch model: windows, data versions, metrics."""
-    from retrain.families.lineage import NONE, Lineage, Tag
+    from retrain.families.lineage import NONE, Lineage, Tag, backtest_key
 
     model_spec = _for_model(spec, state_dir, model)
     chain = _registry(model_spec).lineage(version)
@@ -361,7 +362,7 @@ def lineage(
         table.add_column(col)
     for info in chain:
         t = Lineage(info.tags)
-        key = next((k for k in info.tags if k.endswith(".candidate")), "")
+        metric = t.metric
         table.add_row(
             info.version,
             t.strategy,
@@ -369,7 +370,7 @@ def lineage(
             f"{t.get(Tag.WINDOW_START)[:10]} .. {t.get(Tag.WINDOW_END)[:10]}",
             t.get(Tag.ROWS),
             t.get(Tag.DATA_VERSION),
-            f"{key.split('.')[-2] if key else ''} {t.get(key)}",
+            f"{metric} {t.get(backtest_key(metric, 'candidate'))}" if metric else " ",
             t.gate,
             t.parent_version or NONE,
         )
@@ -418,14 +419,9 @@ def _seconds(age: Any) -> float | None:
 def _metrics_of(tags: dict[str, str]) -> dict[str, float]:
     """The backtest metrics among a version's tags (``retrain.backtest.mae.candidate`` ...), as
     floats (tags hold 6 significant digits; the ledger run's ``backtest`` holds them all)."""
-    out: dict[str, float] = {}
-    for key, value in tags.items():
-        if key.endswith((".candidate", ".champion", ".baseline")):
-            try:
-                out[key.removeprefix("retrain.")] = float(value)
-            except ValueError:
-                continue
-    return out
+    from retrain.families.lineage import Lineage
+
+    return Lineage(tags).backtests()
 
 
 @app.command()

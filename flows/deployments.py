@@ -43,8 +43,10 @@ from flows.retrain_flow import retrain_flow
 from flows.settings import resolve_spec
 from retrain.config import ModelSpec, ScheduleSpec
 from retrain.errors import RetrainError, SpecError
+from retrain.statuses import Mode
 
-SCHEDULED_MODE = "scheduled"
+SCHEDULED_MODE: Mode = "scheduled"
+CONTINUAL_MODE: Mode = "continual"  # what a monitor's retrain request runs
 SCHEDULER_ACTOR = "scheduler"
 # At most one run of a model's scheduled deployment at a time; a run that would overlap is
 # cancelled, not queued.
@@ -193,7 +195,7 @@ def continual_deployments(
         match={"prefect.resource.id": model_resource(spec.name)["prefect.resource.id"]},
         parameters={
             "spec_path": path,
-            "mode": "continual",
+            "mode": CONTINUAL_MODE,
             "reason": "{{ event.payload.reason }}",
             "as_of": "{{ event.payload.as_of }}",
             "trigger_check": "{{ event.payload.check_id }}",

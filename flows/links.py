@@ -11,11 +11,12 @@ from prefect.runtime import flow_run
 from prefect.utilities.urls import url_for
 
 from flows.settings import resolve_spec
+from retrain.families.lineage import Tag
 
 logger = logging.getLogger(__name__)
 
-FLOW_RUN_URL_TAG = "retrain.prefect.flow_run_url"
-FLOW_RUN_ID_TAG = "retrain.prefect.flow_run_id"
+FLOW_RUN_URL_TAG = str(Tag.FLOW_RUN_URL)
+FLOW_RUN_ID_TAG = str(Tag.FLOW_RUN_ID)
 
 
 def flow_run_url(flow_run_id: str | None) -> str | None:

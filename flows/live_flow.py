@@ -33,12 +33,14 @@ from registry import ModelRegistry
 from registry.client import GATE_TAG
 from registry.live import end_challenger, live_versions, record_live_result
 from retrain.config import ModelSpec
+from retrain.families.lineage import Lineage
 from retrain.labelled import labelled_frame, write_partitions
 from retrain.ledger import Ledger, now
 from retrain.live import LiveDecision, evaluate, outcomes, promotion_decision
 from retrain.live.outcomes import Outcome, online_metric
 from retrain.promotion import Approval, automatic_approval, needs_operator, timed_out
 from retrain.reports import live_plot
+from retrain.statuses import live_run_mode
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +162,7 @@ def carry_out(
     promotion = promotion_decision(
         decision,
         backtest_passed=tags.get(GATE_TAG) == "passed",
-        backtest_reasons=(tags.get("retrain.decision", "see the version's backtest"),),
+        backtest_reasons=(Lineage(tags).decision or "see the version's backtest",),
         approval=approval,
     )
     record_live_result(
@@ -224,7 +226,7 @@ def live_evaluate_flow(
         if decision.action == "continue":
             return result
         run_id = ledger.start_run(
-            spec.name, f"live-{spec.live.routing}", decision.reason, actor, _flow_run_id()
+            spec.name, live_run_mode(spec.live.routing), decision.reason, actor, _flow_run_id()
         )
         approval: Approval | None = None
         if decision.action == "promote":

@@ -73,7 +73,8 @@ from retrain.promotion import (
     needs_operator,
     timed_out,
 )
-from retrain.stateful import Mode, skip_reason, unchanged_reason
+from retrain.stateful import skip_reason, unchanged_reason
+from retrain.statuses import Mode
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class ApprovalInput(RunInput):
 @dataclass(frozen=True)
 class RetrainOutcome:
     model: str
-    mode: str
+    mode: Mode
     run_id: int
     version: str
     data_version: str
@@ -162,7 +163,7 @@ def load_champion(registry: ModelRegistry) -> Champion | None:
 
 @task(cache_policy=NO_CACHE)
 def train_candidate(
-    spec: ModelSpec, mode: str, prepared: Prepared, champion: Champion | None
+    spec: ModelSpec, mode: Mode, prepared: Prepared, champion: Champion | None
 ) -> Trained:
     family = family_of(spec)
     plan = family.plan(mode, spec, champion)
@@ -198,7 +199,7 @@ def backtest_candidate(
 def register_candidate(
     spec: ModelSpec,
     registry: ModelRegistry,
-    mode: str,
+    mode: Mode,
     reason: str,
     actor: str,
     as_of: pd.Timestamp | None,
@@ -629,7 +630,7 @@ def publish_card(spec: ModelSpec, registry: ModelRegistry, facts: CardFacts) -> 
     return markdown
 
 
-def _skipped(ledger: Ledger, spec: ModelSpec, mode: str, run_id: int, why: str) -> dict[str, Any]:
+def _skipped(ledger: Ledger, spec: ModelSpec, mode: Mode, run_id: int, why: str) -> dict[str, Any]:
     """Record a run that had nothing to do (or was not allowed to run) and say why."""
     get_run_logger().info("retrain of %s skipped: %s", spec.name, why)
     ledger.finish_run(run_id, "skipped", promoted=False, error=why)
@@ -679,7 +680,7 @@ def retrain_flow(
 def _retrain(
     spec: ModelSpec,
     ledger: Ledger,
-    mode: str,
+    mode: Mode,
     reason: str,
     cutoff: pd.Timestamp | None,
     auto_approve: bool,

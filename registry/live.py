@@ -24,11 +24,12 @@ from registry.client import (
     reachable,
 )
 from registry.errors import RegistryError
+from retrain.families.lineage import Tag
 from retrain.promotion import PromotionDecision
 
 logger = logging.getLogger(__name__)
 
-LIVE_TAG = "retrain.live"
+LIVE_TAG = str(Tag.LIVE)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from registry.errors import UntrustedModel
+from retrain.families.lineage import Tag
 
 LOCAL_SCHEMES = ("", "file")
 
@@ -116,7 +117,7 @@ def verify_digest(directory: Path | str, expected: str | None, where: str, fix: 
     """
     if not expected:
         raise UntrustedModel(
-            f"{where} carries no content digest (tag retrain.model_sha256): it was registered "
+            f"{where} carries no content digest (tag {Tag.MODEL_SHA256}): it was registered "
             f"by hand or before retrain recorded digests, so its code is not loaded; {fix}"
         )
     actual = model_digest(directory)

@@ -20,14 +20,13 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-DATA_END_TAG = "retrain.data_end"
+from retrain.families.lineage import Lineage
 
 
 def data_end(tags: Mapping[str, str]) -> pd.Timestamp | None:
     """The end of a version's training data: its last training row, or (for versions
     registered before that tag existed) the end of its training window."""
-    value = tags.get(DATA_END_TAG) or tags.get("retrain.window_end")
-    return pd.Timestamp(value) if value else None
+    return Lineage(tags).data_end
 
 
 def last_row(timestamps: pd.Series) -> pd.Timestamp | None:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from retrain.backtest import BacktestResult
 from retrain.config import GateSpec
+from retrain.families.lineage import Tag
 
 # how close a served float must be to the in-process one (JSON carries 17 significant digits)
 RTOL = 1e-9
@@ -33,9 +34,9 @@ class InfraCheck:
 
     def tags(self) -> dict[str, str]:
         return {
-            "retrain.infra_validation": "passed" if self.passed else "failed",
-            "retrain.infra_validation.reason": self.reason[:5000],
-            "retrain.infra_validation.seconds": f"{self.seconds:.1f}",
+            str(Tag.INFRA_VALIDATION): "passed" if self.passed else "failed",
+            str(Tag.INFRA_VALIDATION_REASON): self.reason[:5000],
+            str(Tag.INFRA_VALIDATION_SECONDS): f"{self.seconds:.1f}",
         }
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 from retrain.config import ModelSpec
 from retrain.errors import DataError, SchemaError
 from retrain.families import family_of
+from retrain.families.lineage import Tag
 from retrain.families.spine import Champion
 from retrain.features import PARTITION, FeatureCache
 from retrain.freshness import data_end as tagged_data_end
@@ -152,7 +153,7 @@ def monitor_check(
     ledger read for the debounce and cooldown history; the caller stores the result)."""
     now = now if now is not None else utc_now()
     if champion.train_end is None:
-        raise DataError(f"champion v{champion.version} has no retrain.window_end tag: retrain it")
+        raise DataError(f"champion v{champion.version} has no {Tag.WINDOW_END} tag: retrain it")
     train_start = champion.lineage.window_start or champion.train_end
     try:
         result = ingest(spec, as_of=now)

@@ -16,20 +16,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import pandas as pd
 
 from retrain.config import StatefulSpec
 from retrain.errors import SchemaChangeError
 from retrain.families.lineage import Tag, same_training
-from retrain.trainers.lightgbm import schema_differences
 
-# The four retraining modes (DESIGN.md); a flow's ``mode`` parameter has this type, so Prefect
-# refuses any other value before the run starts.
-Mode = Literal["manual", "scheduled", "stateful", "continual"]
-MODES: tuple[Mode, ...] = get_args(Mode)
-STATEFUL_MODES: tuple[Mode, ...] = ("stateful", "continual")
+# the modes are defined in retrain.statuses; re-exported for the importers of this module
+from retrain.statuses import MODES as MODES
+from retrain.statuses import STATEFUL_MODES
+from retrain.statuses import Mode as Mode
+from retrain.trainers.lightgbm import schema_differences
 
 
 @dataclass(frozen=True)

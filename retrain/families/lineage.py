@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 import pandas as pd
 
@@ -69,9 +69,25 @@ class Tag(StrEnum):
     LABEL_MAPPING = "retrain.label_mapping"
     # written by the registry at registration: sha256 of the model's files (registry.trust)
     MODEL_SHA256 = "retrain.model_sha256"
+    # with gate.refit: the fit the gate validated (the served one also learned the holdout)
+    VALIDATED_WINDOW_START = "retrain.validated.window_start"
+    VALIDATED_WINDOW_END = "retrain.validated.window_end"
+    VALIDATED_DATA_END = "retrain.validated.data_end"
+    VALIDATED_DATA_VERSION = "retrain.validated.data_version"
+    VALIDATED_ROWS = "retrain.validated.rows"
+    # the served model's answers checked in a real serving process (retrain.infra)
+    INFRA_VALIDATION = "retrain.infra_validation"
+    INFRA_VALIDATION_REASON = "retrain.infra_validation.reason"
+    INFRA_VALIDATION_SECONDS = "retrain.infra_validation.seconds"
+    # the live test's decision on a challenger (registry.live)
+    LIVE = "retrain.live"
+    # the Prefect flow run that registered the version (flows.links)
+    FLOW_RUN_URL = "retrain.prefect.flow_run_url"
+    FLOW_RUN_ID = "retrain.prefect.flow_run_id"
 
 
 Role = Literal["candidate", "champion", "baseline"]
+ROLE_SUFFIXES = tuple(f".{role}" for role in get_args(Role))
 
 
 def backtest_key(metric: str, role: Role) -> str:
@@ -137,18 +153,54 @@ class Lineage:
         return None if value in ("", NONE) else value
 
     @property
+    def data_end(self) -> pd.Timestamp | None:
+        """The last training row; for versions tagged before ``retrain.data_end`` existed, the
+        end of the training window."""
+        return _timestamp(self.get(Tag.DATA_END) or self.get(Tag.WINDOW_END))
+
+    @property
     def gate(self) -> str:
         return self.get(Tag.GATE)
+
+    @property
+    def decision(self) -> str | None:
+        return self.get(Tag.DECISION) or None
 
     def backtest(self, metric: str, role: Role = "candidate") -> float | None:
         value = self.get(backtest_key(metric, role))
         return float(value) if value else None
 
+    @property
+    def metric(self) -> str | None:
+        """The metric the candidate was backtested on (``rmse``, ...), None if none is tagged."""
+        for key in self.tags:
+            if key.startswith(f"{PREFIX}backtest.") and key.endswith(".candidate"):
+                return key.removeprefix(f"{PREFIX}backtest.").removesuffix(".candidate")
+        return None
+
+    def backtests(self) -> dict[str, float]:
+        """Every backtest metric among the tags, keyed without the prefix
+        (``backtest.mae.candidate``); tags hold 6 significant digits."""
+        out: dict[str, float] = {}
+        for key, value in self.tags.items():
+            if key.startswith(f"{PREFIX}backtest.") and key.endswith(ROLE_SUFFIXES):
+                try:
+                    out[key.removeprefix(PREFIX)] = float(value)
+                except ValueError:
+                    continue
+        return out
+
+    @property
+    def training_data_version(self) -> str | None:
+        """The data version of the fit the gate judged: the training window's, or with
+        ``gate.refit`` the validated fit's (the served one also learned the holdout)."""
+        return self.get(Tag.VALIDATED_DATA_VERSION) or self.get(Tag.DATA_VERSION) or None
+
 
 def training_data_version(tags: Mapping[str, str]) -> str | None:
     """The data version of the fit the gate judged: the training window's, or with
     ``gate.refit`` the validated fit's (the served one also learned the holdout)."""
-    return tags.get("retrain.validated.data_version") or tags.get(str(Tag.DATA_VERSION)) or None
+    return Lineage(tags).training_data_version
 
 
 def same_training(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
@@ -223,9 +275,9 @@ def refit_tags(validated: Trained) -> dict[str, str]:
     tags describe THAT fit (trained before the holdout), the window tags the served one."""
     return {
         str(Tag.REFIT): "true",
-        "retrain.validated.window_start": str(validated.window.start),
-        "retrain.validated.window_end": str(validated.window.end),
-        "retrain.validated.data_end": str(validated.data_end or validated.window.end),
-        "retrain.validated.data_version": validated.window.version,
-        "retrain.validated.rows": str(validated.rows),
+        str(Tag.VALIDATED_WINDOW_START): str(validated.window.start),
+        str(Tag.VALIDATED_WINDOW_END): str(validated.window.end),
+        str(Tag.VALIDATED_DATA_END): str(validated.data_end or validated.window.end),
+        str(Tag.VALIDATED_DATA_VERSION): validated.window.version,
+        str(Tag.VALIDATED_ROWS): str(validated.rows),
     }

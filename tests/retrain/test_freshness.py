@@ -8,7 +8,7 @@ import pandas as pd
 
 from retrain import freshness
 from retrain.families.lightgbm import evaluate, fit
-from retrain.families.lineage import lineage_tags
+from retrain.families.lineage import Tag, lineage_tags
 from retrain.families.spine import prepare
 from retrain.stateful import scratch
 
@@ -28,7 +28,7 @@ def test_a_fit_records_its_last_training_row_and_the_tags_carry_it(bike_spec):
     # day before: the newest row the model saw
     assert prepared.train.end == pd.Timestamp("2011-04-15 12:00")
     assert trained.data_end == pd.Timestamp("2011-04-14 23:00")
-    assert tags[freshness.DATA_END_TAG] == "2011-04-14 23:00:00"
+    assert tags[Tag.DATA_END] == "2011-04-14 23:00:00"
     assert freshness.data_age(pd.Timestamp("2011-04-22 12:00"), freshness.data_end(tags)) == (
         pd.Timedelta(days=7, hours=13)
     )

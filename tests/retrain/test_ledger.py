@@ -127,7 +127,7 @@ def test_a_run_round_trips_with_its_metrics_and_status(ledger, model):
         rows=480,
     )
     metrics = {"backtest_mae": 12.5, "baseline_mae": 40.0, "reasons": ["beats the baseline"]}
-    ledger.finish_run(run_id, "succeeded", model_version="3", promoted=True, metrics=metrics)
+    ledger.finish_run(run_id, "promoted", model_version="3", promoted=True, metrics=metrics)
 
     [run] = ledger.runs(model)
     assert running.status == "running"
@@ -141,7 +141,7 @@ def test_a_run_round_trips_with_its_metrics_and_status(ledger, model):
         "ana",
     )
     assert (run.status, run.data_version, run.model_version, run.promoted) == (
-        "succeeded",
+        "promoted",
         "dv-123",
         "3",
         True,
