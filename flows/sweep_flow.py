@@ -12,6 +12,13 @@ that another run (a sweep, a deployment's run, the CLI) is retraining is skipped
 twice at once; a sweep refuses a list that names one model twice, and a model that would wait
 for an operator's approval (use ``auto_approve``). A model whose retrain fails does not stop
 the sweep: its outcome says ``failed`` with the error, and the others run.
+
+Heartbeats: the sweep's flow run sends Prefect's flow-run heartbeats for its process (a
+crashed sweep is detected as any crashed run is); its subflow runs send none. Prefect's
+heartbeat thread sleeps in one-second steps and each flow run waits for it to stop, up to a
+second per model for a subflow that runs in the same process as its parent anyway. The claim
+of a model whose retrain died with a crashed sweep is taken over by its next retrain (the
+ledger sees the claim's process is dead).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from flows.errors import SweepRefused
 from flows.retrain_flow import retrain_flow
@@ -79,16 +87,17 @@ def sweep_flow(
     logger = get_run_logger()
     outcomes: list[dict[str, Any]] = []
     for path in spec_paths:
-        state = retrain_flow(
-            spec_path=str(path),
-            mode=mode,
-            reason=reason,
-            as_of=as_of,
-            auto_approve=auto_approve,
-            actor=actor,
-            overrides=overrides,
-            return_state=True,
-        )
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            state = retrain_flow(
+                spec_path=str(path),
+                mode=mode,
+                reason=reason,
+                as_of=as_of,
+                auto_approve=auto_approve,
+                actor=actor,
+                overrides=overrides,
+                return_state=True,
+            )
         try:
             outcome = state.result()
         except Exception as exc:  # this model failed; the sweep goes on with the next
