@@ -76,7 +76,22 @@ def test_a_sweep_retrains_each_model_in_one_process_and_skips_a_model_another_ru
     assert increments[1]["model"] == "sweep-b"
     assert increments[1]["strategy"] == "warm"
     assert increments[1]["status"] in {"promoted", "rejected"}
+    # reports.plots = "passed" (default): the plots only for a candidate that passed the gate
+    for path, outcome in ((a, outcomes[0]), (b, outcomes[1]), (b, increments[1])):
+        evidence = _evidence(path, outcome["version"])
+        assert {"backtest.csv", "backtest_windows.csv", "feature_importance.csv"} <= evidence
+        drawn = {"backtest.png", "feature_importance.png"} <= evidence
+        assert drawn is outcome["gate_passed"], (outcome["decision"], evidence)
     assert second.exit_code == int(sweep_code(increments))
+
+
+def _evidence(spec_path: Path, version: str) -> set[str]:
+    spec = load_spec(spec_path)
+    with Ledger(spec.state.ledger) as ledger:
+        registry = make_registry(spec, ledger)
+        run_id = registry.version(version).run_id
+        files = registry.client.list_artifacts(run_id, "evidence")
+    return {Path(f.path).name for f in files}
 
 
 def _flow_run_of(spec_path: Path, version: str) -> str:
@@ -142,3 +157,17 @@ def test_the_exit_code_of_a_sweep(statuses, code):
         for s in statuses
     ]
     assert int(sweep_code(outcomes)) == code
+
+
+def test_the_sweep_deployment_is_registered_on_the_work_pool(tmp_path):
+    from flows.deployments import deploy_sweep
+
+    name = deploy_sweep("sweep-pool", working_dir=tmp_path)
+
+    assert name == "retrain-sweep/sweep"
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(name)
+        pool = client.read_work_pool("sweep-pool")
+    assert deployment.work_pool_name == "sweep-pool" and pool.type == "process"
+    assert deployment.entrypoint == "flows.sweep_flow.sweep_flow"  # a worker imports it
+    assert deployment.job_variables["working_dir"] == str(tmp_path.resolve())
