@@ -13,8 +13,16 @@ total wall time is from the first run asked for to the last completed. Then one 
 increment of the first model runs in this process under cProfile, against the same server,
 and its time is broken down by package.
 
-    python bench/fleet.py --models 6             # what bench/results/fleet.md holds
-    python bench/fleet.py --models 50            # the issue's fleet (long on a shared machine)
+    python bench/fleet.py --models 6             # one run per model (a deployment each)
+    python bench/fleet.py --models 50 --sweep    # two sweeps of 25 models, one per worker
+
+With ``--sweep`` the models are not one deployment each: the sweep deployment
+(``retrain-sweep/sweep``, flows/sweep_flow.py) is registered on the pool and each round asks
+for one sweep run per worker, each with its share of the models; a model's retrain is a
+subflow run in that worker's one process, so the start-up (process, imports, MLflow stores)
+is paid once per sweep instead of once per model. The per-model figures then come from the
+subflow runs, and the per-model overhead of the round is its wall time times the workers over
+the models, minus the mean ingest and training.
 
 Results go to bench/results/fleet.md. Every figure is wall time on whatever machine runs it:
 on a shared, loaded machine they are noisy; the script prints the load average with them.
@@ -128,7 +136,14 @@ def write_specs(folder: Path, models: int) -> list[Path]:
             "name": f"fleet-{i:03d}",
             "seed": i,
             "state": {"dir": str(folder / f"state-{i:03d}")},
-            "gate": {**base.get("gate", {}), "require_approval": False},
+            # infra validation (`mlflow models serve` in a fresh environment of the model's
+            # requirements, built per state directory: minutes at first) is a safety step of
+            # its own, not the orchestration overhead this measures
+            "gate": {
+                **base.get("gate", {}),
+                "require_approval": False,
+                "infra_validation": "never",
+            },
             # a one-day increment has 24 rows: the demo's min_data_in_leaf = 20 could not split
             "lightgbm": {
                 **base["lightgbm"],
@@ -157,6 +172,43 @@ def ask_and_wait(client, deployments, as_of: str, mode: str, timeout: float) -> 
         if time.monotonic() > deadline:
             raise SystemExit(f"the {mode} round did not finish within {timeout:g} s")
         time.sleep(2)
+
+
+def ask_sweeps_and_wait(client, sweep, specs, as_of, mode, timeout, workers) -> list:
+    shares = [specs[i::workers] for i in range(workers)]
+    runs = [
+        client.create_flow_run_from_deployment(
+            sweep.id,
+            parameters={
+                "spec_paths": [str(p) for p in share],
+                "mode": mode,
+                "as_of": as_of,
+                "auto_approve": True,
+            },
+        )
+        for share in shares
+        if share
+    ]
+    deadline = time.monotonic() + timeout
+    while True:
+        current = [client.read_flow_run(r.id) for r in runs]
+        if all(r.state_type and r.state_type.value in FINAL for r in current):
+            return current
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the {mode} sweeps did not finish within {timeout:g} s")
+        time.sleep(2)
+
+
+def subflow_runs(client, sweeps) -> list:
+    """The retrain subflow runs of the given sweep runs (one per model)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    return client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[r.id for r in sweeps])
+        ),
+        limit=200,
+    )
 
 
 def run_figures(client, run) -> dict[str, float]:
@@ -190,7 +242,12 @@ def run_figures(client, run) -> dict[str, float]:
     }
 
 
-OWN_MODULES = ("flows/retrain_flow.py", "registry/client.py", "retrain/reports.py")
+OWN_MODULES = (
+    "flows/retrain_flow.py",
+    "registry/client.py",
+    "retrain/reports.py",
+    "retrain/families/lightgbm.py",
+)
 
 
 def breakdown(profile: cProfile.Profile) -> list[tuple[str, float]]:
@@ -207,7 +264,9 @@ def breakdown(profile: cProfile.Profile) -> list[tuple[str, float]]:
     return sorted(rows, key=lambda kv: -kv[1])[:16]
 
 
-def profile_one(url: str, spec_path: Path) -> tuple[float, float, list[tuple[str, float]], str]:
+def profile_one(url: str, specs: list[Path]) -> dict:
+    """Two more increments in this process: the first pays the process's first use (imports,
+    MLflow stores); the second, what every later model of a sweep costs, runs under cProfile."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     started = time.perf_counter()
@@ -215,25 +274,40 @@ def profile_one(url: str, spec_path: Path) -> tuple[float, float, list[tuple[str
 
     imports = time.perf_counter() - started
     profile = cProfile.Profile()
-    started = time.perf_counter()
     with temporary_settings(updates={PREFECT_API_URL: url}):
+        started = time.perf_counter()
+        first = retrain_flow(str(specs[0]), mode="stateful", as_of=PROFILED, auto_approve=True)
+        cold = time.perf_counter() - started
+        started = time.perf_counter()
         profile.enable()
-        outcome = retrain_flow(str(spec_path), mode="stateful", as_of=PROFILED, auto_approve=True)
+        outcome = retrain_flow(str(specs[1]), mode="stateful", as_of=PROFILED, auto_approve=True)
         profile.disable()
-    wall = time.perf_counter() - started
-    print(f"profiled run: {outcome.get('status')} ({outcome.get('strategy')})", flush=True)
+        wall = time.perf_counter() - started
+    print(f"profiled runs: {first.get('status')}, {outcome.get('status')}", flush=True)
     text = io.StringIO()
     pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(25)
-    return imports, wall, breakdown(profile), text.getvalue()
+    return {
+        "imports": imports,
+        "cold": cold,
+        "cold_status": first.get("status"),
+        "wall": wall,
+        "status": outcome.get("status"),
+        "rows": breakdown(profile),
+        "top": text.getvalue(),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=6)
+    parser.add_argument("--sweep", action="store_true", help="one sweep run per worker")
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--database-url", default=None, help="Prefect server database URL")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--out", type=Path, default=RESULTS / "fleet.md")
     args = parser.parse_args()
+    if args.models < 2:
+        parser.error("--models must be 2 or more")
     from prefect.client.orchestration import SyncPrefectClient
 
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
@@ -241,28 +315,49 @@ def main() -> None:
         specs = write_specs(root, args.models)
         with prefect_server(root, args.database_url) as url:
             env = {**base_env(root / "home", url), "PREFECT_WORKER_QUERY_SECONDS": "2"}
-            deploy = subprocess.run(
-                [BIN / "python", ROOT / "deploy" / "serve.py", *specs, "--work-pool", POOL],
-                env=env, cwd=root, capture_output=True, text=True,
-            )  # fmt: skip
+            if args.sweep:
+                command = [BIN / "python", "-c", DEPLOY_SWEEP, POOL]
+            else:
+                command = [
+                    BIN / "python",
+                    ROOT / "deploy" / "serve.py",
+                    *specs,
+                    "--work-pool",
+                    POOL,
+                ]
+            deploy = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True)
             if deploy.returncode:
                 raise SystemExit(deploy.stdout + deploy.stderr)
             workers = []
-            for i in range(2):
+            for i in range(args.workers):
                 command = [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--limit", "1"]
                 log = root / f"worker-{i}.log"
                 workers.append(start([*command, "--name", f"w{i}"], env, log, root))
             try:
                 with SyncPrefectClient(url) as client:
-                    deployments = [
-                        client.read_deployment_by_name(f"retrain/fleet-{i:03d}-scheduled")
-                        for i in range(args.models)
-                    ]
+                    if args.sweep:
+                        sweep = client.read_deployment_by_name("retrain-sweep/sweep")
+
+                        def round_(as_of: str, mode: str) -> tuple[list, list]:
+                            parents = ask_sweeps_and_wait(
+                                client, sweep, specs, as_of, mode, args.timeout, args.workers
+                            )
+                            return parents, subflow_runs(client, parents)
+                    else:
+                        deployments = [
+                            client.read_deployment_by_name(f"retrain/fleet-{i:03d}-scheduled")
+                            for i in range(args.models)
+                        ]
+
+                        def round_(as_of: str, mode: str) -> tuple[list, list]:
+                            runs = ask_and_wait(client, deployments, as_of, mode, args.timeout)
+                            return runs, runs
+
                     print(f"first round: {args.models} scratch retrains ...", flush=True)
-                    ask_and_wait(client, deployments, FIRST, "manual", args.timeout)
+                    round_(FIRST, "manual")
                     print("measured round: stateful increments ...", flush=True)
                     started = time.monotonic()
-                    runs = ask_and_wait(client, deployments, MEASURED, "stateful", args.timeout)
+                    parents, runs = round_(MEASURED, "stateful")
                     total = time.monotonic() - started
                     states = [r.state_type.value for r in runs]
                     done = [r for r in runs if r.state_type.value == "COMPLETED"]
@@ -272,16 +367,40 @@ def main() -> None:
                     if not done:
                         raise SystemExit("no run of the measured round completed")
                     figures = [run_figures(client, r) for r in done]
+                    outcomes = statuses(specs, runs)
+                    sweeps = [run_figures(client, r) for r in parents] if args.sweep else None
             finally:
                 for worker in workers:
                     stop(worker)
-            write_report(args, total, figures, states)
-            print("profiling one more increment in this process ...", flush=True)
-            profiled = profile_one(url, specs[0])
-    write_report(args, total, figures, states, profiled)
+            write_report(args, total, figures, states, outcomes, sweeps)
+            print("profiling two more increments in this process ...", flush=True)
+            profiled = profile_one(url, specs)
+    write_report(args, total, figures, states, outcomes, sweeps, profiled)
 
 
-def write_report(args, total, figures, states, profiled=None) -> None:
+DEPLOY_SWEEP = (
+    "import sys; from flows.deployments import deploy_sweep; print(deploy_sweep(sys.argv[1]))"
+)
+
+
+def statuses(specs: list[Path], runs) -> dict[str, int]:
+    """What each retrain of the round decided (promoted, rejected, skipped, ...): its run in
+    the model's ledger (a run is named after its model: ``fleet-007-stateful-...``)."""
+    from flows.settings import resolve_spec
+    from retrain.ledger import Ledger
+
+    counts: dict[str, int] = defaultdict(int)
+    for path in specs:
+        spec = resolve_spec(path)
+        with Ledger(spec.state.ledger) as ledger:
+            for run in runs:
+                if run.name.startswith(f"{spec.name}-"):
+                    record = ledger.run_of_flow_run(str(run.id))
+                    counts[record.status if record else "?"] += 1
+    return dict(counts)
+
+
+def write_report(args, total, figures, states, outcomes, sweeps, profiled=None) -> None:
     n = len(figures)
     columns = ("queued_s", "startup_s", "wall_s", "ingest_s", "train_s", "overhead_s")
 
@@ -290,25 +409,45 @@ def write_report(args, total, figures, states, profiled=None) -> None:
 
     load = os.getloadavg()
     counts = {s: states.count(s) for s in sorted(set(states))}
+    per_model = total * args.workers / n  # a worker's time per model in the round
+    effective = per_model - mean("ingest_s") - mean("train_s")
+    how = (
+        f"{args.workers} sweep runs (one per worker), each retraining its share of the models "
+        "as subflow runs in one process"
+        if args.sweep
+        else "one run per model (a deployment each)"
+    )
+    command = f"python bench/fleet.py --models {args.models}" + (" --sweep" if args.sweep else "")
     lines = [
-        "# Fleet benchmark: stateful increments on one work pool with 2 workers",
+        f"# Fleet benchmark: stateful increments on one work pool with {args.workers} workers",
         "",
-        f"`python bench/fleet.py --models {args.models}` on {os.cpu_count()} cores, load average "
+        f"`{command}` on {os.cpu_count()} cores, load average "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} when it ended (a shared machine: "
         "other sessions ran tests at the same time; treat the figures as noisy).",
         "",
-        f"- models: {n}; run states: {counts}",
+        f"- how: {how}",
+        f"- models: {n}; run states: {counts}; retrain outcomes (ledger): {outcomes}",
         f"- total wall time of the round (first asked to last completed): {total:.0f} s "
-        f"({total / n:.1f} s per model with 2 workers)",
+        f"({total / n:.1f} s per model with {args.workers} workers; {per_model:.1f} s of a "
+        "worker per model)",
+        f"- **per-model overhead of the round** (a worker's time per model - ingest - training): "
+        f"**{effective:.1f} s**",
+    ]
+    if sweeps:
+        lines.append(
+            "- the sweep runs' own start-up (Pending to Running, once per sweep): "
+            + ", ".join(f"{f['startup_s']:.1f} s" for f in sweeps)
+        )
+    lines += [
         "",
-        "| per run (mean of the round) | seconds |",
+        "| per model's retrain run (mean of the round) | seconds |",
         "|---|---:|",
         f"| queued (asked for to Pending: waiting for a free worker) | {mean('queued_s'):.1f} |",
         f"| start-up (Pending to Running: the run's process, imports) | {mean('startup_s'):.1f} |",
         f"| wall (Running to Completed) | {mean('wall_s'):.1f} |",
         f"| ingest + features (`prepare_data`) | {mean('ingest_s'):.1f} |",
         f"| training (`train_candidate`) | {mean('train_s'):.1f} |",
-        f"| **per-model overhead** (wall - ingest - training) | **{mean('overhead_s'):.1f}** |",
+        f"| overhead inside the run (wall - ingest - training) | {mean('overhead_s'):.1f} |",
         "",
         "| run | queued | start-up | wall | ingest | train | overhead |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -317,19 +456,21 @@ def write_report(args, total, figures, states, profiled=None) -> None:
         lines.append(f"| {i} | " + " | ".join(f"{f[k]:.1f}" for k in columns) + " |")
     lines.append("")
     if profiled is not None:
-        imports, wall, rows, top = profiled
         lines += [
-            f"## One more increment in this process under cProfile ({wall:.1f} s wall)",
+            "## Two more increments in this process",
             "",
-            f"Importing `flows.retrain_flow` first took {imports:.1f} s (not in the profile; a "
-            "worker's run pays it in its start-up).",
+            f"Importing `flows.retrain_flow`: {profiled['imports']:.1f} s. The first increment "
+            f"in this process ({profiled['cold_status']}): {profiled['cold']:.1f} s (it pays "
+            "the process's first use: lazy imports, MLflow's stores). The second, another "
+            f"model ({profiled['status']}), what each later model of a sweep costs, under "
+            f"cProfile: {profiled['wall']:.1f} s.",
             "",
             "| cumulative time (nested: a task includes its registry calls) | seconds |",
             "|---|---:|",
         ]
-        lines += [f"| {name} | {seconds:.2f} |" for name, seconds in rows]
-        lines += ["", "Top of the profile by cumulative time:", "", "```", top.strip()[:8000]]
-        lines += ["```", ""]
+        lines += [f"| {name} | {seconds:.2f} |" for name, seconds in profiled["rows"]]
+        lines += ["", "Top of the profile by cumulative time:", "", "```"]
+        lines += [profiled["top"].strip()[:8000], "```", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))

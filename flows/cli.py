@@ -8,7 +8,7 @@ import shutil
 import warnings
 from importlib import metadata, resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -103,6 +103,15 @@ def _edge_environment(
 SpecOption = Annotated[Path, typer.Option("--spec", "-s", help="Model spec file (.toml or .yaml).")]
 StateOption = Annotated[
     Path | None, typer.Option("--state-dir", help="State directory (overrides the spec).")
+]
+SpecsOption = Annotated[
+    list[Path],
+    typer.Option(
+        "--spec",
+        "-s",
+        help="Model spec file (.toml or .yaml); repeat it to sweep several models in one "
+        "process (each its own retrain, one after the other).",
+    ),
 ]
 
 
@@ -256,6 +265,76 @@ def _run_mode(
     raise typer.Exit(code=int(code))
 
 
+def _run_modes(
+    mode: str,
+    specs: list[Path],
+    as_of: str | None,
+    auto_approve: bool,
+    reason: str,
+    actor: str,
+    state_dir: Path | None,
+    as_json: bool = False,
+    force: bool = False,
+) -> None:
+    """One spec: that model's retrain. Several: a sweep (flows/sweep_flow.py), every model's
+    retrain in this process, one after the other."""
+    if len(specs) == 1:
+        _run_mode(mode, specs[0], as_of, auto_approve, reason, actor, state_dir, as_json, force)
+        return
+    if force:
+        raise fail("--force retrains one model: give a single --spec with it", ExitCode.USAGE)
+    if state_dir is not None:
+        raise fail(
+            "--state-dir names one model's state: each model of a sweep keeps its spec's own "
+            "(state.dir in each spec, or RETRAIN_STATE_DIR)",
+            ExitCode.USAGE,
+        )
+    _check_as_of(as_of)
+    for path in specs:  # every spec validated before the first retrain starts
+        refuse_unanswerable_wait(_load(path, None), auto_approve)
+    from flows.sweep_flow import check_sweep, sweep_flow
+
+    check_sweep([str(p) for p in specs], auto_approve)
+    quiet_flow_runs()
+    outcomes = sweep_flow(
+        spec_paths=[str(p) for p in specs],
+        mode=cast("Mode", mode),
+        reason=reason,
+        as_of=as_of,
+        auto_approve=auto_approve,
+        actor=actor,
+    )
+    code = sweep_code(outcomes)
+    if as_json:
+        emit_json(outcomes)
+        raise typer.Exit(code=int(code))
+    table = Table(title=f"{mode} sweep of {len(outcomes)} models")
+    for col in ("model", "status", "version", "decision"):
+        table.add_column(col)
+    for outcome in outcomes:
+        table.add_row(
+            outcome.get("model", outcome.get("spec_path", "?")),
+            outcome["status"],
+            outcome.get("version", "-"),
+            outcome.get("decision", outcome.get("error", "")),
+        )
+    console.print(table)
+    raise typer.Exit(code=int(code))
+
+
+def sweep_code(outcomes: list[dict[str, Any]]) -> ExitCode:
+    """A sweep's exit code: 1 if a model's retrain failed, else 5 if a candidate was refused,
+    else 6 if every model was skipped, else 0."""
+    if any(o["status"] == "failed" for o in outcomes):
+        return ExitCode.FAILED
+    codes = [outcome_code(o) for o in outcomes]
+    if ExitCode.REFUSED in codes:
+        return ExitCode.REFUSED
+    if codes and all(c == ExitCode.SKIPPED for c in codes):
+        return ExitCode.SKIPPED
+    return ExitCode.OK
+
+
 def outcome_code(outcome: dict[str, Any]) -> ExitCode:
     """0 promoted (or handed to its live test), 5 not promoted, 6 skipped."""
     if outcome["status"] == "skipped":
@@ -268,7 +347,7 @@ def outcome_code(outcome: dict[str, Any]) -> ExitCode:
 @run_app.command("manual")
 @handled
 def run_manual(
-    spec: SpecOption,
+    spec: SpecsOption,
     as_of: AsOfOption = None,
     auto_approve: AutoApproveOption = False,
     reason: ReasonOption = "operator request",
@@ -282,16 +361,18 @@ def run_manual(
 ) -> None:
     """Retrain from scratch now; wait for approval in the Prefect UI unless --auto-approve.
     Skipped when the data and spec are the champion's (same model), unless --force.
+    Several --spec: a sweep, every model retrained in this one process (docs/scale.md).
 
-    Exits 0 when the candidate is promoted, 5 when it is not (gate or approver), 6 skipped.
+    Exits 0 when the candidate is promoted, 5 when it is not (gate or approver), 6 skipped;
+    a sweep: 1 if a model failed, else 5 if one was refused, 6 if all were skipped, else 0.
     """
-    _run_mode("manual", spec, as_of, auto_approve, reason, actor, state_dir, as_json, force)
+    _run_modes("manual", spec, as_of, auto_approve, reason, actor, state_dir, as_json, force)
 
 
 @run_app.command("stateful")
 @handled
 def run_stateful(
-    spec: SpecOption,
+    spec: SpecsOption,
     as_of: AsOfOption = None,
     auto_approve: AutoApproveOption = False,
     reason: ReasonOption = "operator request",
@@ -301,10 +382,12 @@ def run_stateful(
     as_json: JsonOption = False,
 ) -> None:
     """Warm-start (or refit) from the champion on the data since its training end.
+    Several --spec: a sweep, every model retrained in this one process (docs/scale.md).
 
-    Exits 0 when the candidate is promoted, 5 when it is not (gate or approver), 6 skipped.
+    Exits 0 when the candidate is promoted, 5 when it is not (gate or approver), 6 skipped;
+    a sweep: 1 if a model failed, else 5 if one was refused, 6 if all were skipped, else 0.
     """
-    _run_mode("stateful", spec, as_of, auto_approve, reason, actor, state_dir, as_json)
+    _run_modes("stateful", spec, as_of, auto_approve, reason, actor, state_dir, as_json)
 
 
 def _registry(model_spec: ModelSpec) -> Any:

@@ -347,6 +347,35 @@ def ensure_process_pool(name: str) -> None:
         )
 
 
+SWEEP_DEPLOYMENT = "sweep"
+
+
+def deploy_sweep(work_pool: str, working_dir: str | Path | None = None) -> str:
+    """Register the sweep deployment (``retrain-sweep/sweep``) on the process work pool.
+
+    A run of it retrains the models it is given (``spec_paths``, ``mode``, ``as_of``,
+    ``auto_approve``) in one worker process, each a retrain subflow (flows/sweep_flow.py): N
+    runs with a share of the fleet each spread it over N workers and pay the start-up N times,
+    not once per model. No deployment concurrency limit: sweeps run side by side, and each
+    model's retrain still claims the model in the ledger (one retrain per model at a time).
+    Returns the deployment's full name.
+    """
+    from flows.sweep_flow import sweep_flow
+
+    check_server()
+    ensure_process_pool(work_pool)
+    deployment = sweep_flow.to_deployment(
+        name=SWEEP_DEPLOYMENT,
+        description="Retrain many models in one process, each a retrain subflow run "
+        "(flows/sweep_flow.py); parameters: spec_paths, mode, as_of, auto_approve.",
+        tags=["retrain", "sweep"],
+        **pool_options(work_pool, working_dir),
+    )
+    assert isinstance(deployment, RunnerDeployment)
+    deployment.apply(work_pool_name=work_pool)
+    return deployment.full_name
+
+
 def deploy_models(
     spec_paths: Sequence[str | Path],
     work_pool: str,

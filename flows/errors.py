@@ -28,3 +28,7 @@ class ApprovalNotAllowed(FlowError):
 
 class UsageError(FlowError):
     """A command-line option or argument cannot be used as given."""
+
+
+class SweepRefused(UsageError):
+    """A sweep names a model twice, or holds a model that would wait for an operator."""

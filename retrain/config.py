@@ -558,6 +558,22 @@ class ComputeSpec(_Strict):
         return value
 
 
+class ReportsSpec(_Strict):
+    """Which evidence a retrain renders besides its tables and row samples.
+
+    ``plots``: ``passed`` (default) renders the plots (backtest, feature importance, learning
+    curve) only for a candidate that passes the backtest gate, the one an approver looks at or
+    that becomes champion; a refused candidate keeps the tables (``backtest.csv``,
+    ``backtest_windows.csv``, ``backtest.md``, ``feature_importance.csv``) that the plots
+    draw. ``always`` renders them for every candidate; ``never`` for none (fleets).
+    """
+
+    plots: Literal["passed", "always", "never"] = "passed"
+
+    def wants_plots(self, gate_passed: bool) -> bool:
+        return self.plots == "always" or (self.plots == "passed" and gate_passed)
+
+
 class StateSpec(_Strict):
     dir: Path = Path(".retrain")
     ledger_url: str | None = None
@@ -658,6 +674,7 @@ class ModelSpec(_Strict):
     live: LiveSpec = LiveSpec()
     state: StateSpec = StateSpec()
     compute: ComputeSpec = ComputeSpec()
+    reports: ReportsSpec = ReportsSpec()
 
     @model_validator(mode="before")
     @classmethod

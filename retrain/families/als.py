@@ -63,7 +63,6 @@ from retrain.ranking import (
     relevant_items,
     user_metrics,
 )
-from retrain.reports import window_plot
 from retrain.stateful import STATEFUL_MODES, TrainingPlan, scratch
 from retrain.trainers.als import SHARED, ALSTrainer
 from retrain.trainers.interactions import check_window
@@ -413,12 +412,15 @@ def write_evidence(
     out["backtest_table"] = directory / "backtest.csv"
     pd.DataFrame(result.window_table()).to_csv(directory / "backtest_windows.csv", index=False)
     out["backtest_windows"] = directory / "backtest_windows.csv"
-    out["backtest_plot"] = window_plot(
-        directory / "backtest.png",
-        result,
-        metric_label=f"{spec.metric}@{spec.als.k}",
-        baseline_label="popularity",
-    )
+    if spec.reports.wants_plots(result.passed):
+        from retrain.reports import window_plot  # matplotlib loads only when a plot is drawn
+
+        out["backtest_plot"] = window_plot(
+            directory / "backtest.png",
+            result,
+            metric_label=f"{spec.metric}@{spec.als.k}",
+            baseline_label="popularity",
+        )
     report = result.markdown()
     ranking = getattr(evaluated, "ranking", None)
     if ranking is not None:

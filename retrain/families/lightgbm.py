@@ -41,7 +41,6 @@ from retrain.families.spine import (
 from retrain.features import FeatureCache, Window, make_window
 from retrain.freshness import last_row
 from retrain.ingest import TS, ingest
-from retrain.reports import backtest_plot, importance_plot, learning_curve_plot
 from retrain.stateful import TrainingPlan, plan_training, scratch
 from retrain.trainers import LightGBMTrainer
 
@@ -212,22 +211,26 @@ def write_evidence(
     for name, window in (("train_sample", prepared.train), ("holdout_sample", prepared.holdout)):
         source_rows(spec, window).to_csv(directory / f"{name}.csv", index=False)
         out[name] = directory / f"{name}.csv"
-    out["backtest_plot"] = backtest_plot(
-        directory / "backtest.png",
-        evaluated.result,
-        evaluated.timestamps,
-        evaluated.y,
-        evaluated.candidate,
-        evaluated.baseline,
-        evaluated.champion,
-    )
     importance = trained.model.feature_importance()
     importance.to_csv(directory / "feature_importance.csv", index=False)
     out["feature_importance"] = directory / "feature_importance.csv"
-    out["importance_plot"] = importance_plot(directory / "feature_importance.png", importance)
-    curve = learning_curve_plot(directory / "learning_curve.png", trained.model.evals_result_)
-    if curve is not None:
-        out["learning_curve"] = curve
+    if spec.reports.wants_plots(evaluated.result.passed):
+        # matplotlib loads only when a plot is drawn
+        from retrain.reports import backtest_plot, importance_plot, learning_curve_plot
+
+        out["backtest_plot"] = backtest_plot(
+            directory / "backtest.png",
+            evaluated.result,
+            evaluated.timestamps,
+            evaluated.y,
+            evaluated.candidate,
+            evaluated.baseline,
+            evaluated.champion,
+        )
+        out["importance_plot"] = importance_plot(directory / "feature_importance.png", importance)
+        curve = learning_curve_plot(directory / "learning_curve.png", trained.model.evals_result_)
+        if curve is not None:
+            out["learning_curve"] = curve
     pd.DataFrame(evaluated.result.table()).to_csv(directory / "backtest.csv", index=False)
     out["backtest_table"] = directory / "backtest.csv"
     pd.DataFrame(evaluated.result.window_table()).to_csv(

@@ -98,7 +98,10 @@ def test_manual_run_registers_a_pyfunc_that_recommends_with_a_stated_fallback(tm
 def test_an_als_version_logs_the_per_window_backtest_plot_and_table_with_champion_and_popularity(
     tmp_path, taste_csv
 ):
-    spec_path = write_spec(tmp_path, taste_csv, **{"gate.backtest_windows": 2})
+    # the second candidate is refused by the gate here: plots drawn for every candidate
+    spec_path = write_spec(
+        tmp_path, taste_csv, **{"gate.backtest_windows": 2, "reports.plots": "always"}
+    )
     retrain_flow(str(spec_path), mode="manual", as_of="2024-01-25", auto_approve=True)
 
     second, flow_run_id = run_flow(

@@ -192,3 +192,41 @@ def test_loading_a_version_again_and_again_leaves_no_module_behind(registry, mak
         assert registry.load_model(version).feature_names_ == FEATURES
 
     assert set(sys.modules) - modules == set()
+
+
+def test_one_registry_builds_one_mlflow_client_and_one_store_of_each_kind(
+    tmp_path, ledger, make_record, monkeypatch
+):
+    """A retrain's registry calls (register, decide, promote, read, load) share one MlflowClient
+    and one tracking and one model-registry store: none is built again per call."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"  # no store of it cached yet
+    built: list[tuple[str, str]] = []
+
+    def counting(kind: str, cls):
+        init = cls.__init__
+
+        def counted(self, *args, **kwargs):
+            given = args[0] if args else kwargs.get("db_uri", kwargs.get("tracking_uri"))
+            if given == uri:  # not the private file the database is first built in
+                built.append((kind, given))
+            init(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", counted)
+
+    counting("tracking", TrackingStore)
+    counting("registry", RegistryStore)
+    counting("client", MlflowClient)
+    registry = ModelRegistry(uri, "one-client", ledger, artifact_root=tmp_path / "artifacts")
+
+    first = promote_new(registry, make_record)
+    second = promote_new(registry, make_record)
+    registry.load_model(second)
+    registry.versions()
+    registry.rollback("ana", "test")
+
+    assert registry.alias_version("champion") == first
+    kinds = [kind for kind, _ in built]
+    assert sorted(kinds) == ["client", "registry", "tracking"], built

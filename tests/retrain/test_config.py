@@ -258,3 +258,20 @@ def test_a_short_max_age_is_fine_when_age_does_not_trigger(tmp_path, spec_data):
     spec_data["monitor"] = {"max_age": "7D", "any": ["drift"]}
 
     assert load_spec(write_spec(tmp_path, spec_data)).monitor.max_age == "7D"
+
+
+@pytest.mark.parametrize(
+    ("plots", "passed", "refused"),
+    [("passed", True, False), ("always", True, True), ("never", False, False)],
+)
+def test_reports_plots_says_which_candidates_get_plots(spec_data, plots, passed, refused):
+    spec = parse_spec(with_overrides(spec_data, {"reports.plots": plots}))
+
+    assert spec.reports.wants_plots(gate_passed=True) is passed
+    assert spec.reports.wants_plots(gate_passed=False) is refused
+
+
+def test_plots_by_default_only_for_a_candidate_that_passes_the_gate(spec_data):
+    assert parse_spec(spec_data).reports.plots == "passed"
+    with pytest.raises(SpecError, match=r"reports\.plots"):
+        parse_spec(with_overrides(spec_data, {"reports.plots": "sometimes"}))
