@@ -26,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,12 @@ def register_champion(spec_path: Path, as_of: pd.Timestamp) -> str:
     return version
 
 
-def run(models: int, days: int, rows: int, sweeps: int, workdir: Path) -> dict:
+def traced_mb() -> float:
+    """Python's and numpy's live allocations since tracing started (0 when not tracing)."""
+    return tracemalloc.get_traced_memory()[0] / 2**20 if tracemalloc.is_tracing() else 0.0
+
+
+def run(models: int, days: int, rows: int, sweeps: int, workdir: Path, trace: bool = False) -> dict:
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.monitor_flow import monitor_flow
@@ -142,8 +148,18 @@ def run(models: int, days: int, rows: int, sweeps: int, workdir: Path) -> dict:
 
     figures: list[dict] = []
     with prefect_test_harness(server_startup_timeout=180):
+        if trace:
+            tracemalloc.start()
         gc.collect()
-        figures.append({"sweep": 0, "rss_mb": rss_mb(), "seconds": 0.0, "retrains": 0})
+        figures.append(
+            {
+                "sweep": 0,
+                "rss_mb": rss_mb(),
+                "traced_mb": traced_mb(),
+                "seconds": 0.0,
+                "retrains": 0,
+            }
+        )
         for sweep in range(1, sweeps + 1):
             as_of = first_check + pd.Timedelta(days=sweep)
             started = time.perf_counter()
@@ -158,6 +174,7 @@ def run(models: int, days: int, rows: int, sweeps: int, workdir: Path) -> dict:
                     "sweep": sweep,
                     "as_of": str(as_of.date()),
                     "rss_mb": rss_mb(),
+                    "traced_mb": traced_mb(),
                     "seconds": seconds,
                     "retrains": requested,
                 }
@@ -168,6 +185,7 @@ def run(models: int, days: int, rows: int, sweeps: int, workdir: Path) -> dict:
                 flush=True,
             )
     rss = [f["rss_mb"] for f in figures[1:]]
+    traced = [f["traced_mb"] for f in figures[1:]]
     half = len(rss) // 2
     return {
         "models": models,
@@ -185,6 +203,9 @@ def run(models: int, days: int, rows: int, sweeps: int, workdir: Path) -> dict:
         "growth_per_check_second_half_kb": (
             (rss[-1] - rss[half - 1]) * 1024 / (models * (len(rss) - half)) if half else 0.0
         ),
+        # the same growth in traced allocations (--trace): what the process still holds, free
+        # of the allocator's noise (RSS moves by steps of megabytes between sweeps)
+        "traced_growth_second_half_mb": traced[-1] - traced[half - 1] if half else 0.0,
         "seconds_per_check": sum(f["seconds"] for f in figures[1:]) / (models * sweeps),
     }
 
@@ -229,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweeps", type=int, default=8)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "monitor_load.md"))
     parser.add_argument("--json", default=None, help="also write the raw figures here")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="also trace allocations (tracemalloc) during the sweeps: slower, but exact",
+    )
     args = parser.parse_args(argv)
     if args.days <= args.sweeps + 40:
         parser.error("--days must exceed --sweeps + 40 (the champion trains on the first weeks)")
@@ -237,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="monitor-load-") as tmp:
-        result = run(args.models, args.days, args.rows, args.sweeps, Path(tmp))
+        result = run(args.models, args.days, args.rows, args.sweeps, Path(tmp), args.trace)
     command = "python bench/monitor_load.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.out != "-":
         Path(args.out).write_text(markdown(result, command.strip()))

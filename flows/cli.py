@@ -8,7 +8,7 @@ import shutil
 import warnings
 from importlib import metadata, resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -266,7 +266,7 @@ def _run_mode(
 
 
 def _run_modes(
-    mode: str,
+    mode: Mode,
     specs: list[Path],
     as_of: str | None,
     auto_approve: bool,
@@ -298,7 +298,7 @@ def _run_modes(
     quiet_flow_runs()
     outcomes = sweep_flow(
         spec_paths=[str(p) for p in specs],
-        mode=cast("Mode", mode),
+        mode=mode,
         reason=reason,
         as_of=as_of,
         auto_approve=auto_approve,

@@ -1,9 +1,11 @@
 """The monitor loop, run over and over in one process, does not grow its memory without bound.
 
 A reduced bench/monitor_load.py (3 models x 60 daily partitions of 240 rows, 10 sweeps of the
-real monitor flow) in a fresh process: after the warm-up, resident memory stays flat. A check
-that kept what it read (the ingested frames, the features, the champion) would add megabytes
-per check and fail here (checked: keeping each check's ingest result fails it).
+real monitor flow) in a fresh process, with allocations traced: after the warm-up, what the
+process holds stays flat. A check that kept what it read (the ingested frames, the features, the
+champion) would add megabytes per check and fail here (checked: keeping each check's ingest
+result fails it). Resident memory is only bounded loosely: the allocator moves it by steps of
+up to 10 MB between sweeps (seen in the parallel suite), as large as the leak this looks for.
 """
 
 from __future__ import annotations
@@ -26,14 +28,14 @@ def test_memory_of_the_monitor_loop_plateaus(tmp_path):
         sys.executable,
         str(ROOT / "bench" / "monitor_load.py"),
         *("--models", str(MODELS), "--days", "60", "--rows", "240"),
-        *("--sweeps", str(SWEEPS), "--out", "-", "--json", str(out)),
+        *("--sweeps", str(SWEEPS), "--out", "-", "--json", str(out), "--trace"),
     ]
     subprocess.run(command, check=True, capture_output=True, timeout=900, cwd=ROOT)
 
     result = json.loads(out.read_text())
     assert result["checks"] == MODELS * SWEEPS
     assert [f["sweep"] for f in result["figures"]] == list(range(SWEEPS + 1))
-    # the second half of the sweeps (15 checks) may not add more than 5 MB in all: measured
-    # here about 1 MB; keeping each check's ingested source (~0.7 MB a check) adds 11 MB
-    assert result["growth_second_half_mb"] < 5, result["figures"]
+    # the second half of the sweeps (15 checks) may not hold 5 MB more in all; keeping each
+    # check's ingested source (~0.7 MB a check) adds 11 MB
+    assert result["traced_growth_second_half_mb"] < 5, result["figures"]
     assert result["rss_last_mb"] < result["rss_after_first_sweep_mb"] * 1.1, result["figures"]
