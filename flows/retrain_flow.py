@@ -290,11 +290,14 @@ def validate_infra(
     rows (``gate.infra_validation``; None when it does not run)."""
     if not infra_wanted(spec.gate, deployment.id is not None):
         return None
+    params = family_of(spec).predict_params(spec)
+    if "probabilities" in params:  # multiclass: compare every probability, not only the class
+        params = {**params, "probabilities": True}
     check = validate_version(
         registry,
         version,
         source_rows(spec, prepared.holdout),
-        family_of(spec).predict_params(spec),
+        params,
         spec.state.dir / "model-envs",
         spec.gate.infra_timeout_seconds,
     )

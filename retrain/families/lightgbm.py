@@ -41,7 +41,13 @@ from retrain.families.spine import (
 from retrain.features import FeatureCache, Window, make_window
 from retrain.freshness import last_row
 from retrain.ingest import TS, ingest
-from retrain.reports import backtest_plot, importance_plot, learning_curve_plot
+from retrain.reports import (
+    backtest_plot,
+    class_table,
+    confusion_plot,
+    importance_plot,
+    learning_curve_plot,
+)
 from retrain.stateful import TrainingPlan, plan_training, scratch
 from retrain.trainers import LightGBMTrainer
 
@@ -52,7 +58,13 @@ def _xy(spec: ModelSpec, frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]
     return frame[list(spec.features.columns)], frame[spec.label].to_numpy(dtype="float64")
 
 
-def label_stats(task: str, y: np.ndarray) -> dict[str, float]:
+def label_stats(task: str, y: np.ndarray, classes: Sequence[str] = ()) -> dict[str, float]:
+    """The label balance of a training window (``classes``: a multiclass spec's class labels,
+    whose codes y holds)."""
+    if task == "multiclass":
+        counts = np.bincount(np.asarray(y, dtype="int64"), minlength=len(classes))
+        share = counts / max(int(counts.sum()), 1)
+        return {f"share_{name}": float(share[i]) for i, name in enumerate(classes)}
     if task == "binary":
         return {"positive_rate": float(np.mean(y)), "positives": float(np.sum(y))}
     return {
@@ -80,6 +92,7 @@ def make_trainer(
         strategy=strategy,
         init_model=init_model if strategy != "scratch" else None,
         refit_decay_rate=spec.stateful.refit_decay_rate,
+        classes=spec.classes or (),
     )
 
 
@@ -114,7 +127,7 @@ def fit(
         model,
         window,
         len(y),
-        label_stats(spec.task, y),
+        label_stats(spec.task, y, spec.class_labels),
         plan,
         (*lineage, window.version),
         y,
@@ -207,7 +220,9 @@ def evaluate(
     )
     if note:
         result = replace(result, reasons=(*result.reasons, note))
-    baseline = baseline_predictions(spec.task, trained.y_train, len(y), spec.metric)
+    baseline = baseline_predictions(
+        spec.task, trained.y_train, len(y), spec.metric, len(spec.class_labels)
+    )
     return Evaluated(result, frame[TS], y, candidate, baseline, champion_pred)
 
 
@@ -220,15 +235,30 @@ def write_evidence(
     for name, window in (("train_sample", prepared.train), ("holdout_sample", prepared.holdout)):
         source_rows(spec, window).to_csv(directory / f"{name}.csv", index=False)
         out[name] = directory / f"{name}.csv"
-    out["backtest_plot"] = backtest_plot(
-        directory / "backtest.png",
-        evaluated.result,
-        evaluated.timestamps,
-        evaluated.y,
-        evaluated.candidate,
-        evaluated.baseline,
-        evaluated.champion,
-    )
+    if spec.task == "multiclass":
+        classes = list(spec.class_labels)
+        predictions = {
+            "candidate": evaluated.candidate,
+            "champion": evaluated.champion,
+            "baseline": evaluated.baseline,
+        }
+        out["backtest_plot"] = confusion_plot(
+            directory / "backtest.png", evaluated.result, evaluated.y, predictions, classes
+        )
+        class_table(evaluated.y, predictions, classes).to_csv(
+            directory / "backtest_classes.csv", index=False
+        )
+        out["backtest_classes"] = directory / "backtest_classes.csv"
+    else:
+        out["backtest_plot"] = backtest_plot(
+            directory / "backtest.png",
+            evaluated.result,
+            evaluated.timestamps,
+            evaluated.y,
+            evaluated.candidate,
+            evaluated.baseline,
+            evaluated.champion,
+        )
     importance = trained.model.feature_importance()
     importance.to_csv(directory / "feature_importance.csv", index=False)
     out["feature_importance"] = directory / "feature_importance.csv"
@@ -289,13 +319,14 @@ def rebuild(spec: ModelSpec, tags: Mapping[str, str], registered: Any, parent: A
         init_model=parent if strategy != "scratch" else None,
         refit_decay_rate=registered.refit_decay_rate,
         reference_rows=registered.reference_rows,
+        classes=getattr(registered, "classes", ()),
     ).fit(X, y)
     plan = TrainingPlan(strategy, "rebuild", lineage.parent_version, lineage.increments)
     return Trained(
         model,
         window,
         len(frame),
-        label_stats(spec.task, y),
+        label_stats(spec.task, y, spec.class_labels),
         plan,
         (window.version,),
         y,
@@ -324,6 +355,7 @@ def plan(mode: str, spec: ModelSpec, champion: Champion | None) -> TrainingPlan:
         champion.state() if champion else None,
         spec.features.columns,
         spec.features.categorical,
+        spec.class_labels,
     )
 
 
@@ -375,7 +407,7 @@ class LightGBMFamily:
 
     def baseline(self, spec: ModelSpec, frame: pd.DataFrame) -> BaselineModel:
         _, y = _xy(spec, frame)
-        return BaselineModel(spec.task, spec.metric).fit(pd.DataFrame(), y)
+        return BaselineModel(spec.task, spec.metric, len(spec.class_labels)).fit(pd.DataFrame(), y)
 
     def signature_sample(
         self, spec: ModelSpec, prepared: Prepared, trained: Trained
@@ -390,7 +422,8 @@ class LightGBMFamily:
         return {f"train_{name}": list(values) for name, values in train.items()}
 
     def predict_params(self, spec: ModelSpec) -> dict[str, Any]:
-        return {}
+        # a multiclass model answers its class; probabilities=True adds one column per class
+        return {"probabilities": False} if spec.task == "multiclass" else {}
 
     def score(
         self, spec: ModelSpec, model: Any, rows: pd.DataFrame, before: pd.DataFrame
