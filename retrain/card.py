@@ -48,6 +48,8 @@ class CardFacts:
     links: tuple[tuple[str, str], ...] = ()  # (label, url)
     limits: tuple[str, ...] = field(default=())
     refit: bool = False  # the served fit is the validated recipe refitted through the holdout
+    # a multiclass model: its classes (as the data writes them) and their training shares
+    classes: tuple[tuple[str, float | None], ...] = ()
 
 
 def run_limits(facts: CardFacts) -> tuple[str, ...]:
@@ -64,6 +66,16 @@ def run_limits(facts: CardFacts) -> tuple[str, ...]:
     if not r.passed:
         found.append("Refused by the gate: not fit to serve.")
     return tuple(found)
+
+
+def _class_lines(classes: tuple[tuple[str, float | None], ...]) -> list[str]:
+    """A multiclass model's classes with their shares of the training rows."""
+    if not classes:
+        return []
+    shares = ", ".join(
+        name if share is None else f"{name} ({share:.1%})" for name, share in classes
+    )
+    return [f"- multiclass, answers one of {len(classes)} classes (training share): {shares}"]
 
 
 def _num(value: float | None) -> str:
@@ -83,6 +95,7 @@ def render_card(facts: CardFacts) -> str:
         f"- family: **{facts.family}**, trained by a **{facts.mode}** retrain "
         f"({facts.strategy}): {facts.reason}",
         f"- started by: {facts.actor}",
+        *_class_lines(facts.classes),
         "",
         "## Data",
         "",
@@ -239,4 +252,7 @@ def card_facts(
         data_version=trained.window.version,
         links=tuple((LINK_LABELS.get(k, k), url) for k, url in links.items()),
         refit=refit,
+        classes=tuple(
+            (name, trained.label_stats.get(f"share_{name}")) for name in spec.class_labels
+        ),
     )

@@ -258,3 +258,20 @@ def test_infra_validation_compares_the_classes_a_server_answers():
         "1 of 2 class(es) differ, e.g. row 1: served 'mid', in process 'high'"
     )
     assert "answered 1 class(es) for 2 row(s)" in str(compare_answers(expected, ["low"]))
+
+
+def test_the_simulator_replays_a_multiclass_stream_with_its_baseline_policy(tmp_path):
+    from retrain.simulate import parse_policies, simulate
+
+    spec = spec_for(
+        tmp_path,
+        three_classes(days=24, per_day=24),
+        windows={"train": "14D", "holdout": "3D"},
+        gate={"bootstrap_samples": 100, "require_approval": False, "refit": False},
+        lightgbm={"num_boost_round": 20, "params": {"num_leaves": 7, "min_data_in_leaf": 10}},
+    )
+
+    rows = {r["policy"]: r for r in simulate(spec, parse_policies("never,baseline", spec)).table()}
+
+    # x decides the class (10% noise): the model's log loss is far below the class priors'
+    assert rows["never"]["multi_logloss"] < 0.6 < 1.0 < rows["baseline"]["multi_logloss"]
