@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 from flows.retrain_flow import make_registry, retrain_flow
@@ -78,6 +79,7 @@ def test_a_multiclass_model_is_promoted_warm_started_and_served_as_classes(tmp_p
     assert {"evidence/backtest_classes.csv", "evidence/backtest.png"} <= evidence
     card = read_card(registry, first["version"])
     assert "## Metrics (multi_logloss, lower is better, same holdout rows)" in card
+    assert "- multiclass, answers one of 3 classes (training share): 1 (" in card
 
     # served where MLflow serves: raw rows in, the class as the data writes it out
     april = pd.read_csv(spec.source.path / "2011-04.csv").head(50)
@@ -121,3 +123,20 @@ def test_a_multiclass_model_is_promoted_warm_started_and_served_as_classes(tmp_p
         )
     )
     assert set(slices["feature"]) == {"weekday"} and len(slices) >= 5, tags_run
+
+
+@pytest.mark.slow
+def test_a_multiclass_model_passes_infra_validation_on_a_real_model_server(tmp_path, bike_hourly):
+    spec_path = weather_spec(tmp_path, bike_hourly)
+
+    outcome = retrain_flow(
+        str(spec_path),
+        as_of="2011-04-22",
+        auto_approve=True,
+        overrides={"gate.infra_validation": True},
+    )
+
+    assert outcome["promoted"], outcome["decision"]
+    spec = load_spec(spec_path)
+    tags = make_registry(spec, Ledger(spec.state.ledger)).version(outcome["version"]).tags
+    assert tags["retrain.infra_validation"] == "passed"
