@@ -4,8 +4,9 @@
         --notify-url https://hooks.slack.com/services/... --page-url https://events.pagerduty...
 
 - ``retrain-notify``: POST to --notify-url on every ``retrain.model.refused`` / ``failed``;
-- ``retrain-page-failed-twice``: POST to --page-url when one model fails twice within
-  --within-hours (default 24).
+- ``retrain-page-failed-twice``: POST to --page-url when one model's run fails right after
+  another failed run of it (a run that ends otherwise in between resets the count), at most
+  once per model per --within-hours (default 24).
 
 The URLs are kept in two Prefect Webhook blocks (``retrain-notify``, ``retrain-page``).
 """
@@ -23,7 +24,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--notify-url", required=True, help="webhook for refused/failed")
     parser.add_argument("--page-url", required=True, help="webhook that pages someone")
     parser.add_argument("--model", default=None, help="only this model (default: every model)")
-    parser.add_argument("--within-hours", type=float, default=24.0, help="the page's window")
+    parser.add_argument(
+        "--within-hours",
+        type=float,
+        default=24.0,
+        help="at most one page per model per this many hours",
+    )
     args = parser.parse_args(argv)
     made = create_examples(
         args.notify_url, args.page_url, args.model, timedelta(hours=args.within_hours)

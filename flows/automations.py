@@ -2,8 +2,10 @@
 
 - ``notify``: a webhook call on every ``retrain.model.refused`` or ``retrain.model.failed``,
   with the model, the version and the reason or error in its JSON body;
-- ``page``: a webhook call (a pager's incoming webhook) when one model fails twice within
-  ``within`` (a threshold trigger per model: two ``failed`` events of the same model).
+- ``page``: a webhook call (a pager's incoming webhook) when one model fails twice in a row:
+  the ``failed`` event whose resource label ``retrain.failures-in-a-row`` is not ``1`` (the
+  ledger counts the model's runs that failed one after the other; a run that ends otherwise
+  resets it), at most once per model per ``within``.
 
 Both call a Prefect ``Webhook`` block, so the URL (and any secret in it) lives in the block,
 not in the automation. ``deploy/automations.py`` creates the block and both automations.
@@ -19,7 +21,7 @@ from prefect.automations import Automation, CallWebhook, EventTrigger, Posture
 from prefect.blocks.webhook import Webhook
 from pydantic import SecretStr
 
-from flows.events import FAILED, PREFIX, REFUSED
+from flows.events import FAILED, FAILURES_IN_A_ROW, PREFIX, REFUSED
 
 # the JSON body the webhook receives: Jinja over the triggering event
 NOTIFY_BODY = (
@@ -29,8 +31,11 @@ NOTIFY_BODY = (
     '"flow_run_url": "{{ event.payload.flow_run_url }}"}'
 )
 PAGE_BODY = (
-    '{"page": "retrain model {{ event.resource.name }} failed twice in a row", '
-    '"model": "{{ event.resource.name }}", "last_error": {{ event.payload.error | tojson }}}'
+    '{"page": "retrain model {{ event.resource.name }} failed '
+    '{{ event.payload.failures_in_a_row }} times in a row", '
+    '"model": "{{ event.resource.name }}", '
+    '"failures_in_a_row": {{ event.payload.failures_in_a_row | tojson }}, '
+    '"last_error": {{ event.payload.error | tojson }}}'
 )
 
 
@@ -62,20 +67,27 @@ def page(
     within: timedelta = timedelta(hours=24),
     name: str = "retrain-page-failed-twice",
 ) -> Automation:
-    """Call the webhook when the same model fails twice within ``within``.
+    """Call the webhook when the same model fails twice in a row.
 
-    A threshold trigger counts ``failed`` events per model (``for_each``) in the window; a
-    success between the two does not reset the count (Prefect's triggers count events).
+    Prefect's triggers count events in a window, and a success between two failures would not
+    reset that count; "in a row" is the ledger's: every ``failed`` event carries
+    ``retrain.failures-in-a-row`` (this run and the failed runs just before it), and this
+    trigger takes the ones where it is not ``1``. Per model (``for_each``), it fires at most once
+    per ``within`` (Prefect opens the next window after a firing), so a model that keeps
+    failing pages once a window, not on every run.
     """
     return Automation(
         name=name,
         description="retrain: the same model failed twice in a row",
         trigger=EventTrigger(
             expect={FAILED},
-            match={"prefect.resource.id": f"{PREFIX}{model}" if model else f"{PREFIX}*"},
+            match={
+                "prefect.resource.id": f"{PREFIX}{model}" if model else f"{PREFIX}*",
+                FAILURES_IN_A_ROW: "!1",
+            },
             for_each={"prefect.resource.id"},
             posture=Posture.Reactive,
-            threshold=2,
+            threshold=1,
             within=within,
         ),
         actions=[CallWebhook(block_document_id=block_id, payload=PAGE_BODY)],

@@ -54,14 +54,25 @@ def model_resource(model: str) -> dict[str, str]:
     return {"prefect.resource.id": f"{PREFIX}{model}", "prefect.resource.name": model}
 
 
-def _emit(event: str, model: str, payload: Mapping[str, Any]) -> None:
+# the resource label of a ``failed`` event: how many of the model's runs failed in a row, this
+# one included ("1": the run before it did not fail); the page automation matches on it
+FAILURES_IN_A_ROW = "retrain.failures-in-a-row"
+
+
+def _emit(
+    event: str,
+    model: str,
+    payload: Mapping[str, Any],
+    labels: Mapping[str, str] | None = None,
+) -> None:
     in_a_run = FlowRunContext.get() is not None or TaskRunContext.get() is not None
     if PREFECT_API_URL.value() is None and not in_a_run:
         # a CLI command on the embedded setup: no server, so no automation, listens (emitting
         # would start Prefect's temporary server for nothing)
         logger.debug("no Prefect server configured: %s for %s not emitted", event, model)
         return
-    sent = emit_event(event=event, resource=model_resource(model), payload=dict(payload))
+    resource = {**model_resource(model), **(labels or {})}
+    sent = emit_event(event=event, resource=resource, payload=dict(payload))
     logger.debug("%s %s for %s", "emitted" if sent else "no events client: skipped", event, model)
 
 
@@ -96,8 +107,15 @@ def refused(model: str, version: str, reason: str, evidence: Mapping[str, Any]) 
     _emit(REFUSED, model, {**evidence, "version": version, "reason": reason})
 
 
-def failed(model: str, error: str, evidence: Mapping[str, Any]) -> None:
-    _emit(FAILED, model, {**evidence, "error": error})
+def failed(model: str, error: str, in_a_row: int, evidence: Mapping[str, Any]) -> None:
+    """``in_a_row``: the model's runs that failed one after the other, this one included
+    (:func:`retrain.ledger.failures_in_a_row`), in the payload and as a resource label."""
+    _emit(
+        FAILED,
+        model,
+        {**evidence, "error": error, "failures_in_a_row": in_a_row},
+        {FAILURES_IN_A_ROW: str(in_a_row)},
+    )
 
 
 def rolled_back(model: str, was: str, now: str, actor: str, reason: str) -> None:

@@ -27,7 +27,7 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.runtime import flow_run
 
 from flows import events
-from flows.retrain_flow import ApprovalInput, make_registry
+from flows.retrain_flow import ApprovalInput, make_registry, publish_decision
 from flows.settings import resolve_spec
 from registry import ModelRegistry
 from registry.client import GATE_TAG
@@ -156,7 +156,11 @@ def ask_operator(spec: ModelSpec, decision: LiveDecision) -> Approval:
 
 @task(cache_policy=NO_CACHE)
 def carry_out(
-    registry: ModelRegistry, decision: LiveDecision, approval: Approval | None, actor: str
+    spec: ModelSpec,
+    registry: ModelRegistry,
+    decision: LiveDecision,
+    approval: Approval | None,
+    actor: str,
 ) -> dict[str, Any]:
     tags = registry.version(decision.challenger_version).tags
     promotion = promotion_decision(
@@ -186,6 +190,7 @@ def carry_out(
     else:
         end_challenger(registry, promotion, actor=who, flow_run_id=_flow_run_id())
         events.refused(decision.model, decision.challenger_version, promotion.reason, evidence)
+    publish_decision(spec, registry, promotion, f"after the live {decision.routing} test")
     return {"promoted": promotion.promote, "decision": promotion.reason}
 
 
@@ -234,7 +239,7 @@ def live_evaluate_flow(
                 approval = ask_operator(spec, decision)
             else:
                 approval = automatic_approval(actor)
-        done = carry_out(registry, decision, approval, actor)
+        done = carry_out(spec, registry, decision, approval, actor)
         ledger.update_run(run_id, model_version=decision.challenger_version)
         ledger.finish_run(
             run_id,

@@ -43,10 +43,10 @@ from flows.links import (
 )
 from flows.settings import resolve_spec
 from registry import CandidateRecord, ModelRegistry
-from registry.cards import log_card
+from registry.cards import log_card, read_card
 from registry.infra import validate_version
 from registry.links import version_link
-from retrain.card import CardFacts, card_facts, decision_line, render_card
+from retrain.card import CardFacts, card_facts, decision_line, render_card, with_decision
 from retrain.config import ModelSpec
 from retrain.families import family_of
 from retrain.families.lineage import Tag, lineage_tags, refit_tags
@@ -63,7 +63,7 @@ from retrain.families.spine import (
 from retrain.features import in_memory
 from retrain.freshness import data_age, data_end, format_age
 from retrain.infra import InfraCheck, gate_with_infra, infra_wanted
-from retrain.ledger import Ledger, RunRecord
+from retrain.ledger import Ledger, RunRecord, now
 from retrain.promotion import (
     Approval,
     PromotionDecision,
@@ -292,11 +292,14 @@ def validate_infra(
     rows (``gate.infra_validation``; None when it does not run)."""
     if not infra_wanted(spec.gate, deployment.id is not None):
         return None
+    params = family_of(spec).predict_params(spec)
+    if "probabilities" in params:  # multiclass: compare every probability, not only the class
+        params = {**params, "probabilities": True}
     check = validate_version(
         registry,
         version,
         source_rows(spec, prepared.holdout),
-        family_of(spec).predict_params(spec),
+        params,
         spec.state.dir / "model-envs",
         spec.gate.infra_timeout_seconds,
     )
@@ -515,6 +518,16 @@ def _decision_of(run: RunRecord, approval: Approval) -> PromotionDecision:
     )
 
 
+def _failures_in_a_row(ledger: Ledger, model: str) -> int:
+    """The streak of failed runs that this failure extends (at least 1: this run failed); an
+    unreachable ledger counts this failure alone rather than hide the first error."""
+    try:
+        return max(1, ledger.failures_in_a_row(model))
+    except Exception as exc:  # the error being reported matters more than the count
+        logger.warning("could not count %s's failed runs in a row: %s", model, exc)
+        return 1
+
+
 @contextlib.contextmanager
 def holding_claim(
     ledger: Ledger, model: str, run_id: int, on_pause: Callable[[], None] | None = None
@@ -537,7 +550,10 @@ def holding_claim(
         error = f"{type(exc).__name__}: {exc}"
         ledger.finish_run(run_id, "failed", promoted=False, error=error)
         events.failed(
-            model, error, {"run_id": run_id, "flow_run_url": flow_run_url(_flow_run_id()) or ""}
+            model,
+            error,
+            _failures_in_a_row(ledger, model),
+            {"run_id": run_id, "flow_run_url": flow_run_url(_flow_run_id()) or ""},
         )
         raise
     finally:
@@ -570,6 +586,7 @@ def resume_after_answer(
         decision = _decision_of(run, approval)
         previous = apply_decision(registry, decision, actor)
         _finish(ledger, run.id, decision, actor)
+        publish_decision(spec, registry, decision, "answered after the run was suspended")
     announce(spec, decision, previous, {"run_id": run.id, **run.metrics})
     return {
         "status": "promoted" if decision.promote else "rejected",
@@ -621,12 +638,41 @@ def publish_card(spec: ModelSpec, registry: ModelRegistry, facts: CardFacts) -> 
     """The model card: ``model_card.md`` on the version's MLflow run and a Prefect artifact."""
     markdown = render_card(facts)
     log_card(registry, facts.version, markdown)
+    _card_artifact(spec, facts.version, markdown)
+    return markdown
+
+
+def _card_artifact(spec: ModelSpec, version: str, markdown: str) -> None:
     create_markdown_artifact(
         key=_artifact_key(spec.name, "model-card"),
         markdown=markdown,
-        description=f"model card of {spec.name} version {facts.version} "
-        f"{_md_link(facts.version, version_link(spec.state.tracking, spec.name, facts.version))}",
+        description=f"model card of {spec.name} version {version} "
+        f"{_md_link(version, version_link(spec.state.tracking, spec.name, version))}",
     )
+
+
+def decided_at() -> str:
+    """When a decision is made, for its card (UTC, to the second)."""
+    return f"{now().replace(microsecond=0).isoformat(sep=' ')} UTC"
+
+
+@task(cache_policy=NO_CACHE)
+def publish_decision(
+    spec: ModelSpec, registry: ModelRegistry, decision: PromotionDecision, how: str
+) -> str:
+    """Rewrite the decision section of the version's card (read back from MLflow) after a
+    decision made once the run that rendered it was gone: a resumed suspended run, a live
+    test's verdict. The card is logged again and published as a Prefect artifact."""
+    markdown = with_decision(
+        read_card(registry, decision.version),
+        spec.name,
+        decision.version,
+        decision,
+        decided_at(),
+        how,
+    )
+    log_card(registry, decision.version, markdown)
+    _card_artifact(spec, decision.version, markdown)
     return markdown
 
 
@@ -818,7 +864,12 @@ def _retrain(
         publish_card(
             spec,
             registry,
-            replace(facts, decision=decision_line(decision), approver=decision.approver),
+            replace(
+                facts,
+                decision=decision_line(decision),
+                approver=decision.approver,
+                decided_at=decided_at(),
+            ),
         )
     announce(spec, decision, previous, evidence)
     outcome = RetrainOutcome(

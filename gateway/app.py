@@ -156,7 +156,11 @@ class Gateway:
     # -- scoring -------------------------------------------------------------------------------
     def _score(self, kind: str, loaded: Loaded, inputs: dict[str, Any]) -> Any:
         if kind == "predict":
-            return {"predictions": predict_rows(loaded, inputs["rows"])}
+            return {
+                "predictions": predict_rows(
+                    loaded, inputs["rows"], bool(inputs.get("probabilities"))
+                )
+            }
         return {"recommendations": recommend_users(loaded, inputs["users"], inputs["k"])}
 
     def _timed(
@@ -371,7 +375,15 @@ def _inputs(slot: Slot, kind: str, body: dict[str, Any]) -> dict[str, Any]:
             raise BadRequest(
                 'send {"rows": [{"column": value, ...}, ...]}: a non-empty list of objects'
             )
-        return {"rows": rows}
+        probabilities = body.get("probabilities", False)
+        if not isinstance(probabilities, bool):
+            raise BadRequest(f"probabilities must be true or false, got {probabilities!r}")
+        if probabilities and slot.spec.task != "multiclass":
+            raise BadRequest(
+                f"model {slot.name!r} is a {slot.spec.task} model: it answers one number per "
+                "row; probabilities are for multiclass models, leave it out"
+            )
+        return {"rows": rows, "probabilities": True} if probabilities else {"rows": rows}
     users = body.get("users")
     if not isinstance(users, list) or not users:
         raise BadRequest('send {"users": ["id", ...], "k": 10}: a non-empty list of user ids')

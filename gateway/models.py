@@ -41,9 +41,22 @@ class Deployed:
     share: float  # the challenger's share of traffic (canary, ab, bandit)
 
 
-def predict_rows(loaded: Loaded, rows: list[dict[str, Any]]) -> list[float]:
-    result = loaded.model.predict(pd.DataFrame.from_records(rows))
-    return [float(v) for v in np.asarray(result, dtype=float).ravel()]
+def predict_rows(
+    loaded: Loaded, rows: list[dict[str, Any]], probabilities: bool = False
+) -> list[Any]:
+    """One answer per row: a number, or a multiclass model's class as the data writes it (with
+    ``probabilities``: ``{"class": ..., "probability_<class>": ...}`` per row)."""
+    frame = pd.DataFrame.from_records(rows)
+    if probabilities:
+        answer = loaded.model.predict(frame, params={"probabilities": True})
+        return [
+            {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+            for row in pd.DataFrame(answer).to_dict("records")
+        ]
+    result = np.asarray(loaded.model.predict(frame)).ravel()
+    if result.dtype.kind == "f":
+        return [float(v) for v in result]
+    return [v.item() if isinstance(v, np.generic) else v for v in result]  # classes
 
 
 def recommend_users(loaded: Loaded, users: list[Any], k: int) -> list[dict[str, Any]]:

@@ -2,7 +2,9 @@
 
 It imports only mlflow and ``retrain_servable`` (a copy of ``retrain/servable.py`` that the
 model carries in its ``code`` folder): the version loads and serves without retrain installed.
-Input: the source's raw rows (see the version's signature); output: one prediction per row.
+Input: the source's raw rows (see the version's signature); output: one prediction per row
+(a multiclass model: the class; with ``params={"probabilities": True}`` the class and one
+probability per class).
 """
 
 import mlflow
@@ -20,6 +22,8 @@ class LightGBMModel(PythonModel):
 
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         # Untyped on purpose: MLflow would infer (and warn about) a signature from hints.
+        if (params or {}).get("probabilities"):
+            return self.model.predict(model_input, probabilities=True)
         return self.model.predict(model_input)
 
 

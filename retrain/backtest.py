@@ -35,6 +35,40 @@ def _logloss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
+def _true_class_probability(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Multiclass: each row's probability of its true class (p is rows x classes, y the codes)."""
+    return np.clip(p[np.arange(len(y)), y.astype("int64")], 1e-15, 1.0)
+
+
+def _hits(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """1 where the prediction is right: the most probable class (multiclass, p rows x classes)
+    or the side of 0.5 (binary)."""
+    if p.ndim == 2:
+        return (p.argmax(axis=1) == y).astype("float64")
+    return ((p >= 0.5) == (y == 1)).astype("float64")
+
+
+def _macro_f1(y: np.ndarray, p: np.ndarray) -> float:
+    """F1 of each class, averaged over the classes in the labels or the predictions (as
+    scikit-learn's ``f1_score(average="macro")``).
+
+    >>> round(_macro_f1(np.array([0, 0, 1, 2]), np.eye(3)[[0, 1, 1, 2]]), 4)
+    0.7778
+    """
+    if len(y) == 0:
+        return float("nan")
+    predicted = p.argmax(axis=1)
+    truth = y.astype("int64")
+    classes = np.union1d(truth, predicted)
+    scores = []
+    for c in classes:
+        tp = float(np.sum((predicted == c) & (truth == c)))
+        fp = float(np.sum((predicted == c) & (truth != c)))
+        fn = float(np.sum((predicted != c) & (truth == c)))
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores))
+
+
 def _mape(y: np.ndarray, p: np.ndarray) -> float:
     mask = y != 0
     return float(np.mean(np.abs((y[mask] - p[mask]) / y[mask]))) if mask.any() else float("nan")
@@ -46,7 +80,9 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "mape": _mape,
     "auc": _auc,
     "logloss": _logloss,
-    "accuracy": lambda y, p: float(np.mean((p >= 0.5) == (y == 1))),
+    "accuracy": lambda y, p: float(np.mean(_hits(y, p))) if len(y) else float("nan"),
+    "multi_logloss": lambda y, p: float(-np.mean(np.log(_true_class_probability(y, p)))),
+    "macro_f1": _macro_f1,
 }
 # Ranking metrics arrive already scored, one value per row (a user in a backtest window, see
 # retrain.families.als): the metric of a set of rows is their mean, so windows and the paired
@@ -62,14 +98,29 @@ def score(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
 
 
 def baseline_predictions(
-    task: str, y_train: np.ndarray, n: int, metric: str | None = None
+    task: str, y_train: np.ndarray, n: int, metric: str | None = None, n_classes: int = 0
 ) -> np.ndarray:
-    """The trivial model: training-window mean (regression) or majority class (binary).
+    """The trivial model: training-window mean (regression) or majority class (binary,
+    multiclass).
 
-    For a probability metric (logloss) the binary baseline predicts the training positive rate
-    instead of a hard 0/1, which any clipped log loss would punish without meaning.
+    For a probability metric (logloss, multi_logloss) the baseline predicts the training
+    positive rate (binary) or class priors (multiclass) instead of a hard class, which any
+    clipped log loss would punish without meaning. A multiclass baseline is rows x
+    ``n_classes`` probabilities, like the model's (the majority class: probability 1).
+
+    >>> baseline_predictions("multiclass", np.array([0, 2, 2, 1]), 1, "accuracy", 3)
+    array([[0., 0., 1.]])
+    >>> baseline_predictions("multiclass", np.array([0, 2, 2, 1]), 1, "multi_logloss", 3)
+    array([[0.25, 0.25, 0.5 ]])
     """
     y_train = np.asarray(y_train, dtype="float64")
+    if task == "multiclass":
+        counts = np.bincount(y_train.astype("int64"), minlength=n_classes).astype("float64")
+        if metric == "multi_logloss":
+            row = counts / counts.sum()
+        else:  # ties: the first class in the spec's order
+            row = np.eye(counts.size)[int(np.argmax(counts))]
+        return np.tile(row, (n, 1))
     if task == "binary":
         if metric == "logloss":
             return np.full(n, float(np.mean(y_train)))
@@ -88,7 +139,8 @@ _ROW_LOSSES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
             + (1 - y) * np.log(1 - np.clip(p, 1e-15, 1 - 1e-15))
         )
     ),
-    "accuracy": lambda y, p: ((p >= 0.5) == (y == 1)).astype("float64"),
+    "accuracy": _hits,
+    "multi_logloss": lambda y, p: -np.log(_true_class_probability(y, p)),
     **{name: (lambda y, p: p) for name in RANKING_METRICS},
 }
 # cells of the (samples x rows) index matrix drawn at once: bounds the memory of one draw
@@ -124,7 +176,8 @@ def paired_bootstrap(
     Paired: every draw resamples the same rows for both models (the difference is computed row
     set by row set, so what the two share cancels). Vectorised: the draws are one seeded matrix
     of row indices (in chunks of bounded memory); a metric that is a mean of row losses (every
-    one but AUC) is one gather and one mean per draw, AUC is scored draw by draw.
+    one but AUC and macro-F1) is one gather and one mean per draw, AUC and macro-F1 are scored
+    draw by draw. Multiclass predictions are rows x classes probabilities.
     """
     rng = np.random.default_rng(seed)
     y = np.asarray(y, dtype="float64")
@@ -143,7 +196,7 @@ def paired_bootstrap(
     elif loss is not None:
         cand_rows, ref_rows = loss(y, candidate), loss(y, reference)
     for idx in _bootstrap_indices(rng, samples, n):
-        if loss is None and weights is None:  # AUC: not a mean of row losses
+        if loss is None and weights is None:  # AUC, macro-F1: not a mean of row losses
             parts.append(
                 np.array(
                     [
@@ -371,7 +424,13 @@ def backtest(
     candidate_pred = np.asarray(candidate_pred, dtype="float64")
     cand = score(metric, y, candidate_pred)
     base_pred = (
-        baseline_predictions(task, y_train, y.size, metric)
+        baseline_predictions(
+            task,
+            y_train,
+            y.size,
+            metric,
+            candidate_pred.shape[1] if candidate_pred.ndim == 2 else 0,
+        )
         if baseline_pred is None
         else np.asarray(baseline_pred, dtype="float64")
     )

@@ -44,9 +44,12 @@ class CardFacts:
     # the decision: "pending" until known, then "approved by X" / "rejected by X: why" / ...
     decision: str = "pending"
     approver: str | None = None
+    decided_at: str | None = None  # when the decision was made (UTC)
     links: tuple[tuple[str, str], ...] = ()  # (label, url)
     limits: tuple[str, ...] = field(default=())
     refit: bool = False  # the served fit is the validated recipe refitted through the holdout
+    # a multiclass model: its classes (as the data writes them) and their training shares
+    classes: tuple[tuple[str, float | None], ...] = ()
 
 
 def run_limits(facts: CardFacts) -> tuple[str, ...]:
@@ -63,6 +66,16 @@ def run_limits(facts: CardFacts) -> tuple[str, ...]:
     if not r.passed:
         found.append("Refused by the gate: not fit to serve.")
     return tuple(found)
+
+
+def _class_lines(classes: tuple[tuple[str, float | None], ...]) -> list[str]:
+    """A multiclass model's classes with their shares of the training rows."""
+    if not classes:
+        return []
+    shares = ", ".join(
+        name if share is None else f"{name} ({share:.1%})" for name, share in classes
+    )
+    return [f"- multiclass, answers one of {len(classes)} classes (training share): {shares}"]
 
 
 def _num(value: float | None) -> str:
@@ -82,6 +95,7 @@ def render_card(facts: CardFacts) -> str:
         f"- family: **{facts.family}**, trained by a **{facts.mode}** retrain "
         f"({facts.strategy}): {facts.reason}",
         f"- started by: {facts.actor}",
+        *_class_lines(facts.classes),
         "",
         "## Data",
         "",
@@ -128,18 +142,69 @@ def render_card(facts: CardFacts) -> str:
         f"- parent version (weights inherited from): {facts.parent_version or 'none (scratch)'}",
         f"- champion when trained: {facts.champion_version or 'none'}",
         "",
-        "## Decision",
+        *decision_section(facts.decision, facts.approver, facts.decided_at),
+        "## Known limits",
         "",
-        f"- {facts.decision}",
     ]
-    if facts.approver:
-        lines.append(f"- approved or rejected by: {facts.approver}")
-    lines += ["", "## Known limits", ""]
     lines += [f"- {limit}" for limit in (*facts.limits, *run_limits(facts), *STANDING_LIMITS)]
     if facts.links:
         lines += ["", "## Links", ""]
         lines += [f"- [{label}]({url})" for label, url in facts.links]
     return "\n".join(lines) + "\n"
+
+
+DECISION_HEADING = "## Decision"
+
+
+def decision_section(decision: str, approver: str | None, decided_at: str | None) -> list[str]:
+    """The card's decision section (its heading to the blank line before the next one)."""
+    lines = [DECISION_HEADING, "", f"- {decision}"]
+    if approver:
+        lines.append(f"- approved or rejected by: {approver}")
+    if decided_at:
+        lines.append(f"- decided at: {decided_at}")
+    return [*lines, ""]
+
+
+def with_decision(
+    markdown: str,
+    model: str,
+    version: str,
+    decision: PromotionDecision,
+    decided_at: str,
+    how: str = "",
+) -> str:
+    r"""The card ``markdown`` with its decision section rewritten (the rest kept as written):
+    for a decision made after the run that rendered the card ended (a suspended run resumed by
+    its operator, a live test's verdict). ``how``: how it was decided, e.g. ``after the live
+    canary test``. A version without a card gets one holding its decision only.
+
+    >>> card = "# Model card: m version 3\n\n## Decision\n\n- pending\n\n## Known limits\n"
+    >>> from retrain.promotion import PromotionDecision
+    >>> d = PromotionDecision("3", True, True, True, "ana", None, False, "approved by ana")
+    >>> print(with_decision(card, "m", "3", d, "2026-01-02 03:04:05+00:00"))
+    # Model card: m version 3
+    <BLANKLINE>
+    ## Decision
+    <BLANKLINE>
+    - promoted to champion: approved by ana
+    - approved or rejected by: ana
+    - decided at: 2026-01-02 03:04:05+00:00
+    <BLANKLINE>
+    ## Known limits
+    <BLANKLINE>
+    """
+    line = decision_line(decision) + (f" ({how})" if how else "")
+    section = decision_section(line, decision.approver, decided_at)
+    lines = markdown.splitlines()
+    if DECISION_HEADING not in lines:
+        head = lines or [f"# Model card: {model} version {version}", ""]
+        if head[-1]:
+            head = [*head, ""]
+        return "\n".join([*head, *section]) + "\n"
+    start = lines.index(DECISION_HEADING)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "\n".join([*lines[:start], *section, *lines[end:]]) + "\n"
 
 
 def decision_line(decision: PromotionDecision) -> str:
@@ -187,4 +252,7 @@ def card_facts(
         data_version=trained.window.version,
         links=tuple((LINK_LABELS.get(k, k), url) for k, url in links.items()),
         refit=refit,
+        classes=tuple(
+            (name, trained.label_stats.get(f"share_{name}")) for name in spec.class_labels
+        ),
     )

@@ -26,10 +26,18 @@ from retrain.errors import SpecError
 
 REGRESSION_METRICS = {"mae", "rmse", "mape"}
 CLASSIFICATION_METRICS = {"auc", "logloss", "accuracy"}
+# multiclass: accuracy of the most probable class, LightGBM's multi_logloss (mean -log p of the
+# true class), macro_f1 (F1 per class, averaged over the classes in the labels or predictions)
+MULTICLASS_METRICS = {"accuracy", "multi_logloss", "macro_f1"}
+METRICS_OF_TASK = {
+    "regression": REGRESSION_METRICS,
+    "binary": CLASSIFICATION_METRICS,
+    "multiclass": MULTICLASS_METRICS,
+}
 # Ranking metrics of the recommendation family, at k = als.k (see retrain.ranking)
 RANKING_METRICS = {"ndcg", "map", "precision"}
 # Metrics where a larger value is better; every other metric is a loss.
-GREATER_IS_BETTER = {"auc", "accuracy", *RANKING_METRICS}
+GREATER_IS_BETTER = {"auc", "accuracy", "macro_f1", *RANKING_METRICS}
 DERIVED_FEATURES = {"hour", "dayofweek", "month", "dayofyear", "is_weekend"}
 
 
@@ -646,13 +654,17 @@ class ModelSpec(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     family: Literal["lightgbm", "als"] = "lightgbm"
-    task: Literal["regression", "binary", "ranking"] = "regression"
+    task: Literal["regression", "binary", "multiclass", "ranking"] = "regression"
     label: str
     # binary tasks whose label is not 0/1: the value that means 1 (every other value is 0) ...
     positive: str | int | float | bool | None = None
     # ... or every value with its class, e.g. labels = {UP = 1, DOWN = 0} (other values: the
     # partition is quarantined)
     labels: dict[str, Literal[0, 1]] | None = None
+    # multiclass tasks: every class, as the label writes it (strings or integers), e.g.
+    # classes = ["low", "mid", "high"]; frozen with the first model of a lineage. A partition
+    # with a class not listed here is quarantined
+    classes: tuple[int | str, ...] | None = None
     metric: str = "mae"
     # the columns that identify a row (an order or event id; read as text); rows with the same
     # ids and different labels are left out (quarantined). Empty: the timestamp and every
@@ -748,7 +760,8 @@ class ModelSpec(_Strict):
             )
         if self.task == "ranking":
             raise ValueError("task 'ranking' needs family = 'als'")
-        allowed = REGRESSION_METRICS if self.task == "regression" else CLASSIFICATION_METRICS
+        self._classes()
+        allowed = METRICS_OF_TASK[self.task]
         if self.metric not in allowed:
             raise ValueError(
                 f"metric {self.metric!r} does not fit task {self.task!r}; choose one of "
@@ -795,6 +808,45 @@ class ModelSpec(_Strict):
                 "that identify a row (an event or order id), e.g. id_columns = ['order_id']"
             )
 
+    def _classes(self) -> None:
+        if self.task != "multiclass":
+            if self.classes is not None:
+                raise ValueError(
+                    f"classes lists the classes of a multiclass task; task is {self.task!r}: "
+                    "remove classes, or set task = 'multiclass'"
+                )
+            return
+        if self.classes is None:
+            raise ValueError(
+                "task 'multiclass' needs classes: list every value the label takes, as the data "
+                "writes it, e.g. classes = ['low', 'mid', 'high'] (or [1, 2, 3])"
+            )
+        texts = [label_text(c) for c in self.classes]
+        if len(texts) < 2:
+            raise ValueError(f"classes {list(self.classes)} needs at least two classes")
+        repeated = sorted({t for t in texts if texts.count(t) > 1})
+        if repeated:
+            raise ValueError(f"classes names {repeated} more than once: list each class once")
+        if any(not t.strip() for t in texts):
+            raise ValueError("classes holds an empty name: write each class as the label has it")
+        if self.compute.engine != "local":
+            raise ValueError(
+                "compute.engine = 'dask' trains regression and binary LightGBM models; a "
+                "multiclass model trains on one node: remove [compute] or set engine = 'local'"
+            )
+        if self.live.routing != "off" or self.live.required != "none":
+            raise ValueError(
+                "live testing (live.routing, live.required) scores regression and binary "
+                "predictions; a multiclass model is judged by its backtest: set live.routing = "
+                "'off' and live.required = 'none'"
+            )
+
+    @property
+    def class_labels(self) -> tuple[str, ...]:
+        """The classes of a multiclass task as :func:`label_text` writes them (their codes are
+        their positions: 0, 1, ...); empty for any other task."""
+        return tuple(label_text(c) for c in self.classes or ())
+
     @field_validator("labels", mode="before")
     @classmethod
     def _label_keys(cls, value: Any) -> Any:
@@ -837,7 +889,11 @@ class ModelSpec(_Strict):
 
     def label_code(self, value: Any) -> float | None:
         """The 0/1 class of one label value as the training data holds it (None: a value the
-        mapping does not know); without a mapping the value as a number."""
+        mapping does not know); a multiclass label's class code (its position in ``classes``);
+        without a mapping the value as a number."""
+        if self.classes is not None:
+            text = label_text(value)
+            return float(self.class_labels.index(text)) if text in self.class_labels else None
         if self.positive is not None:
             return 1.0 if label_text(value) == label_text(self.positive) else 0.0
         codes = self.label_codes
@@ -852,6 +908,8 @@ class ModelSpec(_Strict):
             return f"{label_text(self.positive)} = 1, other values = 0"
         if self.labels is not None:
             return ", ".join(f"{k} = {v}" for k, v in sorted(self.labels.items()))
+        if self.classes is not None:
+            return ", ".join(f"{c} = {i}" for i, c in enumerate(self.class_labels))
         return None
 
     @property

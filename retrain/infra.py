@@ -73,6 +73,18 @@ def compare_answers(expected: Any, served: Any) -> str | None:
                     f"served {have[first]!r}, in process {want[first]!r}"
                 )
         return None
+    labels = np.asarray(expected).ravel()
+    if labels.dtype.kind not in "fiub":  # a multiclass model's classes, written as text
+        got_labels = np.asarray(served, dtype=object).ravel()
+        if got_labels.shape != labels.shape:
+            return f"the server answered {got_labels.size} class(es) for {labels.size} row(s)"
+        differ = np.flatnonzero([str(a) != str(b) for a, b in zip(got_labels, labels, strict=True)])
+        if differ.size:
+            return (
+                f"{differ.size} of {labels.size} class(es) differ, e.g. row {differ[0]}: served "
+                f"{got_labels[differ[0]]!r}, in process {labels[differ[0]]!r}"
+            )
+        return None
     want = np.asarray(expected, dtype="float64").ravel()
     try:
         have = np.asarray(served, dtype="float64").ravel()

@@ -323,13 +323,27 @@ Problem = tuple[str, str | None]  # a partition's reason, and its partition-inde
 
 
 def _map_label(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, Problem | None]:
-    """A binary label as 0/1 through ``positive`` or ``labels``, before it is checked."""
+    """A binary label as 0/1 through ``positive`` or ``labels``, a multiclass label as its class
+    code (its position in ``classes``), before it is checked."""
     label = frame[spec.label]
     present = label.dropna()
-    if spec.positive is None and spec.labels is None:
+    if spec.positive is None and spec.labels is None and spec.classes is None:
         return frame, None
     codes = {value: spec.label_code(value) for value in pd.unique(present)}
-    unknown = sorted(label_text(v) for v, code in codes.items() if code is None)
+    unknown = sorted({label_text(v) for v, code in codes.items() if code is None})
+    if unknown and spec.classes is not None:
+        rows = int(present.map(codes).isna().sum())
+        listed = ", ".join(spec.class_labels)
+        fix = (
+            "add it to classes if it is a real class (a model knows the classes it was trained "
+            "with: a warm start from one with other classes is a schema change, see "
+            "stateful.on_schema_change), or fix the data"
+        )
+        return frame, (
+            f"label {spec.label!r} has {rows} row(s) of class {', '.join(map(repr, unknown[:5]))}"
+            f", which classes ({listed}) does not list; {fix}",
+            f"label {spec.label!r} has a class that classes ({listed}) does not list; {fix}",
+        )
     if unknown:
         cause = (
             f"label {spec.label!r} has values that labels ({spec.label_mapping}) does not map; "
@@ -415,7 +429,7 @@ def _check_partition(
                 "number: fix the data",
             )
         frame = frame.assign(**{spec.label: pd.to_numeric(label)})
-    if spec.task != "binary":
+    if spec.task not in ("binary", "multiclass"):
         problem = _out_of_bounds(f"label {spec.label!r}", spec.label, frame[spec.label], spec)
         if problem is not None:
             return frame, problem

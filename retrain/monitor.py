@@ -98,7 +98,11 @@ def drift_reference(
 
 
 def _clean(values: np.ndarray) -> np.ndarray:
+    """The scores a drift test compares, without NaN: a multiclass model's (rows x classes
+    probabilities) as its confidence, the probability of the class it predicts."""
     out = np.asarray(values, dtype="float64")
+    if out.ndim == 2:
+        out = out.max(axis=1)
     return out[~np.isnan(out)]
 
 

@@ -48,6 +48,88 @@ def backtest_plot(
     return path
 
 
+def class_table(
+    y: np.ndarray, predictions: dict[str, np.ndarray | None], classes: list[str]
+) -> pd.DataFrame:
+    """Per class and model (multiclass; predictions are rows x classes probabilities): the
+    holdout rows of the class (support), precision, recall and F1 of its most probable class.
+
+    >>> table = class_table(np.array([0, 1, 1]), {"candidate": np.eye(2)[[0, 1, 0]]}, ["a", "b"])
+    >>> table[["class", "support", "precision", "recall"]].values.tolist()
+    [['a', 1, 0.5, 1.0], ['b', 2, 1.0, 0.5]]
+    """
+    truth = np.asarray(y).astype("int64")
+    rows = []
+    for model, proba in predictions.items():
+        if proba is None:
+            continue
+        predicted = np.asarray(proba).argmax(axis=1)
+        for code, name in enumerate(classes):
+            tp = int(np.sum((predicted == code) & (truth == code)))
+            said, real = int(np.sum(predicted == code)), int(np.sum(truth == code))
+            precision = tp / said if said else float("nan")
+            recall = tp / real if real else float("nan")
+            both = precision + recall
+            f1 = 2 * precision * recall / both if said and real and both else 0.0
+            rows.append(
+                {
+                    "model": model,
+                    "class": name,
+                    "support": real,
+                    "predicted": said,
+                    "precision": precision,
+                    "recall": recall,
+                    "f1": f1,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def confusion_plot(
+    path: Path,
+    result: BacktestResult,
+    y: np.ndarray,
+    predictions: dict[str, np.ndarray | None],
+    classes: list[str],
+) -> Path:
+    """Multiclass: the metric of every model (per backtest window when there are several) and
+    the confusion matrix of each model on the holdout (rows: true class, columns: predicted;
+    each row's share)."""
+    shown = {name: p for name, p in predictions.items() if p is not None}
+    fig = Figure(figsize=(4.2 * (len(shown) + 1), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(shown) + 1)
+    if len(result.windows) > 1:
+        _window_panel(axes[0], result, result.metric, "baseline")
+    else:
+        _metric_bars(axes[0], result, result.metric, "baseline")
+    truth = np.asarray(y).astype("int64")
+    k = len(classes)
+    for ax, (name, proba) in zip(axes[1:], shown.items(), strict=True):
+        counts = np.zeros((k, k))
+        np.add.at(counts, (truth, np.asarray(proba).argmax(axis=1)), 1)
+        share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i in range(k):
+            for j in range(k):
+                ax.text(
+                    j,
+                    i,
+                    f"{int(counts[i, j])}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
+        ax.set_xticks(range(k), classes, fontsize=8)
+        ax.set_yticks(range(k), classes, fontsize=8)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(f"{name}: confusion on the holdout", fontsize=9)
+    fig.suptitle(f"Backtest {'PASSED' if result.passed else 'FAILED'}", fontsize=11)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def window_plot(
     path: Path, result: BacktestResult, metric_label: str, baseline_label: str = "baseline"
 ) -> Path:

@@ -314,8 +314,38 @@ def encode_frame(
     return out.astype("float64")
 
 
+# the column of the predicted class in a multiclass model's answer with probabilities
+CLASS_COLUMN = "class"
+PROBABILITY_PREFIX = "probability_"
+
+
+def class_answer(proba: np.ndarray, classes: Sequence[Any], probabilities: bool = False) -> Any:
+    """A multiclass model's answer: the most probable class of each row, as the training data
+    wrote it (an array of strings or integers); with ``probabilities`` a frame of that class
+    (``class``) and one ``probability_<class>`` column per class.
+
+    >>> class_answer(np.array([[0.2, 0.8], [0.6, 0.4]]), ["DOWN", "UP"]).tolist()
+    ['UP', 'DOWN']
+    >>> class_answer(np.array([[0.2, 0.8]]), [1, 2], probabilities=True).to_dict("records")
+    [{'class': 2, 'probability_1': 0.2, 'probability_2': 0.8}]
+    """
+    labels = np.asarray(list(classes), dtype=object)[np.asarray(proba).argmax(axis=1)]
+    if all(isinstance(c, int) for c in classes):
+        labels = labels.astype("int64")
+    if not probabilities:
+        return labels
+    frame = pd.DataFrame({CLASS_COLUMN: labels})
+    for i, name in enumerate(classes):
+        frame[f"{PROBABILITY_PREFIX}{name}"] = np.asarray(proba, dtype="float64")[:, i]
+    return frame
+
+
 class TabularModel:
-    """A saved LightGBM booster with its frozen encodings, scoring raw rows."""
+    """A saved LightGBM booster with its frozen encodings, scoring raw rows.
+
+    A multiclass model (``classes``) answers the class of each row, as the training data wrote
+    it, or with ``probabilities=True`` that class and one probability per class
+    (:func:`class_answer`); any other model one number per row."""
 
     def __init__(
         self,
@@ -323,11 +353,13 @@ class TabularModel:
         feature_names: Sequence[str],
         categories: Mapping[str, Sequence[str]],
         inputs: TabularInputs | None = None,
+        classes: Sequence[Any] = (),
     ) -> None:
         self.booster = booster
         self.feature_names = list(feature_names)
         self.categories = {k: list(v) for k, v in categories.items()}
         self.inputs = inputs
+        self.classes = list(classes)
 
     @classmethod
     def load(cls, directory: str | Path, inputs: str | Path | None = None) -> TabularModel:
@@ -343,15 +375,24 @@ class TabularModel:
         read = read_inputs(inputs)
         if read is not None and not isinstance(read, TabularInputs):
             raise ServableError(f"{inputs} describes a recommender's inputs, not a table's")
-        return cls(booster, meta["feature_names"], meta["categories"], read)
+        classes = meta.get("classes", []) if meta.get("task") == "multiclass" else []
+        return cls(booster, meta["feature_names"], meta["categories"], read, classes)
 
-    def predict(self, model_input: Any) -> np.ndarray:
+    def predict(self, model_input: Any, probabilities: bool = False) -> Any:
         frame = require_columns(
             model_input, self.inputs.columns if self.inputs else self.feature_names
         )
         features = self.inputs.features(frame) if self.inputs else frame
         encoded = encode_frame(features, self.feature_names, self.categories)
-        return np.asarray(self.booster.predict(encoded), dtype="float64")
+        scores = np.asarray(self.booster.predict(encoded), dtype="float64")
+        if self.classes:
+            return class_answer(scores, self.classes, probabilities)
+        if probabilities:
+            raise ServableError(
+                "probabilities are the answer of a multiclass model; this model answers one "
+                "number per row: leave out the probabilities parameter"
+            )
+        return scores
 
 
 # -- recommendations ------------------------------------------------------------------------------

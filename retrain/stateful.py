@@ -39,6 +39,7 @@ class ChampionState:
     train_end: pd.Timestamp | None
     feature_names: tuple[str, ...]
     categorical: tuple[str, ...]
+    classes: tuple[str, ...] = ()  # a multiclass champion's classes (codes 0, 1, ...)
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,10 @@ def plan_training(
     champion: ChampionState | None,
     features: Sequence[str],
     categorical: Sequence[str],
+    classes: Sequence[str] = (),
 ) -> TrainingPlan:
-    """Decide how to train the next candidate."""
+    """Decide how to train the next candidate (``classes``: a multiclass spec's classes, which a
+    warm start keeps: another list is a schema change)."""
     if mode not in STATEFUL_MODES:
         return scratch(f"{mode} mode retrains from scratch")
     if champion is None:
@@ -68,6 +71,11 @@ def plan_training(
     problems = schema_differences(
         champion.feature_names, champion.categorical, features, categorical
     )
+    if tuple(classes) != tuple(champion.classes):
+        problems.append(
+            f"classes changed from {list(champion.classes)} to {list(classes)} (a model's "
+            "output has one probability per class it was trained with)"
+        )
     if problems:
         detail = "; ".join(problems)
         if stateful.on_schema_change == "scratch":

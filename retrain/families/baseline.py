@@ -1,7 +1,8 @@
 """The trivial baselines every backtest scores, as models of their own (DESIGN: baselines first).
 
-Tabular families: the training window's mean (regression), majority class (binary) or positive
-rate (binary with a probability metric), see :func:`retrain.backtest.baseline_predictions`.
+Tabular families: the training window's mean (regression), majority class (binary, multiclass)
+or positive rate / class priors (with a probability metric: logloss, multi_logloss), see
+:func:`retrain.backtest.baseline_predictions`.
 Ranking families: the most popular items of the recent past
 (:class:`retrain.trainers.popularity.PopularityRecommender`). A family's ``baseline`` step
 returns one of these, fitted on the training window.
@@ -29,9 +30,12 @@ class BaselineModel:
 
     y_train_: np.ndarray
 
-    def __init__(self, task: str = "regression", metric: str | None = None) -> None:
+    def __init__(
+        self, task: str = "regression", metric: str | None = None, n_classes: int = 0
+    ) -> None:
         self.task = task
         self.metric = metric
+        self.n_classes = n_classes
 
     def fit(self, X: pd.DataFrame, y: np.ndarray) -> BaselineModel:
         y = np.asarray(y, dtype="float64")
@@ -41,7 +45,7 @@ class BaselineModel:
         return self
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        return baseline_predictions(self.task, self.y_train_, len(X), self.metric)
+        return baseline_predictions(self.task, self.y_train_, len(X), self.metric, self.n_classes)
 
 
 def popularity(

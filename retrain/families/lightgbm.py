@@ -51,7 +51,13 @@ def _xy(spec: ModelSpec, frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]
     return frame[list(spec.features.columns)], frame[spec.label].to_numpy(dtype="float64")
 
 
-def label_stats(task: str, y: np.ndarray) -> dict[str, float]:
+def label_stats(task: str, y: np.ndarray, classes: Sequence[str] = ()) -> dict[str, float]:
+    """The label balance of a training window (``classes``: a multiclass spec's class labels,
+    whose codes y holds)."""
+    if task == "multiclass":
+        counts = np.bincount(np.asarray(y, dtype="int64"), minlength=len(classes))
+        share = counts / max(int(counts.sum()), 1)
+        return {f"share_{name}": float(share[i]) for i, name in enumerate(classes)}
     if task == "binary":
         return {"positive_rate": float(np.mean(y)), "positives": float(np.sum(y))}
     return {
@@ -79,6 +85,7 @@ def make_trainer(
         strategy=strategy,
         init_model=init_model if strategy != "scratch" else None,
         refit_decay_rate=spec.stateful.refit_decay_rate,
+        classes=spec.classes or (),
     )
 
 
@@ -113,7 +120,7 @@ def fit(
         model,
         window,
         len(y),
-        label_stats(spec.task, y),
+        label_stats(spec.task, y, spec.class_labels),
         plan,
         (*lineage, window.version),
         y,
@@ -198,8 +205,18 @@ def evaluate(
     )
     if note:
         result = replace(result, reasons=(*result.reasons, note))
-    baseline = baseline_predictions(spec.task, trained.y_train, len(y), spec.metric)
+    baseline = baseline_predictions(
+        spec.task, trained.y_train, len(y), spec.metric, len(spec.class_labels)
+    )
     return Evaluated(result, frame[TS], y, candidate, baseline, champion_pred)
+
+
+def _predictions(evaluated: Evaluated) -> dict[str, Any]:
+    return {
+        "candidate": evaluated.candidate,
+        "champion": evaluated.champion,
+        "baseline": evaluated.baseline,
+    }
 
 
 def write_evidence(
@@ -211,22 +228,43 @@ def write_evidence(
     for name, window in (("train_sample", prepared.train), ("holdout_sample", prepared.holdout)):
         source_rows(spec, window).to_csv(directory / f"{name}.csv", index=False)
         out[name] = directory / f"{name}.csv"
+    if spec.task == "multiclass":
+        from retrain.reports import class_table
+
+        class_table(evaluated.y, _predictions(evaluated), list(spec.class_labels)).to_csv(
+            directory / "backtest_classes.csv", index=False
+        )
+        out["backtest_classes"] = directory / "backtest_classes.csv"
     importance = trained.model.feature_importance()
     importance.to_csv(directory / "feature_importance.csv", index=False)
     out["feature_importance"] = directory / "feature_importance.csv"
     if spec.reports.wants_plots(evaluated.result.passed):
         # matplotlib loads only when a plot is drawn
-        from retrain.reports import backtest_plot, importance_plot, learning_curve_plot
-
-        out["backtest_plot"] = backtest_plot(
-            directory / "backtest.png",
-            evaluated.result,
-            evaluated.timestamps,
-            evaluated.y,
-            evaluated.candidate,
-            evaluated.baseline,
-            evaluated.champion,
+        from retrain.reports import (
+            backtest_plot,
+            confusion_plot,
+            importance_plot,
+            learning_curve_plot,
         )
+
+        if spec.task == "multiclass":
+            out["backtest_plot"] = confusion_plot(
+                directory / "backtest.png",
+                evaluated.result,
+                evaluated.y,
+                _predictions(evaluated),
+                list(spec.class_labels),
+            )
+        else:
+            out["backtest_plot"] = backtest_plot(
+                directory / "backtest.png",
+                evaluated.result,
+                evaluated.timestamps,
+                evaluated.y,
+                evaluated.candidate,
+                evaluated.baseline,
+                evaluated.champion,
+            )
         out["importance_plot"] = importance_plot(directory / "feature_importance.png", importance)
         curve = learning_curve_plot(directory / "learning_curve.png", trained.model.evals_result_)
         if curve is not None:
@@ -284,13 +322,14 @@ def rebuild(spec: ModelSpec, tags: Mapping[str, str], registered: Any, parent: A
         init_model=parent if strategy != "scratch" else None,
         refit_decay_rate=registered.refit_decay_rate,
         reference_rows=registered.reference_rows,
+        classes=getattr(registered, "classes", ()),
     ).fit(X, y)
     plan = TrainingPlan(strategy, "rebuild", lineage.parent_version, lineage.increments)
     return Trained(
         model,
         window,
         len(frame),
-        label_stats(spec.task, y),
+        label_stats(spec.task, y, spec.class_labels),
         plan,
         (window.version,),
         y,
@@ -319,6 +358,7 @@ def plan(mode: str, spec: ModelSpec, champion: Champion | None) -> TrainingPlan:
         champion.state() if champion else None,
         spec.features.columns,
         spec.features.categorical,
+        spec.class_labels,
     )
 
 
@@ -370,7 +410,7 @@ class LightGBMFamily:
 
     def baseline(self, spec: ModelSpec, frame: pd.DataFrame) -> BaselineModel:
         _, y = _xy(spec, frame)
-        return BaselineModel(spec.task, spec.metric).fit(pd.DataFrame(), y)
+        return BaselineModel(spec.task, spec.metric, len(spec.class_labels)).fit(pd.DataFrame(), y)
 
     def signature_sample(
         self, spec: ModelSpec, prepared: Prepared, trained: Trained
@@ -385,7 +425,8 @@ class LightGBMFamily:
         return {f"train_{name}": list(values) for name, values in train.items()}
 
     def predict_params(self, spec: ModelSpec) -> dict[str, Any]:
-        return {}
+        # a multiclass model answers its class; probabilities=True adds one column per class
+        return {"probabilities": False} if spec.task == "multiclass" else {}
 
     def score(
         self, spec: ModelSpec, model: Any, rows: pd.DataFrame, before: pd.DataFrame

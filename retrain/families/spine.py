@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from retrain.backtest import BacktestResult
-from retrain.config import ModelSpec
+from retrain.config import ModelSpec, label_text
 from retrain.errors import BacktestError, DataError, EmptyWindowError, SchemaError
 from retrain.families.lineage import Lineage
 from retrain.features import (
@@ -74,6 +74,7 @@ class Champion:
             train_end=self.train_end,
             feature_names=tuple(getattr(self.model, "feature_names_", ())),
             categorical=tuple(getattr(self.model, "categories_", ())),
+            classes=tuple(label_text(c) for c in getattr(self.model, "classes_", ())),
         )
 
 

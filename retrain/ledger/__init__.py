@@ -21,7 +21,7 @@ from retrain.ledger.database import Database
 from retrain.ledger.live import LiveStore
 from retrain.ledger.owners import owner_is_dead, process_owner
 from retrain.ledger.partitions import PartitionStore
-from retrain.ledger.runs import RunRecord, RunStore
+from retrain.ledger.runs import RunRecord, RunStore, failures_in_a_row
 from retrain.ledger.schema import (
     MIGRATE_LOCK,
     MIGRATIONS,
@@ -60,6 +60,7 @@ __all__ = [
     "RunStore",
     "alias_audit",
     "alias_intents",
+    "failures_in_a_row",
     "ingest_manifest",
     "live_feedback",
     "live_predictions",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -49,6 +50,34 @@ def run_record(r: Any) -> RunRecord:
         started_at=r.started_at,
         finished_at=r.finished_at,
     )
+
+
+# ended runs that neither fail nor succeed: a skip (nothing to do, or another run held the model)
+NEUTRAL = ("skipped",)
+
+
+def failures_in_a_row(runs: Sequence[RunRecord]) -> int:
+    """The failed runs at the head of ``runs`` (newest first) before one that ended otherwise
+    (promoted, rejected, live): a run still going (running, suspended) or skipped neither
+    counts nor breaks the streak.
+
+    >>> def run(i, status):
+    ...     return RunRecord(i, "m", "manual", None, status, None, None, None, {}, None, None,
+    ...                      datetime(2026, 1, 1), None)
+    >>> failures_in_a_row([run(4, "failed"), run(3, "skipped"), run(2, "failed"),
+    ...                    run(1, "promoted"), run(0, "failed")])
+    2
+    >>> failures_in_a_row([run(2, "failed"), run(1, "rejected"), run(0, "failed")])
+    1
+    """
+    streak = 0
+    for run in runs:
+        if run.status in HOLDING or run.status in NEUTRAL:
+            continue
+        if run.status != "failed":
+            break
+        streak += 1
+    return streak
 
 
 class RunStore(Store):
@@ -110,6 +139,11 @@ class RunStore(Store):
         with self.db.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [run_record(r) for r in rows]
+
+    def failures_in_a_row(self, model: str, limit: int = 100) -> int:
+        """How many of ``model``'s latest ended runs failed one after the other (0: the newest
+        ended run did not fail); see :func:`failures_in_a_row`."""
+        return failures_in_a_row(self.runs(model, limit=limit))
 
     def run(self, run_id: int) -> RunRecord:
         self.db.require_schema()

@@ -24,7 +24,7 @@ from retrain.errors import NotFittedError, NoTreesAddedError, SchemaChangeError,
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVES = {"regression": "regression", "binary": "binary"}
+OBJECTIVES = {"regression": "regression", "binary": "binary", "multiclass": "multiclass"}
 STRATEGIES = ("scratch", "warm", "refit")
 # Fixed for reproducibility: same data + same config + same seed = byte-identical booster.
 REPRODUCIBLE = {"deterministic": True, "force_row_wise": True, "num_threads": 1, "verbosity": -1}
@@ -77,7 +77,12 @@ class LightGBMTrainer:
     ``num_boost_round`` more rounds on the new rows, with its encodings and bins) or ``refit``
     (``init_model``'s trees with leaf values refitted on the new rows). Parameters are stored as
     given; ``fit`` validates them. Learned state: ``booster_``, ``feature_names_``,
-    ``categories_``, ``reference_``, ``increments_``, ``evals_result_``.
+    ``categories_``, ``reference_``, ``increments_``, ``evals_result_``, ``classes_``.
+
+    A ``multiclass`` task takes ``classes`` (the class labels as the data writes them) and y as
+    class codes (positions in ``classes``: 0, 1, ...); ``predict`` returns one probability per
+    class and row (rows x classes). The classes are frozen with the first (scratch) model: a
+    warm start or refit keeps them and refuses another list.
     """
 
     booster_: lgb.Booster
@@ -87,6 +92,7 @@ class LightGBMTrainer:
     increments_: int
     n_train_rows_: int
     evals_result_: dict[str, dict[str, list[float]]]
+    classes_: list[Any]
 
     def __init__(
         self,
@@ -99,8 +105,10 @@ class LightGBMTrainer:
         init_model: LightGBMTrainer | None = None,
         refit_decay_rate: float = 0.9,
         reference_rows: int = 20_000,
+        classes: Sequence[Any] = (),
     ) -> None:
         self.task = task
+        self.classes = classes
         self.params = params
         self.num_boost_round = num_boost_round
         self.categorical = categorical
@@ -115,6 +123,8 @@ class LightGBMTrainer:
         if self.task not in OBJECTIVES:
             raise TrainingError(f"task {self.task!r} is not supported; use {sorted(OBJECTIVES)}")
         params: dict[str, Any] = {"objective": OBJECTIVES[self.task], **REPRODUCIBLE}
+        if self.task == "multiclass":
+            params["num_class"] = len(self.classes)
         params.update(self.params or {})
         params["seed"] = self.random_state
         return params
@@ -130,6 +140,8 @@ class LightGBMTrainer:
         )
         if self.strategy == "refit":
             out["refit_decay_rate"] = self.refit_decay_rate
+        if self.task == "multiclass":
+            out["classes"] = ", ".join(map(str, self.classes))
         return out
 
     def _check_fitted(self) -> None:
@@ -170,6 +182,10 @@ class LightGBMTrainer:
             raise TrainingError("y holds missing labels: drop unlabelled rows before fit")
         if self.task == "binary" and not set(np.unique(target)) <= {0.0, 1.0}:
             raise TrainingError("a binary task needs labels 0/1")
+        if self.task == "multiclass":
+            self._validate_classes(target)
+        elif len(self.classes):
+            raise TrainingError(f"classes are for a multiclass task, not {self.task!r}")
         if self.num_boost_round < 1:
             raise TrainingError("num_boost_round must be at least 1")
         if self.strategy not in STRATEGIES:
@@ -200,11 +216,37 @@ class LightGBMTrainer:
                 )
         return target
 
+    def _validate_classes(self, target: np.ndarray) -> None:
+        k = len(self.classes)
+        if k < 2 or len({str(c) for c in self.classes}) != k:
+            raise TrainingError(
+                f"a multiclass task needs classes: two or more distinct labels, got "
+                f"{list(self.classes)}"
+            )
+        codes = np.unique(target)
+        bad = codes[(codes < 0) | (codes >= k) | (codes != np.round(codes))]
+        if bad.size:
+            raise TrainingError(
+                f"y holds {bad[:3].tolist()}, not class codes 0..{k - 1} of classes "
+                f"{list(self.classes)}: pass each label's position in classes"
+            )
+        init = self.init_model
+        known = [str(c) for c in getattr(init, "classes_", [])]
+        warm = self.strategy != "scratch" and init is not None and hasattr(init, "booster_")
+        if warm and known != [str(c) for c in self.classes]:
+            raise SchemaChangeError(
+                f"the champion knows classes {list(getattr(init, 'classes_', []))}, this "
+                f"spec lists {list(self.classes)}: a warm start keeps the classes. Retrain "
+                "from scratch (set stateful.on_schema_change = 'scratch' to do it "
+                "automatically)"
+            )
+
     # -- estimator API ------------------------------------------------------------------------
     def fit(self, X: pd.DataFrame, y: Sequence[float] | pd.Series | np.ndarray) -> LightGBMTrainer:
         target = self._validate(X, y)
         params = self._lgb_params()
         self.feature_names_ = [str(c) for c in X.columns]
+        self.classes_ = list(self.classes)
         init = self.init_model
         if self.strategy == "scratch" or init is None:
             self.categories_ = {
@@ -310,6 +352,7 @@ class LightGBMTrainer:
             "categories": self.categories_,
             "increments": self.increments_,
             "n_train_rows": self.n_train_rows_,
+            "classes": self.classes_,
         }
         (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         return directory
@@ -332,7 +375,9 @@ class LightGBMTrainer:
             strategy=meta.get("strategy", "scratch"),
             refit_decay_rate=meta.get("refit_decay_rate", 0.9),
             reference_rows=meta.get("reference_rows", 20_000),
+            classes=meta.get("classes", []),
         )
+        model.classes_ = list(model.classes)
         model.booster_ = lgb.Booster(model_file=str(directory / MODEL_FILE))
         model.feature_names_ = meta["feature_names"]
         model.categories_ = meta["categories"]

@@ -1,6 +1,6 @@
 """The example automations fire on a real ``prefect server start``: a retrain that fails calls
-the notification webhook, a second failure of the same model pages (a local HTTP server stands
-in for Slack and the pager)."""
+the notification webhook; a second failure of the same model pages only when no run succeeded
+in between (a local HTTP server stands in for Slack and the pager)."""
 
 from __future__ import annotations
 
@@ -69,8 +69,8 @@ def hooks() -> Iterator[tuple[Hooks, str]]:
         server.server_close()
 
 
-def failing_retrain(server: PrefectServer, spec_path: Path, log: Path) -> None:
-    """``retrain run manual`` through the CLI against the server; its run must fail."""
+def cli_retrain(server: PrefectServer, spec_path: Path, log: Path, fails: bool = True) -> None:
+    """``retrain run manual`` through the CLI against the server; it fails (or succeeds)."""
     done = subprocess.run(
         [str(BIN / "retrain"), "run", "manual", "--spec", str(spec_path), "--as-of", AS_OF],
         env=server.env(),
@@ -79,11 +79,11 @@ def failing_retrain(server: PrefectServer, spec_path: Path, log: Path) -> None:
         stderr=subprocess.STDOUT,
         timeout=300,
     )
-    assert done.returncode != 0, tail(log)
+    assert (done.returncode != 0) == fails, tail(log)
 
 
 @pytest.mark.slow
-def test_a_failed_retrain_notifies_and_a_second_failure_of_the_model_pages(
+def test_a_failed_retrain_notifies_and_only_a_second_failure_in_a_row_pages(
     live_server, hooks, tmp_path, bike_dir
 ):
     received, base = hooks
@@ -92,26 +92,34 @@ def test_a_failed_retrain_notifies_and_a_second_failure_of_the_model_pages(
             f"{base}/notify", f"{base}/page", model="bike-broken", within=timedelta(minutes=30)
         )
     assert {a.name for a in made} == {"retrain-notify", "retrain-page-failed-twice"}
-    spec_path = tmp_path / "spec.yaml"  # a label the data does not have: the run fails
-    spec_path.write_text(
+    broken = tmp_path / "broken.yaml"  # a label the data does not have: the run fails
+    broken.write_text(
         yaml.safe_dump(spec_dict(bike_dir, tmp_path / "state", name="bike-broken", label="rentals"))
     )
+    working = tmp_path / "working.yaml"  # the same model with its real label: the run succeeds
+    working.write_text(yaml.safe_dump(spec_dict(bike_dir, tmp_path / "state", name="bike-broken")))
     log = tmp_path / "cli.log"
 
-    failing_retrain(live_server, spec_path, log)
+    cli_retrain(live_server, broken, log)
 
     [notified] = received.wait_for("/notify", 1)
     assert notified["event"] == "retrain.model.failed"
     assert notified["model"] == "bike-broken"
     assert "'rentals' (label) missing from the source" in notified["why"]
     assert "/runs/flow-run/" in notified["flow_run_url"]
-    time.sleep(3)
-    assert received.bodies.get("/page") is None  # one failure does not page
 
-    failing_retrain(live_server, spec_path, log)
+    cli_retrain(live_server, working, log, fails=False)  # a success ends the streak
+    cli_retrain(live_server, broken, log)  # failed twice, but not in a row
+
+    assert len(received.wait_for("/notify", 2)) == 2
+    time.sleep(3)
+    assert received.bodies.get("/page") is None  # neither failure paged
+
+    cli_retrain(live_server, broken, log)  # the second failure in a row
 
     [paged] = received.wait_for("/page", 1)
     assert paged["model"] == "bike-broken"
-    assert "failed twice" in paged["page"]
+    assert paged["failures_in_a_row"] == 2
+    assert "failed 2 times in a row" in paged["page"]
     assert "rentals" in paged["last_error"]
-    assert len(received.wait_for("/notify", 2)) == 2
+    assert len(received.wait_for("/notify", 3)) == 3

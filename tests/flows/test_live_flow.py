@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.live_flow import live_evaluate_flow
 from flows.retrain_flow import retrain_flow
+from registry.cards import read_card
 from registry.client import APPROVAL_TAG, GATE_TAG
 from registry.live import LIVE_TAG
 from tests.conftest import bike_slice, spec_dict
@@ -89,6 +90,9 @@ def test_online_evaluation_promotes_a_better_challenger_and_rolls_back_a_worse_o
     tags = better.registry.version(strong).tags
     assert tags[GATE_TAG] == "passed" and tags[APPROVAL_TAG] == "approved"
     assert tags[LIVE_TAG].startswith("promote: challenger better")
+    card = read_card(better.registry, strong)  # the live verdict is on the card in MLflow
+    assert "- promoted to champion" in card and "(after the live shadow test)" in card
+    assert "- approved or rejected by: online-evaluation" in card and "- decided at: " in card
     moves = [
         h for h in gw_ledger.alias_history(better.registry.model_name) if h["alias"] == "champion"
     ]

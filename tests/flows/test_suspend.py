@@ -17,6 +17,7 @@ import yaml
 from prefect.client.schemas.objects import FlowRun
 
 from registry import ModelRegistry
+from registry.cards import read_card
 from retrain.config import load_spec
 from retrain.ledger import Ledger
 from tests.conftest import spec_dict
@@ -112,6 +113,17 @@ def test_a_long_approval_wait_suspends_holds_the_model_and_resumes_on_the_answer
     assert registry.alias_version("champion") == "1"
     tags = registry.version("1").tags
     assert (tags["retrain.approval"], tags["retrain.approver"]) == ("approved", "ana")
+    # the card, read back from MLflow, was rewritten by the resumed run: who approved, when
+    card = read_card(registry, "1")
+    assert (
+        "- promoted to champion: gate passed; approved by ana: ok (answered after the run was "
+        "suspended)" in card
+    )
+    assert "- approved or rejected by: ana" in card
+    [when] = [line for line in card.splitlines() if line.startswith("- decided at: ")]
+    decided = pd.Timestamp(when.removeprefix("- decided at: ").removesuffix(" UTC"))
+    assert decided >= pd.Timestamp(waiting.started_at)
+    assert "- pending" not in card and "| candidate | 1 |" in card  # the rest is kept
     [moved] = [r for r in ledger.alias_history(spec.name) if r["alias"] == "champion"]
     assert moved["flow_run_id"] == str(done.id)
     # the claim is released: the next retrain may run
