@@ -11,7 +11,13 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, log_loss
 
-from retrain.backtest import backtest, baseline_predictions, paired_bootstrap, score
+from retrain.backtest import (
+    GateSettings,
+    backtest,
+    baseline_predictions,
+    paired_bootstrap,
+    score,
+)
 from retrain.config import ModelSpec, StatefulSpec, parse_spec
 from retrain.errors import SchemaChangeError, SpecError, TrainingError
 from retrain.ingest import ingest
@@ -143,18 +149,18 @@ def test_the_gate_refuses_a_multiclass_candidate_worse_than_the_champion_or_the_
     rng = np.random.default_rng(6)
     y = rng.integers(0, 3, 300)
     y_train = rng.integers(0, 3, 600)
+    settings = GateSettings(
+        metric="multi_logloss", task="multiclass", tolerance=0.0, bootstrap_samples=200
+    )
     common = {
-        "metric": "multi_logloss",
-        "task": "multiclass",
         "y_holdout": y,
         "y_train": y_train,
         "holdout_start": pd.Timestamp("2024-02-01"),
         "holdout_end": pd.Timestamp("2024-02-08"),
-        "tolerance": 0.0,
-        "bootstrap_samples": 200,
         "slices": {"g": np.where(np.arange(300) % 2, "a", "b")},
     }
     passed = backtest(
+        settings,
         candidate_pred=probabilities(y, 2.0, 7),
         champion_pred=probabilities(y, 0.5, 8),
         champion_version="1",
@@ -167,6 +173,7 @@ def test_the_gate_refuses_a_multiclass_candidate_worse_than_the_champion_or_the_
     assert {s.value for s in passed.slices} == {"a", "b"}
 
     worse = backtest(
+        settings,
         candidate_pred=probabilities(y, 0.5, 8),
         champion_pred=probabilities(y, 2.0, 7),
         champion_version="1",
@@ -175,7 +182,7 @@ def test_the_gate_refuses_a_multiclass_candidate_worse_than_the_champion_or_the_
     assert not worse.passed
     assert any("worse than the champion v1" in r for r in worse.reasons)
 
-    useless = backtest(candidate_pred=np.full((300, 3), [0.9, 0.05, 0.05]), **common)
+    useless = backtest(settings, candidate_pred=np.full((300, 3), [0.9, 0.05, 0.05]), **common)
     assert not useless.passed
     assert "does not beat the trivial baseline" in useless.reasons[0]
 
