@@ -295,6 +295,51 @@ class BacktestResult:
         return "\n".join(lines)
 
 
+def fresh_tie_verdict(
+    metric: str,
+    y: np.ndarray,
+    candidate_pred: np.ndarray,
+    baseline_pred: np.ndarray,
+    champion_version: str | None,
+    cand: float,
+    champ: float,
+    low: float,
+    high: float,
+    samples: int,
+    seed: int,
+) -> tuple[bool, str]:
+    """The verdict of ``gate.prefer_fresh`` on a candidate the holdout cannot tell from the
+    champion: the 95% paired interval of its improvement reaches above ``-tolerance x
+    |champion|`` (it is not significantly worse) but not wholly (it is not shown better).
+
+    A non-inferiority rule: the fresher recipe wins the tie, because it has seen the newer
+    data and the test found no evidence against it. Since a tie alone would also let through a
+    model that learned nothing (e.g. one trained on shuffled labels, when the champion itself
+    has gone stale), the candidate must then beat the trivial baseline *significantly*: the
+    lower end of the 95% paired interval of its improvement over the baseline above zero.
+    Returns whether the candidate passes this check and the reason to record.
+    """
+    gib = metric in GREATER_IS_BETTER
+    base_low, base_high = paired_bootstrap(
+        metric, y, candidate_pred, baseline_pred, samples, seed, gib
+    )
+    tie = (
+        f"candidate ties the champion v{champion_version} ({cand:.4f} vs {champ:.4f}; the 95% "
+        f"CI of the improvement {low:+.4f} to {high:+.4f} shows neither better)"
+    )
+    if not np.isnan(base_low) and base_low > 0:
+        return True, (
+            f"{tie}: the fresher candidate wins the tie (gate.prefer_fresh), as it beats the "
+            f"baseline significantly (95% CI of the improvement {base_low:+.4f} to "
+            f"{base_high:+.4f})"
+        )
+    return False, (
+        f"{tie}, and it does not beat the baseline significantly (95% CI of the improvement "
+        f"{base_low:+.4f} to {base_high:+.4f} reaches zero): a tie goes to the fresher model "
+        "only when it has shown it learned something; the champion stays"
+    )
+
+
 def _better(a: float, b: float, greater_is_better: bool) -> bool:
     return a > b if greater_is_better else a < b
 
@@ -325,6 +370,7 @@ def backtest(
     max_slice_degradation: float | None = None,
     min_slice_rows: int = 30,
     baseline_pred: np.ndarray | None = None,
+    prefer_fresh: bool = False,
 ) -> BacktestResult:
     """Score candidate, champion and baseline on the same holdout windows; give the verdict.
 
@@ -333,7 +379,9 @@ def backtest(
     the candidate loses at most ``max_windows_lost`` windows, and no slice of ``slices`` with
     at least ``min_slice_rows`` rows degrades by more than ``max_slice_degradation``.
     ``baseline_pred`` replaces the training-window mean / majority class (the ranking family
-    passes its popularity baseline's per-user scores).
+    passes its popularity baseline's per-user scores). With ``prefer_fresh``
+    (``gate.prefer_fresh``) a candidate that the interval cannot tell from the champion passes
+    too: see :func:`fresh_tie_verdict`.
     """
     y = np.asarray(y_holdout, dtype="float64")
     if y.size == 0:
@@ -434,12 +482,20 @@ def backtest(
                 )
         allowed = tolerance * abs(champ)
         lower = improvement if np.isnan(low) else low
+        upper = improvement if np.isnan(high) else high
         if improvement >= -allowed and lower >= -allowed:
             reasons.append(
                 f"candidate {'beats' if improvement > 0 else 'is within tolerance of'} the "
                 f"champion v{champion_version} ({cand:.4f} vs {champ:.4f}; 95% CI of the "
                 f"improvement {low:+.4f} to {high:+.4f})"
             )
+        elif prefer_fresh and upper >= -allowed:
+            fresh_passed, fresh_reason = fresh_tie_verdict(
+                metric, y, candidate_pred, base_pred, champion_version, cand, champ, low, high,
+                bootstrap_samples, seed,
+            )  # fmt: skip
+            passed = passed and fresh_passed
+            reasons.append(fresh_reason)
         elif improvement >= -allowed:
             passed = False
             reasons.append(
@@ -449,9 +505,16 @@ def backtest(
             )
         else:
             passed = False
+            significantly = (
+                f"; the whole 95% CI of the improvement, {low:+.4f} to {high:+.4f}, is below "
+                f"-{allowed:.4f}"
+                if prefer_fresh
+                else ""
+            )
             reasons.append(
                 f"candidate is worse than the champion v{champion_version} ({cand:.4f} vs "
-                f"{champ:.4f}, more than the {tolerance:.1%} tolerance): the champion stays"
+                f"{champ:.4f}, more than the {tolerance:.1%} tolerance{significantly}): the "
+                "champion stays"
             )
     else:
         reasons.append("no champion yet: the candidate only has to beat the baseline")

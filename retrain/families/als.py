@@ -380,6 +380,7 @@ def evaluate(
         champion_train_end=champion.train_end if champion else None,
         bootstrap_samples=gate.bootstrap_samples,
         seed=spec.seed,
+        prefer_fresh=gate.prefer_fresh,
         window_ids=row_window,
         window_bounds=bounds,
         max_windows_lost=gate.max_windows_lost,

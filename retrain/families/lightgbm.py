@@ -204,6 +204,7 @@ def evaluate(
         champion_train_end=champion.train_end if champion else None,
         bootstrap_samples=spec.gate.bootstrap_samples,
         seed=spec.seed,
+        prefer_fresh=gate.prefer_fresh,
     )
     if note:
         result = replace(result, reasons=(*result.reasons, note))
