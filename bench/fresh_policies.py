@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 import retrain.simulate.replay as replay_module
+from flows.simulate_cli import parse_sets
 from retrain.backtest import score
 from retrain.config import ModelSpec, load_spec
 from retrain.families import family_of
@@ -139,17 +140,28 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="of the label shuffles")
     parser.add_argument("--out", type=Path, default=RESULTS / "fresh_policies.md")
     parser.add_argument("--trainings", type=Path, help="write each gated run's trainings here")
+    parser.add_argument(
+        "--prefer-fresh",
+        choices=("off", "on", "both", "none"),
+        default="both",
+        help="gated runs to replay (off: a tie keeps the champion; on: gate.prefer_fresh; none)",
+    )
+    parser.add_argument("--no-naive", action="store_true", help="leave out the no-gate loops")
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], help="KEY=VALUE on top of the spec"
+    )
     args = parser.parse_args()
     rows: list[tuple[str, float, str, str, float, str]] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        spec = None
-        for prefer_fresh in (False, True):
-            spec = load_spec(
-                args.spec,
-                {"state.dir": tmp, "gate.refit": True, "gate.prefer_fresh": prefer_fresh},
-            )
-            data = load_replay(spec, start=args.start, end=args.end)
+        overrides = {**parse_sets(args.sets), "state.dir": tmp, "gate.refit": True}
+        spec = load_spec(args.spec, overrides)
+        data = load_replay(spec, start=args.start, end=args.end)
+        variants = {"off": (False,), "on": (True,), "both": (False, True), "none": ()}[
+            args.prefer_fresh
+        ]
+        for prefer_fresh in variants:
+            spec = load_spec(args.spec, {**overrides, "gate.prefer_fresh": prefer_fresh})
             for name in ("daily", "weekly"):
                 out = gated(spec, data, name, args.seed, args.trainings)
                 label = f"{name}, gated, refit=on, prefer_fresh={'on' if prefer_fresh else 'off'}"
@@ -165,16 +177,19 @@ def main() -> None:
                 )
                 notes += [f"{label}: passed at {x}" for x in out["let_through"]]
                 print(rows[-1], flush=True)
-        assert spec is not None
         first = data.partitions[first_step(data, spec)].key
         last = data.partitions[-1].key
         scored = len(data.partitions) - first_step(data, spec)
         for days, why in (
-            (spec.windows.train_delta, f"last {spec.windows.train} = windows.train, fair"),
-            (
-                spec.windows.train_delta + spec.windows.holdout_delta,
-                f"last {spec.windows.train} + {spec.windows.holdout}",
-            ),
+            ()
+            if args.no_naive
+            else (
+                (spec.windows.train_delta, f"last {spec.windows.train} = windows.train, fair"),
+                (
+                    spec.windows.train_delta + spec.windows.holdout_delta,
+                    f"last {spec.windows.train} + {spec.windows.holdout}",
+                ),
+            )
         ):
             for name, every in (("daily", 1), ("weekly", 7)):
                 naive = no_gate_loop(spec, data, every, days)
@@ -196,6 +211,11 @@ def main() -> None:
         command += f" --start {args.start}"
     if args.end:
         command += f" --end {args.end}"
+    command += "".join(f" --set {item}" for item in args.sets)
+    if args.prefer_fresh != "both":
+        command += f" --prefer-fresh {args.prefer_fresh}"
+    if args.no_naive:
+        command += " --no-naive"
     lines = [
         f"# Gated policies (gate.refit on) vs a no-gate loop: {spec.name}",
         "",
