@@ -9,9 +9,13 @@ import pandas as pd
 import pytest
 
 from retrain.backtest import backtest
-from retrain.config import GateSpec
+from retrain.config import GateSpec, parse_spec
 from retrain.demo import synth
+from retrain.families.lightgbm import evaluate, fit
+from retrain.families.spine import Champion, prepare
+from retrain.stateful import scratch
 from retrain.trainers import LightGBMTrainer
+from tests.conftest import spec_dict
 
 START = pd.Timestamp("2024-03-01")
 END = pd.Timestamp("2024-03-08")
@@ -179,3 +183,33 @@ def test_a_shuffled_label_regressor_is_refused_every_time():
         )
         refused += not result.passed
     assert refused == 12
+
+
+class Jittered:
+    """A champion as good as the candidate: its predictions with small seeded noise."""
+
+    def __init__(self, model, scale: float) -> None:
+        self.model, self.scale = model, scale
+
+    def predict(self, X):
+        pred = self.model.predict(X)
+        return pred + np.random.default_rng(0).normal(0, self.scale, len(pred))
+
+
+def test_the_lightgbm_gate_reads_gate_prefer_fresh_from_the_spec(tmp_path, bike_dir):
+    """The family's evaluate passes the spec's key to the verdict: the same tie passes with
+    gate.prefer_fresh and is refused without it."""
+    verdicts = {}
+    for prefer_fresh in (True, False):
+        overrides = {"gate.prefer_fresh": prefer_fresh}
+        spec = parse_spec(spec_dict(bike_dir, tmp_path / f"state-{prefer_fresh}", **overrides))
+        prepared = prepare(spec, pd.Timestamp("2011-04-29"))
+        candidate = fit(spec, prepared, scratch("candidate"))
+        champion = Champion(
+            "1", Jittered(candidate.model, 5.0), candidate.window.end, candidate.data_versions
+        )
+        verdicts[prefer_fresh] = evaluate(spec, candidate, prepared.holdout, champion).result
+    on, off = verdicts[True], verdicts[False]
+    assert on.ci_low < 0 < on.ci_high  # a tie
+    assert on.passed and "wins the tie" in " ".join(on.reasons)
+    assert not off.passed
