@@ -295,48 +295,39 @@ class BacktestResult:
         return "\n".join(lines)
 
 
-def fresh_tie_verdict(
+def significant_over_baseline(
     metric: str,
     y: np.ndarray,
     candidate_pred: np.ndarray,
     baseline_pred: np.ndarray,
-    champion_version: str | None,
     cand: float,
-    champ: float,
-    low: float,
-    high: float,
+    base: float,
     samples: int,
     seed: int,
 ) -> tuple[bool, str]:
-    """The verdict of ``gate.prefer_fresh`` on a candidate the holdout cannot tell from the
-    champion: the 95% paired interval of its improvement reaches above ``-tolerance x
-    |champion|`` (it is not significantly worse) but not wholly (it is not shown better).
+    """The baseline check of ``gate.prefer_fresh``: the candidate beats the trivial baseline
+    *significantly*, the lower end of the 95% paired interval of its improvement over the
+    baseline above zero (not only its point estimate, which a model that learned nothing beats
+    by chance half of the time on a balanced binary label).
 
-    A non-inferiority rule: the fresher recipe wins the tie, because it has seen the newer
-    data and the test found no evidence against it. Since a tie alone would also let through a
-    model that learned nothing (e.g. one trained on shuffled labels, when the champion itself
-    has gone stale), the candidate must then beat the trivial baseline *significantly*: the
-    lower end of the 95% paired interval of its improvement over the baseline above zero.
-    Returns whether the candidate passes this check and the reason to record.
+    ``gate.prefer_fresh`` lets a candidate the holdout cannot tell from the champion win the
+    tie as the fresher model (non-inferiority). A tie alone would also let through a model
+    that learned nothing (e.g. one trained on shuffled labels) when the champion has itself
+    gone stale, and a first model has no champion to tie with: this check asks every candidate
+    for evidence that it learned something. Returns whether it passes and the reason.
     """
     gib = metric in GREATER_IS_BETTER
-    base_low, base_high = paired_bootstrap(
-        metric, y, candidate_pred, baseline_pred, samples, seed, gib
-    )
-    tie = (
-        f"candidate ties the champion v{champion_version} ({cand:.4f} vs {champ:.4f}; the 95% "
-        f"CI of the improvement {low:+.4f} to {high:+.4f} shows neither better)"
-    )
-    if not np.isnan(base_low) and base_low > 0:
-        return True, (
-            f"{tie}: the fresher candidate wins the tie (gate.prefer_fresh), as it beats the "
-            f"baseline significantly (95% CI of the improvement {base_low:+.4f} to "
-            f"{base_high:+.4f})"
+    low, high = paired_bootstrap(metric, y, candidate_pred, baseline_pred, samples, seed, gib)
+    interval = f"95% CI of the improvement {low:+.4f} to {high:+.4f}"
+    if not np.isnan(low) and low > 0:
+        return (
+            True,
+            f"candidate beats the baseline significantly ({cand:.4f} vs {base:.4f}; {interval})",
         )
     return False, (
-        f"{tie}, and it does not beat the baseline significantly (95% CI of the improvement "
-        f"{base_low:+.4f} to {base_high:+.4f} reaches zero): a tie goes to the fresher model "
-        "only when it has shown it learned something; the champion stays"
+        f"candidate does not beat the trivial baseline significantly ({cand:.4f} vs "
+        f"{base:.4f}; the {interval} reaches zero): no evidence that the model learned "
+        "something useful on this window (gate.prefer_fresh)"
     )
 
 
@@ -381,7 +372,8 @@ def backtest(
     ``baseline_pred`` replaces the training-window mean / majority class (the ranking family
     passes its popularity baseline's per-user scores). With ``prefer_fresh``
     (``gate.prefer_fresh``) a candidate that the interval cannot tell from the champion passes
-    too: see :func:`fresh_tie_verdict`.
+    too (only one significantly worse is refused), and the candidate must beat the baseline
+    significantly: see :func:`significant_over_baseline`.
     """
     y = np.asarray(y_holdout, dtype="float64")
     if y.size == 0:
@@ -400,6 +392,12 @@ def backtest(
     if np.isnan(cand):
         passed = False
         reasons.append(f"{metric} is undefined on this holdout (e.g. one class only)")
+    elif prefer_fresh:
+        base_passed, base_reason = significant_over_baseline(
+            metric, y, candidate_pred, base_pred, cand, base, bootstrap_samples, seed
+        )
+        passed = base_passed
+        reasons.append(base_reason)
     elif _better(cand, base, gib):
         reasons.append(f"candidate beats the baseline ({cand:.4f} vs {base:.4f})")
     else:
@@ -490,12 +488,13 @@ def backtest(
                 f"improvement {low:+.4f} to {high:+.4f})"
             )
         elif prefer_fresh and upper >= -allowed:
-            fresh_passed, fresh_reason = fresh_tie_verdict(
-                metric, y, candidate_pred, base_pred, champion_version, cand, champ, low, high,
-                bootstrap_samples, seed,
-            )  # fmt: skip
-            passed = passed and fresh_passed
-            reasons.append(fresh_reason)
+            # a tie: the fresher candidate wins it (the baseline check above asked for
+            # evidence that it learned something)
+            reasons.append(
+                f"candidate ties the champion v{champion_version} ({cand:.4f} vs {champ:.4f}; "
+                f"the 95% CI of the improvement {low:+.4f} to {high:+.4f} shows neither "
+                "better): the fresher candidate wins the tie (gate.prefer_fresh)"
+            )
         elif improvement >= -allowed:
             passed = False
             reasons.append(

@@ -94,7 +94,35 @@ def test_a_tie_without_significant_gain_over_the_baseline_keeps_the_champion():
     result = gate(y, candidate, champion, y_train, prefer_fresh=True)
     assert result.ci_low < 0 < result.ci_high
     assert not result.passed
-    assert "does not beat the baseline significantly" in result.reasons[-1]
+    assert "does not beat the trivial baseline significantly" in result.reasons[0]
+
+
+def test_a_first_model_must_beat_the_baseline_significantly():
+    # no champion: a point estimate better than the baseline is not enough with the rule
+    rng = np.random.default_rng(4)
+    y = rng.normal(50, 10, 200)
+    y_train = np.full(50, 50.0)
+    for seed in range(20):
+        candidate = 50 + np.random.default_rng(seed).normal(0, 1, 200)
+        options = {
+            "metric": "mae",
+            "task": "regression",
+            "y_holdout": y,
+            "candidate_pred": candidate,
+            "y_train": y_train,
+            "holdout_start": START,
+            "holdout_end": END,
+            "tolerance": 0.0,
+            "bootstrap_samples": 500,
+            "seed": 0,
+        }
+        strict = backtest(**options, prefer_fresh=False)
+        if strict.passed:  # beat the baseline's point estimate by chance
+            fresh = backtest(**options, prefer_fresh=True)
+            assert not fresh.passed
+            assert "does not beat the trivial baseline significantly" in fresh.reasons[0]
+            return
+    pytest.fail("no seed beat the baseline's point estimate")
 
 
 def test_the_window_check_still_refuses_a_tie():
@@ -138,9 +166,10 @@ def _fit(task, X, y, seed):
 def test_a_shuffled_label_classifier_is_refused_every_time():
     """Over 12 seeds of the generated drifting stream (docs/streams.md): a candidate trained on
     the training window with shuffled labels never passes against a champion trained on the
-    same window with the true labels (concept A, judged on the next week)."""
+    same window with the true labels (concept A, judged on the next week), nor as a first model
+    (no champion: it must beat the baseline significantly)."""
     columns = [*synth.FEATURES, "channel"]
-    refused = 0
+    refused = first_refused = 0
     for seed in range(12):
         frame = synth.generate(seed=seed, days=100, rows_per_day=100)
         frame["channel"] = frame["channel"].astype("category")
@@ -160,7 +189,17 @@ def test_a_shuffled_label_classifier_is_refused_every_time():
             task="binary",
         )
         refused += not result.passed
-    assert refused == 12
+        first = gate(
+            holdout["y"].to_numpy("float64"),
+            bad.predict(holdout[columns]),
+            None,
+            shuffled,
+            prefer_fresh=True,
+            metric="accuracy",
+            task="binary",
+        )
+        first_refused += not first.passed
+    assert (refused, first_refused) == (12, 12)
 
 
 def test_a_shuffled_label_regressor_is_refused_every_time():
