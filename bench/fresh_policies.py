@@ -147,6 +147,7 @@ def main() -> None:
         help="gated runs to replay (off: a tie keeps the champion; on: gate.prefer_fresh; none)",
     )
     parser.add_argument("--no-naive", action="store_true", help="leave out the no-gate loops")
+    parser.add_argument("--cadences", default="daily,weekly", help="of the gated runs")
     parser.add_argument(
         "--set", dest="sets", action="append", default=[], help="KEY=VALUE on top of the spec"
     )
@@ -162,7 +163,7 @@ def main() -> None:
         ]
         for prefer_fresh in variants:
             spec = load_spec(args.spec, {**overrides, "gate.prefer_fresh": prefer_fresh})
-            for name in ("daily", "weekly"):
+            for name in args.cadences.split(","):
                 out = gated(spec, data, name, args.seed, args.trainings)
                 label = f"{name}, gated, refit=on, prefer_fresh={'on' if prefer_fresh else 'off'}"
                 rows.append(
@@ -216,6 +217,8 @@ def main() -> None:
         command += f" --prefer-fresh {args.prefer_fresh}"
     if args.no_naive:
         command += " --no-naive"
+    if args.cadences != "daily,weekly":
+        command += f" --cadences {args.cadences}"
     lines = [
         f"# Gated policies (gate.refit on) vs a no-gate loop: {spec.name}",
         "",
