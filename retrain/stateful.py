@@ -176,6 +176,8 @@ def unchanged_reason(
     True
     >>> unchanged_reason("3", tags, "dv-1", "f" * 64, "c" * 64, force=True) is None
     True
+    >>> unchanged_reason("3", tags, "dv-1", "f" * 64, "c" * 64, refit=True) is None
+    True
     """
     if force or refit or champion_version is None:
         return None
