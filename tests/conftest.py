@@ -102,13 +102,10 @@ def spec_dict(source_path: Path, state_dir: Path, **overrides: Any) -> dict[str,
         # the suites written before gate.refit pin the validated fit as the served one; the refit
         # is pinned in tests/retrain/test_refit.py and tests/flows/test_refit_flow.py
         # infra validation (on for deployment runs) is pinned in tests/flows/test_infra_flow.py
-        # likewise the suites written before gate.prefer_fresh pin "a tie keeps the champion";
-        # the tie rule is pinned in tests/retrain/test_prefer_fresh.py
         "gate": {
             "bootstrap_samples": 200,
             "require_approval": False,
             "refit": False,
-            "prefer_fresh": False,
             "infra_validation": "never",
         },
         "lightgbm": {"num_boost_round": 20, "params": {"num_leaves": 15}},
@@ -214,7 +211,6 @@ def als_spec_dict(source_path: Path, state_dir: Path, **overrides: Any) -> dict[
             "require_approval": False,
             "tolerance": 0.05,
             "refit": False,  # as in spec_dict: the refit is pinned in its own tests
-            "prefer_fresh": False,  # as in spec_dict
             "infra_validation": "never",  # as in spec_dict
         },
         "state": {"dir": str(state_dir)},

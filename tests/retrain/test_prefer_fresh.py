@@ -47,8 +47,8 @@ def noisy(seed: int, n: int = 200, scale: float = 1.0):
     return y, y + rng.normal(0, 5, n), y + rng.normal(0, 5 * scale, n), np.full(50, 50.0)
 
 
-def test_the_default_is_on():
-    assert GateSpec().prefer_fresh is True
+def test_the_default_is_off():
+    assert GateSpec().prefer_fresh is False
 
 
 def test_a_tie_promotes_the_fresher_candidate():
