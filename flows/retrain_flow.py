@@ -763,6 +763,7 @@ def _retrain(
             prepared.train.version,
             prepared.holdout.start,
             len(prepared.holdout.partitions),
+            refit=spec.gate.refit,
         ) or unchanged_reason(
             champion.version if champion else None,
             champion.tags if champion else {},
@@ -770,6 +771,7 @@ def _retrain(
             prepared.spec_hash,
             spec.config_hash(),
             force,
+            refit=spec.gate.refit and bool(prepared.holdout.partitions),
         )
         if skip is not None:
             return _skipped(ledger, spec, mode, run_id, skip)

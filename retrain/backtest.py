@@ -348,6 +348,42 @@ class BacktestResult:
         return "\n".join(lines)
 
 
+def significant_over_baseline(
+    metric: str,
+    y: np.ndarray,
+    candidate_pred: np.ndarray,
+    baseline_pred: np.ndarray,
+    cand: float,
+    base: float,
+    samples: int,
+    seed: int,
+) -> tuple[bool, str]:
+    """The baseline check of ``gate.prefer_fresh``: the candidate beats the trivial baseline
+    *significantly*, the lower end of the 95% paired interval of its improvement over the
+    baseline above zero (not only its point estimate, which a model that learned nothing beats
+    by chance half of the time on a balanced binary label).
+
+    ``gate.prefer_fresh`` lets a candidate the holdout cannot tell from the champion win the
+    tie as the fresher model (non-inferiority). A tie alone would also let through a model
+    that learned nothing (e.g. one trained on shuffled labels) when the champion has itself
+    gone stale, and a first model has no champion to tie with: this check asks every candidate
+    for evidence that it learned something. Returns whether it passes and the reason.
+    """
+    gib = metric in GREATER_IS_BETTER
+    low, high = paired_bootstrap(metric, y, candidate_pred, baseline_pred, samples, seed, gib)
+    interval = f"95% CI of the improvement {low:+.4f} to {high:+.4f}"
+    if not np.isnan(low) and low > 0:
+        return (
+            True,
+            f"candidate beats the baseline significantly ({cand:.4f} vs {base:.4f}; {interval})",
+        )
+    return False, (
+        f"candidate does not beat the trivial baseline significantly ({cand:.4f} vs "
+        f"{base:.4f}; the {interval} reaches zero): no evidence that the model learned "
+        "something useful on this window (gate.prefer_fresh)"
+    )
+
+
 def _better(a: float, b: float, greater_is_better: bool) -> bool:
     return a > b if greater_is_better else a < b
 
@@ -371,6 +407,7 @@ class GateSettings:
     max_windows_lost: int | None = None
     max_slice_degradation: float | None = None
     min_slice_rows: int = 30
+    prefer_fresh: bool = False
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> GateSettings:
@@ -385,6 +422,7 @@ class GateSettings:
             max_windows_lost=gate.max_windows_lost,
             max_slice_degradation=gate.max_slice_degradation if gate.slices else None,
             min_slice_rows=gate.min_slice_rows,
+            prefer_fresh=gate.prefer_fresh,
         )
 
 
@@ -411,12 +449,16 @@ def backtest(
     metric|``, the candidate loses at most ``max_windows_lost`` windows, and no slice of
     ``slices`` with at least ``min_slice_rows`` rows degrades by more than
     ``max_slice_degradation``. ``baseline_pred`` replaces the training-window mean / majority
-    class (the ranking family passes its popularity baseline's per-user scores).
+    class (the ranking family passes its popularity baseline's per-user scores). With
+    ``settings.prefer_fresh`` (``gate.prefer_fresh``) a candidate that the interval cannot tell
+    from the champion passes too (only one significantly worse is refused), and the candidate
+    must beat the baseline significantly: see :func:`significant_over_baseline`.
     """
     metric, task, tolerance = settings.metric, settings.task, settings.tolerance
     max_windows_lost = settings.max_windows_lost
     max_slice_degradation = settings.max_slice_degradation
     min_slice_rows = settings.min_slice_rows
+    prefer_fresh = settings.prefer_fresh
     y = np.asarray(y_holdout, dtype="float64")
     if y.size == 0:
         raise BacktestError("the holdout holds no row: widen windows.holdout")
@@ -440,6 +482,19 @@ def backtest(
     if np.isnan(cand):
         passed = False
         reasons.append(f"{metric} is undefined on this holdout (e.g. one class only)")
+    elif prefer_fresh:
+        base_passed, base_reason = significant_over_baseline(
+            metric,
+            y,
+            candidate_pred,
+            base_pred,
+            cand,
+            base,
+            settings.bootstrap_samples,
+            settings.seed,
+        )
+        passed = base_passed
+        reasons.append(base_reason)
     elif _better(cand, base, gib):
         reasons.append(f"candidate beats the baseline ({cand:.4f} vs {base:.4f})")
     else:
@@ -522,11 +577,20 @@ def backtest(
                 )
         allowed = tolerance * abs(champ)
         lower = improvement if np.isnan(low) else low
+        upper = improvement if np.isnan(high) else high
         if improvement >= -allowed and lower >= -allowed:
             reasons.append(
                 f"candidate {'beats' if improvement > 0 else 'is within tolerance of'} the "
                 f"champion v{champion_version} ({cand:.4f} vs {champ:.4f}; 95% CI of the "
                 f"improvement {low:+.4f} to {high:+.4f})"
+            )
+        elif prefer_fresh and upper >= -allowed:
+            # a tie: the fresher candidate wins it (the baseline check above asked for
+            # evidence that it learned something)
+            reasons.append(
+                f"candidate ties the champion v{champion_version} ({cand:.4f} vs {champ:.4f}; "
+                f"the 95% CI of the improvement {low:+.4f} to {high:+.4f} shows neither "
+                "better): the fresher candidate wins the tie (gate.prefer_fresh)"
             )
         elif improvement >= -allowed:
             passed = False
@@ -537,9 +601,16 @@ def backtest(
             )
         else:
             passed = False
+            significantly = (
+                f"; the whole 95% CI of the improvement, {low:+.4f} to {high:+.4f}, is below "
+                f"-{allowed:.4f}"
+                if prefer_fresh
+                else ""
+            )
             reasons.append(
                 f"candidate is worse than the champion v{champion_version} ({cand:.4f} vs "
-                f"{champ:.4f}, more than the {tolerance:.1%} tolerance): the champion stays"
+                f"{champ:.4f}, more than the {tolerance:.1%} tolerance{significantly}): the "
+                "champion stays"
             )
     else:
         reasons.append("no champion yet: the candidate only has to beat the baseline")

@@ -215,6 +215,16 @@ class GateSpec(_Strict):
     # An incremental retrain after a refitted champion moves its holdout past the first new
     # partition (retrain.families.spine.align_to_champion), so a lineage always advances.
     refit: bool = True
+    # non-inferiority: a candidate the paired bootstrap cannot tell from the champion (its 95%
+    # interval of the improvement reaches above -tolerance but not wholly) wins the tie as the
+    # fresher model; only a candidate significantly worse than the champion is refused. Every
+    # candidate must then beat the baseline significantly (the interval of its improvement over
+    # the baseline above zero; retrain.backtest.significant_over_baseline). false: a candidate
+    # must be shown at least as good (the interval wholly above -tolerance), a tie keeps the
+    # champion, and beating the baseline's point estimate is enough (the default: measured on
+    # Bike Sharing and the drift stream, the tie rule did not pay for the bad candidates it
+    # let through; docs/fresh-and-safe.md)
+    prefer_fresh: bool = False
     # infra validation before promotion (registry/infra.py): the registered candidate served by
     # a real `mlflow models serve` in an environment holding only the model's requirements,
     # answering raw holdout rows over HTTP as it does in process. "deployments": the runs of a

@@ -107,8 +107,13 @@ def skip_reason(
     train_data_version: str,
     holdout_start: pd.Timestamp,
     holdout_partitions: int = 1,
+    refit: bool = False,
 ) -> str | None:
     """Why an automated retrain has nothing to do (None: go ahead). Manual runs never skip.
+
+    ``refit`` is ``gate.refit``: the served fit also learns the holdout's partitions, so a
+    scheduled candidate whose training window is the champion's (a cadence equal to
+    ``windows.holdout`` after a refitted champion) still serves new rows: no skip then.
 
     >>> champ = ChampionState("2", 0, pd.Timestamp("2011-04-01"), ("a",), ())
     >>> skip_reason("stateful", champ, "dv-1", "dv-9", pd.Timestamp("2011-04-01"))
@@ -121,6 +126,14 @@ def skip_reason(
     True
     >>> skip_reason("manual", champ, "dv-1", "dv-1", pd.Timestamp("2011-04-01")) is None
     True
+
+    With ``gate.refit`` the same training window is no reason to skip: the served fit learns
+    the holdout's rows, which the champion never saw.
+
+    >>> skip_reason("scheduled", champ, "dv-1", "dv-1", pd.Timestamp("2011-04-09"), refit=True)
+    >>> skip_reason("scheduled", champ, "dv-1", "dv-1", pd.Timestamp("2011-04-09"), 0, True)
+    ... # doctest: +ELLIPSIS
+    "the training window's data version dv-1 is the one champion v2 was trained on: no new data"
     """
     if mode == "manual" or champion is None:
         return None
@@ -136,7 +149,7 @@ def skip_reason(
                 f"({champion.train_end}): an increment needs one more to be judged on"
             )
         return None
-    if champion_data_version == train_data_version:
+    if champion_data_version == train_data_version and not (refit and holdout_partitions):
         return (
             f"the training window's data version {train_data_version} is the one champion "
             f"v{champion.version} was trained on: no new data"
@@ -151,11 +164,13 @@ def unchanged_reason(
     feature_spec_hash: str,
     config_hash: str,
     force: bool = False,
+    refit: bool = False,
 ) -> str | None:
     """Why a retrain would only repeat the champion (None: go ahead): its training window's
     data version and its spec (feature spec and config hashes) are the champion's, so the new
     version would be the same model and its promotion would only push the last different
-    champion out of ``previous``. ``force`` retrains anyway.
+    champion out of ``previous``. ``force`` retrains anyway, and so does ``refit`` (``gate.refit``
+    with a holdout that holds partitions: the served fit learns them, so it is a new model).
 
     >>> tags = {Tag.DATA_VERSION: "dv-1", Tag.FEATURE_SPEC_HASH: "f" * 16,
     ...         Tag.CONFIG_HASH: "c" * 16}
@@ -167,8 +182,10 @@ def unchanged_reason(
     True
     >>> unchanged_reason("3", tags, "dv-1", "f" * 64, "c" * 64, force=True) is None
     True
+    >>> unchanged_reason("3", tags, "dv-1", "f" * 64, "c" * 64, refit=True) is None
+    True
     """
-    if force or champion_version is None:
+    if force or refit or champion_version is None:
         return None
     candidate = {
         str(Tag.DATA_VERSION): train_data_version,

@@ -397,6 +397,7 @@ class _Replayer:
                         train.version,
                         holdout.start,
                         len(holdout.partitions),
+                        refit=spec.gate.refit,
                     )
                     if skip is not None:
                         self._not_trained(at, "skipped", skip)
