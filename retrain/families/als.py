@@ -39,7 +39,7 @@ from retrain import servable
 from retrain.backtest import backtest
 from retrain.config import ModelSpec
 from retrain.errors import SchemaChangeError, TrainingError
-from retrain.families.baseline import popularity
+from retrain.families.baseline import baseline_verdict, is_baseline, popularity
 from retrain.families.protocol import Family
 from retrain.families.spine import (
     Champion,
@@ -56,6 +56,7 @@ from retrain.families.spine import (
 from retrain.features import FeatureCache, Window, make_window
 from retrain.freshness import last_row
 from retrain.ingest import TS
+from retrain.promotion import lost_to_baseline
 from retrain.ranking import (
     RankingBacktest,
     evaluate_ranking,
@@ -141,6 +142,11 @@ def plan(mode: str, spec: ModelSpec, champion: Champion | None) -> TrainingPlan:
         return scratch(f"{mode} mode recomputes from scratch")
     if champion is None:
         return scratch("no champion to fold in to: first model of the lineage")
+    if is_baseline(champion.model):
+        return scratch(
+            f"champion v{champion.version} is the popularity baseline: nothing to fold in to, "
+            "full recompute instead"
+        )
     model = champion.model
     wanted = make_trainer(spec)
     changed = [
@@ -366,11 +372,10 @@ def evaluate(
         else _window_scores(spec.metric, champion.model, users, rels, als.k)
     )
     gate = spec.gate
-    result = backtest(
+    judged: dict[str, Any] = dict(
         metric=spec.metric,
         task="ranking",
         y_holdout=np.zeros(candidate.size),
-        candidate_pred=candidate,
         y_train=np.empty(0),
         holdout_start=holdout.start,
         holdout_end=holdout.end,
@@ -383,13 +388,16 @@ def evaluate(
         window_ids=row_window,
         window_bounds=bounds,
         max_windows_lost=gate.max_windows_lost,
-        baseline_pred=base,
     )
+    result = backtest(candidate_pred=candidate, baseline_pred=base, **judged)
+    verdict = None
+    if gate.promote_baseline and not result.passed and lost_to_baseline(result):
+        verdict = baseline_verdict(candidate, base, **judged)
     if note:
         result = replace(result, reasons=(*result.reasons, note))
     starts = pd.Series([bounds[i][0] for i in row_window], dtype="datetime64[ns]")
     return RankingEvaluated(
-        result, starts, np.zeros(candidate.size), candidate, base, champ, ranking=ranking
+        result, starts, np.zeros(candidate.size), candidate, base, champ, verdict, ranking=ranking
     )
 
 

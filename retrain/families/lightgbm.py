@@ -23,7 +23,7 @@ from retrain import servable
 from retrain.backtest import backtest, baseline_predictions, score
 from retrain.config import ModelSpec
 from retrain.errors import BacktestError, DataError, NoTreesAddedError, TrainingError
-from retrain.families.baseline import BaselineModel
+from retrain.families.baseline import BaselineModel, baseline_verdict, is_baseline
 from retrain.families.lineage import Lineage
 from retrain.families.protocol import Family
 from retrain.families.spine import (
@@ -41,8 +41,9 @@ from retrain.families.spine import (
 from retrain.features import FeatureCache, Window, make_window
 from retrain.freshness import last_row
 from retrain.ingest import TS, ingest
+from retrain.promotion import lost_to_baseline
 from retrain.reports import backtest_plot, importance_plot, learning_curve_plot
-from retrain.stateful import TrainingPlan, plan_training, scratch
+from retrain.stateful import STATEFUL_MODES, TrainingPlan, plan_training, scratch
 from retrain.trainers import LightGBMTrainer
 
 logger = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ def evaluate(
     champion_pred = champion.model.predict(X) if champion is not None else None
     bounds, window_ids = split_windows(holdout, spec.gate.backtest_windows, frame[TS])
     gate = spec.gate
-    result = backtest(
+    judged: dict[str, Any] = dict(
         window_ids=window_ids,
         window_bounds=bounds,
         max_windows_lost=gate.max_windows_lost,
@@ -194,7 +195,6 @@ def evaluate(
         metric=spec.metric,
         task=spec.task,
         y_holdout=y,
-        candidate_pred=candidate,
         y_train=trained.y_train,
         holdout_start=holdout.start,
         holdout_end=holdout.end,
@@ -205,10 +205,14 @@ def evaluate(
         bootstrap_samples=spec.gate.bootstrap_samples,
         seed=spec.seed,
     )
+    result = backtest(candidate_pred=candidate, **judged)
+    baseline = baseline_predictions(spec.task, trained.y_train, len(y), spec.metric)
+    verdict = None
+    if gate.promote_baseline and not result.passed and lost_to_baseline(result):
+        verdict = baseline_verdict(candidate, baseline, **judged)
     if note:
         result = replace(result, reasons=(*result.reasons, note))
-    baseline = baseline_predictions(spec.task, trained.y_train, len(y), spec.metric)
-    return Evaluated(result, frame[TS], y, candidate, baseline, champion_pred)
+    return Evaluated(result, frame[TS], y, candidate, baseline, champion_pred, verdict)
 
 
 def write_evidence(
@@ -317,7 +321,13 @@ def serving_inputs(spec: ModelSpec) -> servable.TabularInputs:
 
 
 def plan(mode: str, spec: ModelSpec, champion: Champion | None) -> TrainingPlan:
-    """Scratch, warm start or refit (the stateful planner, ``stateful.plan_training``)."""
+    """Scratch, warm start or refit (the stateful planner, ``stateful.plan_training``); from
+    scratch after a baseline champion (nothing to continue boosting from)."""
+    if champion is not None and is_baseline(champion.model) and mode in STATEFUL_MODES:
+        return scratch(
+            f"champion v{champion.version} is the trivial baseline: nothing to warm-start "
+            "from, full retrain instead"
+        )
     return plan_training(
         mode,
         spec.stateful,

@@ -99,6 +99,9 @@ class Evaluated:
     candidate: np.ndarray = field(repr=False)
     baseline: np.ndarray = field(repr=False)
     champion: np.ndarray | None = field(repr=False, default=None)
+    # the gate's verdict on the baseline as a candidate (gate.promote_baseline, when the
+    # candidate lost to it: retrain.families.baseline.baseline_verdict); None otherwise
+    baseline_result: BacktestResult | None = None
 
 
 @dataclass(frozen=True)
