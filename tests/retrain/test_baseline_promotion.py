@@ -119,9 +119,7 @@ def test_a_tabular_baseline_saves_loads_and_serves_raw_rows(tmp_path: Path):
     model = BaselineModel("binary", "logloss").fit(pd.DataFrame(), np.array([1.0, 0.0, 0.0, 1.0]))
     model.save(tmp_path / "m")
     inputs = servable.TabularInputs(numeric=("temp",), categorical=())
-    (tmp_path / "inputs.json").write_text(
-        __import__("json").dumps(servable.inputs_to_json(inputs))
-    )
+    (tmp_path / "inputs.json").write_text(__import__("json").dumps(servable.inputs_to_json(inputs)))
 
     loaded = load_baseline(tmp_path / "m")
     served = servable.load_baseline(tmp_path / "m", tmp_path / "inputs.json")
