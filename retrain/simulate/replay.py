@@ -8,8 +8,11 @@ of :func:`retrain.features.plan_windows`, the family's ``plan``, ``fit_candidate
 ``stateful.compare_with_scratch`` fallback and the straddling-partition rule of
 :func:`retrain.families.spine.increment_window`) and ``evaluate`` (the backtest gate), and
 :func:`retrain.promotion.decide`. Promotions are approved automatically (there is no operator in
-a replay) and nothing is registered. When no first model passes the gate, the family's trivial
-baseline serves (version 0) until one does.
+a replay) and nothing is registered. A candidate that lost to the trivial baseline is followed
+by a fresh baseline as the next version when :func:`retrain.promotion.baseline_promotion` says
+so (``gate.promote_baseline``: the flow's own decision, on the family's ``baseline_verdict``).
+When no first model passes and the baseline is not promoted, the family's trivial baseline
+serves (version 0) until a model does.
 
 A refused or failed step (a ``RetrainError`` of the family's steps, e.g. a warm increment that
 adds no trees without ``compare_with_scratch``) is recorded as production records it: the
