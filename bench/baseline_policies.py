@@ -57,6 +57,7 @@ def main() -> None:
             data = load_replay(spec, start=args.start, end=args.end)
             sim = simulate(spec, parse_policies(POLICIES, spec), data)
             for run in sim.runs:
+                print(run.policy, promote, run.overall, flush=True)
                 baselines = sum(t.promoted and t.strategy == "baseline" for t in run.trainings)
                 rows.append(
                     (
@@ -86,7 +87,8 @@ def main() -> None:
     for policy, flag, value, promotions, baselines, cpu in rows:
         shown = "-" if baselines < 0 else str(baselines)
         lines.append(f"| {policy} | {flag} | {value:.4f} | {promotions} | {shown} | {cpu:.1f} |")
-    lines += ["", f"Figure (now): `{plot.relative_to(ROOT)}`"]
+    shown_plot = plot.relative_to(ROOT) if plot.is_relative_to(ROOT) else plot
+    lines += ["", f"Figure (now): `{shown_plot}`"]
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

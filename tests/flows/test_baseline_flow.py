@@ -17,11 +17,14 @@ import yaml
 
 from flows import events
 from flows.retrain_flow import make_registry, retrain_flow
+from gateway.models import Loaded, recommend_users
 from registry.client import loading_pyfunc
+from registry.live import load_servable
 from retrain.config import load_spec
 from retrain.ledger import Ledger
 from retrain.simulate import Periodic, load_replay, replay_policy
-from tests.conftest import bike_slice, spec_dict
+from retrain.trainers.als import ALSTrainer
+from tests.conftest import als_spec_dict, bike_slice, spec_dict, taste_stream
 
 # the spec's first replayed step: 21 days of training and 7 of holdout after 2011-03-01
 FIRST_AS_OF = "2011-03-29"
@@ -219,4 +222,61 @@ def test_a_champion_that_beats_the_baseline_stays_and_one_that_loses_to_it_is_re
     tags = registry.version(after["version"]).tags
     assert tags["retrain.strategy"] in {"scratch", "baseline"}
     assert tags["retrain.champion_at_training"] == replaced["version"]
+    assert after["champion"] is not None
+
+
+def test_an_als_candidate_that_lost_to_popularity_leaves_a_popularity_champion_that_serves(
+    tmp_path: Path, monkeypatch
+):
+    # a broken recommender: it recommends items nobody ever rated, so popularity beats it
+    def nothing(self, user_ids, k=10, filter_seen=True):
+        users = [str(u) for u in user_ids]
+        return pd.DataFrame(
+            {
+                "user": np.repeat(users, k),
+                "rank": np.tile(np.arange(1, k + 1), len(users)),
+                "item": [f"none-{i}" for i in range(k)] * len(users),
+                "score": np.zeros(k * len(users)),
+                "source": "als",
+            }
+        )
+
+    monkeypatch.setattr(ALSTrainer, "recommend", nothing)
+    source = tmp_path / "ratings.csv"
+    taste_stream().to_csv(source, index=False)
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(
+        yaml.safe_dump(
+            als_spec_dict(
+                source,
+                tmp_path / "state",
+                **{"gate.promote_baseline": True, "gate.refit": True},
+            )
+        )
+    )
+
+    out = retrain_flow(str(spec_path), mode="manual", as_of="2024-02-07", auto_approve=True)
+
+    assert out["promoted"] and out["strategy"] == "baseline", out["decision"]
+    spec = load_spec(spec_path)
+    registry = make_registry(spec, Ledger(spec.state.ledger))
+    version = registry.alias_version("champion")
+    assert version == out["version"]
+    tags = registry.version(version).tags
+    assert tags["retrain.baseline"] == "popularity" and tags["retrain.family"] == "als"
+    # `retrain recommend` and the gateway answer from it
+    model = registry.load_model(version)
+    recs = model.recommend(["4", "nobody"], k=3)
+    assert len(recs) == 6 and set(recs["source"]) == {"popularity"}
+    assert model.popularity_window == pd.Timedelta(spec.als.popularity_window)
+    answer = recommend_users(Loaded(version, load_servable(registry, version)), ["4", 5], 3)
+    assert [len(a["items"]) for a in answer] == [3, 3]
+    assert answer[0]["items"] == recs.loc[recs["user"] == "4", "item"].tolist()
+
+    # the next fold-in run after a popularity champion recomputes, judged against it
+    after = retrain_flow(str(spec_path), mode="stateful", auto_approve=True)
+    assert after["status"] != "skipped", after["decision"]
+    tags = registry.version(after.get("refused_candidate") or after["version"]).tags
+    assert tags["retrain.strategy"] == "scratch"
+    assert "popularity baseline" in tags["retrain.strategy_reason"]
     assert after["champion"] is not None
