@@ -264,6 +264,11 @@ def rebuild(spec: ModelSpec, tags: Mapping[str, str], registered: Any, parent: A
     from the registered model itself. Equal ``model_string()`` = byte-identical model.
     """
     lineage = Lineage(tags)
+    if lineage.is_baseline or is_baseline(registered):
+        raise TrainingError(
+            "this version is the trivial baseline (retrain.kind = baseline): there is no "
+            "booster to rebuild; its value is in the version's baseline.json"
+        )
     expected, start, end = lineage.data_version, lineage.window_start, lineage.window_end
     if not (expected and start is not None and end is not None):
         raise DataError("the version has no retrain.data_version/window tags: cannot rebuild it")
