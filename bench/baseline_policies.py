@@ -45,11 +45,14 @@ def main() -> None:
     parser.add_argument("--start", default=None, help="first partition replayed (default: all)")
     parser.add_argument("--end", default=None, help="end of the replay (default: all)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--promote", choices=("off", "on", "both"), default="both")
     parser.add_argument("--out", type=Path, default=RESULTS / "baseline_policies.md")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for promote in (False, True):
+        flags = {"off": (False,), "on": (True,), "both": (False, True)}[args.promote]
+        plot = None
+        for promote in flags:
             spec = load_spec(
                 ROOT / "retrain" / "demo" / "movielens.toml",
                 {"state.dir": tmp, "gate.promote_baseline": promote, **_overrides(args.set)},
@@ -87,8 +90,9 @@ def main() -> None:
     for policy, flag, value, promotions, baselines, cpu in rows:
         shown = "-" if baselines < 0 else str(baselines)
         lines.append(f"| {policy} | {flag} | {value:.4f} | {promotions} | {shown} | {cpu:.1f} |")
-    shown_plot = plot.relative_to(ROOT) if plot.is_relative_to(ROOT) else plot
-    lines += ["", f"Figure (now): `{shown_plot}`"]
+    if plot is not None:
+        shown = plot.relative_to(ROOT) if plot.is_relative_to(ROOT) else plot
+        lines += ["", f"Figure (now): `{shown}`"]
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -392,7 +392,8 @@ def evaluate(
     result = backtest(candidate_pred=candidate, baseline_pred=base, **judged)
     verdict = None
     if gate.promote_baseline and not result.passed and lost_to_baseline(result):
-        verdict = baseline_verdict(candidate, base, **judged)
+        refresh = champion is not None and is_baseline(champion.model)
+        verdict = baseline_verdict(candidate, base, refresh, **judged)
     if note:
         result = replace(result, reasons=(*result.reasons, note))
     starts = pd.Series([bounds[i][0] for i in row_window], dtype="datetime64[ns]")

@@ -146,17 +146,37 @@ def _as_baseline(reason: str) -> str:
 
 
 def baseline_verdict(
-    candidate_pred: np.ndarray, baseline_pred: np.ndarray, **gate: Any
+    candidate_pred: np.ndarray,
+    baseline_pred: np.ndarray,
+    refresh: bool = False,
+    **gate: Any,
 ) -> BacktestResult:
     """The gate with the baseline as the candidate: the same backtest (champion comparison,
     paired bootstrap, windows lost, slices) on the same rows, the refused candidate taking the
     baseline's place as the bar to beat. ``gate``: the other keyword arguments of
     :func:`retrain.backtest.backtest`, as the family's evaluate passed them. In the result,
     ``candidate`` and ``baseline`` are both the baseline's metric (the version is the
-    baseline); the refused candidate's is in the first reason."""
+    baseline); the refused candidate's is in the first reason.
+
+    ``refresh``: the champion is itself a trivial baseline, so the fresh one is the same recipe
+    on newer data (the argument of ``gate.refit``). It replaces the champion unless it is worse
+    than it on the holdout by more than the tolerance (point estimate): production never
+    serves an older baseline than the one refitted on current data. It must still beat the
+    refused candidate."""
     verdict = backtest(candidate_pred=baseline_pred, baseline_pred=candidate_pred, **gate)
     first, *rest = verdict.reasons
     cand, base = verdict.baseline, verdict.candidate
+    if refresh and verdict.champion is not None and verdict.improvement is not None:
+        gib = verdict.greater_is_better
+        beats = base > cand if gib else base < cand
+        allowed = verdict.tolerance * abs(verdict.champion)
+        fresh_ok = verdict.improvement >= -allowed
+        rest = [
+            f"champion v{verdict.champion_version} is a trivial baseline too: the same recipe "
+            f"refitted on newer data replaces it unless it is worse on the holdout "
+            f"({base:.4f} vs {verdict.champion:.4f}, tolerance {verdict.tolerance:.1%})",
+        ]
+        verdict = replace(verdict, passed=bool(beats and fresh_ok))
     if first.startswith("candidate beats the baseline"):
         first = f"the baseline beats the refused candidate ({base:.4f} vs {cand:.4f})"
     elif first.startswith("candidate does not beat"):

@@ -209,7 +209,8 @@ def evaluate(
     baseline = baseline_predictions(spec.task, trained.y_train, len(y), spec.metric)
     verdict = None
     if gate.promote_baseline and not result.passed and lost_to_baseline(result):
-        verdict = baseline_verdict(candidate, baseline, **judged)
+        refresh = champion is not None and is_baseline(champion.model)
+        verdict = baseline_verdict(candidate, baseline, refresh, **judged)
     if note:
         result = replace(result, reasons=(*result.reasons, note))
     return Evaluated(result, frame[TS], y, candidate, baseline, champion_pred, verdict)

@@ -199,3 +199,16 @@ def test_on_shuffled_labels_the_family_judges_the_baseline_and_the_fresh_one_rea
     champion = Champion("4", fresh.model, fresh.window.end, fresh.data_versions)
     plan = family.plan("stateful", spec, champion)
     assert plan.strategy == "scratch" and "baseline" in plan.reason
+
+
+def test_a_baseline_champion_is_refreshed_unless_the_fresh_baseline_is_worse_than_it():
+    stale = MEAN + 0.01  # an older baseline: about as good as the fresh one, not significantly
+    result = backtest(candidate_pred=NOISE, baseline_pred=MEAN, **gate(stale))
+    strict = baseline_verdict(NOISE, MEAN, False, **gate(stale))
+    refresh = baseline_verdict(NOISE, MEAN, True, **gate(stale))
+    worse = baseline_verdict(NOISE, MEAN + 0.5, True, **gate(MEAN))
+
+    assert not strict.passed  # a non-baseline champion must be beaten significantly
+    assert refresh.passed and "trivial baseline too" in refresh.reasons[1]
+    assert baseline_promotion(True, result, refresh).promote
+    assert not worse.passed  # a fresh baseline worse than the baseline champion: it stays
