@@ -853,7 +853,12 @@ def _retrain(
         )
         previous = apply_decision(registry, decision, actor)
         # the baseline is a model: the same decision as the simulator's (retrain.promotion)
-        choice = baseline_promotion(spec.gate.promote_baseline, result, evaluated.baseline_result)
+        choice = baseline_promotion(
+            spec.gate.promote_baseline,
+            result,
+            evaluated.baseline_result,
+            evaluated.baseline_refresh,
+        )
         if not choice.promote and spec.gate.promote_baseline and not result.passed:
             get_run_logger().info("baseline not promoted: %s", choice.reason)
         if not choice.promote:

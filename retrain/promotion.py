@@ -146,7 +146,10 @@ def lost_to_baseline(result: BacktestResult) -> bool:
 
 
 def baseline_promotion(
-    enabled: bool, candidate: BacktestResult, baseline: BacktestResult | None
+    enabled: bool,
+    candidate: BacktestResult,
+    baseline: BacktestResult | None,
+    refresh: bool = False,
 ) -> BaselinePromotion:
     """Promote the baseline when the candidate lost to it and the baseline itself passed the
     gate (``baseline``: the backtest with the baseline as the candidate, against the champion
@@ -170,7 +173,7 @@ def baseline_promotion(
         return BaselinePromotion(False, "gate.promote_baseline is off")
     if candidate.passed:
         return BaselinePromotion(False, "the candidate passed the gate")
-    if not lost_to_baseline(candidate):
+    if not lost_to_baseline(candidate) and not refresh:
         return BaselinePromotion(
             False, "the candidate beat the baseline but was refused: the champion stays"
         )
@@ -189,8 +192,9 @@ def baseline_promotion(
             + "; ".join(baseline.reasons)
             + "): the champion stays",
         )
+    lost = "lost to" if lost_to_baseline(candidate) else "was refused; it beat"
     return BaselinePromotion(
         True,
-        f"candidate lost to the baseline ({candidate.candidate:.4f} vs "
+        f"candidate {lost} the baseline ({candidate.candidate:.4f} vs "
         f"{candidate.baseline:.4f} {candidate.metric}) and {versus}; baseline promoted",
     )

@@ -391,14 +391,22 @@ def evaluate(
     )
     result = backtest(candidate_pred=candidate, baseline_pred=base, **judged)
     verdict = None
-    if gate.promote_baseline and not result.passed and lost_to_baseline(result):
-        refresh = champion is not None and is_baseline(champion.model)
+    refresh = champion is not None and is_baseline(champion.model)
+    if gate.promote_baseline and not result.passed and (lost_to_baseline(result) or refresh):
         verdict = baseline_verdict(candidate, base, refresh, **judged)
     if note:
         result = replace(result, reasons=(*result.reasons, note))
     starts = pd.Series([bounds[i][0] for i in row_window], dtype="datetime64[ns]")
     return RankingEvaluated(
-        result, starts, np.zeros(candidate.size), candidate, base, champ, verdict, ranking=ranking
+        result,
+        starts,
+        np.zeros(candidate.size),
+        candidate,
+        base,
+        champ,
+        verdict,
+        refresh,
+        ranking=ranking,
     )
 
 

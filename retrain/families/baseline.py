@@ -161,14 +161,12 @@ def baseline_verdict(
     ``refresh``: the champion is itself a trivial baseline, so the fresh one is the same recipe
     on newer data (the argument of ``gate.refit``). It replaces the champion unless it is worse
     than it on the holdout by more than the tolerance (point estimate): production never
-    serves an older baseline than the one refitted on current data. It must still beat the
-    refused candidate."""
+    serves an older baseline than the one refitted on current data. The candidate was refused
+    (by the baseline, or by the champion): the family asks only then."""
     verdict = backtest(candidate_pred=baseline_pred, baseline_pred=candidate_pred, **gate)
     first, *rest = verdict.reasons
     cand, base = verdict.baseline, verdict.candidate
     if refresh and verdict.champion is not None and verdict.improvement is not None:
-        gib = verdict.greater_is_better
-        beats = base > cand if gib else base < cand
         allowed = verdict.tolerance * abs(verdict.champion)
         fresh_ok = verdict.improvement >= -allowed
         rest = [
@@ -176,7 +174,7 @@ def baseline_verdict(
             f"refitted on newer data replaces it unless it is worse on the holdout "
             f"({base:.4f} vs {verdict.champion:.4f}, tolerance {verdict.tolerance:.1%})",
         ]
-        verdict = replace(verdict, passed=bool(beats and fresh_ok))
+        verdict = replace(verdict, passed=bool(fresh_ok))
     if first.startswith("candidate beats the baseline"):
         first = f"the baseline beats the refused candidate ({base:.4f} vs {cand:.4f})"
     elif first.startswith("candidate does not beat"):

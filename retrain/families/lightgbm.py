@@ -208,12 +208,12 @@ def evaluate(
     result = backtest(candidate_pred=candidate, **judged)
     baseline = baseline_predictions(spec.task, trained.y_train, len(y), spec.metric)
     verdict = None
-    if gate.promote_baseline and not result.passed and lost_to_baseline(result):
-        refresh = champion is not None and is_baseline(champion.model)
+    refresh = champion is not None and is_baseline(champion.model)
+    if gate.promote_baseline and not result.passed and (lost_to_baseline(result) or refresh):
         verdict = baseline_verdict(candidate, baseline, refresh, **judged)
     if note:
         result = replace(result, reasons=(*result.reasons, note))
-    return Evaluated(result, frame[TS], y, candidate, baseline, champion_pred, verdict)
+    return Evaluated(result, frame[TS], y, candidate, baseline, champion_pred, verdict, refresh)
 
 
 def write_evidence(

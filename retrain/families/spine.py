@@ -102,6 +102,8 @@ class Evaluated:
     # the gate's verdict on the baseline as a candidate (gate.promote_baseline, when the
     # candidate lost to it: retrain.families.baseline.baseline_verdict); None otherwise
     baseline_result: BacktestResult | None = None
+    # the champion is itself a trivial baseline: the fresh one may refresh it
+    baseline_refresh: bool = False
 
 
 @dataclass(frozen=True)

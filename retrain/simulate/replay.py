@@ -442,7 +442,10 @@ class _Replayer:
                     value = result.candidate
                     # the baseline is a model: the flow's decision, through the same function
                     choice = baseline_promotion(
-                        spec.gate.promote_baseline, result, evaluated.baseline_result
+                        spec.gate.promote_baseline,
+                        result,
+                        evaluated.baseline_result,
+                        evaluated.baseline_refresh,
                     )
             if choice is not None and choice.promote and evaluated.baseline_result is not None:
                 # the refused candidate is a version of its own, as the flow registers it;

@@ -3,6 +3,7 @@ verdict (retrain.families.baseline.baseline_verdict) and the baseline as a saved
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +213,17 @@ def test_a_baseline_champion_is_refreshed_unless_the_fresh_baseline_is_worse_tha
     assert refresh.passed and "trivial baseline too" in refresh.reasons[1]
     assert baseline_promotion(True, result, refresh).promote
     assert not worse.passed  # a fresh baseline worse than the baseline champion: it stays
+
+
+def test_a_candidate_refused_by_a_baseline_champion_lets_the_fresh_baseline_refresh_it():
+    stale = MEAN + 0.02  # an older baseline champion, a little worse than the fresh mean
+    near = MEAN + 0.02 * (Y - MEAN)  # better than the mean on every row
+    passed = backtest(candidate_pred=near, baseline_pred=MEAN, **gate(stale))
+    # refused by the champion (e.g. a slice or a window it lost): the rule only reads the verdict
+    result = replace(passed, passed=False, reasons=("candidate loses 1 of 2 windows",))
+    verdict = baseline_verdict(near, MEAN, True, **gate(stale))
+
+    assert not lost_to_baseline(result) and verdict.passed
+    assert not baseline_promotion(True, result, verdict, refresh=False).promote
+    choice = baseline_promotion(True, result, verdict, refresh=True)
+    assert choice.promote and "was refused" in choice.reason
