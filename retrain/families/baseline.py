@@ -159,22 +159,23 @@ def baseline_verdict(
     baseline); the refused candidate's is in the first reason.
 
     ``refresh``: the champion is itself a trivial baseline, so the fresh one is the same recipe
-    on newer data (the argument of ``gate.refit``). It replaces the champion unless it is worse
-    than it on the holdout by more than the tolerance (point estimate): production never
-    serves an older baseline than the one refitted on current data. The candidate was refused
-    (by the baseline, or by the champion): the family asks only then."""
+    on newer data (the argument of ``gate.refit``), and the comparison on the holdout would be
+    unfair to it: the baseline judged here trained before the holdout, a refitted champion up
+    to its own as-of. The verdict then passes without the champion comparison (the family
+    asks only for a refused candidate): production never serves an older baseline than the
+    one refitted on current data. The champion's metric is still in the result.
+    """
     verdict = backtest(candidate_pred=baseline_pred, baseline_pred=candidate_pred, **gate)
     first, *rest = verdict.reasons
     cand, base = verdict.baseline, verdict.candidate
-    if refresh and verdict.champion is not None and verdict.improvement is not None:
-        allowed = verdict.tolerance * abs(verdict.champion)
-        fresh_ok = verdict.improvement >= -allowed
+    if refresh and verdict.champion is not None:
         rest = [
             f"champion v{verdict.champion_version} is a trivial baseline too: the same recipe "
-            f"refitted on newer data replaces it unless it is worse on the holdout "
-            f"({base:.4f} vs {verdict.champion:.4f}, tolerance {verdict.tolerance:.1%})",
+            f"refitted on newer data replaces it (on this holdout {base:.4f} vs "
+            f"{verdict.champion:.4f}; the baseline judged here trained before the holdout, "
+            "the champion past its start)"
         ]
-        verdict = replace(verdict, passed=bool(fresh_ok))
+        verdict = replace(verdict, passed=True)
     if first.startswith("candidate beats the baseline"):
         first = f"the baseline beats the refused candidate ({base:.4f} vs {cand:.4f})"
     elif first.startswith("candidate does not beat"):
