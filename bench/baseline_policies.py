@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--start", default=None, help="first partition replayed (default: all)")
     parser.add_argument("--end", default=None, help="end of the replay (default: all)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--policies", default=POLICIES)
     parser.add_argument("--promote", choices=("off", "on", "both"), default="both")
     parser.add_argument("--out", type=Path, default=RESULTS / "baseline_policies.md")
     args = parser.parse_args()
@@ -58,7 +59,7 @@ def main() -> None:
                 {"state.dir": tmp, "gate.promote_baseline": promote, **_overrides(args.set)},
             )
             data = load_replay(spec, start=args.start, end=args.end)
-            sim = simulate(spec, parse_policies(POLICIES, spec), data)
+            sim = simulate(spec, parse_policies(args.policies, spec), data)
             for run in sim.runs:
                 print(run.policy, promote, run.overall, flush=True)
                 baselines = sum(t.promoted and t.strategy == "baseline" for t in run.trainings)

@@ -41,6 +41,9 @@ class ChampionState:
     train_end: pd.Timestamp | None
     feature_names: tuple[str, ...]
     categorical: tuple[str, ...]
+    # a trivial baseline (gate.promote_baseline): nothing continues from it, so an incremental
+    # run after it is a scratch run and skips as a scheduled one does
+    baseline: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ def skip_reason(
     """
     if mode == "manual" or champion is None:
         return None
-    if mode in STATEFUL_MODES:
+    if mode in STATEFUL_MODES and not champion.baseline:
         if champion.train_end is not None and champion.train_end >= holdout_start:
             return (
                 f"no partition arrived after champion v{champion.version}'s training end "

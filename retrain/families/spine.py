@@ -74,6 +74,7 @@ class Champion:
             train_end=self.train_end,
             feature_names=tuple(getattr(self.model, "feature_names_", ())),
             categorical=tuple(getattr(self.model, "categories_", ())),
+            baseline=bool(getattr(self.model, "is_baseline", False)),
         )
 
 
@@ -183,6 +184,8 @@ def align_to_champion(
     """
     if not refitted or mode not in STATEFUL_MODES or champion is None:
         return prepared
+    if getattr(champion.model, "is_baseline", False):
+        return prepared  # a baseline champion: the run is a scratch run, no increment
     if champion.train_end is None:
         return prepared
     since = champion.train_end

@@ -228,3 +228,17 @@ def test_a_candidate_refused_by_a_baseline_champion_lets_the_fresh_baseline_refr
     assert not baseline_promotion(True, result, verdict, refresh=False).promote
     choice = baseline_promotion(True, result, verdict, refresh=True)
     assert choice.promote and "was refused" in choice.reason
+
+
+def test_an_incremental_run_after_a_baseline_champion_skips_as_a_scheduled_one_does():
+    from retrain.stateful import ChampionState, skip_reason
+
+    end = pd.Timestamp("2011-04-22")
+    model = ChampionState("4", 0, end, (), ())
+    baseline = ChampionState("4", 0, end, (), (), baseline=True)
+
+    # a refitted champion trained past the holdout's start: no increment to learn from
+    assert skip_reason("stateful", model, "dv-1", "dv-2", T1) is not None
+    # a baseline champion: the run recomputes from scratch, judged on the unseen rows
+    assert skip_reason("stateful", baseline, "dv-1", "dv-2", T1) is None
+    assert skip_reason("continual", baseline, "dv-2", "dv-2", T1) is not None  # no new data
