@@ -49,6 +49,13 @@ from registry.links import version_link
 from retrain.card import CardFacts, card_facts, decision_line, render_card, with_decision
 from retrain.config import ModelSpec
 from retrain.families import family_of
+from retrain.families.baseline import (
+    baseline_evaluated,
+    baseline_kind,
+    baseline_tags,
+    fresh_baseline,
+    write_baseline_evidence,
+)
 from retrain.families.lineage import Tag, lineage_tags, refit_tags
 from retrain.families.spine import (
     Champion,
@@ -66,9 +73,11 @@ from retrain.infra import InfraCheck, gate_with_infra, infra_wanted
 from retrain.ledger import Ledger, RunRecord, now
 from retrain.promotion import (
     Approval,
+    BaselinePromotion,
     PromotionDecision,
     approval_wait,
     automatic_approval,
+    baseline_promotion,
     decide,
     needs_operator,
     timed_out,
@@ -108,6 +117,8 @@ class RetrainOutcome:
     previous_champion: str | None
     features_computed: int
     features_cached: int
+    # gate.promote_baseline: the candidate that lost to the baseline registered as ``version``
+    refused_candidate: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": "promoted" if self.promoted else "rejected", **asdict(self)}
@@ -187,6 +198,21 @@ def refit_candidate(
 
 
 @task(cache_policy=NO_CACHE)
+def fit_baseline(spec: ModelSpec, prepared: Prepared, choice: BaselinePromotion) -> Trained:
+    """The fresh baseline (gate.promote_baseline): fitted on the data up to the as-of."""
+    fresh = fresh_baseline(spec, family_of(spec), prepared, choice.reason)
+    get_run_logger().info(
+        "%s: the %s baseline refitted on %s to %s (%d rows) is registered",
+        choice.reason,
+        baseline_kind(fresh.model),
+        fresh.window.start,
+        fresh.window.end,
+        fresh.rows,
+    )
+    return fresh
+
+
+@task(cache_policy=NO_CACHE)
 def backtest_candidate(
     spec: ModelSpec, trained: Trained, prepared: Prepared, champion: Champion | None
 ) -> Evaluated:
@@ -209,13 +235,21 @@ def register_candidate(
     champion: Champion | None,
     trigger_check: str | None = None,
     validated: Trained | None = None,
+    beaten: str | None = None,
 ) -> str:
+    """Log and register the candidate (or, with ``beaten``, the fresh baseline that beat
+    candidate version ``beaten``: gate.promote_baseline) as a new version."""
     result = evaluated.result
+    baseline = beaten is not None
     workdir = Path(tempfile.mkdtemp(prefix="candidate-", dir=_tmp_root(spec)))
     try:
         model_dir = trained.model.save(workdir / "trainer")
         family = family_of(spec)
-        evidence = family.write_evidence(workdir / "evidence", spec, prepared, trained, evaluated)
+        evidence = (
+            write_baseline_evidence(workdir / "evidence", spec, prepared, evaluated)
+            if baseline
+            else family.write_evidence(workdir / "evidence", spec, prepared, trained, evaluated)
+        )
         tags = lineage_tags(
             spec,
             mode,
@@ -228,6 +262,8 @@ def register_candidate(
         )
         if validated is not None:
             tags.update(refit_tags(validated))
+        if baseline:
+            tags.update(baseline_tags(trained.model, beaten))
         run_url = flow_run_url(_flow_run_id())
         if run_url:  # the way back from MLflow to the Prefect flow run
             tags[FLOW_RUN_URL_TAG] = run_url
@@ -254,17 +290,23 @@ def register_candidate(
             metrics[f"champion_{result.metric}"] = result.champion
             metrics["improvement"] = float(result.improvement or 0.0)
         metrics.update({f"label_{k}": v for k, v in trained.label_stats.items()})
+        description = (
+            f"{mode} retrain: the {baseline_kind(trained.model)} baseline, in place of "
+            f"candidate v{beaten} that lost to it ({reason})"
+            if baseline
+            else f"{mode} retrain ({trained.plan.strategy}): {reason}"
+        )
         record = CandidateRecord(
             model_dir=model_dir,
-            description=f"{mode} retrain ({trained.plan.strategy}): {reason}",
+            description=description,
             params=params,
             metrics=metrics,
             version_tags=tags,
             artifacts=evidence,
-            curves=family.curves(trained),
+            curves={} if baseline else family.curves(trained),
             run_name=run_name(spec.name, mode, _as_of_label(as_of)),
             sample=family.signature_sample(spec, prepared, trained),
-            family=spec.family,
+            family="baseline" if baseline else spec.family,
             predict_params=family.predict_params(spec),
             inputs=family.serving_inputs(spec),
         )
@@ -771,7 +813,6 @@ def _retrain(
             prepared.spec_hash,
             spec.config_hash(),
             force,
-            refit=spec.gate.refit and bool(prepared.holdout.partitions),
         )
         if skip is not None:
             return _skipped(ledger, spec, mode, run_id, skip)
@@ -862,7 +903,17 @@ def _retrain(
             approval=approval,
         )
         previous = apply_decision(registry, decision, actor)
-        _finish(ledger, run_id, decision, actor)
+        # the baseline is a model: the same decision as the simulator's (retrain.promotion)
+        choice = baseline_promotion(
+            spec.gate.promote_baseline,
+            result,
+            evaluated.baseline_result,
+            evaluated.baseline_refresh,
+        )
+        if not choice.promote and spec.gate.promote_baseline and not result.passed:
+            get_run_logger().info("baseline not promoted: %s", choice.reason)
+        if not choice.promote:
+            _finish(ledger, run_id, decision, actor)
         publish_card(
             spec,
             registry,
@@ -873,6 +924,83 @@ def _retrain(
                 decided_at=decided_at(),
             ),
         )
+        refused = version
+        if choice.promote:
+            announce(spec, decision, previous, evidence)  # the candidate's refusal
+            served = fit_baseline(spec, prepared, choice)
+            baseline_eval = baseline_evaluated(evaluated)
+            version = register_candidate(
+                spec,
+                registry,
+                mode,
+                reason,
+                actor,
+                cutoff,
+                prepared,
+                served,
+                baseline_eval,
+                champion,
+                trigger_check or None,
+                validated=validated if spec.gate.refit else None,
+                beaten=refused,
+            )
+            trained = served
+            result = gate_with_infra(
+                baseline_eval.result, validate_infra(spec, registry, version, prepared)
+            )
+            result = replace(result, reasons=(choice.reason, *result.reasons))
+            evaluated = replace(baseline_eval, result=result)
+            ledger.update_run(
+                run_id,
+                model_version=version,
+                data_version=served.window.version,
+                train_start=served.window.start,
+                train_end=served.window.end,
+                rows=served.rows,
+                metrics={**result.to_dict(), "refused_candidate": refused},
+            )
+            links = _links(spec, version)
+            evidence = {
+                **events.evidence(version, served, evaluated, run_id, links),
+                "refused_candidate": refused,
+            }
+            facts = card_facts(
+                spec, mode, reason, actor, version, prepared, served, evaluated, champion,
+                refit=spec.gate.refit, links=links,
+            )  # fmt: skip
+            publish_card(spec, registry, facts)
+            if result.passed and spec.live.required != "none":
+                why = f"{choice.reason}; awaiting the live {spec.live.required} test"
+                ledger.finish_run(run_id, "live", promoted=False, error=why)
+                return {
+                    "status": "live",
+                    "model": spec.name,
+                    "mode": mode,
+                    "run_id": run_id,
+                    "version": version,
+                    "refused_candidate": refused,
+                    "gate_passed": True,
+                    "promoted": False,
+                    "decision": why,
+                }
+            if needs_operator(result.passed, spec.gate.require_approval, auto_approve):
+                approval = wait_for_approval(spec, ledger, run_id, version, evaluated, evidence)
+            else:
+                approval = automatic_approval(actor) if result.passed else None
+            decision = decide(
+                version=version,
+                gate_passed=result.passed,
+                gate_reasons=result.reasons,
+                approval=approval,
+            )
+            decision = replace(decision, reason=f"{choice.reason}: {decision.reason}")
+            previous = apply_decision(registry, decision, actor)
+            _finish(ledger, run_id, decision, actor)
+            publish_card(
+                spec,
+                registry,
+                replace(facts, decision=decision_line(decision), approver=decision.approver),
+            )
     announce(spec, decision, previous, evidence)
     outcome = RetrainOutcome(
         model=spec.name,
@@ -891,5 +1019,6 @@ def _retrain(
         previous_champion=previous if decision.promote else None,
         features_computed=len(prepared.cache.computed),
         features_cached=len(prepared.cache.hits),
+        refused_candidate=refused if refused != version else None,
     )
     return outcome.to_dict()

@@ -47,6 +47,7 @@ from retrain import servable
 from retrain.audit import AliasDrift, alias_drift
 from retrain.config import StateSpec
 from retrain.errors import LedgerError
+from retrain.families.baseline import load_baseline
 from retrain.families.lineage import Lineage, Tag, same_training
 from retrain.ledger import AliasIntent, AliasMove, Ledger, now, owner_is_dead, process_owner
 from retrain.promotion import PromotionDecision
@@ -61,6 +62,8 @@ GATE_TAG, APPROVAL_TAG = str(Tag.GATE), str(Tag.APPROVAL)
 MODEL_CODE = {
     "lightgbm": Path(__file__).with_name("lightgbm_model_code.py"),
     "als": Path(__file__).with_name("als_model_code.py"),
+    # the trivial baselines of every family (gate.promote_baseline)
+    "baseline": Path(__file__).with_name("baseline_model_code.py"),
 }
 # the MLflow UI opens an experiment with this tag in its classic ML view, not the GenAI one
 EXPERIMENT_KIND, CLASSIC_ML = "mlflow.experimentKind", "custom_model_development"
@@ -96,6 +99,7 @@ class CandidateRecord:
 SERVED_PACKAGES = {
     "lightgbm": ("mlflow", "lightgbm", "numpy", "pandas"),
     "als": ("mlflow", "numpy", "pandas", "pyarrow", "scipy"),
+    "baseline": ("mlflow", "numpy", "pandas", "pyarrow", "scipy"),
 }
 # the name the bundled copy of retrain/servable.py is imported by inside a model
 SERVABLE_MODULE = "retrain_servable"
@@ -110,6 +114,8 @@ def _served_model(family: str, trainer_dir: Path, inputs: Path | None) -> Any:
     """The model as a served version loads it (the bundled code, in this process)."""
     if family == "als":
         return servable.RecommenderModel.load(trainer_dir, inputs)
+    if family == "baseline":
+        return servable.load_baseline(trainer_dir, inputs)
     return servable.TabularModel.load(trainer_dir, inputs)
 
 
@@ -196,7 +202,10 @@ def trainer_path(model_dir: Path) -> Path:
 
 
 def load_trainer(directory: Path) -> Any:
-    """The trainer (LightGBM or ALS) whose saved files are in ``directory``."""
+    """The trainer (LightGBM, ALS or a trivial baseline) whose saved files are in
+    ``directory``."""
+    if (directory / servable.BASELINE_FILE).exists():
+        return load_baseline(directory)
     if (directory / "als.json").exists():
         return ALSTrainer.load(directory)
     return LightGBMTrainer.load(directory)

@@ -225,6 +225,11 @@ class GateSpec(_Strict):
     # Bike Sharing and the drift stream, the tie rule did not pay for the bad candidates it
     # let through; docs/fresh-and-safe.md)
     prefer_fresh: bool = False
+    # the baseline is a model: when the candidate loses to the trivial baseline and the
+    # baseline also passes this gate against the champion on the same holdout (or there is no
+    # champion), a fresh baseline (fitted on the data up to the as-of with refit) is registered
+    # and promoted through the same approval, audit and invariant (retrain.promotion)
+    promote_baseline: bool = True
     # infra validation before promotion (registry/infra.py): the registered candidate served by
     # a real `mlflow models serve` in an environment holding only the model's requirements,
     # answering raw holdout rows over HTTP as it does in process. "deployments": the runs of a

@@ -12,7 +12,10 @@ comment=None, automatic=False, reason='gate failed: worse than champion')
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from retrain.backtest import BacktestResult
 
 
 @dataclass(frozen=True)
@@ -119,4 +122,79 @@ def timed_out(approval_timeout: str) -> Approval:
         approved=False,
         approver="timeout",
         comment=f"no answer within {approval_timeout}: rejected",
+    )
+
+
+@dataclass(frozen=True)
+class BaselinePromotion:
+    """Whether the family's trivial baseline is registered and promoted in place of a refused
+    candidate (``gate.promote_baseline``). The flow and the simulator both ask
+    :func:`baseline_promotion`; a promoted baseline still goes through approval, the
+    registry's invariant and the audit like any candidate."""
+
+    promote: bool
+    reason: str
+
+
+def lost_to_baseline(result: BacktestResult) -> bool:
+    """The candidate did not beat the trivial baseline on the holdout (or its metric is
+    undefined there)."""
+    cand, base = result.candidate, result.baseline
+    if cand != cand:  # NaN
+        return True
+    return not (cand > base if result.greater_is_better else cand < base)
+
+
+def baseline_promotion(
+    enabled: bool,
+    candidate: BacktestResult,
+    baseline: BacktestResult | None,
+    refresh: bool = False,
+) -> BaselinePromotion:
+    """Promote the baseline when the candidate lost to it and the baseline itself passed the
+    gate (``baseline``: the backtest with the baseline as the candidate, against the champion
+    on the same rows, the refused candidate as the bar to beat); with no champion, beating the
+    candidate is enough. Never when the flag is off or the candidate passed.
+
+    >>> from retrain.backtest import GateSettings, backtest
+    >>> import numpy as np, pandas as pd
+    >>> t = pd.Timestamp("2011-01-01")
+    >>> gate = GateSettings(metric="mae", task="regression", bootstrap_samples=10)
+    >>> lost = backtest(gate, y_holdout=np.array([1.0, 2.0]),
+    ...     candidate_pred=np.array([9.0, 9.0]), y_train=np.array([1.0, 2.0]),
+    ...     holdout_start=t, holdout_end=t)
+    >>> won = backtest(gate, y_holdout=np.array([1.0, 2.0]),
+    ...     candidate_pred=np.array([1.5, 1.5]), baseline_pred=np.array([9.0, 9.0]),
+    ...     y_train=np.array([1.0, 2.0]), holdout_start=t, holdout_end=t)
+    >>> baseline_promotion(True, lost, won).promote, baseline_promotion(False, lost, won).promote
+    (True, False)
+    """
+    if not enabled:
+        return BaselinePromotion(False, "gate.promote_baseline is off")
+    if candidate.passed:
+        return BaselinePromotion(False, "the candidate passed the gate")
+    if not lost_to_baseline(candidate) and not refresh:
+        return BaselinePromotion(
+            False, "the candidate beat the baseline but was refused: the champion stays"
+        )
+    if baseline is None:
+        return BaselinePromotion(False, "the baseline was not judged: the champion stays")
+    versus = (
+        f"the baseline passes the gate against champion v{baseline.champion_version} "
+        f"({baseline.candidate:.4f} vs {baseline.champion:.4f})"
+        if baseline.champion is not None
+        else "there is no champion"
+    )
+    if not baseline.passed:
+        return BaselinePromotion(
+            False,
+            "candidate lost to the baseline, but the baseline does not pass the gate either ("
+            + "; ".join(baseline.reasons)
+            + "): the champion stays",
+        )
+    lost = "lost to" if lost_to_baseline(candidate) else "was refused; it beat"
+    return BaselinePromotion(
+        True,
+        f"candidate {lost} the baseline ({candidate.candidate:.4f} vs "
+        f"{candidate.baseline:.4f} {candidate.metric}) and {versus}; baseline promoted",
     )

@@ -11,6 +11,11 @@ did: ``retrain.ingest.parse_timestamps`` (event time), ``retrain.features.comput
 (numeric, categorical and derived features), the LightGBM trainer's ``encode`` (the frozen
 categories) and the ALS trainer's ``recommend`` (top-k with the popularity fallback).
 
+The trivial baselines are served models too (``retrain.families.baseline``): a tabular
+baseline answers every row with its one value (:class:`ConstantModel`), a ranking baseline
+the most popular items the user has not seen (:class:`PopularityModel`, the same
+:func:`recommend_popular` the backtest scores it with). :func:`load_baseline` reads either.
+
 Raw inputs
     A LightGBM model takes the source's own columns with the source's own types: the timestamp
     column (and ``hours_from``) when it has derived features, then the numeric and categorical
@@ -587,3 +592,143 @@ class RecommenderModel:
     def predict(self, model_input: Any, k: int = 10) -> pd.DataFrame:
         users = query_keys(self.factors.user_index, self.inputs.users(model_input))
         return recommend(self.factors, users, k=k)
+
+
+# -- trivial baselines ------------------------------------------------------------------------
+# The file a saved baseline keeps its kind and parameters in (next to its arrays).
+BASELINE_FILE = "baseline.json"
+
+
+class ConstantModel:
+    """A tabular baseline: the training window's mean, majority class or positive rate,
+    the same value for every row. It still checks that rows carry the model's raw columns,
+    so a client that sends the wrong table is told, as a booster would tell it."""
+
+    def __init__(self, value: float, inputs: TabularInputs | None = None) -> None:
+        self.value = float(value)
+        self.inputs = inputs
+
+    @classmethod
+    def load(cls, directory: str | Path, inputs: str | Path | None = None) -> ConstantModel:
+        meta = _baseline_meta(directory, "constant")
+        read = read_inputs(inputs)
+        if read is not None and not isinstance(read, TabularInputs):
+            raise ServableError(f"{inputs} describes a recommender's inputs, not a table's")
+        return cls(float(meta["value"]), read)
+
+    def predict(self, model_input: Any) -> np.ndarray:
+        if self.inputs is not None:
+            model_input = require_columns(model_input, self.inputs.columns)
+        return np.full(len(model_input), self.value, dtype="float64")
+
+
+def recommend_popular(
+    item_index: np.ndarray,
+    user_index: np.ndarray,
+    ranking: np.ndarray,
+    scores: np.ndarray,
+    seen: Any,
+    user_ids: Iterable[Any],
+    k: int = 10,
+    filter_seen: bool = True,
+    source: str = "popularity",
+) -> pd.DataFrame:
+    """Top-k of ``ranking`` (item rows, most popular first, with their ``scores``) for each
+    user; a known user's ``seen`` items (a users x items CSR matrix) are left out."""
+    k = check_k(k)
+    users = query_ids(user_ids)
+    if users.size == 0:
+        return empty_recommendations()
+    rows = lookup(user_index, coerce_ids(user_index, users))
+    parts = []
+    for start in range(0, users.size, BATCH):
+        part_users, part_rows = users[start : start + BATCH], rows[start : start + BATCH]
+        known = part_rows >= 0
+        width = k
+        if filter_seen and known.any():
+            # at most (items seen) of the k + seen most popular items can be filtered
+            width = k + int(seen.getnnz(axis=1)[part_rows[known]].max())
+        width = min(width, ranking.size)
+        head = ranking[:width]
+        items = np.broadcast_to(head, (part_users.size, width))
+        best = np.broadcast_to(scores[:width], (part_users.size, width)).copy()
+        if filter_seen and known.any():
+            position = np.full(item_index.size, -1, dtype="int64")
+            position[head] = np.arange(width)
+            hits = seen[part_rows[known]].tocoo()
+            pos = position[hits.col]
+            hit = pos >= 0
+            best[np.flatnonzero(known)[hits.row[hit]], pos[hit]] = -np.inf
+            # unseen items first, in popularity order
+            order = np.argsort(~np.isfinite(best), axis=1, kind="stable")[:, :k]
+            items = np.take_along_axis(items, order, axis=1)
+            best = np.take_along_axis(best, order, axis=1)
+        else:
+            items, best = items[:, :k], best[:, :k]
+        parts.append(recommendation_frame(part_users, item_index[items], best, source))
+    return pd.concat(parts, ignore_index=True)
+
+
+class PopularityModel:
+    """A ranking baseline: the most popular items of the recent past of training, the items a
+    known user has already seen left out (``source`` = "popularity")."""
+
+    def __init__(
+        self,
+        item_index: np.ndarray,
+        user_index: np.ndarray,
+        ranking: np.ndarray,
+        scores: np.ndarray,
+        seen: Any,
+        inputs: QueryInputs | None = None,
+    ) -> None:
+        self.item_index, self.user_index = item_index, user_index
+        self.ranking, self.scores, self.seen = ranking, scores, seen
+        self.inputs = inputs or QueryInputs()
+
+    @classmethod
+    def load(cls, directory: str | Path, inputs: str | Path | None = None) -> PopularityModel:
+        import scipy.sparse as sp
+
+        directory = Path(directory)
+        _baseline_meta(directory, "popularity")
+        read = read_inputs(inputs)
+        if read is not None and not isinstance(read, QueryInputs):
+            raise ServableError(f"{inputs} describes a table's inputs, not a recommender's")
+        return cls(
+            _ids(pd.read_parquet(directory / "item_index.parquet")["item"]),
+            _ids(pd.read_parquet(directory / "user_index.parquet")["user"]),
+            np.load(directory / "ranking.npy", allow_pickle=False),
+            np.load(directory / "scores.npy", allow_pickle=False),
+            sp.csr_matrix(sp.load_npz(directory / "seen.npz")),
+            read,
+        )
+
+    def predict(self, model_input: Any, k: int = 10) -> pd.DataFrame:
+        users = query_keys(self.user_index, self.inputs.users(model_input))
+        return recommend_popular(
+            self.item_index, self.user_index, self.ranking, self.scores, self.seen, users, k
+        )
+
+
+def _baseline_meta(directory: str | Path, kind: str) -> dict[str, Any]:
+    path = Path(directory) / BASELINE_FILE
+    if not path.exists():
+        raise ServableError(f"{directory} holds no saved baseline ({BASELINE_FILE} is missing)")
+    meta: dict[str, Any] = json.loads(path.read_text())
+    if meta.get("kind") != kind:
+        raise ServableError(f"{path} holds a {meta.get('kind')!r} baseline, not a {kind!r} one")
+    return meta
+
+
+def load_baseline(
+    directory: str | Path, inputs: str | Path | None = None
+) -> ConstantModel | PopularityModel:
+    """The saved baseline in ``directory``, whichever kind it is."""
+    path = Path(directory) / BASELINE_FILE
+    if not path.exists():
+        raise ServableError(f"{directory} holds no saved baseline ({BASELINE_FILE} is missing)")
+    kind = json.loads(path.read_text()).get("kind")
+    if kind == "popularity":
+        return PopularityModel.load(directory, inputs)
+    return ConstantModel.load(directory, inputs)

@@ -40,6 +40,9 @@ class ChampionState:
     feature_names: tuple[str, ...]
     categorical: tuple[str, ...]
     classes: tuple[str, ...] = ()  # a multiclass champion's classes (codes 0, 1, ...)
+    # a trivial baseline (gate.promote_baseline): nothing continues from it, so an incremental
+    # run after it is a scratch run and skips as a scheduled one does
+    baseline: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,7 @@ def skip_reason(
     """
     if mode == "manual" or champion is None:
         return None
-    if mode in STATEFUL_MODES:
+    if mode in STATEFUL_MODES and not champion.baseline:
         if champion.train_end is not None and champion.train_end >= holdout_start:
             return (
                 f"no partition arrived after champion v{champion.version}'s training end "
@@ -164,13 +167,13 @@ def unchanged_reason(
     feature_spec_hash: str,
     config_hash: str,
     force: bool = False,
-    refit: bool = False,
 ) -> str | None:
     """Why a retrain would only repeat the champion (None: go ahead): its training window's
     data version and its spec (feature spec and config hashes) are the champion's, so the new
     version would be the same model and its promotion would only push the last different
-    champion out of ``previous``. ``force`` retrains anyway, and so does ``refit`` (``gate.refit``
-    with a holdout that holds partitions: the served fit learns them, so it is a new model).
+    champion out of ``previous``. ``force`` retrains anyway. With ``gate.refit`` the data
+    versions compared are the validated fits' (``retrain.validated.data_version``): the same
+    validated window means the same as-of, so the served refit would be the same model too.
 
     >>> tags = {Tag.DATA_VERSION: "dv-1", Tag.FEATURE_SPEC_HASH: "f" * 16,
     ...         Tag.CONFIG_HASH: "c" * 16}
@@ -182,10 +185,8 @@ def unchanged_reason(
     True
     >>> unchanged_reason("3", tags, "dv-1", "f" * 64, "c" * 64, force=True) is None
     True
-    >>> unchanged_reason("3", tags, "dv-1", "f" * 64, "c" * 64, refit=True) is None
-    True
     """
-    if force or refit or champion_version is None:
+    if force or champion_version is None:
         return None
     candidate = {
         str(Tag.DATA_VERSION): train_data_version,

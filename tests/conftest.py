@@ -106,6 +106,10 @@ def spec_dict(source_path: Path, state_dir: Path, **overrides: Any) -> dict[str,
             "bootstrap_samples": 200,
             "require_approval": False,
             "refit": False,
+            # the suites written before gate.promote_baseline keep a refused candidate refused;
+            # the baseline's promotion is pinned in tests/retrain/test_baseline_promotion.py
+            # and tests/flows/test_baseline_flow.py
+            "promote_baseline": False,
             "infra_validation": "never",
         },
         "lightgbm": {"num_boost_round": 20, "params": {"num_leaves": 15}},
@@ -211,6 +215,7 @@ def als_spec_dict(source_path: Path, state_dir: Path, **overrides: Any) -> dict[
             "require_approval": False,
             "tolerance": 0.05,
             "refit": False,  # as in spec_dict: the refit is pinned in its own tests
+            "promote_baseline": False,  # as in spec_dict
             "infra_validation": "never",  # as in spec_dict
         },
         "state": {"dir": str(state_dir)},

@@ -39,7 +39,7 @@ from retrain import servable
 from retrain.backtest import GateSettings, backtest
 from retrain.config import ModelSpec
 from retrain.errors import BacktestError, SchemaChangeError, TrainingError
-from retrain.families.baseline import popularity
+from retrain.families.baseline import baseline_verdict, is_baseline, popularity
 from retrain.families.protocol import Family
 from retrain.families.spine import (
     Champion,
@@ -56,6 +56,7 @@ from retrain.families.spine import (
 from retrain.features import FeatureCache, Window, make_window
 from retrain.freshness import last_row
 from retrain.ingest import TS
+from retrain.promotion import lost_to_baseline
 from retrain.ranking import (
     RankingBacktest,
     evaluate_ranking,
@@ -140,6 +141,11 @@ def plan(mode: str, spec: ModelSpec, champion: Champion | None) -> TrainingPlan:
         return scratch(f"{mode} mode recomputes from scratch")
     if champion is None:
         return scratch("no champion to fold in to: first model of the lineage")
+    if is_baseline(champion.model):
+        return scratch(
+            f"champion v{champion.version} is the popularity baseline: nothing to fold in to, "
+            "full recompute instead"
+        )
     model = champion.model
     wanted = make_trainer(spec)
     changed = [
@@ -376,10 +382,10 @@ def evaluate(
     candidate = _window_scores(spec.metric, recs["candidate"], rels, als.k)
     base = _window_scores(spec.metric, recs["popularity"], rels, als.k)
     champ = None if champion is None else _window_scores(spec.metric, recs["champion"], rels, als.k)
-    result = backtest(
-        GateSettings.from_spec(spec),
+    gate = spec.gate
+    settings = GateSettings.from_spec(spec)
+    judged: dict[str, Any] = dict(
         y_holdout=np.zeros(candidate.size),
-        candidate_pred=candidate,
         y_train=np.empty(0),
         holdout_start=holdout.start,
         holdout_end=holdout.end,
@@ -388,13 +394,25 @@ def evaluate(
         champion_train_end=champion.train_end if champion else None,
         window_ids=row_window,
         window_bounds=bounds,
-        baseline_pred=base,
     )
+    result = backtest(settings, candidate_pred=candidate, baseline_pred=base, **judged)
+    verdict = None
+    refresh = champion is not None and is_baseline(champion.model)
+    if gate.promote_baseline and not result.passed and (lost_to_baseline(result) or refresh):
+        verdict = baseline_verdict(settings, candidate, base, refresh, **judged)
     if note:
         result = replace(result, reasons=(*result.reasons, note))
     starts = pd.Series([bounds[i][0] for i in row_window], dtype="datetime64[ns]")
     return RankingEvaluated(
-        result, starts, np.zeros(candidate.size), candidate, base, champ, ranking=ranking
+        result,
+        starts,
+        np.zeros(candidate.size),
+        candidate,
+        base,
+        champ,
+        verdict,
+        refresh,
+        ranking=ranking,
     )
 
 

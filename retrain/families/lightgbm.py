@@ -23,7 +23,7 @@ from retrain import servable
 from retrain.backtest import GateSettings, backtest, baseline_predictions, score
 from retrain.config import ModelSpec
 from retrain.errors import BacktestError, DataError, NoTreesAddedError, TrainingError
-from retrain.families.baseline import BaselineModel
+from retrain.families.baseline import BaselineModel, baseline_verdict, is_baseline
 from retrain.families.lineage import Lineage
 from retrain.families.protocol import Family
 from retrain.families.spine import (
@@ -41,7 +41,8 @@ from retrain.families.spine import (
 from retrain.features import FeatureCache, Window, make_window
 from retrain.freshness import last_row
 from retrain.ingest import TS, ingest
-from retrain.stateful import TrainingPlan, plan_training, scratch
+from retrain.promotion import lost_to_baseline
+from retrain.stateful import STATEFUL_MODES, TrainingPlan, plan_training, scratch
 from retrain.trainers import LightGBMTrainer
 
 logger = logging.getLogger(__name__)
@@ -189,10 +190,10 @@ def evaluate(
     candidate = trained.model.predict(X)
     champion_pred = champion.model.predict(X) if champion is not None else None
     bounds, window_ids = split_windows(holdout, spec.gate.backtest_windows, frame[TS])
-    result = backtest(
-        GateSettings.from_spec(spec),
+    gate = spec.gate
+    settings = GateSettings.from_spec(spec)
+    judged: dict[str, Any] = dict(
         y_holdout=y,
-        candidate_pred=candidate,
         y_train=trained.y_train,
         holdout_start=holdout.start,
         holdout_end=holdout.end,
@@ -201,14 +202,21 @@ def evaluate(
         champion_train_end=champion.train_end if champion else None,
         window_ids=window_ids,
         window_bounds=bounds,
-        slices={col: frame[col].to_numpy() for col in spec.gate.slices},
+        slices={col: frame[col].to_numpy() for col in gate.slices},
     )
-    if note:
-        result = replace(result, reasons=(*result.reasons, note))
+    result = backtest(settings, candidate_pred=candidate, **judged)
     baseline = baseline_predictions(
         spec.task, trained.y_train, len(y), spec.metric, len(spec.class_labels)
     )
-    return Evaluated(result, frame[TS], y, candidate, baseline, champion_pred)
+    verdict = None
+    refresh = champion is not None and is_baseline(champion.model)
+    # a multiclass baseline is scored but not registered (docs/fresh-and-safe.md)
+    promotes = gate.promote_baseline and spec.task != "multiclass"
+    if promotes and not result.passed and (lost_to_baseline(result) or refresh):
+        verdict = baseline_verdict(settings, candidate, baseline, refresh, **judged)
+    if note:
+        result = replace(result, reasons=(*result.reasons, note))
+    return Evaluated(result, frame[TS], y, candidate, baseline, champion_pred, verdict, refresh)
 
 
 def _predictions(evaluated: Evaluated) -> dict[str, Any]:
@@ -293,6 +301,11 @@ def rebuild(spec: ModelSpec, tags: Mapping[str, str], registered: Any, parent: A
     from the registered model itself. Equal ``model_string()`` = byte-identical model.
     """
     lineage = Lineage(tags)
+    if lineage.is_baseline or is_baseline(registered):
+        raise TrainingError(
+            "this version is the trivial baseline (retrain.kind = baseline): there is no "
+            "booster to rebuild; its value is in the version's baseline.json"
+        )
     expected, start, end = lineage.data_version, lineage.window_start, lineage.window_end
     if not (expected and start is not None and end is not None):
         raise DataError("the version has no retrain.data_version/window tags: cannot rebuild it")
@@ -351,7 +364,13 @@ def serving_inputs(spec: ModelSpec) -> servable.TabularInputs:
 
 
 def plan(mode: str, spec: ModelSpec, champion: Champion | None) -> TrainingPlan:
-    """Scratch, warm start or refit (the stateful planner, ``stateful.plan_training``)."""
+    """Scratch, warm start or refit (the stateful planner, ``stateful.plan_training``); from
+    scratch after a baseline champion (nothing to continue boosting from)."""
+    if champion is not None and is_baseline(champion.model) and mode in STATEFUL_MODES:
+        return scratch(
+            f"champion v{champion.version} is the trivial baseline: nothing to warm-start "
+            "from, full retrain instead"
+        )
     return plan_training(
         mode,
         spec.stateful,

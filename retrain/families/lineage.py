@@ -56,6 +56,11 @@ class Tag(StrEnum):
     DATA_END = "retrain.data_end"  # the last training row (retrain.freshness)
     REFIT = "retrain.refit"  # "true": the served fit is the validated recipe refitted
     GATE = "retrain.gate"
+    # "baseline": the version is the family's trivial baseline (gate.promote_baseline); its
+    # kind (mean, majority, positive_rate, popularity) and the candidate it beat
+    KIND = "retrain.kind"
+    BASELINE = "retrain.baseline"
+    BEATEN_CANDIDATE = "retrain.baseline.beaten_candidate"
     TRIGGER_CHECK = "retrain.trigger_check"
     # written by the registry when a promotion is decided
     APPROVAL = "retrain.approval"
@@ -120,6 +125,11 @@ class Lineage:
     @property
     def data_version(self) -> str | None:
         return self.get(Tag.DATA_VERSION) or None
+
+    @property
+    def is_baseline(self) -> bool:
+        """The version is a trivial baseline (``retrain.kind = baseline``)."""
+        return self.get(Tag.KIND) == "baseline"
 
     @property
     def data_versions(self) -> tuple[str, ...]:

@@ -75,6 +75,7 @@ class Champion:
             feature_names=tuple(getattr(self.model, "feature_names_", ())),
             categorical=tuple(getattr(self.model, "categories_", ())),
             classes=tuple(label_text(c) for c in getattr(self.model, "classes_", ())),
+            baseline=bool(getattr(self.model, "is_baseline", False)),
         )
 
 
@@ -100,6 +101,11 @@ class Evaluated:
     candidate: np.ndarray = field(repr=False)
     baseline: np.ndarray = field(repr=False)
     champion: np.ndarray | None = field(repr=False, default=None)
+    # the gate's verdict on the baseline as a candidate (gate.promote_baseline, when the
+    # candidate lost to it: retrain.families.baseline.baseline_verdict); None otherwise
+    baseline_result: BacktestResult | None = None
+    # the champion is itself a trivial baseline: the fresh one may refresh it
+    baseline_refresh: bool = False
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,8 @@ def align_to_champion(
     """
     if not refitted or mode not in STATEFUL_MODES or champion is None:
         return prepared
+    if getattr(champion.model, "is_baseline", False):
+        return prepared  # a baseline champion: the run is a scratch run, no increment
     if champion.train_end is None:
         return prepared
     since = champion.train_end

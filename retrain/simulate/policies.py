@@ -50,8 +50,10 @@ class SimChampion:
 
     def as_champion(self) -> Champion | None:
         """The champion as the family steps take it (the registry's view of it); None for the
-        trivial baseline, which no increment continues from."""
-        if self.strategy == "baseline":
+        trivial baseline that serves while no model passed the gate (version 0: production has
+        no champion then). A promoted baseline (gate.promote_baseline) is a champion like any
+        other: the next candidate is judged against it, and trained from scratch."""
+        if self.strategy == "baseline" and self.version == 0:
             return None
         return Champion(
             version=str(self.version),

@@ -8,8 +8,11 @@ of :func:`retrain.features.plan_windows`, the family's ``plan``, ``fit_candidate
 ``stateful.compare_with_scratch`` fallback and the straddling-partition rule of
 :func:`retrain.families.spine.increment_window`) and ``evaluate`` (the backtest gate), and
 :func:`retrain.promotion.decide`. Promotions are approved automatically (there is no operator in
-a replay) and nothing is registered. When no first model passes the gate, the family's trivial
-baseline serves (version 0) until one does.
+a replay) and nothing is registered. A candidate that lost to the trivial baseline is followed
+by a fresh baseline as the next version when :func:`retrain.promotion.baseline_promotion` says
+so (``gate.promote_baseline``: the flow's own decision, on the family's ``baseline_verdict``).
+When no first model passes and the baseline is not promoted, the family's trivial baseline
+serves (version 0) until a model does.
 
 A refused or failed step (a ``RetrainError`` of the family's steps, e.g. a warm increment that
 adds no trees without ``compare_with_scratch``) is recorded as production records it: the
@@ -51,11 +54,12 @@ from retrain.errors import (
     SimulationError,
 )
 from retrain.families import family_of
+from retrain.families.baseline import fresh_baseline
 from retrain.families.spine import Prepared, Scored, align_to_champion
 from retrain.features import MaterializeResult, Window, in_memory, plan_windows
 from retrain.freshness import last_row
 from retrain.ingest import TS, IngestResult
-from retrain.promotion import automatic_approval, decide
+from retrain.promotion import BaselinePromotion, automatic_approval, baseline_promotion, decide
 from retrain.simulate.history import History, ReplayData, first_step, load_replay
 from retrain.simulate.policies import (
     Decision,
@@ -273,6 +277,9 @@ class Simulation:
 
 
 class _Timer:
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+
     def __enter__(self) -> _Timer:
         self._wall, self._cpu = time.perf_counter(), time.process_time()
         return self
@@ -406,11 +413,11 @@ class _Replayer:
             step = "fit"
             with _step(name, step, at, (RetrainError,)), _Timer() as fit_time:
                 if plan.strategy == "baseline":
-                    frame = history.frame(train.start, train.end)
-                    window, rows = train, len(frame)
-                    model = family.baseline(spec, frame)
-                    data_versions: tuple[str, ...] = (train.version,)
-                    data_end = last_row(frame[TS])
+                    # the baseline policy: the same fresh baseline a promotion registers
+                    fresh = fresh_baseline(spec, family, prepared, decision.reason)
+                    window, rows, model = fresh.window, fresh.rows, fresh.model
+                    data_versions: tuple[str, ...] = fresh.data_versions
+                    data_end = fresh.data_end
                 else:
                     trained = family.fit_candidate(spec, prepared, plan, champion)
                     plan, window, rows, model = (
@@ -421,17 +428,42 @@ class _Replayer:
                     )
                     data_versions, data_end = trained.data_versions, trained.data_end
             step = "gate"
+            choice: BaselinePromotion | None = None
             with _step(name, step, at, (RetrainError,)), _Timer() as gate_time:
                 if plan.strategy == "baseline":
                     passed, verdict, value = True, "the baseline is refitted without a gate", None
                 else:
                     try:
-                        result = family.evaluate(spec, trained, holdout, champion).result
+                        evaluated = family.evaluate(spec, trained, holdout, champion)
                     except BacktestError as exc:  # a refitted champion past the whole holdout
                         self._not_trained(at, "skipped", str(exc))
                         return
+                    result = evaluated.result
                     passed, verdict = result.passed, "; ".join(result.reasons)
                     value = result.candidate
+                    # the baseline is a model: the flow's decision, through the same function
+                    choice = baseline_promotion(
+                        spec.gate.promote_baseline,
+                        result,
+                        evaluated.baseline_result,
+                        evaluated.baseline_refresh,
+                    )
+            if choice is not None and choice.promote and evaluated.baseline_result is not None:
+                # the refused candidate is a version of its own, as the flow registers it;
+                # the fresh baseline is the next one, promoted
+                step = "baseline"
+                with _step(name, step, at, (RetrainError,)), _Timer() as baseline_time:
+                    fresh = fresh_baseline(spec, family, prepared, choice.reason)
+                self._record(
+                    history, decision, plan, model, window, data_versions, data_end, rows,
+                    fit_time, gate_time, False, verdict, value,
+                )  # fmt: skip
+                plan = fresh.plan
+                window, rows, model = fresh.window, fresh.rows, fresh.model
+                data_versions, data_end = fresh.data_versions, fresh.data_end
+                passed, verdict = True, choice.reason
+                value = evaluated.baseline_result.candidate
+                fit_time, gate_time = baseline_time, _Timer()
             if passed and spec.gate.refit and plan.strategy != "baseline":
                 # learn up to now: the validated recipe fitted again through the holdout, as
                 # the flow registers it (its time counts as fit time)
@@ -505,8 +537,6 @@ class _Replayer:
                 reason=(
                     f"{decision.reason} -> {plan.reason}"
                     if decision.mode == "continual"
-                    else decision.reason
-                    if plan.strategy == "baseline"
                     else plan.reason
                 ),
                 data_start=window.start,

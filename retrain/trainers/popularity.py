@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from retrain import servable
 from retrain.errors import NotFittedError
 from retrain.trainers.interactions import (
     check_interactions,
@@ -16,13 +19,9 @@ from retrain.trainers.interactions import (
     check_min_rating,
     check_positives,
     check_window,
-    coerce_ids,
-    empty_recommendations,
     lookup,
     popularity_ranking,
     positive_mask,
-    query_ids,
-    recommendation_frame,
     sorted_unique,
     sparse_matrix,
 )
@@ -79,48 +78,62 @@ class PopularityRecommender:
         )  # fmt: skip
         return self
 
-    def recommend(
-        self, user_ids: Iterable[Any], k: int = 10, filter_seen: bool = True
-    ) -> pd.DataFrame:
-        """Top-k popular items per user (``source`` = "popularity"); seen items filtered."""
+    # a trivial baseline: no increment continues from it (retrain.families.baseline)
+    is_baseline = True
+
+    @property
+    def popularity_window(self) -> str | pd.Timedelta:
+        """The window the popularity is counted over (the name an ALS model uses)."""
+        return self.window
+
+    def non_default_params(self) -> dict[str, Any]:
+        return {"baseline": "popularity", "window": str(self.window), "min_rating": self.min_rating}
+
+    def _check_fitted(self) -> None:
         if not hasattr(self, "ranking_"):
             raise NotFittedError(
                 "this PopularityRecommender is not fitted yet: call fit(interactions) first"
             )
-        k = check_k(k)
-        users = query_ids(user_ids)
-        if users.size == 0:
-            return empty_recommendations()
-        rows = lookup(self.user_index_, coerce_ids(self.user_index_, users))
-        parts = [
-            self._recommend_rows(users[i : i + BATCH], rows[i : i + BATCH], k, filter_seen)
-            for i in range(0, users.size, BATCH)
-        ]
-        return pd.concat(parts, ignore_index=True)
 
-    def _recommend_rows(
-        self, users: np.ndarray, rows: np.ndarray, k: int, filter_seen: bool
+    def recommend(
+        self, user_ids: Iterable[Any], k: int = 10, filter_seen: bool = True
     ) -> pd.DataFrame:
-        known = rows >= 0
-        width = k
-        if filter_seen and known.any():
-            # at most (items seen) of the k + seen most popular items can be filtered
-            width = k + int(self.seen_.getnnz(axis=1)[rows[known]].max())
-        width = min(width, self.ranking_.size)
-        head = self.ranking_[:width]
-        items = np.broadcast_to(head, (users.size, width))
-        scores = np.broadcast_to(self.scores_[:width], (users.size, width)).copy()
-        if filter_seen and known.any():
-            position = np.full(self.item_index_.size, -1, dtype="int64")
-            position[head] = np.arange(width)
-            seen = self.seen_[rows[known]].tocoo()
-            pos = position[seen.col]
-            hit = pos >= 0
-            scores[np.flatnonzero(known)[seen.row[hit]], pos[hit]] = -np.inf
-            # unseen items first, in popularity order
-            order = np.argsort(~np.isfinite(scores), axis=1, kind="stable")[:, :k]
-            items = np.take_along_axis(items, order, axis=1)
-            scores = np.take_along_axis(scores, order, axis=1)
-        else:
-            items, scores = items[:, :k], scores[:, :k]
-        return recommendation_frame(users, self.item_index_[items], scores, SOURCE)
+        """Top-k popular items per user (``source`` = "popularity"); seen items filtered.
+        The served model answers with the same function (``servable.recommend_popular``)."""
+        self._check_fitted()
+        k = check_k(k)
+        return servable.recommend_popular(
+            self.item_index_, self.user_index_, self.ranking_, self.scores_, self.seen_,
+            user_ids, k, filter_seen, SOURCE,
+        )  # fmt: skip
+
+    def save(self, directory: Path | str) -> Path:
+        """Id maps (parquet), ranking and scores (.npy), seen items (.npz), parameters (JSON):
+        what ``servable.PopularityModel`` serves."""
+        self._check_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"item": self.item_index_}).to_parquet(directory / "item_index.parquet")
+        pd.DataFrame({"user": self.user_index_}).to_parquet(directory / "user_index.parquet")
+        np.save(directory / "ranking.npy", self.ranking_, allow_pickle=False)
+        np.save(directory / "scores.npy", self.scores_, allow_pickle=False)
+        sp.save_npz(directory / "seen.npz", self.seen_)
+        meta = {
+            "kind": "popularity",
+            "window": str(pd.Timedelta(check_window(self.window))),
+            "min_rating": self.min_rating,
+            "train_end": self.train_end_.isoformat(),
+        }
+        (directory / servable.BASELINE_FILE).write_text(json.dumps(meta, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path | str) -> PopularityRecommender:
+        served = servable.PopularityModel.load(directory)
+        meta = json.loads((Path(directory) / servable.BASELINE_FILE).read_text())
+        model = cls(pd.Timedelta(meta["window"]), meta["min_rating"])
+        model.item_index_, model.user_index_ = served.item_index, served.user_index
+        model.ranking_, model.scores_ = served.ranking, served.scores
+        model.seen_ = sp.csr_matrix(served.seen)
+        model.train_end_ = pd.Timestamp(meta["train_end"])
+        return model

@@ -68,3 +68,20 @@ def test_the_doctests_of_the_stateful_policy_hold(module):
     result = doctest.testmod(module, verbose=False)
 
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_rerun_at_the_same_as_of_with_refit_repeats_the_champion_and_is_skipped():
+    """With gate.refit the champion's DATA_VERSION is its served fit's window; the rerun's
+    validated window is the champion's validated one (same as-of): the same model, skipped.
+    The next cadence's validated window is the champion's served one: new rows, no skip."""
+    from retrain.families.lineage import Tag
+
+    tags = {
+        Tag.DATA_VERSION: "dv-served",
+        Tag.VALIDATED_DATA_VERSION: "dv-validated",
+        Tag.FEATURE_SPEC_HASH: "f" * 16,
+        Tag.CONFIG_HASH: "c" * 16,
+    }
+    reason = stateful.unchanged_reason("3", tags, "dv-validated", "f" * 64, "c" * 64)
+    assert reason is not None and "it would be the same model" in reason
+    assert stateful.unchanged_reason("3", tags, "dv-served", "f" * 64, "c" * 64) is None
