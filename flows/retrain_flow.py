@@ -731,6 +731,31 @@ def _skipped(ledger: Ledger, spec: ModelSpec, mode: Mode, run_id: int, why: str)
     }
 
 
+def _awaiting_live(
+    ledger: Ledger,
+    spec: ModelSpec,
+    mode: Mode,
+    run_id: int,
+    version: str,
+    why: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Record a run whose version passed the backtest gate and waits for the live test (the
+    online evaluation, flows/live_flow.py, decides), and say so."""
+    ledger.finish_run(run_id, "live", promoted=False, error=why)
+    return {
+        "status": "live",
+        "model": spec.name,
+        "mode": mode,
+        "run_id": run_id,
+        "version": version,
+        **extra,
+        "gate_passed": True,
+        "promoted": False,
+        "decision": why,
+    }
+
+
 def make_registry(spec: ModelSpec, ledger: Ledger) -> ModelRegistry:
     return ModelRegistry.for_spec(spec.state, spec.name, ledger)
 
@@ -877,17 +902,7 @@ def _retrain(
             # backtest gate -> challenger -> live test -> champion: the online evaluation
             # (flows/live_flow.py) decides, with the same invariant, approval and audit
             why = f"backtest gate passed; awaiting the live {spec.live.required} test"
-            ledger.finish_run(run_id, "live", promoted=False, error=why)
-            return {
-                "status": "live",
-                "model": spec.name,
-                "mode": mode,
-                "run_id": run_id,
-                "version": version,
-                "gate_passed": True,
-                "promoted": False,
-                "decision": why,
-            }
+            return _awaiting_live(ledger, spec, mode, run_id, version, why)
         if needs_operator(result.passed, spec.gate.require_approval, auto_approve):
             approval: Approval | None = wait_for_approval(
                 spec, ledger, run_id, version, evaluated, evidence
@@ -971,18 +986,9 @@ def _retrain(
             publish_card(spec, registry, facts)
             if result.passed and spec.live.required != "none":
                 why = f"{choice.reason}; awaiting the live {spec.live.required} test"
-                ledger.finish_run(run_id, "live", promoted=False, error=why)
-                return {
-                    "status": "live",
-                    "model": spec.name,
-                    "mode": mode,
-                    "run_id": run_id,
-                    "version": version,
-                    "refused_candidate": refused,
-                    "gate_passed": True,
-                    "promoted": False,
-                    "decision": why,
-                }
+                return _awaiting_live(
+                    ledger, spec, mode, run_id, version, why, refused_candidate=refused
+                )
             if needs_operator(result.passed, spec.gate.require_approval, auto_approve):
                 approval = wait_for_approval(spec, ledger, run_id, version, evaluated, evidence)
             else:

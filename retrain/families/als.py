@@ -47,6 +47,7 @@ from retrain.families.spine import (
     Prepared,
     Scored,
     Trained,
+    evidence_tables,
     increment_window,
     judged_holdout,
     serving_prepared,
@@ -420,16 +421,8 @@ def write_evidence(
     directory: Path, spec: ModelSpec, prepared: Prepared, trained: Trained, evaluated: Evaluated
 ) -> dict[str, Path]:
     """Plot, tables and row samples of one ALS retrain, written to ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Path] = {}
-    for name, window in (("train_sample", prepared.train), ("holdout_sample", prepared.holdout)):
-        source_rows(spec, window).to_csv(directory / f"{name}.csv", index=False)
-        out[name] = directory / f"{name}.csv"
     result = evaluated.result
-    pd.DataFrame(result.table()).to_csv(directory / "backtest.csv", index=False)
-    out["backtest_table"] = directory / "backtest.csv"
-    pd.DataFrame(result.window_table()).to_csv(directory / "backtest_windows.csv", index=False)
-    out["backtest_windows"] = directory / "backtest_windows.csv"
+    out = evidence_tables(directory, spec, prepared, result)
     if spec.reports.wants_plots(result.passed):
         from retrain.reports import window_plot  # matplotlib loads only when a plot is drawn
 

@@ -30,7 +30,13 @@ from retrain import servable
 from retrain.backtest import BacktestResult, GateSettings, backtest, baseline_predictions
 from retrain.errors import TrainingError
 from retrain.families.lineage import Tag
-from retrain.families.spine import Evaluated, Prepared, Trained, serving_prepared, source_rows
+from retrain.families.spine import (
+    Evaluated,
+    Prepared,
+    Trained,
+    evidence_tables,
+    serving_prepared,
+)
 from retrain.features import FeatureCache
 from retrain.freshness import last_row
 from retrain.ingest import TS
@@ -263,16 +269,8 @@ def write_baseline_evidence(
     """Tables, report and row samples of a baseline version (its verdict: ``evaluated``)."""
     from retrain.reports import window_plot
 
-    directory.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Path] = {}
-    for name, window in (("train_sample", prepared.train), ("holdout_sample", prepared.holdout)):
-        source_rows(spec, window).to_csv(directory / f"{name}.csv", index=False)
-        out[name] = directory / f"{name}.csv"
     result = evaluated.result
-    pd.DataFrame(result.table()).to_csv(directory / "backtest.csv", index=False)
-    out["backtest_table"] = directory / "backtest.csv"
-    pd.DataFrame(result.window_table()).to_csv(directory / "backtest_windows.csv", index=False)
-    out["backtest_windows"] = directory / "backtest_windows.csv"
+    out = evidence_tables(directory, spec, prepared, result)
     out["backtest_plot"] = window_plot(directory / "backtest.png", result, result.metric)
     (directory / "backtest.md").write_text(result.markdown())
     out["backtest_report"] = directory / "backtest.md"

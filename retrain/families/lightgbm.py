@@ -32,6 +32,7 @@ from retrain.families.spine import (
     Prepared,
     Scored,
     Trained,
+    evidence_tables,
     increment_window,
     judged_holdout,
     serving_prepared,
@@ -231,11 +232,7 @@ def write_evidence(
     directory: Path, spec: ModelSpec, prepared: Prepared, trained: Trained, evaluated: Evaluated
 ) -> dict[str, Path]:
     """Plots, tables and row samples of one retrain, written to ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Path] = {}
-    for name, window in (("train_sample", prepared.train), ("holdout_sample", prepared.holdout)):
-        source_rows(spec, window).to_csv(directory / f"{name}.csv", index=False)
-        out[name] = directory / f"{name}.csv"
+    out = evidence_tables(directory, spec, prepared, evaluated.result)
     if spec.task == "multiclass":
         from retrain.reports import class_table
 
@@ -277,12 +274,6 @@ def write_evidence(
         curve = learning_curve_plot(directory / "learning_curve.png", trained.model.evals_result_)
         if curve is not None:
             out["learning_curve"] = curve
-    pd.DataFrame(evaluated.result.table()).to_csv(directory / "backtest.csv", index=False)
-    out["backtest_table"] = directory / "backtest.csv"
-    pd.DataFrame(evaluated.result.window_table()).to_csv(
-        directory / "backtest_windows.csv", index=False
-    )
-    out["backtest_windows"] = directory / "backtest_windows.csv"
     if evaluated.result.slices:
         pd.DataFrame([asdict(sl) for sl in evaluated.result.slices]).to_csv(
             directory / "backtest_slices.csv", index=False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -249,6 +250,24 @@ def split_windows(
     offsets = (pd.to_datetime(timestamps) - holdout.start) / span
     ids = np.clip(np.floor(offsets.to_numpy(dtype="float64")).astype(int), 0, k - 1)
     return bounds, ids
+
+
+def evidence_tables(
+    directory: Path, spec: ModelSpec, prepared: Prepared, result: BacktestResult
+) -> dict[str, Path]:
+    """What every version's evidence holds, in ``directory``: seeded samples of the source's
+    rows of both windows (``train_sample.csv``, ``holdout_sample.csv``) and the backtest's
+    tables (``backtest.csv``, ``backtest_windows.csv``). A family adds its plots and report."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    for name, window in (("train_sample", prepared.train), ("holdout_sample", prepared.holdout)):
+        source_rows(spec, window).to_csv(directory / f"{name}.csv", index=False)
+        out[name] = directory / f"{name}.csv"
+    pd.DataFrame(result.table()).to_csv(directory / "backtest.csv", index=False)
+    out["backtest_table"] = directory / "backtest.csv"
+    pd.DataFrame(result.window_table()).to_csv(directory / "backtest_windows.csv", index=False)
+    out["backtest_windows"] = directory / "backtest_windows.csv"
+    return out
 
 
 def source_rows(spec: ModelSpec, window: Window, n: int = 50) -> pd.DataFrame:
