@@ -51,6 +51,9 @@ class CliState:
     verbose = False
     json = False
     standalone = False  # the console script (not an in-process runner): may exit at once
+    # SIGTERM arrived: whatever exception ends the command now is the termination (Prefect's
+    # engine, stopped between two task runs, can turn our SystemExit into a ValueError)
+    terminated = False
 
 
 state = CliState()
@@ -107,7 +110,10 @@ def exit_code_of(exc: BaseException) -> ExitCode:
 
 
 def _terminated(exc: BaseException) -> bool:
-    """SIGTERM: our handler's SystemExit(143), or Prefect's own TerminationSignal."""
+    """SIGTERM: our handler's SystemExit(143), Prefect's own TerminationSignal, or any error
+    raised after the signal arrived."""
+    if state.terminated and not isinstance(exc, KeyboardInterrupt):
+        return True
     if isinstance(exc, SystemExit):
         return exc.code == ExitCode.TERMINATED
     return ("prefect.exceptions", "TerminationSignal") in _classes(exc)
@@ -258,6 +264,7 @@ def on_terminate() -> None:
     the ledger run would stay `running`)."""
 
     def _raise(signum: int, frame: Any) -> None:
+        state.terminated = True
         raise SystemExit(ExitCode.TERMINATED)
 
     with contextlib.suppress(ValueError):  # not the main thread (an in-process runner)

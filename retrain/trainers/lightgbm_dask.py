@@ -175,6 +175,8 @@ class DaskLightGBMTrainer(LightGBMTrainer):
             raise TrainingError("y holds missing labels: drop unlabelled rows before fit")
         params = self._lgb_params()
         self.feature_names_ = [str(c) for c in X.columns]
+        # a multiclass spec is refused for Dask (retrain.config): no class list here
+        self.classes_ = list(self.classes)
         init = self.init_model
         if self.strategy == "scratch" or init is None:
             uniques = dask.compute(
@@ -245,9 +247,11 @@ class DaskLightGBMTrainer(LightGBMTrainer):
             strategy=self.strategy,
             refit_decay_rate=self.refit_decay_rate,
             reference_rows=self.reference_rows,
+            classes=self.classes,
         )
         for name in (
             "booster_",
+            "classes_",
             "feature_names_",
             "categories_",
             "reference_",

@@ -134,3 +134,16 @@ def test_prefects_flow_run_tracebacks_are_kept_off_the_console_but_not_other_err
     assert not keep.filter(record("prefect.task_runs", logging.ERROR))
     assert keep.filter(record("prefect.flow_runs", logging.WARNING))
     assert keep.filter(record("retrain.ingest", logging.ERROR))
+
+
+def test_any_error_after_sigterm_arrived_is_the_termination(monkeypatch):
+    """Prefect's engine, stopped by our SIGTERM handler between two task runs, can raise a
+    ValueError of its own instead of our SystemExit: the command still ends as terminated."""
+    from flows.cli_edge import TERMINATED, state
+
+    error = ValueError("Task run is not set")
+    assert exit_code_of(error) == ExitCode.FAILED
+    monkeypatch.setattr(state, "terminated", True)
+    assert exit_code_of(error) == ExitCode.TERMINATED
+    assert message_of(error) == TERMINATED
+    assert exit_code_of(KeyboardInterrupt()) == ExitCode.INTERRUPTED
