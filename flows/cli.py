@@ -6,6 +6,7 @@ import getpass
 import os
 import shutil
 import warnings
+from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -222,32 +223,37 @@ def refuse_unanswerable_wait(model_spec: ModelSpec, auto_approve: bool) -> None:
     )
 
 
-def _run_mode(
-    mode: Mode,
-    spec: Path,
-    as_of: str | None,
-    auto_approve: bool,
-    reason: str,
-    actor: str,
-    state_dir: Path | None,
-    as_json: bool = False,
-    force: bool = False,
-) -> None:
+@dataclass(frozen=True)
+class RunRequest:
+    """What `retrain run manual|stateful` was asked for, beside the specs."""
+
+    mode: Mode
+    as_of: str | None
+    auto_approve: bool
+    reason: str
+    actor: str
+    state_dir: Path | None
+    as_json: bool = False
+    force: bool = False
+
+
+def _run_mode(spec: Path, request: RunRequest) -> None:
+    mode, as_of, auto_approve = request.mode, request.as_of, request.auto_approve
     _check_as_of(as_of)
-    model_spec = _load(spec, state_dir)  # validate before starting a flow run
+    model_spec = _load(spec, request.state_dir)  # validate before starting a flow run
     refuse_unanswerable_wait(model_spec, auto_approve)
     outcome = _run_flow(
         spec,
         mode=mode,
-        reason=reason,
+        reason=request.reason,
         as_of=as_of,
         auto_approve=auto_approve,
-        actor=actor,
-        overrides=_overrides(state_dir),
-        force=force,
+        actor=request.actor,
+        overrides=_overrides(request.state_dir),
+        force=request.force,
     )
     code = outcome_code(outcome)
-    if as_json:
+    if request.as_json:
         emit_json(outcome)
         raise typer.Exit(code=int(code))
     if outcome["status"] == "skipped":
@@ -265,25 +271,16 @@ def _run_mode(
     raise typer.Exit(code=int(code))
 
 
-def _run_modes(
-    mode: Mode,
-    specs: list[Path],
-    as_of: str | None,
-    auto_approve: bool,
-    reason: str,
-    actor: str,
-    state_dir: Path | None,
-    as_json: bool = False,
-    force: bool = False,
-) -> None:
+def _run_modes(specs: list[Path], request: RunRequest) -> None:
     """One spec: that model's retrain. Several: a sweep (flows/sweep_flow.py), every model's
     retrain in this process, one after the other."""
     if len(specs) == 1:
-        _run_mode(mode, specs[0], as_of, auto_approve, reason, actor, state_dir, as_json, force)
+        _run_mode(specs[0], request)
         return
-    if force:
+    mode, as_of, auto_approve = request.mode, request.as_of, request.auto_approve
+    if request.force:
         raise fail("--force retrains one model: give a single --spec with it", ExitCode.USAGE)
-    if state_dir is not None:
+    if request.state_dir is not None:
         raise fail(
             "--state-dir names one model's state: each model of a sweep keeps its spec's own "
             "(state.dir in each spec, or RETRAIN_STATE_DIR)",
@@ -299,13 +296,13 @@ def _run_modes(
     outcomes = sweep_flow(
         spec_paths=[str(p) for p in specs],
         mode=mode,
-        reason=reason,
+        reason=request.reason,
         as_of=as_of,
         auto_approve=auto_approve,
-        actor=actor,
+        actor=request.actor,
     )
     code = sweep_code(outcomes)
-    if as_json:
+    if request.as_json:
         emit_json(outcomes)
         raise typer.Exit(code=int(code))
     table = Table(title=f"{mode} sweep of {len(outcomes)} models")
@@ -366,7 +363,9 @@ def run_manual(
     Exits 0 when the candidate is promoted, 5 when it is not (gate or approver), 6 skipped;
     a sweep: 1 if a model failed, else 5 if one was refused, 6 if all were skipped, else 0.
     """
-    _run_modes("manual", spec, as_of, auto_approve, reason, actor, state_dir, as_json, force)
+    _run_modes(
+        spec, RunRequest("manual", as_of, auto_approve, reason, actor, state_dir, as_json, force)
+    )
 
 
 @run_app.command("stateful")
@@ -387,7 +386,7 @@ def run_stateful(
     Exits 0 when the candidate is promoted, 5 when it is not (gate or approver), 6 skipped;
     a sweep: 1 if a model failed, else 5 if one was refused, 6 if all were skipped, else 0.
     """
-    _run_modes("stateful", spec, as_of, auto_approve, reason, actor, state_dir, as_json)
+    _run_modes(spec, RunRequest("stateful", as_of, auto_approve, reason, actor, state_dir, as_json))
 
 
 def _registry(model_spec: ModelSpec) -> Any:

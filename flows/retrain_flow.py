@@ -756,6 +756,137 @@ def _awaiting_live(
     }
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What every step of one retrain run shares."""
+
+    spec: ModelSpec
+    ledger: Ledger
+    registry: ModelRegistry
+    mode: Mode
+    reason: str
+    actor: str
+    cutoff: pd.Timestamp | None
+    trigger_check: str | None
+    run_id: int
+
+
+@dataclass(frozen=True)
+class _Offered:
+    """A version registered, gated, carded and decided (its decision applied)."""
+
+    version: str
+    evaluated: Evaluated
+    evidence: dict[str, Any]
+    facts: CardFacts
+    decision: PromotionDecision
+    previous: str | None
+
+
+def _offer(
+    run: _Run,
+    prepared: Prepared,
+    champion: Champion | None,
+    trained: Trained,
+    evaluated: Evaluated,
+    validated: Trained | None,
+    auto_approve: bool,
+    *,
+    beaten: str | None = None,
+    why: str | None = None,
+) -> _Offered | dict[str, Any]:
+    """One version through register -> infra gate -> card -> (live test | approval) ->
+    decision: the candidate, or (``beaten``: the candidate version it replaces, ``why``: the
+    baseline promotion's reason) the fresh baseline. Returns the run's outcome instead when
+    the version waits for its live test."""
+    spec, ledger, registry = run.spec, run.ledger, run.registry
+    version = register_candidate(
+        spec,
+        registry,
+        run.mode,
+        run.reason,
+        run.actor,
+        run.cutoff,
+        prepared,
+        trained,
+        evaluated,
+        champion,
+        run.trigger_check or None,
+        validated=validated,
+        beaten=beaten,
+    )
+    # the served version answers raw rows over HTTP as in process, or the gate fails
+    result = gate_with_infra(evaluated.result, validate_infra(spec, registry, version, prepared))
+    if why is not None:
+        result = replace(result, reasons=(why, *result.reasons))
+    if result is not evaluated.result:
+        evaluated = replace(evaluated, result=result)
+    replaced = {} if beaten is None else {"refused_candidate": beaten}
+    ledger.update_run(
+        run.run_id,
+        model_version=version,
+        data_version=trained.window.version,
+        train_start=trained.window.start,
+        train_end=trained.window.end,
+        rows=trained.rows,
+        metrics={**result.to_dict(), **replaced},
+    )
+    links = _links(spec, version)
+    evidence = {**events.evidence(version, trained, evaluated, run.run_id, links), **replaced}
+    facts = card_facts(
+        spec,
+        run.mode,
+        run.reason,
+        run.actor,
+        version,
+        prepared,
+        trained,
+        evaluated,
+        champion,
+        refit=validated is not None,
+        links=links,
+    )
+    publish_card(spec, registry, facts)
+    if result.passed and spec.live.required != "none":
+        # backtest gate -> challenger -> live test -> champion: the online evaluation
+        # (flows/live_flow.py) decides, with the same invariant, approval and audit
+        waiting = f"{why or 'backtest gate passed'}; awaiting the live {spec.live.required} test"
+        return _awaiting_live(ledger, spec, run.mode, run.run_id, version, waiting, **replaced)
+    approval: Approval | None
+    if needs_operator(result.passed, spec.gate.require_approval, auto_approve):
+        approval = wait_for_approval(spec, ledger, run.run_id, version, evaluated, evidence)
+    else:
+        approval = automatic_approval(run.actor) if result.passed else None
+    decision = decide(
+        version=version,
+        gate_passed=result.passed,
+        gate_reasons=result.reasons,
+        approval=approval,
+    )
+    if why is not None:
+        decision = replace(decision, reason=f"{why}: {decision.reason}")
+    previous = apply_decision(registry, decision, run.actor)
+    return _Offered(version, evaluated, evidence, facts, decision, previous)
+
+
+def _decided(run: _Run, offered: _Offered, *, finish: bool) -> None:
+    """Close the run in the ledger (``finish``: no other version follows) and rewrite the
+    version's card with its decision."""
+    decision = offered.decision
+    if finish:
+        _finish(run.ledger, run.run_id, decision, run.actor)
+    publish_card(
+        run.spec,
+        run.registry,
+        replace(
+            offered.facts,
+            decision=decision_line(decision),
+            approver=decision.approver,
+            decided_at=decided_at(),
+        ),
+    )
+
+
 def make_registry(spec: ModelSpec, ledger: Ledger) -> ModelRegistry:
     return ModelRegistry.for_spec(spec.state, spec.name, ledger)
 
@@ -861,152 +992,49 @@ def _retrain(
                 train_end=trained.window.end,
                 rows=trained.rows,
             )
-        version = register_candidate(
-            spec,
-            registry,
-            mode,
-            reason,
-            actor,
-            cutoff,
+        run = _Run(spec, ledger, registry, mode, reason, actor, cutoff, trigger_check, run_id)
+        offered = _offer(
+            run,
             prepared,
+            champion,
             trained,
             evaluated,
-            champion,
-            trigger_check or None,
-            validated=validated if validated is not trained else None,
+            validated if validated is not trained else None,
+            auto_approve,
         )
-        # the served candidate answers raw rows over HTTP as in process, or the gate fails
-        result = gate_with_infra(
-            evaluated.result, validate_infra(spec, registry, version, prepared)
-        )
-        if result is not evaluated.result:
-            evaluated = replace(evaluated, result=result)
-        ledger.update_run(run_id, model_version=version, metrics=result.to_dict())
-        links = _links(spec, version)
-        evidence = events.evidence(version, trained, evaluated, run_id, links)
-        facts = card_facts(
-            spec,
-            mode,
-            reason,
-            actor,
-            version,
-            prepared,
-            trained,
-            evaluated,
-            champion,
-            refit=validated is not trained,
-            links=links,
-        )
-        publish_card(spec, registry, facts)
-        if result.passed and spec.live.required != "none":
-            # backtest gate -> challenger -> live test -> champion: the online evaluation
-            # (flows/live_flow.py) decides, with the same invariant, approval and audit
-            why = f"backtest gate passed; awaiting the live {spec.live.required} test"
-            return _awaiting_live(ledger, spec, mode, run_id, version, why)
-        if needs_operator(result.passed, spec.gate.require_approval, auto_approve):
-            approval: Approval | None = wait_for_approval(
-                spec, ledger, run_id, version, evaluated, evidence
-            )
-        elif result.passed:
-            approval = automatic_approval(actor)
-        else:
-            approval = None
-        decision = decide(
-            version=version,
-            gate_passed=result.passed,
-            gate_reasons=result.reasons,
-            approval=approval,
-        )
-        previous = apply_decision(registry, decision, actor)
+        if isinstance(offered, dict):
+            return offered
         # the baseline is a model: the same decision as the simulator's (retrain.promotion)
         choice = baseline_promotion(
             spec.gate.promote_baseline,
-            result,
+            offered.evaluated.result,
             evaluated.baseline_result,
             evaluated.baseline_refresh,
         )
-        if not choice.promote and spec.gate.promote_baseline and not result.passed:
+        if not choice.promote and spec.gate.promote_baseline and not offered.decision.gate_passed:
             get_run_logger().info("baseline not promoted: %s", choice.reason)
-        if not choice.promote:
-            _finish(ledger, run_id, decision, actor)
-        publish_card(
-            spec,
-            registry,
-            replace(
-                facts,
-                decision=decision_line(decision),
-                approver=decision.approver,
-                decided_at=decided_at(),
-            ),
-        )
-        refused = version
+        refused = offered.version
         if choice.promote:
-            announce(spec, decision, previous, evidence)  # the candidate's refusal
+            _decided(run, offered, finish=False)
+            announce(spec, offered.decision, offered.previous, offered.evidence)  # the refusal
             served = fit_baseline(spec, prepared, choice)
-            baseline_eval = baseline_evaluated(evaluated)
-            version = register_candidate(
-                spec,
-                registry,
-                mode,
-                reason,
-                actor,
-                cutoff,
+            offered = _offer(
+                run,
                 prepared,
-                served,
-                baseline_eval,
                 champion,
-                trigger_check or None,
-                validated=validated if spec.gate.refit else None,
+                served,
+                baseline_evaluated(evaluated),
+                validated if spec.gate.refit else None,
+                auto_approve,
                 beaten=refused,
+                why=choice.reason,
             )
+            if isinstance(offered, dict):
+                return offered
             trained = served
-            result = gate_with_infra(
-                baseline_eval.result, validate_infra(spec, registry, version, prepared)
-            )
-            result = replace(result, reasons=(choice.reason, *result.reasons))
-            evaluated = replace(baseline_eval, result=result)
-            ledger.update_run(
-                run_id,
-                model_version=version,
-                data_version=served.window.version,
-                train_start=served.window.start,
-                train_end=served.window.end,
-                rows=served.rows,
-                metrics={**result.to_dict(), "refused_candidate": refused},
-            )
-            links = _links(spec, version)
-            evidence = {
-                **events.evidence(version, served, evaluated, run_id, links),
-                "refused_candidate": refused,
-            }
-            facts = card_facts(
-                spec, mode, reason, actor, version, prepared, served, evaluated, champion,
-                refit=spec.gate.refit, links=links,
-            )  # fmt: skip
-            publish_card(spec, registry, facts)
-            if result.passed and spec.live.required != "none":
-                why = f"{choice.reason}; awaiting the live {spec.live.required} test"
-                return _awaiting_live(
-                    ledger, spec, mode, run_id, version, why, refused_candidate=refused
-                )
-            if needs_operator(result.passed, spec.gate.require_approval, auto_approve):
-                approval = wait_for_approval(spec, ledger, run_id, version, evaluated, evidence)
-            else:
-                approval = automatic_approval(actor) if result.passed else None
-            decision = decide(
-                version=version,
-                gate_passed=result.passed,
-                gate_reasons=result.reasons,
-                approval=approval,
-            )
-            decision = replace(decision, reason=f"{choice.reason}: {decision.reason}")
-            previous = apply_decision(registry, decision, actor)
-            _finish(ledger, run_id, decision, actor)
-            publish_card(
-                spec,
-                registry,
-                replace(facts, decision=decision_line(decision), approver=decision.approver),
-            )
+        _decided(run, offered, finish=True)
+        version, decision, previous = offered.version, offered.decision, offered.previous
+        evidence, result = offered.evidence, offered.evaluated.result
     announce(spec, decision, previous, evidence)
     outcome = RetrainOutcome(
         model=spec.name,
