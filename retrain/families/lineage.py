@@ -146,6 +146,11 @@ class Lineage:
         return _timestamp(self.get(Tag.WINDOW_END))
 
     @property
+    def validated_window_end(self) -> pd.Timestamp | None:
+        """With ``gate.refit``: the end of the fit the gate validated (None: not refitted)."""
+        return _timestamp(self.get(Tag.VALIDATED_WINDOW_END))
+
+    @property
     def holdout_end(self) -> pd.Timestamp | None:
         return _timestamp(self.get(Tag.HOLDOUT_END))
 
