@@ -21,7 +21,7 @@ import pandas as pd
 from retrain.backtest import BacktestResult
 from retrain.config import ModelSpec, label_text
 from retrain.errors import BacktestError, DataError, EmptyWindowError, SchemaError
-from retrain.families.lineage import Lineage
+from retrain.families.lineage import Lineage, Tag
 from retrain.features import (
     FeatureCache,
     MaterializeResult,
@@ -368,11 +368,11 @@ class Comparison:
     @property
     def tags(self) -> dict[str, str]:
         """The version's record of the champion counterpart the gate judged against."""
-        out = {"retrain.gate.champion_fit": self.fit}
+        out = {str(Tag.GATE_CHAMPION_FIT): self.fit}
         if self.fit != "none":
-            out["retrain.gate.champion_train_end"] = str(self.train_end)
-            out["retrain.gate.judged_start"] = str(self.holdout.start)
-            out["retrain.gate.judged_end"] = str(self.holdout.end)
+            out[str(Tag.GATE_CHAMPION_TRAIN_END)] = str(self.train_end)
+            out[str(Tag.GATE_JUDGED_START)] = str(self.holdout.start)
+            out[str(Tag.GATE_JUDGED_END)] = str(self.holdout.end)
         return out
 
 
