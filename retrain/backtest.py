@@ -409,9 +409,9 @@ class GateSettings:
     max_slice_degradation: float | None = None
     min_slice_rows: int = 30
     prefer_fresh: bool = False
-    # gate.significant_baseline: the baseline check asks for significance (prefer_fresh
-    # always does)
-    significant_baseline: bool = False
+    # gate.significant_baseline: which candidates the baseline check asks for significance
+    # ("always", "no_champion", "never"; prefer_fresh always asks it)
+    significant_baseline: str = "never"
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> GateSettings:
@@ -458,7 +458,8 @@ def backtest(
     ``settings.prefer_fresh`` (``gate.prefer_fresh``) a candidate that the interval cannot tell
     from the champion passes too (only one significantly worse is refused), and the candidate
     must beat the baseline significantly: see :func:`significant_over_baseline`; so must every
-    candidate with ``settings.significant_baseline`` (``gate.significant_baseline``).
+    candidate with ``settings.significant_baseline = "always"`` (``gate.significant_baseline``), and
+    every candidate without a champion with ``"no_champion"``.
     """
     metric, task, tolerance = settings.metric, settings.task, settings.tolerance
     max_windows_lost = settings.max_windows_lost
@@ -488,7 +489,11 @@ def backtest(
     if np.isnan(cand):
         passed = False
         reasons.append(f"{metric} is undefined on this holdout (e.g. one class only)")
-    elif prefer_fresh or settings.significant_baseline:
+    elif (
+        prefer_fresh
+        or settings.significant_baseline == "always"
+        or (settings.significant_baseline == "no_champion" and champion_pred is None)
+    ):
         base_passed, base_reason = significant_over_baseline(
             metric,
             y,

@@ -234,12 +234,15 @@ class GateSpec(_Strict):
     # Bike Sharing and the drift stream, the tie rule did not pay for the bad candidates it
     # let through; docs/fresh-and-safe.md)
     prefer_fresh: bool = False
-    # every candidate (a first model included) beats the trivial baseline significantly: the
-    # lower end of the 95% paired interval of its improvement over the baseline above zero
-    # (retrain.backtest.significant_over_baseline), not only its point estimate, which a model
-    # trained on shuffled labels beats by chance about half of the time on a balanced binary
-    # label. false: the point estimate is enough (unless prefer_fresh, which always asks it)
-    significant_baseline: bool = True
+    # which candidates must beat the trivial baseline significantly (the lower end of the 95%
+    # paired interval of the improvement over the baseline above zero;
+    # retrain.backtest.significant_over_baseline), not only by its point estimate, which a
+    # model trained on shuffled labels beats by chance about half of the time on a balanced
+    # binary label: "always" every candidate; "no_champion" a candidate with no champion to be
+    # judged against (a first model; with a champion the gate already asks for evidence
+    # against the champion); "never" the point estimate is enough. gate.prefer_fresh always
+    # asks it of every candidate
+    significant_baseline: Literal["always", "no_champion", "never"] = "always"
     # the baseline is a model: when the candidate loses to the trivial baseline and the
     # baseline also passes this gate against the champion on the same holdout (or there is no
     # champion), a fresh baseline (fitted on the data up to the as-of with refit) is registered

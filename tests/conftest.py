@@ -113,7 +113,7 @@ def spec_dict(source_path: Path, state_dir: Path, **overrides: Any) -> dict[str,
             # the suites written before gate.significant_baseline judge a candidate by the
             # baseline's point estimate (tiny holdouts); the rule is pinned in
             # tests/retrain/test_equal_staleness.py
-            "significant_baseline": False,
+            "significant_baseline": "never",
             "infra_validation": "never",
         },
         "lightgbm": {"num_boost_round": 20, "params": {"num_leaves": 15}},

@@ -192,7 +192,7 @@ def baseline_verdict(
     # candidate for evidence over the trivial model, not the trivial model over a candidate;
     # gate.prefer_fresh still asks it, as before)
     verdict = backtest(
-        replace(settings, significant_baseline=False),
+        replace(settings, significant_baseline="never"),
         candidate_pred=baseline_pred,
         baseline_pred=candidate_pred,
         **holdout,

@@ -15,6 +15,7 @@ import pytest
 from retrain.backtest import GateSettings, backtest
 from retrain.config import GateSpec, parse_spec
 from retrain.demo import synth
+from retrain.errors import SpecError
 from retrain.families.lightgbm import evaluate, fit, refit
 from retrain.families.spine import Champion, champion_comparison, prepare
 from retrain.features import FeatureCache, Window
@@ -40,7 +41,7 @@ def champion(train_end: str, validated_end: str | None = None) -> Champion:
 
 def test_both_keys_are_on_by_default():
     assert GateSpec().equal_staleness is True
-    assert GateSpec().significant_baseline is True
+    assert GateSpec().significant_baseline == "always"
 
 
 def test_without_a_champion_there_is_no_counterpart():
@@ -141,12 +142,34 @@ def test_a_first_model_that_beats_the_baseline_by_its_point_estimate_only_is_ref
     pred = np.where(rng.random(400) < 0.52, y, 1 - y)
     t = pd.Timestamp("2024-01-01")
     kwargs = dict(y_holdout=y, candidate_pred=pred, y_train=y[:200], holdout_start=t, holdout_end=t)
-    strict = backtest(settings(significant_baseline=True), **kwargs)
-    loose = backtest(settings(), **kwargs)
-    assert strict.candidate > strict.baseline and majority in (0.0, 1.0)
-    assert not strict.passed
-    assert "does not beat the trivial baseline significantly" in strict.reasons[0]
+    for mode in ("always", "no_champion"):
+        strict = backtest(settings(significant_baseline=mode), **kwargs)
+        assert strict.candidate > strict.baseline and majority in (0.0, 1.0)
+        assert not strict.passed
+        assert "does not beat the trivial baseline significantly" in strict.reasons[0]
+    loose = backtest(settings(significant_baseline="never"), **kwargs)
     assert loose.passed  # the old rule: the point estimate is enough
+
+
+def test_no_champion_mode_leaves_the_check_of_a_candidate_with_a_champion_to_the_champion():
+    rng = np.random.default_rng(3)
+    y = (rng.random(400) < 0.5).astype(float)
+    pred = np.where(rng.random(400) < 0.52, y, 1 - y)
+    champion = 1 - y  # wrong on every row: the candidate is shown better than it
+    t = pd.Timestamp("2024-01-01")
+    kwargs = dict(
+        y_holdout=y,
+        candidate_pred=pred,
+        y_train=y[:200],
+        holdout_start=t,
+        holdout_end=t,
+        champion_pred=champion,
+        champion_version="1",
+    )
+    assert backtest(settings(significant_baseline="no_champion"), **kwargs).passed
+    always = backtest(settings(significant_baseline="always"), **kwargs)
+    assert not always.passed
+    assert "does not beat the trivial baseline significantly" in always.reasons[0]
 
 
 def test_a_model_that_learned_something_beats_the_baseline_significantly():
@@ -155,7 +178,7 @@ def test_a_model_that_learned_something_beats_the_baseline_significantly():
     pred = np.where(rng.random(400) < 0.8, y, 1 - y)
     t = pd.Timestamp("2024-01-01")
     result = backtest(
-        settings(significant_baseline=True),
+        settings(significant_baseline="always"),
         y_holdout=y,
         candidate_pred=pred,
         y_train=y[:200],
@@ -167,10 +190,15 @@ def test_a_model_that_learned_something_beats_the_baseline_significantly():
 
 
 def test_the_spec_key_reaches_the_gate(tmp_path: Path):
-    on = parse_spec(spec_dict(tmp_path, tmp_path / "s", **{"gate.significant_baseline": True}))
-    off = parse_spec(spec_dict(tmp_path, tmp_path / "s", **{"gate.significant_baseline": False}))
-    assert GateSettings.from_spec(on).significant_baseline is True
-    assert GateSettings.from_spec(off).significant_baseline is False
+    for mode in ("always", "no_champion", "never"):
+        spec = parse_spec(
+            spec_dict(tmp_path, tmp_path / "s", **{"gate.significant_baseline": mode})
+        )
+        assert GateSettings.from_spec(spec).significant_baseline == mode
+    with pytest.raises(SpecError, match="significant_baseline"):
+        parse_spec(
+            spec_dict(tmp_path, tmp_path / "s", **{"gate.significant_baseline": "sometimes"})
+        )
 
 
 def test_a_shuffled_label_first_model_is_refused_every_time_by_default():
@@ -189,7 +217,7 @@ def test_a_shuffled_label_first_model_is_refused_every_time_by_default():
         ).fit(train[columns], shuffled)
         t = pd.Timestamp("2024-01-01")
         result = backtest(
-            settings(significant_baseline=True),
+            settings(significant_baseline="no_champion"),
             y_holdout=holdout["y"].to_numpy("float64"),
             candidate_pred=bad.predict(holdout[columns]),
             y_train=shuffled,
