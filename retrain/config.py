@@ -241,8 +241,11 @@ class GateSpec(_Strict):
     # binary label: "always" every candidate; "no_champion" a candidate with no champion to be
     # judged against (a first model; with a champion the gate already asks for evidence
     # against the champion); "never" the point estimate is enough. gate.prefer_fresh always
-    # asks it of every candidate
-    significant_baseline: Literal["always", "no_champion", "never"] = "always"
+    # asks it of every candidate. "no_champion" by default: with a champion the strict gate
+    # already asks for evidence that the candidate is at least as good as the champion, and
+    # "always" also refused real candidates that tied a champion gone stale after a drift
+    # (measured: docs/fresh-and-safe.md)
+    significant_baseline: Literal["always", "no_champion", "never"] = "no_champion"
     # the baseline is a model: when the candidate loses to the trivial baseline and the
     # baseline also passes this gate against the champion on the same holdout (or there is no
     # champion), a fresh baseline (fitted on the data up to the as-of with refit) is registered

@@ -220,6 +220,7 @@ def als_spec_dict(source_path: Path, state_dir: Path, **overrides: Any) -> dict[
             "tolerance": 0.05,
             "refit": False,  # as in spec_dict: the refit is pinned in its own tests
             "promote_baseline": False,  # as in spec_dict
+            "significant_baseline": "never",  # as in spec_dict
             "infra_validation": "never",  # as in spec_dict
         },
         "state": {"dir": str(state_dir)},

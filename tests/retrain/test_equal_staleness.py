@@ -41,7 +41,7 @@ def champion(train_end: str, validated_end: str | None = None) -> Champion:
 
 def test_both_keys_are_on_by_default():
     assert GateSpec().equal_staleness is True
-    assert GateSpec().significant_baseline == "always"
+    assert GateSpec().significant_baseline == "no_champion"
 
 
 def test_without_a_champion_there_is_no_counterpart():
