@@ -247,3 +247,48 @@ def test_the_monthly_policy_retrains_at_every_calendar_month_february_included(t
     assert trained == ["2011-02-01", "2011-03-01", "2011-04-01", "2011-05-01"]
     early = monthly.decide(_History("2011-05-20"), PolicyState(None, last))  # type: ignore[arg-type]
     assert not early.train and "2011-06-01" in early.reason
+
+
+class _Recording:
+    """The family's steps, recording each gate's champion counterpart."""
+
+    def __init__(self, family) -> None:
+        self._family = family
+        self.comparisons: list = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._family, name)
+
+    def evaluate(self, spec, trained, holdout, champion):
+        evaluated = self._family.evaluate(spec, trained, holdout, champion)
+        self.comparisons.append((champion, evaluated.comparison))
+        return evaluated
+
+
+def test_the_simulator_keeps_the_validated_fit_and_judges_the_next_candidate_by_it(
+    tmp_path, bike_dir, monkeypatch
+):
+    """The replay takes the flow's step: a promoted refit keeps the fit its gate validated, and
+    the next daily candidate (7-day holdout, the champion refitted a day before) is judged
+    against that fit on the whole holdout."""
+    import retrain.simulate.replay as replay_module
+    from retrain.families import family_of
+    from retrain.simulate import load_replay, replay_policy
+    from retrain.simulate.policies import Periodic
+
+    overrides = {"gate.refit": True, "gate.tolerance": 1.0}
+    spec = parse_spec(spec_dict(bike_dir, tmp_path / "state", **overrides))
+    recording = _Recording(family_of(spec))
+    monkeypatch.setattr(replay_module, "family_of", lambda _spec: recording)
+    run = replay_policy(spec, Periodic("daily", pd.Timedelta(days=1)), load_replay(spec))
+
+    assert run.promotions >= 3
+    (none, first), *later = recording.comparisons
+    assert none is None and first.fit == "none"
+    assert later
+    for champion, comparison in later:
+        assert champion.validated is not None
+        assert champion.train_end > comparison.holdout.start  # the served refit is inside
+        assert comparison.fit == "validated"
+        assert comparison.model is champion.validated
+        assert comparison.train_end == champion.validated_end <= comparison.holdout.start
