@@ -37,6 +37,14 @@ def test_a_promoted_version_is_the_refit_through_the_holdout_and_the_next_gate_i
     tags2 = registry.version(second["version"]).tags
     assert tags2["retrain.champion_at_training"] == first["version"], verdict
     assert second["champion"] is not None  # compared with the champion, on unseen rows
+    # gate.equal_staleness (on by default): the version keeps its validated fit, and the next
+    # gate judges against it on the whole holdout (it trained to 04-15, before 04-19)
+    served, validated = registry.load_with_validated(first["version"])
+    assert validated is not None and validated is not served
+    assert tags2["retrain.gate.champion_fit"] == "validated"
+    assert pd.Timestamp(tags2["retrain.gate.champion_train_end"]) == pd.Timestamp("2011-04-15")
+    assert tags2["retrain.gate.judged_start"] == tags2["retrain.holdout_start"]
+    assert pd.Timestamp(tags2["retrain.gate.judged_start"]) == pd.Timestamp("2011-04-19")
 
 
 def test_a_retrain_reads_each_cached_partition_once(tmp_path: Path, bike_dir: Path, monkeypatch):
