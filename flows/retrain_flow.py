@@ -246,9 +246,11 @@ def register_candidate(
     workdir = Path(tempfile.mkdtemp(prefix="candidate-", dir=_tmp_root(spec)))
     try:
         model_dir = trained.model.save(workdir / "trainer")
+        # the validated fit of a refitted candidate (a baseline keeps none: the fit beside it
+        # is the candidate that lost to it, no counterpart of the baseline's)
         validated_dir = (
             validated.model.save(workdir / "validated")
-            if validated is not None and validated.model is not trained.model
+            if validated is not None and not baseline and validated.model is not trained.model
             else None
         )
         family = family_of(spec)
