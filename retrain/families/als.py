@@ -328,9 +328,17 @@ def refit(
 
 
 def _window_scores(
-    metric: str, recs: pd.DataFrame, relevant: list[pd.DataFrame], k: int
+    metric: str,
+    recs: pd.DataFrame,
+    relevant: list[pd.DataFrame],
+    k: int,
+    scored: pd.DataFrame | None = None,
 ) -> np.ndarray:
+    """Per-user scores of each window's users, window by window (``scored``: the
+    ``user_metrics`` of the only window, already computed)."""
     column = METRIC_COLUMN[metric]
+    if scored is not None and len(relevant) == 1:
+        return scored[column].to_numpy(dtype="float64")
     parts = [user_metrics(recs, rel, k)[column].to_numpy(dtype="float64") for rel in relevant]
     return np.concatenate(parts) if parts else np.empty(0)
 
@@ -368,6 +376,9 @@ def evaluate(
         if users
         else {}
     )
+    # one window: its per-user scores are those of the segment table, computed once
+    one = relevant[0] if len(relevant) == 1 and not relevant[0].empty else None
+    scored = {} if one is None else {n: user_metrics(r, one, als.k) for n, r in recs.items()}
     ranking = ranking_backtest(
         trained.model,
         train,
@@ -380,12 +391,17 @@ def evaluate(
         recommendations=recs,
         # one window: its relevant pairs are the whole holdout's
         relevant=relevant[0] if len(relevant) == 1 else None,
+        user_scores=scored,
     )
     rels = [rel for _, rel in kept]
     row_window = np.concatenate([np.full(len(rel["user"].unique()), i) for i, rel in kept])
-    candidate = _window_scores(spec.metric, recs["candidate"], rels, als.k)
-    base = _window_scores(spec.metric, recs["popularity"], rels, als.k)
-    champ = None if champion is None else _window_scores(spec.metric, recs["champion"], rels, als.k)
+
+    def window_scores(name: str) -> np.ndarray:
+        return _window_scores(spec.metric, recs[name], rels, als.k, scored.get(name))
+
+    candidate = window_scores("candidate")
+    base = window_scores("popularity")
+    champ = None if champion is None else window_scores("champion")
     gate = spec.gate
     settings = GateSettings.from_spec(spec)
     judged: dict[str, Any] = dict(

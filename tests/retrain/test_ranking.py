@@ -337,3 +337,25 @@ def test_vectorised_user_metrics_match_the_merge_implementation(seed):
 
     pd.testing.assert_frame_equal(got, want, check_exact=True, check_dtype=False)
     assert got.dtypes.drop("user").equals(want.dtypes.drop("user"))
+
+
+def test_a_segments_means_are_pandas_means_of_its_rows_without_nan():
+    from retrain.ranking import _segment
+
+    rng = np.random.default_rng(3)
+    metrics = pd.DataFrame(
+        {
+            "precision": rng.uniform(0, 1, 50),
+            "ap": rng.uniform(0, 1, 50),
+            "ndcg": np.where(rng.uniform(0, 1, 50) < 0.2, np.nan, rng.uniform(0, 1, 50)),
+        }
+    )
+    fallback = rng.uniform(0, 1, 50) < 0.3
+    for mask in (rng.uniform(0, 1, 50) < 0.5, np.ones(50, bool), np.isnan(metrics["ndcg"])):
+        got = _segment(metrics, mask, fallback)
+
+        part = metrics[mask]
+        want = (part["precision"].mean(), part["ap"].mean(), part["ndcg"].mean())
+        assert got.users == int(mask.sum())
+        assert got.fallback_users == int(fallback[mask].sum())
+        np.testing.assert_array_equal((got.precision, got.map, got.ndcg), want)
