@@ -149,10 +149,10 @@ def relevant_items(
     pairs = positives.drop_duplicates()
     # only the holdout users' training rows can hide a pair
     mine = train["user"].isin(pairs["user"].unique())
-    seen = train.loc[mine, ["user", "item"]].drop_duplicates()
-    merged = pairs.merge(seen, on=["user", "item"], how="left", indicator=True)
-    fresh = merged[merged["_merge"] == "left_only"]
-    return fresh[["user", "item"]].reset_index(drop=True)
+    # the pairs not among them, in their order (what a left merge's "left_only" rows are)
+    seen = pd.MultiIndex.from_frame(train.loc[mine, ["user", "item"]])
+    fresh = pairs[~pd.MultiIndex.from_frame(pairs).isin(seen)]
+    return fresh.reset_index(drop=True)
 
 
 def user_metrics(recommendations: pd.DataFrame, relevant: pd.DataFrame, k: int) -> pd.DataFrame:
