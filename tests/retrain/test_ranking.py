@@ -392,3 +392,21 @@ def test_relevant_pairs_are_the_holdout_positives_a_merge_finds_unseen(min_ratin
 
     pd.testing.assert_frame_equal(got, _relevant_by_merge(train, holdout, min_rating))
     assert min_rating != 9.0 or got.empty
+
+
+@pytest.mark.parametrize(
+    ("values", "of"),
+    [
+        (pd.Series(["a", "b", None, "d"], dtype="str"), pd.Index(["b", "a", "b"], dtype="str")),
+        (pd.Series(["a", "b", None], dtype="str"), np.array(["b", None], dtype=object)),
+        (pd.Series(["a", "b"], dtype="str"), np.array([])),
+        (pd.Series(["1", "2"], dtype="str"), [1, "2"]),
+        (pd.Series(["a", "b"], dtype=object), pd.Series(["b", "c"], dtype="str")),
+        (pd.Series([1, 2, 3]), pd.Series([3, 3, 1])),
+        (pd.Series([1.0, np.nan]), [np.nan]),
+    ],
+)
+def test_membership_is_what_pandas_isin_says(values, of):
+    from retrain.ranking import member
+
+    assert member(values, of).tolist() == values.isin(of).to_numpy().tolist()
