@@ -149,10 +149,10 @@ def relevant_items(
     pairs = positives.drop_duplicates()
     # only the holdout users' training rows can hide a pair
     mine = train["user"].isin(pairs["user"].unique())
-    seen = train.loc[mine, ["user", "item"]].drop_duplicates()
-    merged = pairs.merge(seen, on=["user", "item"], how="left", indicator=True)
-    fresh = merged[merged["_merge"] == "left_only"]
-    return fresh[["user", "item"]].reset_index(drop=True)
+    # the pairs not among them, in their order (what a left merge's "left_only" rows are)
+    seen = pd.MultiIndex.from_frame(train.loc[mine, ["user", "item"]])
+    fresh = pairs[~pd.MultiIndex.from_frame(pairs).isin(seen)]
+    return fresh.reset_index(drop=True)
 
 
 def user_metrics(recommendations: pd.DataFrame, relevant: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -213,19 +213,33 @@ def user_metrics(recommendations: pd.DataFrame, relevant: pd.DataFrame, k: int) 
     )
 
 
+def member(values: pd.Series, of: Any) -> np.ndarray:
+    """``values.isin(of)`` as a boolean array, by one hash lookup per value: pandas' ``isin`` of
+    an Arrow-backed string column builds an Arrow scalar for every element of ``of``, about
+    30 us each (the training users of a large window would cost seconds)."""
+    keys = pd.Index(of).unique()
+    return np.asarray(keys.get_indexer(values) >= 0, dtype=bool)
+
+
 def _segment(metrics: pd.DataFrame, mask: np.ndarray, fallback: np.ndarray) -> SegmentScores:
     users = int(mask.sum())
     if users == 0:
         nan = float("nan")
         return SegmentScores(users=0, precision=nan, map=nan, ndcg=nan, fallback_users=0)
-    part = metrics[mask]
+    # pandas' mean of the masked rows (NaN skipped), without building the masked frame
     return SegmentScores(
         users=users,
-        precision=float(part["precision"].mean()),
-        map=float(part["ap"].mean()),
-        ndcg=float(part["ndcg"].mean()),
+        precision=_mean(metrics["precision"], mask),
+        map=_mean(metrics["ap"], mask),
+        ndcg=_mean(metrics["ndcg"], mask),
         fallback_users=int(fallback[mask].sum()),
     )
+
+
+def _mean(column: pd.Series, mask: np.ndarray) -> float:
+    values = column.to_numpy(dtype="float64")[mask]
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if kept.size else float("nan")
 
 
 def _score(
@@ -236,19 +250,22 @@ def _score(
     k: int,
     fallback_source: str,
     recs: pd.DataFrame | None = None,
+    metrics: pd.DataFrame | None = None,
 ) -> RankingScores:
     """``recs``: the model's lists already computed for (at least) every user of ``relevant``
-    (with ``filter_seen``, the top ``k`` or more); they are computed here otherwise."""
+    (with ``filter_seen``, the top ``k`` or more); they are computed here otherwise.
+    ``metrics``: ``user_metrics(recs, relevant, k)`` of those lists, already computed."""
     users = relevant["user"].drop_duplicates()
-    if recs is None or not users.isin(recs["user"]).all():
-        recs = model.recommend(users.tolist(), k=k, filter_seen=True)
-    metrics = user_metrics(recs, relevant, k)
-    warm = metrics["user"].isin(warm_users).to_numpy()
+    if recs is None or not member(users, recs["user"]).all():
+        recs, metrics = model.recommend(users.tolist(), k=k, filter_seen=True), None
+    if metrics is None:
+        metrics = user_metrics(recs, relevant, k)
+    warm = member(metrics["user"], warm_users)
     if "source" in recs.columns:
         fell_back = recs.loc[recs["source"] == fallback_source, "user"].unique()
     else:
         fell_back = np.array([])
-    fallback = metrics["user"].isin(fell_back).to_numpy()
+    fallback = member(metrics["user"], fell_back)
     everyone = np.ones(len(metrics), dtype=bool)
     return RankingScores(
         model=name,
@@ -304,6 +321,7 @@ def ranking_backtest(
     baseline: Recommender | None = None,
     recommendations: Mapping[str, pd.DataFrame] | None = None,
     relevant: pd.DataFrame | None = None,
+    user_scores: Mapping[str, pd.DataFrame] | None = None,
 ) -> RankingBacktest:
     """Candidate, champion and the popularity baseline, scored on the same holdout users.
 
@@ -314,11 +332,14 @@ def ranking_backtest(
     (seen items filtered) already computed for the holdout's users, by model name
     ("candidate", "champion", "popularity"); a model without them, or whose lists miss one of
     the users scored, is asked here. ``relevant``: ``relevant_items(train, holdout,
-    min_rating)`` already computed (computed here otherwise).
+    min_rating)`` already computed (computed here otherwise). ``user_scores``: by model name,
+    ``user_metrics`` of its ``recommendations`` on ``relevant``, already computed (used only
+    with those lists).
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise BacktestError(f"k must be a positive integer, got {k!r}")
     train, holdout = _check_split(train, holdout)
+    relevant_given = relevant is not None
     if relevant is None:
         relevant = relevant_items(train, holdout, min_rating)
     if relevant.empty:
@@ -337,6 +358,7 @@ def ranking_backtest(
             raise BacktestError(f"cannot fit the popularity baseline: {exc}") from exc
     warm = pd.Index(train["user"].unique())
     recs = dict(recommendations or {})
+    scored = dict(user_scores or {}) if relevant_given else {}
     return RankingBacktest(
         k=k,
         train_end=str(train["ts"].max()),
@@ -344,12 +366,35 @@ def ranking_backtest(
         holdout_end=str(holdout["ts"].max()),
         popularity_window=str(pd.Timedelta(popularity_window)),
         candidate=_score(
-            "candidate", candidate, relevant, warm, k, "popularity", recs.get("candidate")
+            "candidate",
+            candidate,
+            relevant,
+            warm,
+            k,
+            "popularity",
+            recs.get("candidate"),
+            scored.get("candidate"),
         ),
         champion=None
         if champion is None
-        else _score("champion", champion, relevant, warm, k, "popularity", recs.get("champion")),
+        else _score(
+            "champion",
+            champion,
+            relevant,
+            warm,
+            k,
+            "popularity",
+            recs.get("champion"),
+            scored.get("champion"),
+        ),
         baseline=_score(
-            "popularity", baseline, relevant, warm, k, "_none_", recs.get("popularity")
+            "popularity",
+            baseline,
+            relevant,
+            warm,
+            k,
+            "_none_",
+            recs.get("popularity"),
+            scored.get("popularity"),
         ),
     )

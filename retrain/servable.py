@@ -410,8 +410,16 @@ def id_array(values: Iterable[Any] | pd.Series | np.ndarray) -> np.ndarray:
 
 
 def lookup(index: np.ndarray, values: Any) -> np.ndarray:
-    """Row of each value in ``index`` (-1 when absent)."""
-    return np.asarray(pd.Index(index).get_indexer(pd.Index(values)), dtype="int64")
+    """Row of each value in ``index`` (-1 when absent).
+
+    Each distinct value is looked up once (a window of interactions repeats its ids many
+    times): the same rows as ``get_indexer`` of every value, at a fraction of the CPU."""
+    codes, distinct = pd.factorize(
+        values if isinstance(values, pd.Series | pd.Index | np.ndarray) else pd.Index(values),
+        use_na_sentinel=False,
+    )
+    rows = np.asarray(pd.Index(index).get_indexer(pd.Index(distinct)), dtype="int64")
+    return rows[codes]
 
 
 def coerce_ids(index: np.ndarray, ids: np.ndarray) -> np.ndarray:

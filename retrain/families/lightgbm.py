@@ -176,6 +176,17 @@ def fit_candidate(
     )
 
 
+def _score_both(model: Any, champion: Any, X: pd.DataFrame) -> tuple[np.ndarray, Any]:
+    """The candidate's and the champion's scores of ``X``; one encoding of ``X`` for both when
+    the two encode it the same way (the same scores as two ``predict`` calls)."""
+    if champion is None:
+        return model.predict(X), None
+    if isinstance(model, LightGBMTrainer) and model.same_encoding(champion):
+        encoded = model.encode(X)
+        return model.predict_encoded(encoded), champion.predict_encoded(encoded)
+    return model.predict(X), champion.predict(X)
+
+
 def evaluate(
     spec: ModelSpec, trained: Trained, holdout: Window, champion: Champion | None
 ) -> Evaluated:
@@ -190,8 +201,7 @@ def evaluate(
     if not len(frame):
         raise BacktestError(f"the holdout holds no row after {holdout.start}: {note}")
     X, y = _xy(spec, frame)
-    candidate = trained.model.predict(X)
-    champion_pred = versus.predict(X) if versus is not None else None
+    candidate, champion_pred = _score_both(trained.model, versus, X)
     bounds, window_ids = split_windows(holdout, gate.backtest_windows, frame[TS])
     settings = GateSettings.from_spec(spec)
     judged: dict[str, Any] = dict(

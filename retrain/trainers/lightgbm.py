@@ -309,7 +309,29 @@ class LightGBMTrainer:
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         self._check_fitted()
-        return np.asarray(self.booster_.predict(self.encode(X)), dtype="float64")
+        return self.predict_encoded(self.encode(X))
+
+    def predict_encoded(self, encoded: pd.DataFrame) -> np.ndarray:
+        """Scores of rows already encoded by :meth:`encode` (of this model, or of one with the
+        same ``feature_names_`` and ``categories_``: :meth:`same_encoding`), in as many threads
+        as the fit (``num_threads``, one unless the params say otherwise): on a small frame
+        LightGBM's default pool costs more CPU than the trees, and each row's score does not
+        depend on the threads."""
+        self._check_fitted()
+        threads = int(self._lgb_params().get("num_threads", 0))
+        return np.asarray(self.booster_.predict(encoded, num_threads=threads), dtype="float64")
+
+    def same_encoding(self, other: object) -> bool:
+        """Whether ``other`` encodes a frame exactly as this model does (same features in the
+        same order, same frozen categories): then one :meth:`encode` serves both."""
+        return (
+            isinstance(other, LightGBMTrainer)
+            and hasattr(self, "categories_")
+            and hasattr(other, "categories_")
+            and list(self.feature_names_) == list(other.feature_names_)
+            and {k: list(v) for k, v in self.categories_.items()}
+            == {k: list(v) for k, v in other.categories_.items()}
+        )
 
     def feature_importance(self) -> pd.DataFrame:
         self._check_fitted()

@@ -298,3 +298,35 @@ def test_in_memory_reads_each_partition_once_in_its_thread(tmp_path, spec, parti
         cache.load(partitions)
     assert reads == [p.key for p in partitions] + [partitions[0].key]
     pd.testing.assert_frame_equal(again, first.iloc[: len(again)])
+
+
+def test_a_cached_file_parses_to_the_table_and_schema_read_table_gives():
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from retrain.features import _parse
+
+    frame = pd.DataFrame(
+        {
+            "s": pd.array(["x", None, "z"], dtype="string"),
+            "o": ["a", None, "c"],
+            "f": [1.5, None, 3.0],
+            "i": pd.array([1, None, 3], dtype="Int64"),
+            "b": [True, False, True],
+            "c": pd.Categorical(["u", "v", "u"]),
+            "n": [None, None, None],
+            TS: pd.to_datetime(["2024-01-01", "2024-01-02", None]),
+        }
+    )
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    blob = buffer.getvalue()
+
+    got = _parse(blob)
+
+    want = pq.read_table(pa.BufferReader(blob), use_threads=False)
+    assert got.equals(want)
+    assert got.schema.equals(want.schema, check_metadata=True)
+    pd.testing.assert_frame_equal(got.to_pandas(), want.to_pandas(), check_exact=True)

@@ -337,3 +337,76 @@ def test_vectorised_user_metrics_match_the_merge_implementation(seed):
 
     pd.testing.assert_frame_equal(got, want, check_exact=True, check_dtype=False)
     assert got.dtypes.drop("user").equals(want.dtypes.drop("user"))
+
+
+def test_a_segments_means_are_pandas_means_of_its_rows_without_nan():
+    from retrain.ranking import _segment
+
+    rng = np.random.default_rng(3)
+    metrics = pd.DataFrame(
+        {
+            "precision": rng.uniform(0, 1, 50),
+            "ap": rng.uniform(0, 1, 50),
+            "ndcg": np.where(rng.uniform(0, 1, 50) < 0.2, np.nan, rng.uniform(0, 1, 50)),
+        }
+    )
+    fallback = rng.uniform(0, 1, 50) < 0.3
+    for mask in (rng.uniform(0, 1, 50) < 0.5, np.ones(50, bool), np.isnan(metrics["ndcg"])):
+        got = _segment(metrics, mask, fallback)
+
+        part = metrics[mask]
+        want = (part["precision"].mean(), part["ap"].mean(), part["ndcg"].mean())
+        assert got.users == int(mask.sum())
+        assert got.fallback_users == int(fallback[mask].sum())
+        np.testing.assert_array_equal((got.precision, got.map, got.ndcg), want)
+
+
+def _relevant_by_merge(train, holdout, min_rating=None):
+    """relevant_items as it was written first: a left merge with an indicator."""
+    from retrain.trainers.interactions import positive_mask
+
+    weights = holdout["weight"].to_numpy(dtype="float64")
+    pairs = holdout.loc[positive_mask(weights, min_rating), ["user", "item"]].drop_duplicates()
+    seen = train[["user", "item"]].drop_duplicates()
+    merged = pairs.merge(seen, on=["user", "item"], how="left", indicator=True)
+    return merged.loc[merged["_merge"] == "left_only", ["user", "item"]].reset_index(drop=True)
+
+
+@pytest.mark.parametrize("min_rating", [None, 3.0, 9.0])
+def test_relevant_pairs_are_the_holdout_positives_a_merge_finds_unseen(min_rating):
+    rng = np.random.default_rng(5)
+
+    def rows(n, start):
+        return pd.DataFrame(
+            {
+                "user": pd.array(rng.choice(list("abcdef"), n), dtype="string"),
+                "item": pd.array(rng.choice([f"i{j}" for j in range(12)], n), dtype="string"),
+                "weight": rng.choice([0.0, 1.0, 3.0, 5.0], n),
+                "ts": pd.Timestamp(start) + pd.to_timedelta(np.arange(n), unit="min"),
+            }
+        )
+
+    train, holdout = rows(80, "2024-01-01"), rows(40, "2024-02-01")
+
+    got = relevant_items(train, holdout, min_rating)
+
+    pd.testing.assert_frame_equal(got, _relevant_by_merge(train, holdout, min_rating))
+    assert min_rating != 9.0 or got.empty
+
+
+@pytest.mark.parametrize(
+    ("values", "of"),
+    [
+        (pd.Series(["a", "b", None, "d"], dtype="str"), pd.Index(["b", "a", "b"], dtype="str")),
+        (pd.Series(["a", "b", None], dtype="str"), np.array(["b", None], dtype=object)),
+        (pd.Series(["a", "b"], dtype="str"), np.array([])),
+        (pd.Series(["1", "2"], dtype="str"), [1, "2"]),
+        (pd.Series(["a", "b"], dtype=object), pd.Series(["b", "c"], dtype="str")),
+        (pd.Series([1, 2, 3]), pd.Series([3, 3, 1])),
+        (pd.Series([1.0, np.nan]), [np.nan]),
+    ],
+)
+def test_membership_is_what_pandas_isin_says(values, of):
+    from retrain.ranking import member
+
+    assert member(values, of).tolist() == values.isin(of).to_numpy().tolist()

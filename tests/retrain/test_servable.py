@@ -97,3 +97,26 @@ def test_categorical_codes_are_positions_in_the_frozen_categories_unseen_and_mis
     assert f"{len(unseen)} row(s) with categories the model never saw (e.g. {unseen})" in (
         project_logs.text
     )
+
+
+@pytest.mark.parametrize(
+    ("index", "values"),
+    [
+        (np.array(["a", "b", "c"], dtype=object), pd.Series(["c", "a", "x", "c"], dtype="string")),
+        (np.array(["a", "b", "c"], dtype=object), np.array(["c", "a", "x", None], dtype=object)),
+        (np.array([1, 2, 3]), np.array([3, 3, 5, 1])),
+        (np.array([1, 2, 3]), [3, "3", 1.0, None]),
+        (np.array(["1", "2"], dtype=object), [1, "1", "2"]),
+        (np.array([1, 2, 3]), np.array([], dtype="int64")),
+        (np.array([], dtype=object), pd.Series(["a"])),
+        (np.array(["a", None], dtype=object), np.array([None, "a", np.nan], dtype=object)),
+        (np.array([1.0, np.nan]), np.array([np.nan, 1.0, 2.0])),
+        (np.array([1, 2, 3]), pd.Series([1, 2, None], dtype="Int64")),
+    ],
+)
+def test_lookup_finds_each_value_where_get_indexer_of_every_value_does(index, values):
+    got = servable.lookup(index, values)
+
+    want = np.asarray(pd.Index(index).get_indexer(pd.Index(values)), dtype="int64")
+    assert got.dtype == want.dtype
+    assert got.tolist() == want.tolist()

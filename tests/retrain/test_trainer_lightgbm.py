@@ -257,3 +257,27 @@ def test_a_warm_increment_bins_its_rows_on_the_champions_bin_boundaries():
     # boundaries it cannot tell its x1 values apart
     assert any(0.4 < t < 0.6 for t in _thresholds(alone, 0))
     assert _thresholds(warm, 0, first_tree=champion.booster_.num_trees()) == set()
+
+
+def test_scores_in_the_fits_threads_are_the_scores_of_lightgbms_default_pool(fitted, data):
+    X, _ = data
+    encoded = fitted.encode(X)
+
+    one_thread = fitted.predict_encoded(encoded)
+
+    np.testing.assert_array_equal(one_thread, fitted.booster_.predict(encoded))
+    np.testing.assert_array_equal(fitted.predict(X), one_thread)
+
+
+def test_two_models_share_an_encoding_only_with_the_same_features_and_categories(data):
+    X, y = data
+    first = trainer().fit(X, y)
+    same = trainer(random_state=7).fit(X, y)
+    fewer = trainer().fit(X[X["cat"] != "c"], y[(X["cat"] != "c").to_numpy()])
+    other_order = trainer().fit(X[["x2", "x1", "cat"]], y)
+
+    assert first.same_encoding(same)
+    assert not first.same_encoding(fewer)  # "c" has no code in fewer
+    assert not first.same_encoding(other_order)
+    assert not first.same_encoding(trainer())  # not fitted
+    assert not first.same_encoding(object())

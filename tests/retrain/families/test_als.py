@@ -324,3 +324,42 @@ def test_the_gate_shares_each_models_lists_and_one_baseline_with_the_same_verdic
             for rel in rels
         ]
         np.testing.assert_array_equal(got, np.concatenate([w[column].to_numpy() for w in want]))
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        pd.Series([1, 22, 333]),
+        pd.Series(["a", None, "c"], dtype="string"),
+        pd.Series(["a", None, "c"], dtype=object),
+        pd.Series([1.0, np.nan, 3.0]),
+        pd.Series(pd.Categorical(["a", "b", None])),
+    ],
+)
+def test_interactions_hold_the_ids_as_the_strings_an_object_round_trip_gave(make, ids):
+    from retrain.families.als import interactions
+    from retrain.ingest import TS
+
+    spec = make()
+    user, item = spec.interactions.user, spec.interactions.item
+    frame = pd.DataFrame(
+        {
+            user: ids,
+            item: ids.iloc[::-1].reset_index(drop=True),
+            spec.label: [4.0, 5.0, 1.0],
+            TS: pd.to_datetime(["2024-01-01", "2024-01-02", "2024-01-03"]),
+        }
+    )
+
+    got = interactions(spec, frame)
+
+    # what interactions() built before: the strings as an object array, inferred again
+    want = pd.DataFrame(
+        {
+            "user": frame[user].astype(str).to_numpy(dtype=object),
+            "item": frame[item].astype(str).to_numpy(dtype=object),
+            "weight": frame[spec.label].to_numpy(dtype="float64"),
+            "ts": frame[TS].to_numpy(),
+        }
+    )
+    pd.testing.assert_frame_equal(got, want, check_exact=True)

@@ -102,3 +102,32 @@ def test_a_warm_increment_too_small_to_grow_a_tree_retrains_from_scratch_when_co
     assert trained.plan.strategy == "scratch"
     assert trained.plan.reason == "warm start added no trees on the increment: full retrain instead"
     assert trained.window == later.train
+
+
+def test_the_gate_scores_candidate_and_champion_as_their_own_predict_does(bike_spec):
+    from retrain.families.lightgbm import _score_both, _xy, evaluate
+    from retrain.features import FeatureCache
+    from retrain.ingest import TS
+    from retrain.trainers import LightGBMTrainer
+
+    old = prepare(bike_spec, pd.Timestamp("2011-04-15"))
+    prepared = prepare(bike_spec, pd.Timestamp("2011-04-29"))
+    champ = fit(bike_spec.model_copy(update={"seed": bike_spec.seed + 1}), old)
+    candidate = fit(bike_spec, prepared)
+    champion = Champion("1", champ.model, old.train.end, champ.data_versions)
+    frame = FeatureCache(bike_spec.state.features, bike_spec).load(prepared.holdout.partitions)
+    X, _ = _xy(bike_spec, frame[pd.to_datetime(frame[TS]) >= prepared.holdout.start])
+    assert candidate.model.same_encoding(champ.model)  # one encoding serves both
+
+    evaluated = evaluate(bike_spec, candidate, prepared.holdout, champion)
+
+    assert evaluated.candidate.tolist() == candidate.model.predict(X).tolist()
+    assert evaluated.champion is not None
+    assert evaluated.champion.tolist() == champ.model.predict(X).tolist()
+    # a champion that encodes otherwise (other features) is scored by its own predict
+    other = LightGBMTrainer(params={"min_data_in_leaf": 5}, num_boost_round=5, categorical=[])
+    other.fit(X[["temp", "hum"]], X["windspeed"].to_numpy())
+    assert not candidate.model.same_encoding(other)
+    scores, theirs = _score_both(candidate.model, other, X)
+    assert scores.tolist() == candidate.model.predict(X).tolist()
+    assert theirs.tolist() == other.predict(X).tolist()
