@@ -116,8 +116,11 @@ def main() -> None:
                        "--rounds", str(args.rounds)]  # fmt: skip
             if args.scheduler:
                 command += ["--scheduler", args.scheduler]
-            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"the {child} run failed ({done.returncode}):\n{done.stderr[-4000:]}")
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]), flush=True)  # each engine's figures as they come
     lines = [
         f"# Dask trainer vs single-process LightGBM: {args.rows:,} rows, {args.rounds} rounds",
         "",

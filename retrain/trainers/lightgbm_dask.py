@@ -97,8 +97,23 @@ def place_partitions(client: Any, X: Any, y: Any) -> tuple[Any, Any]:
     return X_placed, y_placed
 
 
+LABEL = "__retrain_label__"
+
+
+def _features(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=[LABEL])
+
+
+def _label(frame: pd.DataFrame, name: Any) -> pd.Series:
+    return frame[LABEL].rename(name)
+
+
 def _place(client: Any, X: Any, y: Any) -> list[tuple[str, Any, Any]]:
-    """(worker, features future, labels future) per worker holding data, in address order."""
+    """(worker, features future, labels future) per worker holding data, in address order.
+
+    Features and labels travel as one frame: two column selections of one Dask frame need not
+    have the same partitions (a parquet read may combine small partitions of a narrow
+    selection), so their partitions cannot be paired by position."""
     import dask
     from distributed import wait
 
@@ -107,15 +122,17 @@ def _place(client: Any, X: Any, y: Any) -> list[tuple[str, Any, Any]]:
         raise TrainingError(
             "the Dask cluster has no worker: start `dask worker SCHEDULER_ADDRESS` processes"
         )
-    xs, ys = X.to_delayed(), y.to_delayed()
+    if LABEL in X.columns:
+        raise TrainingError(f"a feature is named {LABEL!r}: rename it")
+    parts = X.assign(**{LABEL: y}).to_delayed()
     placed = []
-    for k, worker in enumerate(workers[: len(xs)]):
-        mine = range(k, len(xs), len(workers))
-        parts = [
-            dask.delayed(_concat)(*[xs[i] for i in mine]),
-            dask.delayed(_concat)(*[ys[i] for i in mine]),
-        ]
-        x_future, y_future = client.compute(parts, workers=[worker], allow_other_workers=False)
+    for k, worker in enumerate(workers[: len(parts)]):
+        joined = dask.delayed(_concat)(*[parts[i] for i in range(k, len(parts), len(workers))])
+        x_future, y_future = client.compute(
+            [dask.delayed(_features)(joined), dask.delayed(_label)(joined, y.name)],
+            workers=[worker],
+            allow_other_workers=False,
+        )
         placed.append((worker, x_future, y_future))
     wait([future for _, x, y in placed for future in (x, y)])
     return placed

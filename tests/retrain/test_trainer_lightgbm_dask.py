@@ -121,7 +121,9 @@ def test_partitions_are_placed_on_the_workers_in_a_fixed_layout(client):
         assert y_part.compute().index.equals(expected.index)
     held = client.run(
         lambda dask_worker: sorted(
-            len(value) for key, value in dask_worker.data.items() if "_concat" in str(key)
+            len(value)
+            for key, value in dask_worker.data.items()
+            if "_features" in str(key) or "_label" in str(key)
         )
     )
     assert [held[w] for w in workers] == [[40, 40], [30, 30]]  # features and labels together
