@@ -205,7 +205,7 @@ def _train_part(
 
 
 class DaskLightGBMTrainer(LightGBMTrainer):
-    """:class:`LightGBMTrainer` fitted through ``lightgbm.dask`` on a Dask dataframe.
+    """:class:`LightGBMTrainer` fitted on a Dask dataframe by LightGBM's distributed training.
 
     ``client`` is a ``distributed.Client`` (None: the current default client). ``fit`` takes a
     Dask DataFrame ``X`` and a Dask Series ``y`` with the same partitions. ``strategy`` is

@@ -1,4 +1,4 @@
-"""LightGBM through lightgbm.dask on a LocalCluster of two worker processes."""
+"""LightGBM distributed over a LocalCluster of two worker processes."""
 
 from __future__ import annotations
 
