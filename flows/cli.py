@@ -825,13 +825,31 @@ def serve(
     monitor_interval: Annotated[
         float | None, typer.Option(help="Monitor every SECONDS instead of monitor.interval.")
     ] = None,
+    work_pool: Annotated[
+        str | None,
+        typer.Option(
+            help="Register the deployments on this process work pool (created if missing) and "
+            "return: `prefect worker start --pool NAME` processes run them."
+        ),
+    ] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Serve the scheduled retrain of each model on the Prefect server at PREFECT_API_URL."""
-    from flows.deployments import serve_models
+    from flows.deployments import deploy_models, serve_models
 
     for path in spec:
         _load(path, None)  # validate every spec before registering anything
+    if work_pool:
+        names = deploy_models(
+            spec,
+            work_pool,
+            interval_seconds=interval,
+            continual=continual,
+            monitor_interval_seconds=monitor_interval,
+        )
+        for name in names:
+            console.print(f"deployed {name} on work pool {work_pool}")
+        return
     quiet_flow_runs()
     serve_models(
         spec,

@@ -2,8 +2,8 @@
 
 With ``compute.engine = "dask"`` the training window is read from the feature cache as a Dask
 DataFrame (each worker opens its files, on object storage when ``state.cache_url`` is a URL)
-and LightGBM trains through ``lightgbm.dask``. The result is the same plain LightGBM model as
-a local fit: the rest of a retrain (backtest, registry, serving) does not know where it ran.
+and LightGBM trains distributed over the workers. The result is the same plain LightGBM model
+as a local fit: the rest of a retrain (backtest, registry, serving) does not know where it ran.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 def fit_on_dask(
     spec: ModelSpec, window: Window, trainer: LightGBMTrainer, client: Any = None
 ) -> tuple[LightGBMTrainer, np.ndarray]:
-    """Fit ``trainer``'s configuration on ``window`` through ``lightgbm.dask``.
+    """Fit ``trainer``'s configuration on ``window`` by LightGBM's distributed training on Dask.
 
     ``client``: a ``distributed.Client`` to use; None connects to ``compute.scheduler`` (or
     starts a LocalCluster of ``compute.workers`` processes for this fit). Returns the fitted

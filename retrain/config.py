@@ -583,7 +583,8 @@ class LiveSpec(_Strict):
 
 
 class ComputeSpec(_Strict):
-    """Where training runs: in the retrain process, or on a Dask cluster (``lightgbm.dask``)."""
+    """Where training runs: in the retrain process, or on a Dask cluster (LightGBM's
+    distributed fit; an ALS fold-in's users, a recompute staying in the process)."""
 
     engine: Literal["local", "dask"] = "local"
     # tcp://host:8786 of a running `dask scheduler`; unset: a LocalCluster of `workers`
@@ -784,11 +785,7 @@ class ModelSpec(_Strict):
                 )
             if self.gate.slices:
                 raise ValueError("gate.slices is for tabular models: remove it from an ALS spec")
-            if self.compute.engine != "local":
-                raise ValueError(
-                    "compute.engine = 'dask' trains LightGBM (lightgbm.dask); an ALS spec "
-                    "recomputes on one node: remove [compute] or set engine = 'local'"
-                )
+            # compute.engine = 'dask': fold-ins solve their users on the workers
             return self
         if self.interactions is not None:
             raise ValueError(

@@ -21,7 +21,7 @@ from tests.conftest import free_port
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 90
-# lightgbm.dask runs one training task per worker that holds data
+# the Dask trainer runs one LightGBM training task (_train_part) per worker that holds data
 TRAIN_TASK = "_train_part"
 
 

@@ -25,6 +25,7 @@ ids as two categorical columns, see ``ModelSpec``); then
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -116,6 +117,7 @@ def make_trainer(
     strategy: str = "scratch",
     init_model: ALSTrainer | None = None,
     foldin_data: str = "history",
+    client: Any = None,
 ) -> ALSTrainer:
     als = spec.als
     return ALSTrainer(
@@ -136,6 +138,7 @@ def make_trainer(
         refresh_items=als.refresh_items,
         foldin_data=foldin_data,
         foldin_solver=als.foldin_solver,
+        client=client,
     )
 
 
@@ -272,14 +275,12 @@ def fit(
         raise TrainingError("a fold-in needs the champion")
     history = _history_window(spec, prepared, champion)
     increment = _increment(spec, prepared, champion, history.start)
-    if increment is None:
-        frame = load_interactions(spec, history)
-        model = make_trainer(spec, plan.strategy, champion.model).fit(frame)
-        read = history
-    else:
-        frame = load_interactions(spec, increment)
-        model = make_trainer(spec, plan.strategy, champion.model, "increment").fit(frame)
-        read = increment
+    read, foldin_data = (history, "history") if increment is None else (increment, "increment")
+    frame = load_interactions(spec, read)
+    with _foldin_client(spec) as client:
+        trainer = make_trainer(spec, plan.strategy, champion.model, foldin_data, client)
+        model = trainer.fit(frame)
+    model.client = None
     lineage = champion.data_versions
     data_versions = lineage if lineage and lineage[-1] == read.version else (*lineage, read.version)
     # a fold-in's newest row: the increment's (or the full history's) last row
@@ -293,6 +294,16 @@ def fit(
         np.empty(0),
         last_row(frame["ts"]),
     )
+
+
+def _foldin_client(spec: ModelSpec) -> contextlib.AbstractContextManager[Any]:
+    """With ``compute.engine = "dask"``: a Dask client the fold-in solves its users on (a
+    recompute stays in this process: implicit's ALS is single-node on CPU)."""
+    if spec.compute.engine != "dask":
+        return contextlib.nullcontext()
+    from retrain.trainers.lightgbm_dask import dask_client
+
+    return dask_client(spec.compute.scheduler, workers=spec.compute.workers)
 
 
 def fit_candidate(

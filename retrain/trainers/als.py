@@ -90,7 +90,9 @@ Recommendations
 from __future__ import annotations
 
 import functools
+import itertools
 import json
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -121,6 +123,8 @@ from retrain.trainers.interactions import (
     sparse_matrix,
     splice_rows,
 )
+
+logger = logging.getLogger(__name__)
 
 CONFIDENCE = ("linear", "bm25", "tfidf", "threshold")
 STRATEGIES = ("recompute", "foldin")
@@ -229,6 +233,7 @@ class ALSTrainer:
         refresh_items: float | None = 0.2,
         foldin_data: str = "history",
         foldin_solver: str = "exact",
+        client: Any = None,
     ) -> None:
         self.factors = factors
         self.regularization = regularization
@@ -247,10 +252,16 @@ class ALSTrainer:
         self.refresh_items = refresh_items
         self.foldin_data = foldin_data
         self.foldin_solver = foldin_solver
+        self.client = client
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["client"] = None  # a Dask client does not travel (to workers, into pickles)
+        return state
 
     # -- parameters ---------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
-        """Every parameter but ``init_model`` (JSON-ready)."""
+        """Every parameter but ``init_model`` and ``client`` (JSON-ready)."""
         return {
             "factors": self.factors,
             "regularization": self.regularization,
@@ -787,22 +798,26 @@ class ALSTrainer:
     def _solve_users(
         self, model: AlternatingLeastSquares, rows: np.ndarray, confidence: sp.csr_matrix
     ) -> None:
-        """New factors for ``rows`` (users) from their confidence rows (before ``alpha``)."""
+        """New factors for ``rows`` (users) from their confidence rows (before ``alpha``).
+
+        With a Dask ``client`` the users are solved in chunks on the workers (the item factors
+        sent to every worker once): each user's solution depends only on their own row and the
+        fixed item factors, so the factors are the serial fold-in's, bit for bit."""
+        if self.client is not None and rows.size:
+            model.user_factors[rows] = solve_users_on_dask(
+                self.client,
+                self.get_params(),
+                model.item_factors,
+                model.user_factors[rows],
+                confidence,
+            )
+            model._user_norms = None  # what partial_fit_users clears after an update
+            model._XtX = None
+            return
         if self.foldin_solver == "exact":
             model.partial_fit_users(rows, confidence)
             return
-        # implicit's own fit step (model.solver: conjugate gradient, cg_steps from the current
-        # factors; a new user starts from zeros), applied to these users only
-        factors = np.ascontiguousarray(model.user_factors[rows])
-        scaled = sp.csr_matrix(confidence * np.float32(self.alpha), dtype=np.float32)
-        model.solver(
-            scaled,
-            factors,
-            model.item_factors,
-            model.regularization,
-            num_threads=model.num_threads,
-        )
-        model.user_factors[rows] = factors
+        model.user_factors[rows] = _solve_cg(model, model.user_factors[rows], confidence)
 
     # -- recommendations ----------------------------------------------------------------------
     def recommend(
@@ -964,3 +979,77 @@ def _ids(column: pd.Series) -> np.ndarray:
     if pd.api.types.is_integer_dtype(column):
         return column.to_numpy(dtype="int64")
     return column.to_numpy(dtype=object)
+
+
+def _solve_cg(
+    model: AlternatingLeastSquares, start: np.ndarray, confidence: sp.csr_matrix
+) -> np.ndarray:
+    """implicit's own fit step (model.solver: conjugate gradient, cg_steps from the current
+    factors; a new user starts from zeros), applied to these users only."""
+    factors = np.ascontiguousarray(start)
+    scaled = sp.csr_matrix(confidence * np.float32(model.alpha), dtype=np.float32)
+    model.solver(
+        scaled,
+        factors,
+        model.item_factors,
+        model.regularization,
+        num_threads=model.num_threads,
+    )
+    return factors
+
+
+def _solve_user_chunk(
+    params: dict[str, Any], item_factors: np.ndarray, start: np.ndarray, confidence: sp.csr_matrix
+) -> np.ndarray:
+    """One chunk of a fold-in's users, solved on a Dask worker: the serial fold-in's steps
+    (``recalculate_user`` for ``exact``, implicit's CG step for ``cg``) on a model holding the
+    fixed item factors, BLAS pinned to one thread as in the retrain process."""
+    trainer = ALSTrainer(**params)
+    with _one_blas_thread():
+        model = trainer._implicit()
+        model.item_factors = item_factors
+        model.user_factors = np.ascontiguousarray(start)
+        if trainer.foldin_solver == "exact":
+            return np.asarray(model.recalculate_user(np.arange(start.shape[0]), confidence))
+        return _solve_cg(model, start, confidence)
+
+
+def solve_users_on_dask(
+    client: Any,
+    params: dict[str, Any],
+    item_factors: np.ndarray,
+    start: np.ndarray,
+    confidence: sp.csr_matrix,
+) -> np.ndarray:
+    """Fold-in factors of the users whose confidence rows are ``confidence`` (``start``: their
+    current factors), solved in one chunk per Dask worker against ``item_factors``.
+
+    The chunks are contiguous runs of rows in order, so the result is assembled in the order
+    given whatever worker solved which chunk."""
+    workers = sorted(client.scheduler_info()["workers"])
+    if not workers:
+        raise TrainingError(
+            "the Dask cluster has no worker: start `dask worker SCHEDULER_ADDRESS` processes"
+        )
+    [items] = client.scatter([item_factors], broadcast=True)
+    bounds = np.linspace(0, start.shape[0], min(len(workers), start.shape[0]) + 1).astype(int)
+    futures = [
+        client.submit(
+            _solve_user_chunk,
+            params,
+            items,
+            start[lo:hi],
+            confidence[lo:hi],
+            workers=[workers[k % len(workers)]],
+            pure=False,
+        )
+        for k, (lo, hi) in enumerate(itertools.pairwise(bounds))
+    ]
+    solved = np.concatenate(client.gather(futures)).astype(start.dtype, copy=False)
+    logger.info(
+        "ALS fold-in: %d user(s) solved in %d chunk(s) on %d Dask worker(s)",
+        start.shape[0],
+        len(futures),
+        len(workers),
+    )
+    return solved

@@ -373,3 +373,28 @@ def test_deploy_prefect_yaml_deploys_to_a_real_prefect_server(live_server, tmp_p
     assert deployment.pull_steps == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
     ]
+
+
+@pytest.mark.slow
+def test_retrain_serve_with_a_work_pool_registers_the_deployments_on_it_and_returns(
+    live_server, tmp_path, bike_dir
+):
+    spec_path = write_spec(tmp_path, bike_dir)
+
+    done = subprocess.run(
+        [str(BIN / "retrain"), "serve", "--spec", str(spec_path), "--work-pool", "fleet"],
+        env=live_server.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "deployed retrain/bike-test-scheduled on work pool fleet" in done.stdout
+    with client_of(live_server) as client:
+        deployment = client.read_deployment_by_name("retrain/bike-test-scheduled")
+        pool = client.read_work_pool("fleet")
+    assert deployment.work_pool_name == "fleet"
+    assert pool.type == "process"
+    assert deployment.global_concurrency_limit is not None
+    assert deployment.global_concurrency_limit.limit == 1

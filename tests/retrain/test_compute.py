@@ -69,11 +69,12 @@ def test_a_bad_cached_file_is_healed_before_the_workers_train_on_it(
     assert f"recomputing partition {part.key}" in project_logs.text
 
 
-def test_an_als_spec_cannot_ask_for_dask(taste_csv, tmp_path):
+def test_an_als_spec_may_fold_in_on_dask(taste_csv, tmp_path):
     from tests.conftest import als_spec_dict
 
-    with pytest.raises(SpecError, match=r"an ALS spec\s+recomputes on one node"):
-        parse_spec(als_spec_dict(taste_csv, tmp_path / "state", **{"compute.engine": "dask"}))
+    spec = parse_spec(als_spec_dict(taste_csv, tmp_path / "state", **{"compute.engine": "dask"}))
+
+    assert spec.compute.engine == "dask"  # fold-ins solve their users on the workers
 
 
 def test_a_scheduler_that_is_not_an_address_is_a_spec_error(bike_dir, tmp_path):

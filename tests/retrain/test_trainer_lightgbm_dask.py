@@ -1,4 +1,4 @@
-"""LightGBM through lightgbm.dask on a LocalCluster of two worker processes."""
+"""LightGBM distributed over a LocalCluster of two worker processes."""
 
 from __future__ import annotations
 
@@ -121,7 +121,66 @@ def test_partitions_are_placed_on_the_workers_in_a_fixed_layout(client):
         assert y_part.compute().index.equals(expected.index)
     held = client.run(
         lambda dask_worker: sorted(
-            len(value) for key, value in dask_worker.data.items() if "_concat" in str(key)
+            len(value)
+            for key, value in dask_worker.data.items()
+            if "_features" in str(key) or "_label" in str(key)
         )
     )
     assert [held[w] for w in workers] == [[40, 40], [30, 30]]  # features and labels together
+
+
+def thresholds(model, feature: str, first_tree: int = 0) -> set[float]:
+    trees = model.booster_.trees_to_dataframe()
+    mine = trees[(trees["tree_index"] >= first_tree) & (trees["split_feature"] == feature)]
+    return set(mine["threshold"].round(12))
+
+
+def narrow_increment(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """x1 only within [0, 0.05] and y steep in it: its own bins would be far finer than the
+    champion's (binned on x1 over [0, 1])."""
+    X, _ = make_data(n, seed=seed)
+    X["x1"] = X["x1"] * 0.05
+    return X, 2000 * X["x1"].to_numpy() + np.random.default_rng(seed).normal(0, 1, n)
+
+
+def test_a_warm_increment_on_dask_splits_on_the_champions_bins_as_the_local_trainer_does(client):
+    X, y = make_data(2000, seed=5)
+    champion = LightGBMTrainer(**options()).fit(X, y)
+    X_new, y_new = narrow_increment(2000, seed=6)
+    warm = options(num_boost_round=15, params={**SMALL, "num_leaves": 15})
+
+    local = LightGBMTrainer(**warm, strategy="warm", init_model=champion).fit(X_new, y_new)
+    dist = DaskLightGBMTrainer(**warm, strategy="warm", init_model=champion, client=client).fit(
+        *as_dask(X_new, y_new)
+    )
+    scratch = LightGBMTrainer(**warm).fit(X_new, y_new)  # bins of its own on the narrow rows
+
+    first = champion.booster_.num_trees()
+    frozen = thresholds(dist, "x1", first)
+    assert frozen == thresholds(local, "x1", first)
+    # the champion's bins are coarse over [0, 0.05]; the increment's own bins would not be
+    assert len(thresholds(scratch, "x1")) > 2 * len(frozen)
+
+
+def test_a_dask_fit_repeats_exactly_on_the_same_data_and_workers(client):
+    X, y = make_data(3000, seed=7)
+    champion = LightGBMTrainer(**options()).fit(X, y)
+    X_new, y_new = make_data(3000, seed=8)
+
+    def trees(model) -> str:  # the model text without its parameters (ports differ per fit)
+        return model.model_string().split("\nparameters:")[0]
+
+    scratch = [
+        trees(DaskLightGBMTrainer(**options(), client=client).fit(*as_dask(X, y, parts=5)))
+        for _ in range(2)
+    ]
+    warm = [
+        trees(
+            DaskLightGBMTrainer(
+                **options(num_boost_round=10), strategy="warm", init_model=champion, client=client
+            ).fit(*as_dask(X_new, y_new, parts=5))
+        )
+        for _ in range(3)
+    ]
+    assert scratch[0] == scratch[1]
+    assert warm[0] == warm[1] == warm[2]
