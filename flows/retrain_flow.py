@@ -165,11 +165,10 @@ def recover_alias_changes(registry: ModelRegistry) -> list[str]:
 
 @task(cache_policy=NO_CACHE)
 def load_champion(registry: ModelRegistry) -> Champion | None:
-    version = registry.alias_version("champion")
-    if version is None:
+    info = registry.alias_info("champion")  # the version, its run and tags: one read
+    if info is None:
         return None
-    info = registry.version(version)
-    return Champion.registered(version, registry.load_model(version), info.tags)
+    return Champion.registered(info.version, registry.load_model(info.version, info), info.tags)
 
 
 @task(cache_policy=NO_CACHE)
@@ -326,14 +325,22 @@ def register_candidate(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def infra_check(
+    spec: ModelSpec, registry: ModelRegistry, version: str, prepared: Prepared
+) -> InfraCheck | None:
+    """The infra validation of ``gate.infra_validation`` (a task run), or None when it does
+    not run (then no task run either)."""
+    if not infra_wanted(spec.gate, deployment.id is not None):
+        return None
+    return validate_infra(spec, registry, version, prepared)
+
+
 @task(cache_policy=NO_CACHE)
 def validate_infra(
     spec: ModelSpec, registry: ModelRegistry, version: str, prepared: Prepared
-) -> InfraCheck | None:
+) -> InfraCheck:
     """Serve the candidate with `mlflow models serve` and check its answers to raw holdout
-    rows (``gate.infra_validation``; None when it does not run)."""
-    if not infra_wanted(spec.gate, deployment.id is not None):
-        return None
+    rows."""
     params = family_of(spec).predict_params(spec)
     if "probabilities" in params:  # multiclass: compare every probability, not only the class
         params = {**params, "probabilities": True}
@@ -525,10 +532,10 @@ def _approval(answer: ApprovalInput, spec: ModelSpec) -> Approval:
     return Approval(answer.decision == "approve", approver, answer.comment)
 
 
-@task(cache_policy=NO_CACHE)
 def expire_unanswered(spec: ModelSpec, ledger: Ledger, registry: ModelRegistry) -> int:
     """Suspended runs nobody answered within ``gate.approval_timeout`` are rejections: tag the
-    version, finish the ledger run, release the model. Returns how many expired."""
+    version, finish the ledger run, release the model. Returns how many expired. A step of
+    the flow itself, not a task run: almost always one ledger query that finds nothing."""
     expired = ledger.expired_suspensions(spec.name, pd.Timedelta(spec.gate.approval_timeout))
     for run in expired:
         decision = _decision_of(run, timed_out(spec.gate.approval_timeout))
@@ -876,9 +883,7 @@ def _retrain(
             validated=validated if validated is not trained else None,
         )
         # the served candidate answers raw rows over HTTP as in process, or the gate fails
-        result = gate_with_infra(
-            evaluated.result, validate_infra(spec, registry, version, prepared)
-        )
+        result = gate_with_infra(evaluated.result, infra_check(spec, registry, version, prepared))
         if result is not evaluated.result:
             evaluated = replace(evaluated, result=result)
         ledger.update_run(run_id, model_version=version, metrics=result.to_dict())
@@ -897,13 +902,14 @@ def _retrain(
             refit=validated is not trained,
             links=links,
         )
-        publish_card(spec, registry, facts)
         if result.passed and spec.live.required != "none":
             # backtest gate -> challenger -> live test -> champion: the online evaluation
             # (flows/live_flow.py) decides, with the same invariant, approval and audit
+            publish_card(spec, registry, facts)  # decision pending until the live test ends
             why = f"backtest gate passed; awaiting the live {spec.live.required} test"
             return _awaiting_live(ledger, spec, mode, run_id, version, why)
         if needs_operator(result.passed, spec.gate.require_approval, auto_approve):
+            publish_card(spec, registry, facts)  # what the operator reads, decision pending
             approval: Approval | None = wait_for_approval(
                 spec, ledger, run_id, version, evaluated, evidence
             )
@@ -961,7 +967,7 @@ def _retrain(
             )
             trained = served
             result = gate_with_infra(
-                baseline_eval.result, validate_infra(spec, registry, version, prepared)
+                baseline_eval.result, infra_check(spec, registry, version, prepared)
             )
             result = replace(result, reasons=(choice.reason, *result.reasons))
             evaluated = replace(baseline_eval, result=result)
