@@ -27,6 +27,7 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout, Pause
 from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
@@ -330,9 +331,20 @@ def infra_check(
 ) -> InfraCheck | None:
     """The infra validation of ``gate.infra_validation`` (a task run), or None when it does
     not run (then no task run either)."""
-    if not infra_wanted(spec.gate, deployment.id is not None):
+    setting = spec.gate.infra_validation  # only "deployments" needs to know (an API read)
+    if not infra_wanted(spec.gate, setting == "deployments" and _in_deployment()):
         return None
     return validate_infra(spec, registry, version, prepared)
+
+
+def _in_deployment() -> bool:
+    """Whether this run is a deployment's (or nested in one): the run's own record first;
+    ``prefect.runtime.deployment.id`` reads the flow run from the API again otherwise."""
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    if run is not None and run.deployment_id is not None:
+        return True
+    return deployment.id is not None
 
 
 @task(cache_policy=NO_CACHE)
