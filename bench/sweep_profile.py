@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.fleet import prefect_server, run_figures, write_specs  # noqa: E402
+from retrain.statuses import Mode  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
 FIRST, WARM, MEASURED = "2011-04-15", "2011-04-17", "2011-04-19"
@@ -72,7 +73,7 @@ def own_steps(profile: cProfile.Profile) -> list[tuple[str, int, float]]:
     return sorted(rows, key=lambda r: -r[2])[:40]
 
 
-def sweep(specs: list[Path], mode: str, as_of: str) -> tuple[list[dict], float, float]:
+def sweep(specs: list[Path], mode: Mode, as_of: str) -> tuple[list[dict], float, float]:
     """One sweep's outcomes, wall time and this process's CPU time (all its threads)."""
     from flows.sweep_flow import sweep_flow
 
