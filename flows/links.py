@@ -7,6 +7,8 @@ from typing import Any
 from uuid import UUID
 
 from prefect import get_client
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.utilities.urls import url_for
 
@@ -57,14 +59,22 @@ def retrain_run_name() -> str:
 def tag_flow_run(*tags: str) -> None:
     """Add ``tags`` to the current flow run (filterable in the UI); a no-op outside one.
 
-    Naming is a convenience: an API error is logged and the retrain goes on.
+    One API call: the run's current tags are the run context's (what it was created with),
+    and the run's own engine client sends the update. Naming is a convenience: an API error is
+    logged and the retrain goes on.
     """
     run_id = flow_run.get_id()
     if not run_id:
         return
+    current = set(flow_run.get_tags())
+    if current.issuperset(tags):
+        return
+    context = FlowRunContext.get()
     try:
-        with get_client(sync_client=True) as client:
-            current = client.read_flow_run(UUID(str(run_id))).tags
-            client.update_flow_run(UUID(str(run_id)), tags=sorted({*current, *tags}))
+        if context is not None and isinstance(context.client, SyncPrefectClient):
+            context.client.update_flow_run(UUID(str(run_id)), tags=sorted({*current, *tags}))
+        else:
+            with get_client(sync_client=True) as client:
+                client.update_flow_run(UUID(str(run_id)), tags=sorted({*current, *tags}))
     except Exception as exc:  # tags are not worth failing a retrain for
         logger.warning("could not tag flow run %s with %s: %s", run_id, tags, exc)

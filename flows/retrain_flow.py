@@ -27,6 +27,7 @@ from prefect.artifacts import (
     create_table_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout, Pause
 from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
@@ -165,13 +166,12 @@ def recover_alias_changes(registry: ModelRegistry) -> list[str]:
 
 @task(cache_policy=NO_CACHE)
 def load_champion(registry: ModelRegistry) -> Champion | None:
-    version = registry.alias_version("champion")
-    if version is None:
+    info = registry.alias_info("champion")  # the version, its run and tags: one read
+    if info is None:
         return None
-    info = registry.version(version)
     # a refitted version keeps its validated fit: the gate's equal-staleness counterpart
-    model, validated = registry.load_with_validated(version)
-    return Champion.registered(version, model, info.tags, validated)
+    model, validated = registry.load_with_validated(info.version, info)
+    return Champion.registered(info.version, model, info.tags, validated)
 
 
 @task(cache_policy=NO_CACHE)
@@ -338,14 +338,33 @@ def register_candidate(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def infra_check(
+    spec: ModelSpec, registry: ModelRegistry, version: str, prepared: Prepared
+) -> InfraCheck | None:
+    """The infra validation of ``gate.infra_validation`` (a task run), or None when it does
+    not run (then no task run either)."""
+    setting = spec.gate.infra_validation  # only "deployments" needs to know (an API read)
+    if not infra_wanted(spec.gate, setting == "deployments" and _in_deployment()):
+        return None
+    return validate_infra(spec, registry, version, prepared)
+
+
+def _in_deployment() -> bool:
+    """Whether this run is a deployment's (or nested in one): the run's own record first;
+    ``prefect.runtime.deployment.id`` reads the flow run from the API again otherwise."""
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    if run is not None and run.deployment_id is not None:
+        return True
+    return deployment.id is not None
+
+
 @task(cache_policy=NO_CACHE)
 def validate_infra(
     spec: ModelSpec, registry: ModelRegistry, version: str, prepared: Prepared
-) -> InfraCheck | None:
+) -> InfraCheck:
     """Serve the candidate with `mlflow models serve` and check its answers to raw holdout
-    rows (``gate.infra_validation``; None when it does not run)."""
-    if not infra_wanted(spec.gate, deployment.id is not None):
-        return None
+    rows."""
     params = family_of(spec).predict_params(spec)
     if "probabilities" in params:  # multiclass: compare every probability, not only the class
         params = {**params, "probabilities": True}
@@ -537,10 +556,10 @@ def _approval(answer: ApprovalInput, spec: ModelSpec) -> Approval:
     return Approval(answer.decision == "approve", approver, answer.comment)
 
 
-@task(cache_policy=NO_CACHE)
 def expire_unanswered(spec: ModelSpec, ledger: Ledger, registry: ModelRegistry) -> int:
     """Suspended runs nobody answered within ``gate.approval_timeout`` are rejections: tag the
-    version, finish the ledger run, release the model. Returns how many expired."""
+    version, finish the ledger run, release the model. Returns how many expired. A step of
+    the flow itself, not a task run: almost always one ledger query that finds nothing."""
     expired = ledger.expired_suspensions(spec.name, pd.Timedelta(spec.gate.approval_timeout))
     for run in expired:
         decision = _decision_of(run, timed_out(spec.gate.approval_timeout))
@@ -828,7 +847,7 @@ def _offer(
         beaten=beaten,
     )
     # the served version answers raw rows over HTTP as in process, or the gate fails
-    result = gate_with_infra(evaluated.result, validate_infra(spec, registry, version, prepared))
+    result = gate_with_infra(evaluated.result, infra_check(spec, registry, version, prepared))
     if why is not None:
         result = replace(result, reasons=(why, *result.reasons))
     if result is not evaluated.result:
@@ -858,14 +877,15 @@ def _offer(
         refit=validated is not None,
         links=links,
     )
-    publish_card(spec, registry, facts)
     if result.passed and spec.live.required != "none":
         # backtest gate -> challenger -> live test -> champion: the online evaluation
         # (flows/live_flow.py) decides, with the same invariant, approval and audit
+        publish_card(spec, registry, facts)  # decision pending until the live test ends
         waiting = f"{why or 'backtest gate passed'}; awaiting the live {spec.live.required} test"
         return _awaiting_live(ledger, spec, run.mode, run.run_id, version, waiting, **replaced)
     approval: Approval | None
     if needs_operator(result.passed, spec.gate.require_approval, auto_approve):
+        publish_card(spec, registry, facts)  # what the operator reads, decision pending
         approval = wait_for_approval(spec, ledger, run.run_id, version, evaluated, evidence)
     else:
         approval = automatic_approval(run.actor) if result.passed else None

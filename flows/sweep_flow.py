@@ -86,8 +86,10 @@ def sweep_flow(
     check_sweep(spec_paths, auto_approve, overrides)
     logger = get_run_logger()
     outcomes: list[dict[str, Any]] = []
-    for path in spec_paths:
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    # once for the whole sweep (building Prefect's settings takes a tenth of a second or more):
+    # the sweep's own heartbeats were started with its run, before this
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        for path in spec_paths:
             state = retrain_flow(
                 spec_path=str(path),
                 mode=mode,
@@ -98,12 +100,12 @@ def sweep_flow(
                 overrides=overrides,
                 return_state=True,
             )
-        try:
-            outcome = state.result()
-        except Exception as exc:  # this model failed; the sweep goes on with the next
-            logger.warning("retrain of %s failed: %s", path, exc)
-            outcome = {"status": "failed", "spec_path": str(path), "error": str(exc)}
-        outcomes.append(outcome)
+            try:
+                outcome = state.result()
+            except Exception as exc:  # this model failed; the sweep goes on with the next
+                logger.warning("retrain of %s failed: %s", path, exc)
+                outcome = {"status": "failed", "spec_path": str(path), "error": str(exc)}
+            outcomes.append(outcome)
     counts: dict[str, int] = {}
     for outcome in outcomes:
         counts[outcome["status"]] = counts.get(outcome["status"], 0) + 1

@@ -391,12 +391,30 @@ def _out_of_bounds(what: str, col: str, values: pd.Series, spec: ModelSpec) -> P
     )
 
 
+def _features_in_bounds(frame: pd.DataFrame, spec: ModelSpec) -> bool:
+    """Whether every numeric feature is a number within its bounds in every row of ``frame``:
+    then no partition of it has a value outside (the check is row by row), and the checks of
+    its partitions can skip that part (one check of the source instead of one a partition)."""
+    for col in spec.features.numeric:
+        values = frame[col]
+        if not pd.api.types.is_numeric_dtype(values):
+            return False
+        if _out_of_bounds(f"numeric feature {col!r}", col, values, spec) is not None:
+            return False
+    return True
+
+
 def _check_partition(
-    frame: pd.DataFrame, spec: ModelSpec, source_labels: set[Any] | None = None
+    frame: pd.DataFrame,
+    spec: ModelSpec,
+    source_labels: set[Any] | None = None,
+    features_in_bounds: bool = False,
 ) -> tuple[pd.DataFrame, Problem | None]:
     """Clean one partition; returns the usable rows and a quarantine reason (or None).
     ``source_labels``: the label values of the whole source, named when a binary label is not
-    0/1 (so every partition gives the same reason, reported once)."""
+    0/1 (so every partition gives the same reason, reported once). ``features_in_bounds``:
+    the numeric features of the whole source were found numbers within their bounds
+    (:func:`_features_in_bounds`), so this partition's are."""
     for col in spec.features.numeric:
         values = frame[col]
         if not pd.api.types.is_numeric_dtype(values):
@@ -410,7 +428,7 @@ def _check_partition(
                     f"numeric feature {col!r} has non-numeric values; fix the data or list "
                     f"{col!r} under features.categorical",
                 )
-    for col in spec.features.numeric:
+    for col in () if features_in_bounds else spec.features.numeric:
         problem = _out_of_bounds(f"numeric feature {col!r}", col, frame[col], spec)
         if problem is not None:
             return frame, problem
@@ -479,7 +497,12 @@ def _not_binary(spec: ModelSpec, values: set[Any]) -> Problem:
 def _vanished_features(frame: pd.DataFrame, watched: list[str], seen: set[str]) -> Problem | None:
     """A feature null in every row of a partition although earlier partitions had values: a
     broken export (a renamed or dropped column) more often than a real absence."""
-    gone = [c for c in watched if c in seen and frame[c].isna().all()]
+    checked = [c for c in watched if c in seen]
+    if not checked:
+        return None
+    # one pass over the partition's columns (a partition's check runs for every partition)
+    empty = frame[checked].isna().to_numpy().all(axis=0)
+    gone = [c for c, none in zip(checked, empty, strict=True) if none]
     if not gone:
         return None
     names = ", ".join(map(repr, gone))
@@ -781,6 +804,7 @@ def ingest(
     )
     if spec.positive is not None:
         _check_positive(frame, spec)
+    in_bounds = _features_in_bounds(frame, spec)
     for period, part in frame.groupby(periods, sort=True):
         start = period.start_time
         end = (period + 1).start_time
@@ -802,13 +826,15 @@ def ingest(
                 quarantined.append(Quarantine(key, len(part), str(flagged.iloc[0])))
                 continue
             part = part.drop(columns=FILE_PROBLEM)
-        usable, problem = _check_partition(part, spec, source_labels)
+        usable, problem = _check_partition(part, spec, source_labels, in_bounds)
         if problem is None:
             problem = _vanished_features(usable, watched, seen)
         if problem is not None:
             quarantined.append(Quarantine(key, len(part), *problem))
             continue
-        seen.update(c for c in watched if usable[c].notna().any())
+        if watched:
+            valued = usable[watched].notna().to_numpy().any(axis=0)
+            seen.update(c for c, has in zip(watched, valued, strict=True) if has)
         notes = []
         if duplicates_per.get(key, 0):
             notes.append(f"{int(duplicates_per[key])} duplicated row(s) dropped")

@@ -63,3 +63,36 @@ def test_an_existing_mlflow_database_is_used_as_it_is(tmp_path: Path, tracking_u
     before = db.stat().st_ino
     ModelRegistry(tracking_uri, "other", Ledger(f"sqlite:///{tmp_path / 'l.db'}")).aliases()
     assert db.stat().st_ino == before
+
+
+def _journal_mode(path: Path) -> str:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        return str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+    finally:
+        conn.close()
+
+
+def test_the_mlflow_database_is_kept_in_wal_mode_and_a_database_in_use_is_left_as_it_is(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from registry.client import use_wal_journal
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.migrate()
+    path = tmp_path / "mlflow.db"
+    ModelRegistry(f"sqlite:///{path}", "model", ledger).aliases()
+    assert _journal_mode(path) == "wal"
+
+    other = tmp_path / "other.db"
+    holder = sqlite3.connect(other, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")  # another process writing: the mode cannot change now
+    use_wal_journal(f"sqlite:///{other}")  # no error: the store works as it is
+    holder.execute("COMMIT")
+    holder.close()
+    assert _journal_mode(other) == "delete"
