@@ -178,7 +178,11 @@ def _simulate(
         return simulation, model_spec, spec_path, None
     # the oracle replans the scratch recipe of the spec as given (the grid's base point)
     data = load_replay(model_spec, start=start, end=end)
-    matrix = build_loss_matrix(model_spec, data, every=oracle_every, progress=progress)
+    # scored on the simulation's partitions (a grid's may start later than the base spec's)
+    scored_from = next(p.start for p in data.partitions if p.key == simulation.first_step)
+    matrix = build_loss_matrix(
+        model_spec, data, every=oracle_every, progress=progress, scored_from=scored_from
+    )
     return simulation, model_spec, spec_path, oracle_of(matrix, simulation)
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from retrain.backtest import score
 from retrain.config import ModelSpec
@@ -68,11 +69,13 @@ def build_loss_matrix(
     data: ReplayData,
     every: int = 1,
     progress: ProgressCallback | None = None,
+    scored_from: pd.Timestamp | None = None,
 ) -> LossMatrix:
     """Fit the scratch recipe at every ``every``-th step and score it on every later step
-    (each cached partition read from disk once, as in the replay)."""
+    (each cached partition read from disk once, as in the replay). ``scored_from``: the first
+    partition scored, if later than the windows allow (the simulation's, e.g. a grid's)."""
     with in_memory():
-        return _build_loss_matrix(spec, data, every, progress)
+        return _build_loss_matrix(spec, data, every, progress, scored_from)
 
 
 def _build_loss_matrix(
@@ -80,6 +83,7 @@ def _build_loss_matrix(
     data: ReplayData,
     every: int,
     progress: ProgressCallback | None,
+    scored_from: pd.Timestamp | None,
 ) -> LossMatrix:
     if spec.task not in {"regression", "binary"}:
         raise SimulationError(
@@ -89,7 +93,7 @@ def _build_loss_matrix(
     if every < 1:
         raise SimulationError(f"--oracle-every must be at least 1, got {every}")
     family = family_of(spec)
-    t0 = first_step(data, spec)
+    t0 = first_step(data, spec, scored_from)
     n = len(data.partitions) - t0
     starts = tuple(range(0, n, every))
     features = list(spec.features.columns)

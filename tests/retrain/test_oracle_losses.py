@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from retrain.config import ModelSpec, parse_spec
@@ -88,6 +89,16 @@ def test_every_n_restricts_the_oracle_to_every_nth_step(
     assert sparse.starts == tuple(range(0, len(full.partitions), 5))
     np.testing.assert_allclose(sparse.loss[1], full.loss[5])
     assert oracle_of(sparse).best <= oracle_of(full).best
+
+
+def test_the_oracle_scores_from_a_later_first_partition_when_told(
+    drifting: tuple[ModelSpec, ReplayData], full: LossMatrix
+) -> None:
+    # a grid's simulation may start later than the base spec's windows allow
+    spec, data = drifting
+    later = build_loss_matrix(spec, data, every=4, scored_from=pd.Timestamp("2024-01-15"))
+    assert later.partitions[0] == "2024-01-15"
+    assert later.partitions == full.partitions[6:]
 
 
 def test_the_oracle_reads_each_cached_partition_from_disk_once(
