@@ -169,7 +169,9 @@ def load_champion(registry: ModelRegistry) -> Champion | None:
     if version is None:
         return None
     info = registry.version(version)
-    return Champion.registered(version, registry.load_model(version), info.tags)
+    # a refitted version keeps its validated fit: the gate's equal-staleness counterpart
+    model, validated = registry.load_with_validated(version)
+    return Champion.registered(version, model, info.tags, validated)
 
 
 @task(cache_policy=NO_CACHE)
@@ -244,6 +246,11 @@ def register_candidate(
     workdir = Path(tempfile.mkdtemp(prefix="candidate-", dir=_tmp_root(spec)))
     try:
         model_dir = trained.model.save(workdir / "trainer")
+        validated_dir = (
+            validated.model.save(workdir / "validated")
+            if validated is not None and validated.model is not trained.model
+            else None
+        )
         family = family_of(spec)
         evidence = (
             write_baseline_evidence(workdir / "evidence", spec, prepared, evaluated)
@@ -262,6 +269,8 @@ def register_candidate(
         )
         if validated is not None:
             tags.update(refit_tags(validated))
+        if evaluated.comparison is not None:  # the champion counterpart the gate judged
+            tags.update(evaluated.comparison.tags)
         if baseline:
             tags.update(baseline_tags(trained.model, beaten))
         run_url = flow_run_url(_flow_run_id())
@@ -309,6 +318,7 @@ def register_candidate(
             family="baseline" if baseline else spec.family,
             predict_params=family.predict_params(spec),
             inputs=family.serving_inputs(spec),
+            validated_dir=validated_dir,
         )
         version = registry.register_candidate(record, actor=actor, flow_run_id=_flow_run_id())
         link = version_link(spec.state.tracking, spec.name, version)

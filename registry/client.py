@@ -92,6 +92,10 @@ class CandidateRecord:
     predict_params: Mapping[str, Any] | None = None
     # the raw columns the served model reads (None: its feature columns, as they are)
     inputs: servable.Inputs | None = None
+    # gate.refit: the saved files of the fit the gate validated (the served fit is its refit),
+    # kept inside the model (covered by its digest) for the next gates' equal-staleness
+    # comparison (gate.equal_staleness); never served
+    validated_dir: Path | None = None
 
 
 # What each family's served model imports (retrain/servable.py, bundled in every version): the
@@ -103,6 +107,8 @@ SERVED_PACKAGES = {
 }
 # the name the bundled copy of retrain/servable.py is imported by inside a model
 SERVABLE_MODULE = "retrain_servable"
+# the model's artifact holding the validated fit of a refitted version (gate.refit)
+VALIDATED_ARTIFACT = "validated"
 
 
 def requirements(family: str) -> list[str]:
@@ -173,6 +179,8 @@ def save_servable(record: CandidateRecord, directory: Path) -> Path:
     bundled = code / f"{SERVABLE_MODULE}.py"
     shutil.copyfile(servable.__file__, bundled)
     artifacts = {"trainer": str(record.model_dir)}
+    if record.validated_dir is not None:
+        artifacts[VALIDATED_ARTIFACT] = str(record.validated_dir)
     inputs: Path | None = None
     if record.inputs is not None:
         inputs = directory / servable.INPUTS_FILE
@@ -193,6 +201,13 @@ def save_servable(record: CandidateRecord, directory: Path) -> Path:
             pip_requirements=requirements(record.family),
         )
     return model_path
+
+
+def validated_path(model_dir: Path) -> Path | None:
+    """Where a logged model keeps its validated fit's saved files (None: it keeps none)."""
+    conf = Model.load(str(model_dir)).flavors["python_function"]
+    entry = conf.get("artifacts", {}).get(VALIDATED_ARTIFACT)
+    return None if entry is None else model_dir / entry["path"]
 
 
 def trainer_path(model_dir: Path) -> Path:
@@ -531,6 +546,18 @@ class ModelRegistry:
         with tempfile.TemporaryDirectory(prefix="retrain-model-") as tmp:
             local = self.download_trusted(str(version), tmp)
             return load_trainer(trainer_path(Path(local)))
+
+    @reachable
+    def load_with_validated(self, version: str) -> tuple[Any, Any | None]:
+        """The fitted trainer of a version and, for a refitted version (``gate.refit``), the
+        fit its gate validated (None when the version keeps none), from one trusted download."""
+        with tempfile.TemporaryDirectory(prefix="retrain-model-") as tmp:
+            local = Path(self.download_trusted(str(version), tmp))
+            validated = validated_path(local)
+            return (
+                load_trainer(trainer_path(local)),
+                None if validated is None else load_trainer(validated),
+            )
 
     # -- writing ------------------------------------------------------------------------------
     @reachable

@@ -358,10 +358,11 @@ def significant_over_baseline(
     samples: int,
     seed: int,
 ) -> tuple[bool, str]:
-    """The baseline check of ``gate.prefer_fresh``: the candidate beats the trivial baseline
-    *significantly*, the lower end of the 95% paired interval of its improvement over the
-    baseline above zero (not only its point estimate, which a model that learned nothing beats
-    by chance half of the time on a balanced binary label).
+    """The baseline check of ``gate.significant_baseline`` (and ``gate.prefer_fresh``): the
+    candidate beats the trivial baseline *significantly*, the lower end of the 95% paired
+    interval of its improvement over the baseline above zero (not only its point estimate,
+    which a model that learned nothing beats by chance half of the time on a balanced binary
+    label).
 
     ``gate.prefer_fresh`` lets a candidate the holdout cannot tell from the champion win the
     tie as the fresher model (non-inferiority). A tie alone would also let through a model
@@ -380,7 +381,7 @@ def significant_over_baseline(
     return False, (
         f"candidate does not beat the trivial baseline significantly ({cand:.4f} vs "
         f"{base:.4f}; the {interval} reaches zero): no evidence that the model learned "
-        "something useful on this window (gate.prefer_fresh)"
+        "something useful on this window (gate.significant_baseline)"
     )
 
 
@@ -408,6 +409,9 @@ class GateSettings:
     max_slice_degradation: float | None = None
     min_slice_rows: int = 30
     prefer_fresh: bool = False
+    # gate.significant_baseline: the baseline check asks for significance (prefer_fresh
+    # always does)
+    significant_baseline: bool = False
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> GateSettings:
@@ -423,6 +427,7 @@ class GateSettings:
             max_slice_degradation=gate.max_slice_degradation if gate.slices else None,
             min_slice_rows=gate.min_slice_rows,
             prefer_fresh=gate.prefer_fresh,
+            significant_baseline=gate.significant_baseline,
         )
 
 
@@ -452,7 +457,8 @@ def backtest(
     class (the ranking family passes its popularity baseline's per-user scores). With
     ``settings.prefer_fresh`` (``gate.prefer_fresh``) a candidate that the interval cannot tell
     from the champion passes too (only one significantly worse is refused), and the candidate
-    must beat the baseline significantly: see :func:`significant_over_baseline`.
+    must beat the baseline significantly: see :func:`significant_over_baseline`; so must every
+    candidate with ``settings.significant_baseline`` (``gate.significant_baseline``).
     """
     metric, task, tolerance = settings.metric, settings.task, settings.tolerance
     max_windows_lost = settings.max_windows_lost
@@ -482,7 +488,7 @@ def backtest(
     if np.isnan(cand):
         passed = False
         reasons.append(f"{metric} is undefined on this holdout (e.g. one class only)")
-    elif prefer_fresh:
+    elif prefer_fresh or settings.significant_baseline:
         base_passed, base_reason = significant_over_baseline(
             metric,
             y,

@@ -215,6 +215,15 @@ class GateSpec(_Strict):
     # An incremental retrain after a refitted champion moves its holdout past the first new
     # partition (retrain.families.spine.align_to_champion), so a lineage always advances.
     refit: bool = True
+    # equal staleness (with refit): when the champion is a refitted fit that trained inside
+    # this holdout, the gate compares the candidate's validated fit with the champion's own
+    # validated fit (kept with the version; it trained before its holdout, so before this one)
+    # on the whole holdout, instead of the served champion on the holdout's tail after its
+    # training end. Both fits are then `windows.holdout` older than what serves, so the
+    # comparison is one of recipes at equal staleness
+    # (retrain.families.spine.champion_comparison). false, or a champion without a validated
+    # fit (registered before it was kept, or a baseline): the tail rule
+    equal_staleness: bool = True
     # non-inferiority: a candidate the paired bootstrap cannot tell from the champion (its 95%
     # interval of the improvement reaches above -tolerance but not wholly) wins the tie as the
     # fresher model; only a candidate significantly worse than the champion is refused. Every
@@ -225,6 +234,12 @@ class GateSpec(_Strict):
     # Bike Sharing and the drift stream, the tie rule did not pay for the bad candidates it
     # let through; docs/fresh-and-safe.md)
     prefer_fresh: bool = False
+    # every candidate (a first model included) beats the trivial baseline significantly: the
+    # lower end of the 95% paired interval of its improvement over the baseline above zero
+    # (retrain.backtest.significant_over_baseline), not only its point estimate, which a model
+    # trained on shuffled labels beats by chance about half of the time on a balanced binary
+    # label. false: the point estimate is enough (unless prefer_fresh, which always asks it)
+    significant_baseline: bool = True
     # the baseline is a model: when the candidate loses to the trivial baseline and the
     # baseline also passes this gate against the champion on the same holdout (or there is no
     # champion), a fresh baseline (fitted on the data up to the as-of with refit) is registered

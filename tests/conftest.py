@@ -110,6 +110,10 @@ def spec_dict(source_path: Path, state_dir: Path, **overrides: Any) -> dict[str,
             # the baseline's promotion is pinned in tests/retrain/test_baseline_promotion.py
             # and tests/flows/test_baseline_flow.py
             "promote_baseline": False,
+            # the suites written before gate.significant_baseline judge a candidate by the
+            # baseline's point estimate (tiny holdouts); the rule is pinned in
+            # tests/retrain/test_equal_staleness.py
+            "significant_baseline": False,
             "infra_validation": "never",
         },
         "lightgbm": {"num_boost_round": 20, "params": {"num_leaves": 15}},

@@ -47,9 +47,9 @@ from retrain.families.spine import (
     Prepared,
     Scored,
     Trained,
+    champion_comparison,
     evidence_tables,
     increment_window,
-    judged_holdout,
     serving_prepared,
     source_rows,
     split_windows,
@@ -340,7 +340,8 @@ def evaluate(
     Each model recommends once, for every user active in the holdout; the popularity baseline
     is fitted once: the segment table and the per-window scores the gate judges share them."""
     als = spec.als
-    holdout, note = judged_holdout(holdout, champion, spec.gate.refit)
+    comparison = champion_comparison(holdout, champion, spec.gate.refit, spec.gate.equal_staleness)
+    holdout, note, versus = comparison.holdout, comparison.note, comparison.model
     train = load_interactions(spec, trained.window)
     held = load_interactions(spec, holdout)
     held = held[pd.to_datetime(held["ts"]) >= holdout.start]
@@ -358,8 +359,8 @@ def evaluate(
         "candidate": trained.model,
         "popularity": baseline,
     }
-    if champion is not None:
-        models["champion"] = champion.model
+    if versus is not None:
+        models["champion"] = versus
     recs = (
         {name: model.recommend(users, k=als.k, filter_seen=True) for name, model in models.items()}
         if users
@@ -372,7 +373,7 @@ def evaluate(
         k=als.k,
         popularity_window=als.popularity_window,
         min_rating=als.min_rating,
-        champion=champion.model if champion is not None else None,
+        champion=versus,
         baseline=baseline,
         recommendations=recs,
         # one window: its relevant pairs are the whole holdout's
@@ -382,7 +383,7 @@ def evaluate(
     row_window = np.concatenate([np.full(len(rel["user"].unique()), i) for i, rel in kept])
     candidate = _window_scores(spec.metric, recs["candidate"], rels, als.k)
     base = _window_scores(spec.metric, recs["popularity"], rels, als.k)
-    champ = None if champion is None else _window_scores(spec.metric, recs["champion"], rels, als.k)
+    champ = None if versus is None else _window_scores(spec.metric, recs["champion"], rels, als.k)
     gate = spec.gate
     settings = GateSettings.from_spec(spec)
     judged: dict[str, Any] = dict(
@@ -392,7 +393,7 @@ def evaluate(
         holdout_end=holdout.end,
         champion_pred=champ,
         champion_version=champion.version if champion else None,
-        champion_train_end=champion.train_end if champion else None,
+        champion_train_end=comparison.train_end,
         window_ids=row_window,
         window_bounds=bounds,
     )
@@ -413,6 +414,7 @@ def evaluate(
         champ,
         verdict,
         refresh,
+        comparison,
         ranking=ranking,
     )
 

@@ -188,8 +188,14 @@ def baseline_verdict(
     asks only for a refused candidate): production never serves an older baseline than the
     one refitted on current data. The champion's metric is still in the result.
     """
+    # the bar is the refused candidate's point estimate (gate.significant_baseline asks a
+    # candidate for evidence over the trivial model, not the trivial model over a candidate;
+    # gate.prefer_fresh still asks it, as before)
     verdict = backtest(
-        settings, candidate_pred=baseline_pred, baseline_pred=candidate_pred, **holdout
+        replace(settings, significant_baseline=False),
+        candidate_pred=baseline_pred,
+        baseline_pred=candidate_pred,
+        **holdout,
     )
     first, *rest = verdict.reasons
     cand, base = verdict.baseline, verdict.candidate

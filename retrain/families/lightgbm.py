@@ -32,9 +32,9 @@ from retrain.families.spine import (
     Prepared,
     Scored,
     Trained,
+    champion_comparison,
     evidence_tables,
     increment_window,
-    judged_holdout,
     serving_prepared,
     source_rows,
     split_windows,
@@ -180,18 +180,19 @@ def evaluate(
     spec: ModelSpec, trained: Trained, holdout: Window, champion: Champion | None
 ) -> Evaluated:
     """Backtest candidate, champion and baseline on the same holdout (the part of it after the
-    champion's training end when the champion was refitted past its start: see
-    :func:`retrain.families.spine.judged_holdout`)."""
-    holdout, note = judged_holdout(holdout, champion, spec.gate.refit)
+    champion's training end, or the champion's validated fit on all of it, when the champion
+    was refitted past its start: see :func:`retrain.families.spine.champion_comparison`)."""
+    gate = spec.gate
+    comparison = champion_comparison(holdout, champion, gate.refit, gate.equal_staleness)
+    holdout, note, versus = comparison.holdout, comparison.note, comparison.model
     frame = FeatureCache(spec.state.features, spec).load(holdout.partitions)
     frame = frame[pd.to_datetime(frame[TS]) >= holdout.start]
     if not len(frame):
         raise BacktestError(f"the holdout holds no row after {holdout.start}: {note}")
     X, y = _xy(spec, frame)
     candidate = trained.model.predict(X)
-    champion_pred = champion.model.predict(X) if champion is not None else None
-    bounds, window_ids = split_windows(holdout, spec.gate.backtest_windows, frame[TS])
-    gate = spec.gate
+    champion_pred = versus.predict(X) if versus is not None else None
+    bounds, window_ids = split_windows(holdout, gate.backtest_windows, frame[TS])
     settings = GateSettings.from_spec(spec)
     judged: dict[str, Any] = dict(
         y_holdout=y,
@@ -200,7 +201,7 @@ def evaluate(
         holdout_end=holdout.end,
         champion_pred=champion_pred,
         champion_version=champion.version if champion else None,
-        champion_train_end=champion.train_end if champion else None,
+        champion_train_end=comparison.train_end,
         window_ids=window_ids,
         window_bounds=bounds,
         slices={col: frame[col].to_numpy() for col in gate.slices},
@@ -217,7 +218,9 @@ def evaluate(
         verdict = baseline_verdict(settings, candidate, baseline, refresh, **judged)
     if note:
         result = replace(result, reasons=(*result.reasons, note))
-    return Evaluated(result, frame[TS], y, candidate, baseline, champion_pred, verdict, refresh)
+    return Evaluated(
+        result, frame[TS], y, candidate, baseline, champion_pred, verdict, refresh, comparison
+    )
 
 
 def _predictions(evaluated: Evaluated) -> dict[str, Any]:

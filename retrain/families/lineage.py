@@ -80,6 +80,12 @@ class Tag(StrEnum):
     VALIDATED_DATA_END = "retrain.validated.data_end"
     VALIDATED_DATA_VERSION = "retrain.validated.data_version"
     VALIDATED_ROWS = "retrain.validated.rows"
+    # the champion counterpart the gate judged this version against (champion_comparison):
+    # served | validated | none, its training end, and the holdout rows judged
+    GATE_CHAMPION_FIT = "retrain.gate.champion_fit"
+    GATE_CHAMPION_TRAIN_END = "retrain.gate.champion_train_end"
+    GATE_JUDGED_START = "retrain.gate.judged_start"
+    GATE_JUDGED_END = "retrain.gate.judged_end"
     # the served model's answers checked in a real serving process (retrain.infra)
     INFRA_VALIDATION = "retrain.infra_validation"
     INFRA_VALIDATION_REASON = "retrain.infra_validation.reason"
@@ -144,6 +150,11 @@ class Lineage:
     @property
     def window_end(self) -> pd.Timestamp | None:
         return _timestamp(self.get(Tag.WINDOW_END))
+
+    @property
+    def validated_window_end(self) -> pd.Timestamp | None:
+        """With ``gate.refit``: the end of the fit the gate validated (None: not refitted)."""
+        return _timestamp(self.get(Tag.VALIDATED_WINDOW_END))
 
     @property
     def holdout_end(self) -> pd.Timestamp | None:

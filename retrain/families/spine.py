@@ -21,7 +21,7 @@ import pandas as pd
 from retrain.backtest import BacktestResult
 from retrain.config import ModelSpec, label_text
 from retrain.errors import BacktestError, DataError, EmptyWindowError, SchemaError
-from retrain.families.lineage import Lineage
+from retrain.families.lineage import Lineage, Tag
 from retrain.features import (
     FeatureCache,
     MaterializeResult,
@@ -57,12 +57,29 @@ class Champion:
     train_end: pd.Timestamp | None
     data_versions: tuple[str, ...]
     tags: Mapping[str, str] = field(default_factory=dict)
+    # gate.refit: the fit the gate validated before this version was refitted and served
+    # (None: the served fit is the validated one, or it was not kept); it trained up to
+    # ``validated_end``, the start of this version's own holdout
+    validated: Any = field(default=None, repr=False)
+    validated_end: pd.Timestamp | None = None
 
     @classmethod
-    def registered(cls, version: str, model: Any, tags: Mapping[str, str]) -> Champion:
-        """The champion as the registry holds it: its training end and lineage from its tags."""
+    def registered(
+        cls, version: str, model: Any, tags: Mapping[str, str], validated: Any = None
+    ) -> Champion:
+        """The champion as the registry holds it: its training end and lineage from its tags
+        (and its validated fit, ``validated``, when the version keeps one)."""
         lineage = Lineage(tags)
-        return cls(version, model, lineage.window_end, lineage.data_versions, dict(tags))
+        validated_end = lineage.validated_window_end if validated is not None else None
+        return cls(
+            version,
+            model,
+            lineage.window_end,
+            lineage.data_versions,
+            dict(tags),
+            validated if validated_end is not None else None,
+            validated_end,
+        )
 
     @property
     def lineage(self) -> Lineage:
@@ -107,6 +124,8 @@ class Evaluated:
     baseline_result: BacktestResult | None = None
     # the champion is itself a trivial baseline: the fresh one may refresh it
     baseline_refresh: bool = False
+    # which fit of the champion the gate judged against, on which rows (champion_comparison)
+    comparison: Comparison | None = None
 
 
 @dataclass(frozen=True)
@@ -329,6 +348,72 @@ def serving_prepared(spec: ModelSpec, prepared: Prepared) -> Prepared:
     FeatureCache(spec.state.features, spec).materialize(train.partitions)
     holdout = Window("holdout", end, end, (), data_version(prepared.spec_hash, ()))
     return replace(prepared, train=train, holdout=holdout)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What the gate compares the candidate with: which fit of the champion, on which part of
+    the holdout. ``fit``: ``served`` (the champion's registered model), ``validated`` (its
+    validated fit: equal staleness) or ``none`` (no champion). ``model`` is what scores the
+    holdout (None without a champion); ``train_end`` its training end, at or before
+    ``holdout.start`` (no model is judged on rows it trained on). ``note``: why, for the
+    verdict's reasons; ``tags``: the same for the version's tags."""
+
+    holdout: Window
+    fit: str
+    model: Any = field(default=None, repr=False)
+    train_end: pd.Timestamp | None = None
+    note: str | None = None
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """The version's record of the champion counterpart the gate judged against."""
+        out = {str(Tag.GATE_CHAMPION_FIT): self.fit}
+        if self.fit != "none":
+            out[str(Tag.GATE_CHAMPION_TRAIN_END)] = str(self.train_end)
+            out[str(Tag.GATE_JUDGED_START)] = str(self.holdout.start)
+            out[str(Tag.GATE_JUDGED_END)] = str(self.holdout.end)
+        return out
+
+
+def champion_comparison(
+    holdout: Window, champion: Champion | None, refitted: bool, equal_staleness: bool
+) -> Comparison:
+    """The one rule (flows and simulator, both families) for what the candidate's validated
+    fit, trained before ``holdout.start``, is judged against.
+
+    - No champion: the baseline only.
+    - A champion that trained up to the holdout's start at most: the served champion, on the
+      whole holdout.
+    - A refitted champion (``gate.refit``) that trained inside the holdout, with
+      ``equal_staleness`` (``gate.equal_staleness``) and its validated fit kept: that
+      validated fit, on the whole holdout. It trained before its own holdout, hence before
+      this one; the candidate's validated fit too. Both are ``windows.holdout`` older than
+      the fits that serve, so the gate compares the two recipes at equal staleness, and the
+      gap between their training ends is the gap between the served fits.
+    - Otherwise the served champion on the rows after its training end
+      (:func:`judged_holdout`: a shorter slice, and a champion fresher than the candidate).
+    """
+    if champion is None:
+        return Comparison(holdout, "none")
+    trained_inside = champion.train_end is not None and champion.train_end > holdout.start
+    if (
+        trained_inside
+        and refitted
+        and equal_staleness
+        and champion.validated is not None
+        and champion.validated_end is not None
+        and champion.validated_end <= holdout.start
+    ):
+        note = (
+            f"judged against champion v{champion.version}'s validated fit (trained to "
+            f"{champion.validated_end}, before the holdout; its served refit trained to "
+            f"{champion.train_end}): both fits at equal staleness, on the whole holdout "
+            "(gate.equal_staleness)"
+        )
+        return Comparison(holdout, "validated", champion.validated, champion.validated_end, note)
+    judged, tail = judged_holdout(holdout, champion, refitted)
+    return Comparison(judged, "served", champion.model, champion.train_end, tail)
 
 
 def judged_holdout(

@@ -47,6 +47,11 @@ class SimChampion:
     data_versions: tuple[str, ...] = ()
     # the last training row's timestamp: data age = as-of minus it (None: unknown)
     data_end: pd.Timestamp | None = None
+    # gate.refit: the fit the gate validated (trained up to validated_end, the start of this
+    # version's holdout), kept for the next gates' equal-staleness comparison, as the
+    # registry keeps it with the version
+    validated: Any = field(default=None, repr=False)
+    validated_end: pd.Timestamp | None = None
 
     def as_champion(self) -> Champion | None:
         """The champion as the family steps take it (the registry's view of it); None for the
@@ -65,7 +70,14 @@ class SimChampion:
                 str(Tag.WINDOW_END): str(self.train_end),
                 str(Tag.DATA_VERSION): self.data_version,
                 **({str(Tag.DATA_END): str(self.data_end)} if self.data_end is not None else {}),
+                **(
+                    {str(Tag.VALIDATED_WINDOW_END): str(self.validated_end)}
+                    if self.validated_end is not None
+                    else {}
+                ),
             },
+            validated=self.validated,
+            validated_end=self.validated_end,
         )
 
 
@@ -115,13 +127,22 @@ class Periodic:
     trivial model."""
 
     name: str
-    every: pd.Timedelta
+    # a duration, or a calendar offset (``monthly``: one calendar month, so that monthly
+    # partitions, 28 to 31 days long, are each retrained on, as a monthly cron would)
+    every: pd.Timedelta | pd.DateOffset
     mode: DecisionMode = "scheduled"
 
     def decide(self, history: History, state: PolicyState) -> Decision:
         last = state.last_trained_at
-        if last is None or history.end - last >= self.every:
-            return Decision(True, f"{self.every} since the last retrain", self.mode)
+        every = (
+            self.every
+            if isinstance(self.every, pd.Timedelta)
+            else "a calendar month"
+            if self.every == pd.DateOffset(months=1)
+            else str(self.every)
+        )
+        if last is None or history.end >= last + self.every:
+            return Decision(True, f"{every} since the last retrain", self.mode)
         return Decision(False, f"next retrain due at {last + self.every}", self.mode)
 
 
@@ -197,7 +218,7 @@ def make_policy(name: str, spec: ModelSpec) -> Policy:
     """A policy by name; ``every:<duration>`` (e.g. ``every:3D``) retrains at any cadence."""
     fixed: dict[str, Callable[[], Policy]] = {
         "never": Never,
-        "monthly": lambda: Periodic("monthly", pd.Timedelta(days=30)),
+        "monthly": lambda: Periodic("monthly", pd.DateOffset(months=1)),
         "weekly": lambda: Periodic("weekly", pd.Timedelta(days=7)),
         "daily": lambda: Periodic("daily", DAY),
         "stateful": lambda: Periodic("stateful", pd.Timedelta(days=7), mode="stateful"),

@@ -55,7 +55,7 @@ from retrain.errors import (
 )
 from retrain.families import family_of
 from retrain.families.baseline import fresh_baseline
-from retrain.families.spine import Prepared, Scored, align_to_champion
+from retrain.families.spine import Prepared, Scored, Trained, align_to_champion
 from retrain.features import MaterializeResult, Window, in_memory, plan_windows
 from retrain.freshness import last_row
 from retrain.ingest import TS, IngestResult
@@ -427,6 +427,7 @@ class _Replayer:
                         trained.model,
                     )
                     data_versions, data_end = trained.data_versions, trained.data_end
+            validated: Trained | None = None
             step = "gate"
             choice: BaselinePromotion | None = None
             with _step(name, step, at, (RetrainError,)), _Timer() as gate_time:
@@ -469,6 +470,7 @@ class _Replayer:
                 # the flow registers it (its time counts as fit time)
                 step = "refit"
                 with _step(name, step, at, (RetrainError,)), _Timer() as refit_time:
+                    validated = trained
                     trained = family.refit(spec, prepared, trained, champion)
                     window, rows, model = trained.window, trained.rows, trained.model
                     data_versions, data_end = trained.data_versions, trained.data_end
@@ -481,7 +483,7 @@ class _Replayer:
             return
         self._record(
             history, decision, plan, model, window, data_versions, data_end, rows, fit_time,
-            gate_time, passed, verdict, value,
+            gate_time, passed, verdict, value, validated,
         )  # fmt: skip
 
     def _record(
@@ -499,8 +501,10 @@ class _Replayer:
         passed: bool,
         verdict: str,
         cand_metric: float | None,
+        validated: Trained | None = None,
     ) -> None:
-        """Promote as the promotion policy decides (approved automatically) and record."""
+        """Promote as the promotion policy decides (approved automatically) and record.
+        ``validated``: the fit the gate judged when ``model`` is its refit (gate.refit)."""
         at = history.end
         self.versions += 1
         version = self.versions
@@ -526,6 +530,8 @@ class _Replayer:
                 increments=plan.increments,
                 data_versions=data_versions,
                 data_end=data_end,
+                validated=validated.model if validated is not None else None,
+                validated_end=validated.window.end if validated is not None else None,
             )
             # a new champion starts a new debounce history
             self.state = PolicyState(self.champion, at, (), self.state.last_triggered_at)
