@@ -178,7 +178,11 @@ def _simulate(
         return simulation, model_spec, spec_path, None
     # the oracle replans the scratch recipe of the spec as given (the grid's base point)
     data = load_replay(model_spec, start=start, end=end)
-    matrix = build_loss_matrix(model_spec, data, every=oracle_every, progress=progress)
+    # scored on the simulation's partitions (a grid's may start later than the base spec's)
+    scored_from = next(p.start for p in data.partitions if p.key == simulation.first_step)
+    matrix = build_loss_matrix(
+        model_spec, data, every=oracle_every, progress=progress, scored_from=scored_from
+    )
     return simulation, model_spec, spec_path, oracle_of(matrix, simulation)
 
 
@@ -330,7 +334,8 @@ def simulate_command(
     ] = False,
 ) -> None:
     """Replay the history under several retraining policies and recommend one."""
-    from retrain.oracle_report import write_oracle
+    from retrain.oracle_report import recommended_line, write_oracle
+    from retrain.simulate.choice import candidates_of, choose_policy
     from retrain.simulate.grid import spec_diff
     from retrain.simulate.report import write_report
 
@@ -353,7 +358,11 @@ def simulate_command(
             spec, policies, state_dir, sets, start, end, jobs, progress, checkpoints, resume,
             grid, every,
         )  # fmt: skip
-    sections = [write_oracle(out, simulation, hindsight).section] if hindsight else []
+    # the report's own choice, named in the oracle's section too
+    recommended = choose_policy(
+        candidates_of(simulation), tolerance, simulation.greater_is_better
+    ).policy
+    sections = [write_oracle(out, simulation, hindsight, recommended).section] if hindsight else []
     result = write_report(simulation, out, tolerance, sections)
     chosen = next(r for r in simulation.runs if r.label == result.recommendation.policy)
     diff = spec_diff(base, chosen.point)
@@ -372,6 +381,9 @@ def simulate_command(
                 "recommendation": json.loads((out / "recommendation.json").read_text()),
                 "spec_diff": {k: {"now": now, "new": new} for k, (now, new) in diff.items()},
                 "oracle": hindsight.capture_rows() if hindsight is not None else None,
+                "oracle_recommended": (
+                    recommended_line(hindsight, recommended) if hindsight is not None else None
+                ),
                 "feature_cache": {
                     "computed": simulation.features_computed,
                     "cached": simulation.features_cached,
@@ -395,6 +407,8 @@ def simulate_command(
     if hindsight is not None:
         console.print(_oracle_table(hindsight))
     console.print(f"[bold]recommendation:[/] {escape(result.recommendation.reason)}")
+    if hindsight is not None:
+        console.print(f"[bold]oracle:[/] {escape(recommended_line(hindsight, recommended))}")
     if diff:
         console.print(
             "[bold]spec diff:[/] "

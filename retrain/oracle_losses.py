@@ -7,8 +7,9 @@ windows (:func:`retrain.features.plan_windows` at the cutoff), exactly as the si
 scheduled policies train, and timed (CPU with ``time.process_time``). It then scores every later
 partition ``j >= i`` with :func:`retrain.backtest.score`, the replay's own step metric: the model
 never sees ``j`` (prequential). The fit's CPU is the family step's whole cost, reading the
-window from the feature cache included (as in production; the replay's LightGBM policies train
-on rows already in memory, so the oracle's compute is on the high side). Row ``0`` is the first
+window from the feature cache included; as in the replay, each cached partition is read from
+disk once (:func:`retrain.features.in_memory`), so an oracle fit and a policy's fit pay the same
+read. Row ``0`` is the first
 model kept to the end: the ``never`` policy without a gate. The oracle's compute is fits only;
 it needs no gate (it knows the outcome) and no monitor.
 """
@@ -21,13 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from retrain.backtest import score
 from retrain.config import ModelSpec
 from retrain.errors import SimulationError
 from retrain.families import family_of
 from retrain.families.spine import Prepared
-from retrain.features import MaterializeResult, plan_windows
+from retrain.features import MaterializeResult, in_memory, plan_windows
 from retrain.ingest import IngestResult
 from retrain.oracle import Capture, Schedule, capture, front, metric_of_loss, partition_loss
 from retrain.simulate import ReplayData, Simulation, first_step
@@ -67,8 +69,22 @@ def build_loss_matrix(
     data: ReplayData,
     every: int = 1,
     progress: ProgressCallback | None = None,
+    scored_from: pd.Timestamp | None = None,
 ) -> LossMatrix:
-    """Fit the scratch recipe at every ``every``-th step and score it on every later step."""
+    """Fit the scratch recipe at every ``every``-th step and score it on every later step
+    (each cached partition read from disk once, as in the replay). ``scored_from``: the first
+    partition scored, if later than the windows allow (the simulation's, e.g. a grid's)."""
+    with in_memory():
+        return _build_loss_matrix(spec, data, every, progress, scored_from)
+
+
+def _build_loss_matrix(
+    spec: ModelSpec,
+    data: ReplayData,
+    every: int,
+    progress: ProgressCallback | None,
+    scored_from: pd.Timestamp | None,
+) -> LossMatrix:
     if spec.task not in {"regression", "binary"}:
         raise SimulationError(
             f"the hindsight oracle scores tabular models (task regression or binary), not "
@@ -77,7 +93,7 @@ def build_loss_matrix(
     if every < 1:
         raise SimulationError(f"--oracle-every must be at least 1, got {every}")
     family = family_of(spec)
-    t0 = first_step(data, spec)
+    t0 = first_step(data, spec, scored_from)
     n = len(data.partitions) - t0
     starts = tuple(range(0, n, every))
     features = list(spec.features.columns)

@@ -68,8 +68,29 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_oracle(out: Path, simulation: Simulation, result: OracleResult) -> OracleFiles:
-    """Write the oracle's chart, tables and summary under ``out``; returns its report section."""
+def recommended_line(result: OracleResult, recommended: str) -> str:
+    """What the recommended policy (a run's label, with its grid point) captures of the
+    oracle's gain, in one sentence."""
+    got = next((c for c in result.captures if c.policy == recommended), None)
+    if got is None:
+        return f"the recommended policy {recommended} is not among the oracle's policies"
+    share = "-" if math.isnan(got.gain_share) else f"{got.gain_share:.0%}"
+    compute = (
+        "better than every oracle schedule"
+        if got.compute_share is None
+        else f"at {got.compute_share:.2f}x the oracle's compute for the same quality"
+    )
+    return (
+        f"the recommended policy {recommended} captures {share} of the oracle's gain over "
+        f"never ({compute})"
+    )
+
+
+def write_oracle(
+    out: Path, simulation: Simulation, result: OracleResult, recommended: str | None = None
+) -> OracleFiles:
+    """Write the oracle's chart, tables and summary under ``out``; returns its report section
+    (naming what ``recommended``, the report's recommended run, captures)."""
     out.mkdir(parents=True, exist_ok=True)
     matrix = result.matrix
     plot = oracle_plot(out / "quality_vs_compute_oracle.png", simulation, result)
@@ -88,10 +109,13 @@ def write_oracle(out: Path, simulation: Simulation, result: OracleResult) -> Ora
         "best_schedule_retrains": len(result.schedules[-1].retrains) - 1,
         "best_schedule_cpu_s": result.schedules[-1].compute,
         "policies": result.capture_rows(),
+        "recommended": recommended,
     }
     summary_json = out / "oracle.json"
     summary_json.write_text(json.dumps(summary, indent=2))
     best = result.schedules[-1]
+    line = recommended_line(result, recommended) if recommended is not None else ""
+    rec_html = f'<p class="rec">{html.escape(line[:1].upper() + line[1:])}.</p>' if line else ""
     section = f"""<h2>Against the hindsight oracle</h2>
 <p>The oracle knows the future: for the scratch recipe it fitted the model of every
 {summary["candidate_every"]}-th step ({fits} fits, {matrix.cpu_s.sum():.4g} CPU s), scored each
@@ -102,7 +126,7 @@ hindsight {result.best:.4g} ({len(best.retrains) - 1} retrains, {best.compute:.4
 share_of_oracle_gain: the policy's improvement over never as a share of the oracle's;
 compute_share_of_oracle: the policy's CPU over the least CPU the oracle needs for the same
 quality (policies pay gates and decisions too; - : better than every oracle schedule).</p>
-{_table(result.capture_rows())}
+{rec_html}{_table(result.capture_rows())}
 <img src="{plot.name}">
 <p>Front: <a href="{front_csv.name}">{front_csv.name}</a>;
 table: <a href="{capture_csv.name}">{capture_csv.name}</a>.</p>

@@ -24,7 +24,7 @@ from typing import Any
 
 from retrain.config import ModelSpec
 from retrain.errors import SimulationError
-from retrain.simulate.history import ReplayData
+from retrain.simulate.history import ReplayData, first_step
 from retrain.simulate.policies import Policy
 from retrain.simulate.replay import ProgressCallback, Simulation, simulate
 
@@ -93,27 +93,50 @@ def simulate_grid(
     points = grid_points(axes)
     specs = [(point, spec_at(point)) for point in points]
     data: dict[str, ReplayData] = {}
+
+    def key_of(spec: ModelSpec) -> str:
+        # the windows and gate settings do not change the features: one replay data per
+        # feature spec and source
+        return spec.feature_spec_hash() + spec.source.model_dump_json()
+
+    for _, spec in specs:
+        if key_of(spec) not in data:
+            data[key_of(spec)] = load(spec)
+    # every point scores the same partitions (else a shorter window would also be scored on
+    # days the others cannot score, and the metrics would not compare): from the latest first
+    # step of the grid's windows
+    scored_from = (
+        max(
+            data[key_of(spec)].partitions[first_step(data[key_of(spec)], spec)].start
+            for _, spec in specs
+        )
+        if axes
+        else None
+    )
     runs = []
     first: Simulation | None = None
     for point, spec in specs:
-        # the windows and gate settings do not change the features: one replay data per
-        # feature spec and source
-        key = spec.feature_spec_hash() + spec.source.model_dump_json()
-        if key not in data:
-            data[key] = load(spec)
         sim = simulate(
             spec,
             policies_for(spec),
-            data[key],
+            data[key_of(spec)],
             progress=_labelled(progress, point),
             jobs=jobs,
             checkpoints=(checkpoints / point_id(point)) if checkpoints is not None else None,
             resume=resume,
+            scored_from=scored_from,
         )
         first = first or sim
         runs += [replace(run, point=point) for run in sim.runs]
     assert first is not None
-    extra = [f"grid: {' x '.join(f'{a.key} in {list(a.values)}' for a in axes)}"] if axes else []
+    extra = (
+        [
+            f"grid: {' x '.join(f'{a.key} in {list(a.values)}' for a in axes)}; every point "
+            f"scored on the same partitions, from {first.first_step}"
+        ]
+        if axes
+        else []
+    )
     computed = sum(d.computed for d in data.values())
     cached = sum(d.cached for d in data.values())
     return replace(

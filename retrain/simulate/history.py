@@ -124,10 +124,13 @@ def load_replay(spec: ModelSpec, start: str | None = None, end: str | None = Non
     return ReplayData(partitions, rows, offsets, len(materialized.computed), len(materialized.hits))
 
 
-def first_step(data: ReplayData, spec: ModelSpec) -> int:
+def first_step(data: ReplayData, spec: ModelSpec, scored_from: pd.Timestamp | None = None) -> int:
     """Index of the first scored partition: the initial history must fill the train and holdout
-    windows."""
+    windows, and no partition before ``scored_from`` is scored (a grid scores every point on
+    the same partitions, from the latest first step of its windows)."""
     need = data.partitions[0].start + spec.windows.train_delta + spec.windows.holdout_delta
+    if scored_from is not None:
+        need = max(need, scored_from)
     for i, part in enumerate(data.partitions):
         if part.start >= need:
             return i

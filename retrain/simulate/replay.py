@@ -594,11 +594,13 @@ def replay_policy(
     policy: Policy,
     data: ReplayData,
     progress: ProgressCallback | None = None,
+    scored_from: pd.Timestamp | None = None,
 ) -> PolicyRun:
-    """Replay the history for one policy: score, then decide, partition by partition. The
-    family steps read the feature cache as a flow does, each partition from disk once."""
+    """Replay the history for one policy: score, then decide, partition by partition (from
+    ``scored_from`` on, if later than the windows allow). The family steps read the feature
+    cache as a flow does, each partition from disk once."""
     with in_memory():
-        return _replay_policy(spec, policy, data, progress)
+        return _replay_policy(spec, policy, data, progress, scored_from)
 
 
 def _replay_policy(
@@ -606,9 +608,10 @@ def _replay_policy(
     policy: Policy,
     data: ReplayData,
     progress: ProgressCallback | None,
+    scored_from: pd.Timestamp | None,
 ) -> PolicyRun:
     started = time.perf_counter()
-    t0 = first_step(data, spec)
+    t0 = first_step(data, spec, scored_from)
     family = family_of(spec)
     replayer = _Replayer(spec, policy)
     first_mode: DecisionMode = (
@@ -662,13 +665,17 @@ def _replay_policy(
 # -- results on disk, so an interrupted simulation resumes -----------------------------------
 
 
-def replay_key(spec: ModelSpec, policy: Policy, data: ReplayData) -> str:
+def replay_key(
+    spec: ModelSpec, policy: Policy, data: ReplayData, scored_from: pd.Timestamp | None = None
+) -> str:
     """What a policy's replay depends on: the spec, the policy and the partitions replayed."""
     digest = hashlib.sha256()
     digest.update(spec.model_dump_json().encode())
     digest.update(repr(policy).encode())
     for part in data.partitions:
         digest.update(f"{part.key}:{part.fingerprint}".encode())
+    if scored_from is not None:
+        digest.update(f"scored from {scored_from.isoformat()}".encode())
     return digest.hexdigest()[:24]
 
 
@@ -710,8 +717,11 @@ def simulate(
     jobs: int = 1,
     checkpoints: Path | None = None,
     resume: bool = False,
+    scored_from: pd.Timestamp | None = None,
 ) -> Simulation:
-    """Replay the history for every policy. With ``jobs`` > 1 the policies run in that many
+    """Replay the history for every policy (scored from ``scored_from`` on, if later than the
+    windows allow: how a grid scores all its points on the same partitions). With ``jobs`` > 1
+    the policies run in that many
     worker processes; a process's CPU clock counts its own work only, so the accounting of one
     policy never includes another's either way.
 
@@ -724,10 +734,10 @@ def simulate(
     if jobs < 1:
         raise SimulationError(f"jobs must be at least 1, got {jobs}")
     data = data if data is not None else load_replay(spec)
-    t0 = first_step(data, spec)
+    t0 = first_step(data, spec, scored_from)
     total = len(data.partitions) - t0
     store = Checkpoints(checkpoints) if checkpoints is not None else None
-    keys = {p.name: replay_key(spec, p, data) for p in policies}
+    keys = {p.name: replay_key(spec, p, data, scored_from) for p in policies}
     done: dict[str, PolicyRun] = {}
     if store is not None and resume:
         for p in policies:
@@ -748,7 +758,7 @@ def simulate(
     if jobs == 1 or len(todo) <= 1:
         for p in todo:
             try:
-                finished(replay_policy(spec, p, data, progress))
+                finished(replay_policy(spec, p, data, progress, scored_from))
             except SimulationError as exc:
                 failures.append(exc)
     else:
@@ -756,7 +766,9 @@ def simulate(
         # threads can hang on a lock it inherited
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=context) as pool:
-            futures = {pool.submit(replay_policy, spec, p, data): p.name for p in todo}
+            futures = {
+                pool.submit(replay_policy, spec, p, data, None, scored_from): p.name for p in todo
+            }
             for future in as_completed(futures):
                 try:
                     finished(future.result())

@@ -32,12 +32,19 @@ def test_simulate_with_the_oracle_adds_its_table_front_and_chart(
     summary = json.loads((out / "oracle.json").read_text())
     assert summary["candidate_every"] == 3 and summary["metric"] == "mae"
     assert summary["best"] <= summary["never"]  # mae: lower is better
+    # the report's own recommendation, and what it captures of the oracle's gain
+    recommended = json.loads((out / "recommendation.json").read_text())["policy"]
+    assert summary["recommended"] == recommended
+    share = next(p for p in summary["policies"] if p["policy"] == recommended)
+    line = f"the recommended policy {recommended} captures {share['share_of_oracle_gain']:.0%}"
+    assert f"oracle: {line} of the oracle's gain over never" in text
     captured = pd.read_csv(out / "oracle_capture.csv")
     assert list(captured["policy"]) == ["never", "weekly"]
     front = pd.read_csv(out / "oracle_front.csv")
     assert front["fit_cpu_s"].is_monotonic_increasing and front["mae"].is_monotonic_decreasing
     page = (out / "report.html").read_text()
     assert "Against the hindsight oracle" in page and "quality_vs_compute_oracle.png" in page
+    assert line[:1].upper() + line[1:] in page
     assert (out / "quality_vs_compute_oracle.png").stat().st_size > 0
 
 

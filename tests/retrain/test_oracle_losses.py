@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from retrain.config import ModelSpec, parse_spec
 from retrain.demo import synth
 from retrain.errors import SimulationError
+from retrain.features import FeatureCache
 from retrain.oracle_losses import LossMatrix, build_loss_matrix, oracle_of
 from retrain.simulate import ReplayData, load_replay, make_policy, simulate
 
@@ -87,6 +89,34 @@ def test_every_n_restricts_the_oracle_to_every_nth_step(
     assert sparse.starts == tuple(range(0, len(full.partitions), 5))
     np.testing.assert_allclose(sparse.loss[1], full.loss[5])
     assert oracle_of(sparse).best <= oracle_of(full).best
+
+
+def test_the_oracle_scores_from_a_later_first_partition_when_told(
+    drifting: tuple[ModelSpec, ReplayData], full: LossMatrix
+) -> None:
+    # a grid's simulation may start later than the base spec's windows allow
+    spec, data = drifting
+    later = build_loss_matrix(spec, data, every=4, scored_from=pd.Timestamp("2024-01-15"))
+    assert later.partitions[0] == "2024-01-15"
+    assert later.partitions == full.partitions[6:]
+
+
+def test_the_oracle_reads_each_cached_partition_from_disk_once(
+    drifting: tuple[ModelSpec, ReplayData], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # as the replay does: its fits cost what a policy's fits cost, not a re-read per fit
+    spec, data = drifting
+    reads: list[str] = []
+    real = FeatureCache.read_table
+
+    def counted(self: FeatureCache, part: Any) -> Any:
+        reads.append(part.key)
+        return real(self, part)
+
+    monkeypatch.setattr(FeatureCache, "read_table", counted)
+    matrix = build_loss_matrix(spec, data, every=2)
+    assert len(matrix.starts) > 5  # many fits over overlapping windows
+    assert reads and len(reads) == len(set(reads))
 
 
 def test_a_ranking_spec_and_a_bad_every_are_refused_by_name(

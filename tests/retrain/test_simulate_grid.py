@@ -74,3 +74,28 @@ def test_every_point_is_replayed_with_every_policy_reading_the_features_once(
     assert spec_diff(parse_spec(base), dict(simulation.runs[0].point)) == {
         "windows.holdout": ("7D", "3D")
     }
+
+
+def test_points_with_different_windows_are_scored_on_the_same_partitions(
+    tmp_path: Path, bike_dir: Path
+) -> None:
+    # a 14-day window could be scored a week earlier than a 21-day one; the grid scores both
+    # from the later start, or their metrics would cover different days
+    def spec_at(point):
+        return parse_spec(spec_dict(bike_dir, tmp_path / "state", **dict(point)))
+
+    simulation = simulate_grid(
+        spec_at,
+        lambda spec: [Never()],
+        lambda spec: load_replay(spec, end="2011-04-05"),
+        parse_grid(["windows.train=14D,21D"]),
+    )
+
+    short, long = simulation.runs
+    assert simulation.first_step == "2011-03-29"  # 21 + 7 days after 2011-03-01
+    assert [s.partition for s in short.steps] == [s.partition for s in long.steps]
+    assert short.steps[0].partition == "2011-03-29" and len(short.steps) == 7
+    # the short window's first model still trains on its own 14 days, at the common cutoff
+    assert short.trainings[0].data_end == long.trainings[0].data_end
+    assert short.trainings[0].data_start > long.trainings[0].data_start
+    assert "scored on the same partitions, from 2011-03-29" in simulation.notes[-1]
