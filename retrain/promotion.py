@@ -153,8 +153,10 @@ def baseline_promotion(
 ) -> BaselinePromotion:
     """Promote the baseline when the candidate lost to it and the baseline itself passed the
     gate (``baseline``: the backtest with the baseline as the candidate, against the champion
-    on the same rows, the refused candidate as the bar to beat); with no champion, beating the
-    candidate is enough. Never when the flag is off or the candidate passed.
+    on the same rows, the refused candidate as the bar to beat). With no champion, any refused
+    candidate gives way to the baseline (whose verdict then passes when its metric is defined):
+    production serves the fresh baseline rather than nothing. Never when the flag is off or the
+    candidate passed.
 
     >>> from retrain.backtest import GateSettings, backtest
     >>> import numpy as np, pandas as pd
@@ -173,7 +175,8 @@ def baseline_promotion(
         return BaselinePromotion(False, "gate.promote_baseline is off")
     if candidate.passed:
         return BaselinePromotion(False, "the candidate passed the gate")
-    if not lost_to_baseline(candidate) and not refresh:
+    vacant = candidate.champion is None  # nothing serves: the baseline rather than nothing
+    if not lost_to_baseline(candidate) and not refresh and not vacant:
         return BaselinePromotion(
             False, "the candidate beat the baseline but was refused: the champion stays"
         )
@@ -192,7 +195,13 @@ def baseline_promotion(
             + "; ".join(baseline.reasons)
             + "): the champion stays",
         )
-    lost = "lost to" if lost_to_baseline(candidate) else "was refused; it beat"
+    lost = (
+        "lost to"
+        if lost_to_baseline(candidate)
+        else "was refused with no champion to keep serving; it beat"
+        if vacant
+        else "was refused; it beat"
+    )
     return BaselinePromotion(
         True,
         f"candidate {lost} the baseline ({candidate.candidate:.4f} vs "

@@ -430,7 +430,12 @@ def evaluate(
     result = backtest(settings, candidate_pred=candidate, baseline_pred=base, **judged)
     verdict = None
     refresh = champion is not None and is_baseline(champion.model)
-    if gate.promote_baseline and not result.passed and (lost_to_baseline(result) or refresh):
+    vacant = result.champion is None  # a refused first model leaves nothing serving
+    if (
+        gate.promote_baseline
+        and not result.passed
+        and (lost_to_baseline(result) or refresh or vacant)
+    ):
         verdict = baseline_verdict(settings, candidate, base, refresh, **judged)
     if note:
         result = replace(result, reasons=(*result.reasons, note))

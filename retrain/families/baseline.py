@@ -187,6 +187,9 @@ def baseline_verdict(
     to its own as-of. The verdict then passes without the champion comparison (the family
     asks only for a refused candidate): production never serves an older baseline than the
     one refitted on current data. The champion's metric is still in the result.
+
+    No champion: the verdict passes whenever the baseline's metric is defined (a refused
+    candidate leaves nothing serving; the baseline serves rather than nothing).
     """
     # the bar is the refused candidate's point estimate (gate.significant_baseline asks a
     # candidate for evidence over the trivial model, not the trivial model over a candidate;
@@ -217,6 +220,14 @@ def baseline_verdict(
         else _as_baseline(r)
         for r in rest
     ]
+    if verdict.champion is None and not verdict.passed and verdict.candidate == verdict.candidate:
+        # no champion: a refused candidate leaves nothing serving, and the fresh baseline (its
+        # metric defined on the holdout) serves rather than nothing
+        rest.append(
+            f"no champion: the baseline serves rather than nothing (the refused candidate "
+            f"scored {cand:.4f})"
+        )
+        verdict = replace(verdict, passed=True)
     return replace(
         verdict,
         baseline=verdict.candidate,

@@ -224,7 +224,8 @@ def evaluate(
     refresh = champion is not None and is_baseline(champion.model)
     # a multiclass baseline is scored but not registered (docs/fresh-and-safe.md)
     promotes = gate.promote_baseline and spec.task != "multiclass"
-    if promotes and not result.passed and (lost_to_baseline(result) or refresh):
+    vacant = result.champion is None  # a refused first model leaves nothing serving
+    if promotes and not result.passed and (lost_to_baseline(result) or refresh or vacant):
         verdict = baseline_verdict(settings, candidate, baseline, refresh, **judged)
     if note:
         result = replace(result, reasons=(*result.reasons, note))

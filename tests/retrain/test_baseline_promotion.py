@@ -108,12 +108,39 @@ def test_flag_off_keeps_the_old_behaviour_and_a_candidate_that_beat_the_baseline
     assert not choice.promote and "beat the baseline" in choice.reason
 
 
-def test_a_tie_with_the_candidate_does_not_promote_the_baseline():
-    result, verdict = judged(MEAN.copy())  # the candidate predicts the mean too
+def test_a_tie_with_the_candidate_does_not_replace_a_champion_by_the_baseline():
+    bad_champion = Y.mean() + RNG.normal(0.0, 5.0, Y.size)
+    result, verdict = judged(MEAN.copy(), bad_champion)  # the candidate predicts the mean too
 
     assert lost_to_baseline(result)
     assert verdict is not None and not verdict.passed  # it must beat the candidate, strictly
     assert not baseline_promotion(True, result, verdict).promote
+
+
+def test_with_no_champion_a_tie_promotes_the_baseline_rather_than_nothing():
+    result, verdict = judged(MEAN.copy())
+
+    choice = baseline_promotion(True, result, verdict)
+
+    assert verdict is not None and verdict.passed
+    assert "the baseline serves rather than nothing" in verdict.reasons[-1]
+    assert choice.promote and "there is no champion" in choice.reason
+
+
+def test_a_first_model_refused_for_no_significant_gain_gives_way_to_the_baseline():
+    # better than the mean by its point estimate, but not significantly (gate.significant_baseline)
+    settings = replace(SETTINGS, significant_baseline="no_champion")
+    # exact on every other row, 0.9 times the mean's error the wrong way on the others
+    slightly = np.where(np.arange(Y.size) % 2 == 0, Y, MEAN - 0.9 * (Y - MEAN))
+    result = backtest(settings, candidate_pred=slightly, baseline_pred=MEAN, **gate())
+    verdict = baseline_verdict(settings, slightly, MEAN, **gate())
+
+    choice = baseline_promotion(True, result, verdict)
+
+    assert not result.passed and not lost_to_baseline(result), result.reasons
+    assert "significantly" in result.reasons[0]
+    assert choice.promote, choice.reason
+    assert "was refused with no champion to keep serving" in choice.reason
 
 
 # -- the baseline as a model ------------------------------------------------------------------

@@ -141,9 +141,9 @@ def test_an_unexpected_error_names_policy_step_and_as_of_and_resume_keeps_finish
     replayed: list[str] = []
     original = replay_module.replay_policy
 
-    def counting(spec, policy, data, progress=None):
+    def counting(spec, policy, data, progress=None, scored_from=None):
         replayed.append(policy.name)
-        return original(spec, policy, data, progress)
+        return original(spec, policy, data, progress, scored_from)
 
     monkeypatch.setattr(replay_module, "replay_policy", counting)
     simulation = simulate(
