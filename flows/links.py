@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 from uuid import UUID
@@ -70,11 +71,13 @@ def tag_flow_run(*tags: str) -> None:
     if current.issuperset(tags):
         return
     context = FlowRunContext.get()
-    try:
-        if context is not None and isinstance(context.client, SyncPrefectClient):
-            context.client.update_flow_run(UUID(str(run_id)), tags=sorted({*current, *tags}))
-        else:
-            with get_client(sync_client=True) as client:
-                client.update_flow_run(UUID(str(run_id)), tags=sorted({*current, *tags}))
+    own = context.client if context is not None else None
+    try:  # the run's own engine client when it has one, else a client of its own
+        with (
+            contextlib.nullcontext(own)
+            if isinstance(own, SyncPrefectClient)
+            else get_client(sync_client=True)
+        ) as client:
+            client.update_flow_run(UUID(str(run_id)), tags=sorted({*current, *tags}))
     except Exception as exc:  # tags are not worth failing a retrain for
         logger.warning("could not tag flow run %s with %s: %s", run_id, tags, exc)

@@ -455,12 +455,8 @@ class ModelRegistry:
     # -- reading ------------------------------------------------------------------------------
     @reachable
     def alias_version(self, alias: str) -> str | None:
-        try:
-            return str(self.client.get_model_version_by_alias(self.model_name, alias).version)
-        except MlflowException as exc:
-            if _is_not_found(exc):
-                return None
-            raise
+        info = self.alias_info(alias)
+        return None if info is None else info.version
 
     @reachable
     def alias_info(self, alias: str) -> VersionInfo | None:

@@ -145,6 +145,15 @@ def lost_to_baseline(result: BacktestResult) -> bool:
     return not (cand > base if result.greater_is_better else cand < base)
 
 
+def baseline_asked(candidate: BacktestResult, refresh: bool = False) -> bool:
+    """Whether a refused candidate gives the fresh baseline its chance (the families then
+    judge it, :func:`baseline_promotion` decides): it lost to the baseline, the champion is a
+    baseline itself (``refresh``), or there is no champion (nothing serves)."""
+    return not candidate.passed and (
+        lost_to_baseline(candidate) or refresh or candidate.champion is None
+    )
+
+
 def baseline_promotion(
     enabled: bool,
     candidate: BacktestResult,
@@ -176,7 +185,7 @@ def baseline_promotion(
     if candidate.passed:
         return BaselinePromotion(False, "the candidate passed the gate")
     vacant = candidate.champion is None  # nothing serves: the baseline rather than nothing
-    if not lost_to_baseline(candidate) and not refresh and not vacant:
+    if not baseline_asked(candidate, refresh):
         return BaselinePromotion(
             False, "the candidate beat the baseline but was refused: the champion stays"
         )

@@ -58,7 +58,7 @@ from retrain.families.spine import (
 from retrain.features import FeatureCache, Window, make_window
 from retrain.freshness import last_row
 from retrain.ingest import TS
-from retrain.promotion import lost_to_baseline
+from retrain.promotion import baseline_asked
 from retrain.ranking import (
     RankingBacktest,
     evaluate_ranking,
@@ -430,12 +430,7 @@ def evaluate(
     result = backtest(settings, candidate_pred=candidate, baseline_pred=base, **judged)
     verdict = None
     refresh = champion is not None and is_baseline(champion.model)
-    vacant = result.champion is None  # a refused first model leaves nothing serving
-    if (
-        gate.promote_baseline
-        and not result.passed
-        and (lost_to_baseline(result) or refresh or vacant)
-    ):
+    if gate.promote_baseline and baseline_asked(result, refresh):
         verdict = baseline_verdict(settings, candidate, base, refresh, **judged)
     if note:
         result = replace(result, reasons=(*result.reasons, note))

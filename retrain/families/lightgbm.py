@@ -42,7 +42,7 @@ from retrain.families.spine import (
 from retrain.features import FeatureCache, Window, make_window
 from retrain.freshness import last_row
 from retrain.ingest import TS, ingest
-from retrain.promotion import lost_to_baseline
+from retrain.promotion import baseline_asked
 from retrain.stateful import STATEFUL_MODES, TrainingPlan, plan_training, scratch
 from retrain.trainers import LightGBMTrainer
 
@@ -224,8 +224,7 @@ def evaluate(
     refresh = champion is not None and is_baseline(champion.model)
     # a multiclass baseline is scored but not registered (docs/fresh-and-safe.md)
     promotes = gate.promote_baseline and spec.task != "multiclass"
-    vacant = result.champion is None  # a refused first model leaves nothing serving
-    if promotes and not result.passed and (lost_to_baseline(result) or refresh or vacant):
+    if promotes and baseline_asked(result, refresh):
         verdict = baseline_verdict(settings, candidate, baseline, refresh, **judged)
     if note:
         result = replace(result, reasons=(*result.reasons, note))
