@@ -204,17 +204,18 @@ def save_servable(record: CandidateRecord, directory: Path) -> Path:
     return model_path
 
 
-def validated_path(model_dir: Path) -> Path | None:
-    """Where a logged model keeps its validated fit's saved files (None: it keeps none)."""
-    conf = Model.load(str(model_dir)).flavors["python_function"]
-    entry = conf.get("artifacts", {}).get(VALIDATED_ARTIFACT)
-    return None if entry is None else model_dir / entry["path"]
+def saved_paths(model_dir: Path) -> tuple[Path, Path | None]:
+    """Where a logged model keeps its trainer's saved files and its validated fit's (None:
+    it keeps none), from one read of its MLmodel file."""
+    artifacts = Model.load(str(model_dir)).flavors["python_function"].get("artifacts", {})
+    validated = artifacts.get(VALIDATED_ARTIFACT)
+    trainer = model_dir / artifacts["trainer"]["path"]
+    return trainer, None if validated is None else model_dir / validated["path"]
 
 
 def trainer_path(model_dir: Path) -> Path:
     """Where a logged model keeps its trainer's saved files."""
-    conf = Model.load(str(model_dir)).flavors["python_function"]
-    return model_dir / conf["artifacts"]["trainer"]["path"]
+    return saved_paths(model_dir)[0]
 
 
 def load_trainer(directory: Path) -> Any:
@@ -588,9 +589,7 @@ class ModelRegistry:
         ``ALSTrainer.save`` wrote): no model code runs in this process. ``info``: the
         version as just read (:meth:`alias_info`), not read again.
         """
-        with tempfile.TemporaryDirectory(prefix="retrain-model-") as tmp:
-            local = self.download_trusted(str(version), tmp, info)
-            return load_trainer(trainer_path(Path(local)))
+        return self._load(str(version), info, validated=False)[0]
 
     @reachable
     def load_with_validated(
@@ -599,13 +598,15 @@ class ModelRegistry:
         """The fitted trainer of a version and, for a refitted version (``gate.refit``), the
         fit its gate validated (None when the version keeps none), from one trusted download.
         ``info``: the version as just read (:meth:`alias_info`), not read again."""
+        return self._load(str(version), info, validated=True)
+
+    def _load(
+        self, version: str, info: VersionInfo | None, validated: bool
+    ) -> tuple[Any, Any | None]:
         with tempfile.TemporaryDirectory(prefix="retrain-model-") as tmp:
-            local = Path(self.download_trusted(str(version), tmp, info))
-            validated = validated_path(local)
-            return (
-                load_trainer(trainer_path(local)),
-                None if validated is None else load_trainer(validated),
-            )
+            trainer, fit = saved_paths(Path(self.download_trusted(version, tmp, info)))
+            served = load_trainer(trainer)
+            return served, load_trainer(fit) if validated and fit is not None else None
 
     # -- writing ------------------------------------------------------------------------------
     @reachable
