@@ -81,6 +81,7 @@ from retrain.promotion import (
     baseline_promotion,
     decide,
     needs_operator,
+    offered_baseline,
     timed_out,
 )
 from retrain.stateful import skip_reason, unchanged_reason
@@ -90,6 +91,8 @@ logger = logging.getLogger(__name__)
 
 # A claim on a model outlives the approval timeout by this much before it counts as stale.
 CLAIM_MARGIN = pd.Timedelta(hours=12)
+# the ledger metric that holds why a fresh baseline was offered (its decision's first words)
+BASELINE_WHY = "baseline_promotion"
 
 
 class ApprovalInput(RunInput):
@@ -583,12 +586,13 @@ def expire_unanswered(spec: ModelSpec, ledger: Ledger, registry: ModelRegistry) 
 def _decision_of(run: RunRecord, approval: Approval) -> PromotionDecision:
     if run.model_version is None:
         raise ApprovalError(f"suspended ledger run {run.id} has no model version; cannot decide")
-    return decide(
+    decision = decide(
         version=run.model_version,
         gate_passed=bool(run.metrics.get("passed")),
         gate_reasons=tuple(run.metrics.get("reasons", ())),
         approval=approval,
     )
+    return offered_baseline(decision, run.metrics.get(BASELINE_WHY))
 
 
 def _failures_in_a_row(ledger: Ledger, model: str) -> int:
@@ -853,6 +857,8 @@ def _offer(
     if result is not evaluated.result:
         evaluated = replace(evaluated, result=result)
     replaced = {} if beaten is None else {"refused_candidate": beaten}
+    # a suspended run's decision, taken when it resumes, is worded from these (_decision_of)
+    offered = {} if why is None else {BASELINE_WHY: why}
     ledger.update_run(
         run.run_id,
         model_version=version,
@@ -860,7 +866,7 @@ def _offer(
         train_start=trained.window.start,
         train_end=trained.window.end,
         rows=trained.rows,
-        metrics={**result.to_dict(), **replaced},
+        metrics={**result.to_dict(), **replaced, **offered},
     )
     links = _links(spec, version)
     evidence = {**events.evidence(version, trained, evaluated, run.run_id, links), **replaced}
@@ -895,8 +901,7 @@ def _offer(
         gate_reasons=result.reasons,
         approval=approval,
     )
-    if why is not None:
-        decision = replace(decision, reason=f"{why}: {decision.reason}")
+    decision = offered_baseline(decision, why)
     previous = apply_decision(registry, decision, run.actor)
     return _Offered(version, evaluated, evidence, facts, decision, previous)
 

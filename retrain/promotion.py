@@ -11,7 +11,7 @@ comment=None, automatic=False, reason='gate failed: worse than champion')
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -38,6 +38,20 @@ class PromotionDecision:
     comment: str | None
     automatic: bool
     reason: str
+
+
+def offered_baseline(decision: PromotionDecision, why: str | None) -> PromotionDecision:
+    """The decision on a fresh baseline (``why``: :func:`baseline_promotion`'s reason) says
+    first why the baseline was offered, then its own decision; any other decision as it is.
+    The same text whether the decision is taken in the run or after a suspended run resumed.
+
+    >>> d = PromotionDecision("3", True, True, True, "ann", None, False, "approved by ann")
+    >>> offered_baseline(d, "candidate lost to the baseline; baseline promoted").reason
+    'candidate lost to the baseline; baseline promoted: approved by ann'
+    >>> offered_baseline(d, None).reason
+    'approved by ann'
+    """
+    return decision if why is None else replace(decision, reason=f"{why}: {decision.reason}")
 
 
 def needs_operator(gate_passed: bool, require_approval: bool, auto_approve: bool) -> bool:

@@ -610,11 +610,29 @@ BASELINE_FILE = "baseline.json"
 class ConstantModel:
     """A tabular baseline: the training window's mean, majority class or positive rate,
     the same value for every row. It still checks that rows carry the model's raw columns,
-    so a client that sends the wrong table is told, as a booster would tell it."""
+    so a client that sends the wrong table is told, as a booster would tell it.
 
-    def __init__(self, value: float, inputs: TabularInputs | None = None) -> None:
+    A multiclass baseline (``classes``, with ``probabilities``: its one row of class
+    probabilities, priors or one-hot) answers as a multiclass booster does: the class of each
+    row as the training data wrote it, or with ``probabilities=True`` that class and one
+    probability per class (:func:`class_answer`)."""
+
+    def __init__(
+        self,
+        value: float,
+        inputs: TabularInputs | None = None,
+        classes: Sequence[Any] = (),
+        probabilities: Sequence[float] = (),
+    ) -> None:
         self.value = float(value)
         self.inputs = inputs
+        self.classes = list(classes)
+        self.probabilities = np.asarray(list(probabilities), dtype="float64")
+        if self.classes and self.probabilities.size != len(self.classes):
+            raise ServableError(
+                f"a multiclass baseline of {len(self.classes)} classes holds "
+                f"{self.probabilities.size} probabilities: its {BASELINE_FILE} is damaged"
+            )
 
     @classmethod
     def load(cls, directory: str | Path, inputs: str | Path | None = None) -> ConstantModel:
@@ -622,11 +640,20 @@ class ConstantModel:
         read = read_inputs(inputs)
         if read is not None and not isinstance(read, TabularInputs):
             raise ServableError(f"{inputs} describes a recommender's inputs, not a table's")
-        return cls(float(meta["value"]), read)
+        classes = meta.get("classes", []) if meta.get("task") == "multiclass" else []
+        return cls(float(meta["value"]), read, classes, meta.get("probabilities", []))
 
-    def predict(self, model_input: Any) -> np.ndarray:
+    def predict(self, model_input: Any, probabilities: bool = False) -> Any:
         if self.inputs is not None:
             model_input = require_columns(model_input, self.inputs.columns)
+        if self.classes:
+            rows = np.tile(self.probabilities, (len(model_input), 1))
+            return class_answer(rows, self.classes, probabilities)
+        if probabilities:
+            raise ServableError(
+                "probabilities are the answer of a multiclass model; this model answers one "
+                "number per row: leave out the probabilities parameter"
+            )
         return np.full(len(model_input), self.value, dtype="float64")
 
 

@@ -55,7 +55,9 @@ class BaselineModel:
     """Predicts the training labels' mean, majority class or positive rate.
 
     sklearn style: ``__init__`` stores, ``fit`` validates and learns ``y_train_`` and the one
-    value it predicts, ``value_``.
+    value it predicts, ``value_`` (multiclass: the majority class's code; what it predicts is
+    ``row_``, one row of class probabilities, priors or one-hot, and it answers the class label
+    of ``classes`` when served).
 
     >>> BaselineModel("regression").fit(pd.DataFrame(), np.array([1.0, 3.0])).predict(
     ...     pd.DataFrame(index=range(2)))
@@ -66,19 +68,28 @@ class BaselineModel:
 
     y_train_: np.ndarray
     value_: float
+    row_: np.ndarray
     # a trivial baseline: no increment continues from it
     is_baseline = True
 
     def __init__(
-        self, task: str = "regression", metric: str | None = None, n_classes: int = 0
+        self,
+        task: str = "regression",
+        metric: str | None = None,
+        n_classes: int = 0,
+        classes: tuple[Any, ...] = (),
     ) -> None:
         self.task = task
         self.metric = metric
         self.n_classes = n_classes
+        self.classes = classes
 
     @property
     def kind(self) -> str:
-        """What the value is: ``mean``, ``majority`` or ``positive_rate``."""
+        """What the value is: ``mean``, ``majority``, ``positive_rate`` or (multiclass with a
+        probability metric) ``class_priors``."""
+        if self.task == "multiclass":
+            return "class_priors" if self.metric == "multi_logloss" else "majority"
         if self.task != "binary":
             return "mean"
         return "positive_rate" if self.metric == "logloss" else "majority"
@@ -87,8 +98,14 @@ class BaselineModel:
         y = np.asarray(y, dtype="float64")
         if y.size == 0:
             raise TrainingError("the baseline needs at least one training row")
+        if self.task == "multiclass" and self.classes and len(self.classes) != self.n_classes:
+            raise TrainingError(
+                f"a multiclass baseline of {self.n_classes} classes was given "
+                f"{len(self.classes)} class labels: pass the spec's class_labels"
+            )
         self.y_train_ = y
         first = baseline_predictions(self.task, y, 1, self.metric, self.n_classes)[0]
+        self.row_ = np.atleast_1d(np.asarray(first, dtype="float64"))
         # multiclass: the most frequent class code (what the model predicts is the matrix)
         self.value_ = float(np.argmax(first)) if self.task == "multiclass" else float(first)
         return self
@@ -97,9 +114,7 @@ class BaselineModel:
         if not hasattr(self, "value_"):
             raise TrainingError("this BaselineModel is not fitted yet: call fit(X, y) first")
         if self.task == "multiclass":  # one row of class probabilities (priors or one-hot)
-            return baseline_predictions(
-                self.task, self.y_train_, len(X), self.metric, self.n_classes
-            )
+            return np.tile(self.row_, (len(X), 1))
         return np.full(len(X), self.value_, dtype="float64")
 
     def non_default_params(self) -> dict[str, Any]:
@@ -109,10 +124,10 @@ class BaselineModel:
         """The value and what it is (JSON): what ``servable.ConstantModel`` serves."""
         if not hasattr(self, "value_"):
             raise TrainingError("this BaselineModel is not fitted yet: nothing to save")
-        if self.task == "multiclass":
+        if self.task == "multiclass" and len(self.classes) != self.row_.size:
             raise TrainingError(
-                "a multiclass baseline is scored by the gate but cannot be registered: "
-                "set gate.promote_baseline = false for this spec"
+                "a multiclass baseline needs its class labels to be saved (it answers the "
+                "class as the training data wrote it): fit it with classes=spec.class_labels"
             )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -124,6 +139,9 @@ class BaselineModel:
             "value": self.value_,
             "rows": int(self.y_train_.size),
         }
+        if self.task == "multiclass":  # what ConstantModel answers: the class, or the row
+            meta["probabilities"] = self.row_.tolist()
+            meta["classes"] = list(self.classes)
         (directory / servable.BASELINE_FILE).write_text(json.dumps(meta, indent=2))
         return directory
 
@@ -131,8 +149,10 @@ class BaselineModel:
     def load(cls, directory: Path | str) -> BaselineModel:
         served = servable.ConstantModel.load(directory)
         meta = json.loads((Path(directory) / servable.BASELINE_FILE).read_text())
-        model = cls(meta["task"], meta["metric"])
+        classes = tuple(meta.get("classes", ()))
+        model = cls(meta["task"], meta["metric"], len(classes), classes)
         model.value_ = served.value
+        model.row_ = np.asarray(meta.get("probabilities", [served.value]), dtype="float64")
         model.y_train_ = np.full(int(meta.get("rows", 1)), served.value)
         return model
 

@@ -222,9 +222,7 @@ def evaluate(
     )
     verdict = None
     refresh = champion is not None and is_baseline(champion.model)
-    # a multiclass baseline is scored but not registered (docs/fresh-and-safe.md)
-    promotes = gate.promote_baseline and spec.task != "multiclass"
-    if promotes and baseline_asked(result, refresh):
+    if gate.promote_baseline and baseline_asked(result, refresh):
         verdict = baseline_verdict(settings, candidate, baseline, refresh, **judged)
     if note:
         result = replace(result, reasons=(*result.reasons, note))
@@ -433,7 +431,8 @@ class LightGBMFamily:
 
     def baseline(self, spec: ModelSpec, frame: pd.DataFrame) -> BaselineModel:
         _, y = _xy(spec, frame)
-        return BaselineModel(spec.task, spec.metric, len(spec.class_labels)).fit(pd.DataFrame(), y)
+        classes = tuple(spec.classes or ())  # as the data writes them, like the trainer's
+        return BaselineModel(spec.task, spec.metric, len(classes), classes).fit(pd.DataFrame(), y)
 
     def signature_sample(
         self, spec: ModelSpec, prepared: Prepared, trained: Trained

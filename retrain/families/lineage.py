@@ -57,7 +57,7 @@ class Tag(StrEnum):
     REFIT = "retrain.refit"  # "true": the served fit is the validated recipe refitted
     GATE = "retrain.gate"
     # "baseline": the version is the family's trivial baseline (gate.promote_baseline); its
-    # kind (mean, majority, positive_rate, popularity) and the candidate it beat
+    # kind (mean, majority, positive_rate, class_priors, popularity) and the candidate it beat
     KIND = "retrain.kind"
     BASELINE = "retrain.baseline"
     BEATEN_CANDIDATE = "retrain.baseline.beaten_candidate"

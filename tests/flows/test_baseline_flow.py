@@ -16,12 +16,13 @@ import pytest
 import yaml
 
 from flows import events
-from flows.retrain_flow import make_registry, retrain_flow
+from flows.retrain_flow import _decision_of, make_registry, retrain_flow
 from gateway.models import Loaded, recommend_users
 from registry.client import loading_pyfunc
 from registry.live import load_servable
 from retrain.config import load_spec
 from retrain.ledger import Ledger
+from retrain.promotion import Approval
 from retrain.simulate import Periodic, load_replay, replay_policy
 from retrain.trainers.als import ALSTrainer
 from tests.conftest import als_spec_dict, bike_slice, spec_dict, taste_stream
@@ -112,6 +113,11 @@ def test_no_champion_and_a_candidate_that_lost_to_the_baseline_promotes_a_fresh_
     [run] = ledger.runs(spec.name, limit=1)
     assert run.status == "promoted" and run.model_version == version
     assert run.metrics["refused_candidate"] == refused
+    # the decision a suspended run takes when it resumes reads as the one taken in the run
+    assert "baseline promoted" in run.metrics["baseline_promotion"]
+    resumed = _decision_of(run, Approval(approved=True, approver="ann", comment="ok"))
+    assert resumed.promote and resumed.reason.startswith(run.metrics["baseline_promotion"])
+    assert resumed.reason.endswith("approved by ann: ok")
     # events: the candidate refused, the baseline promoted
     names = [(e["event"], e["payload"].get("version")) for e in sent]
     assert ("retrain.model.refused", refused) in names
@@ -280,3 +286,60 @@ def test_an_als_candidate_that_lost_to_popularity_leaves_a_popularity_champion_t
     assert tags["retrain.strategy"] == "scratch"
     assert "popularity baseline" in tags["retrain.strategy_reason"]
     assert after["champion"] is not None
+
+
+def test_a_multiclass_candidate_that_lost_to_the_class_priors_promotes_a_servable_baseline(
+    tmp_path: Path, bike_hourly: pd.DataFrame
+):
+    # the weather situation with its labels shuffled: no feature says anything about it, so
+    # the candidate's log loss is worse than the class priors' and there is no champion
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for month, (start, end) in {
+        "2011-03": ("2011-03-01", "2011-04-01"),
+        "2011-04": ("2011-04-01", "2011-05-01"),
+    }.items():
+        part = bike_slice(bike_hourly, start, end)
+        part["weathersit"] = rng.permutation(part["weathersit"].clip(upper=3).to_numpy())
+        part.to_csv(folder / f"{month}.csv", index=False)
+    spec_path = spec_file(
+        tmp_path,
+        folder,
+        task="multiclass",
+        classes=[1, 2, 3],
+        metric="multi_logloss",
+        label="weathersit",
+        **{
+            "features.numeric": ["temp", "hum", "windspeed", "hr", "cnt"],
+            "features.categorical": ["weekday"],
+            "features.leakage": ["casual", "registered", "instant"],
+        },
+    )
+
+    out = retrain_flow(str(spec_path), mode="manual", as_of=FIRST_AS_OF, auto_approve=True)
+
+    assert out["promoted"], out["decision"]
+    assert out["strategy"] == "baseline" and "baseline promoted" in out["decision"]
+    spec = load_spec(spec_path)
+    registry = make_registry(spec, Ledger(spec.state.ledger))
+    version = out["version"]
+    assert registry.alias_version("champion") == version
+    assert registry.version(version).tags["retrain.baseline"] == "class_priors"
+    # served through pyfunc as a multiclass booster is: the class labels, or with their
+    # probabilities, the training window's class priors
+    uri = registry.client.get_model_version_download_uri(spec.name, version)
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=uri, dst_path=str(tmp_path / "served"), tracking_uri=registry.tracking_uri
+    )
+    rows = bike_slice(bike_hourly, "2011-03-20", "2011-03-21").head(4)
+    with loading_pyfunc():
+        pyfunc = mlflow.pyfunc.load_model(local)
+        labels = pyfunc.predict(rows)
+        answer = pyfunc.predict(rows, params={"probabilities": True})
+    assert set(labels.tolist()) <= {1, 2, 3} and len(set(labels.tolist())) == 1
+    priors = answer[["probability_1", "probability_2", "probability_3"]].iloc[0]
+    assert priors.sum() == pytest.approx(1.0) and (priors > 0).all()
+    # the gate scores the promoted baseline champion as it was judged (rows x classes)
+    champion = registry.load_model(version)
+    assert champion.predict(rows).shape == (4, 3)

@@ -81,3 +81,48 @@ def test_a_constant_baseline_version_scores_raw_rows_through_pyfunc(tmp_path: Pa
     assert pyfunc.predict(sample).tolist() == [5.0, 5.0]  # type: ignore[attr-defined]
     assert Model.load(str(model_dir)).signature is not None
     assert isinstance(load_trainer(trainer_path(model_dir)), BaselineModel)
+
+
+def test_a_multiclass_baseline_version_answers_class_labels_and_its_priors(tmp_path: Path):
+    # codes 0..2 of the labels "clear", "mist", "rain"; "mist" is the majority class
+    y = np.array([0.0, 1.0, 1.0, 2.0, 1.0])
+    model = BaselineModel("multiclass", "multi_logloss", 3, ("clear", "mist", "rain"))
+    model.fit(pd.DataFrame(), y)
+    sample = pd.DataFrame({"temp": [0.2, 0.4, 0.5], "weathersit": [1, 2, 3]})
+    record = CandidateRecord(
+        model_dir=model.save(tmp_path / "trainer"),
+        description="baseline",
+        params={},
+        metrics={},
+        version_tags={},
+        sample=sample,
+        family="baseline",
+        predict_params={"probabilities": False},
+        inputs=servable.TabularInputs(numeric=("temp",), categorical=("weathersit",)),
+    )
+
+    model_dir, pyfunc = served(record, tmp_path)
+
+    assert pyfunc.predict(sample).tolist() == ["mist"] * 3  # type: ignore[attr-defined]
+    answer = pyfunc.predict(sample, params={"probabilities": True})  # type: ignore[attr-defined]
+    assert answer.columns.tolist() == [
+        "class",
+        "probability_clear",
+        "probability_mist",
+        "probability_rain",
+    ]
+    assert answer.iloc[0, 1:].tolist() == [0.2, 0.6, 0.2]
+    loaded = load_trainer(trainer_path(model_dir))
+    # loaded back, it scores as the gate scored it: the priors, rows x classes
+    np.testing.assert_allclose(loaded.predict(sample), model.predict(sample))
+    assert loaded.classes == ("clear", "mist", "rain")
+
+
+def test_a_multiclass_baseline_without_its_class_labels_cannot_be_saved(tmp_path: Path):
+    model = BaselineModel("multiclass", "accuracy", 3).fit(pd.DataFrame(), np.array([0.0, 2.0]))
+    try:
+        model.save(tmp_path / "trainer")
+    except Exception as exc:
+        assert "needs its class labels" in str(exc)
+    else:
+        raise AssertionError("a multiclass baseline without labels was saved")
