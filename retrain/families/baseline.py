@@ -127,11 +127,11 @@ class BaselineModel:
         if self.task == "multiclass" and len(self.classes) != self.row_.size:
             raise TrainingError(
                 "a multiclass baseline needs its class labels to be saved (it answers the "
-                "class as the training data wrote it): fit it with classes=spec.class_labels"
+                "class as the training data wrote it): fit it with classes=spec.classes"
             )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        meta = {
+        meta: dict[str, Any] = {
             "kind": "constant",
             "baseline": self.kind,
             "task": self.task,
