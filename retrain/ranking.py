@@ -146,13 +146,24 @@ def relevant_items(
     """(user, item) pairs to find: holdout positives the user had not seen in training."""
     weights = holdout["weight"].to_numpy(dtype="float64")
     positives = holdout.loc[positive_mask(weights, min_rating), ["user", "item"]]
-    pairs = positives.drop_duplicates()
-    # only the holdout users' training rows can hide a pair
-    mine = train["user"].isin(pairs["user"].unique())
-    # the pairs not among them, in their order (what a left merge's "left_only" rows are)
-    seen = pd.MultiIndex.from_frame(train.loc[mine, ["user", "item"]])
-    fresh = pairs[~pd.MultiIndex.from_frame(pairs).isin(seen)]
-    return fresh.reset_index(drop=True)
+    # each pair as one integer key of (user code, item code) among the holdout's positives:
+    # hash lookups of the ids instead of tuples (a MultiIndex of Arrow strings)
+    user_codes, users = pd.factorize(positives["user"])
+    item_codes, items = pd.factorize(positives["item"])
+    n_items = max(len(items), 1)
+    keys = user_codes.astype("int64") * n_items + item_codes
+    # the first row of each pair, in their order (drop_duplicates)
+    _, first = np.unique(keys, return_index=True)
+    first.sort()
+    # only the holdout users' training rows can hide a pair, and only with a holdout item
+    train_user = positions(pd.Index(users), train["user"])
+    mine = train_user >= 0
+    train_item = positions(pd.Index(items), train["item"][mine])
+    known = train_item >= 0
+    seen = train_user[mine][known].astype("int64") * n_items + train_item[known]
+    # the pairs not among them (what a left merge's "left_only" rows are)
+    fresh = first[~np.isin(keys[first], seen)]
+    return positives.iloc[fresh].reset_index(drop=True)
 
 
 def user_metrics(recommendations: pd.DataFrame, relevant: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -217,8 +228,32 @@ def member(values: pd.Series, of: Any) -> np.ndarray:
     """``values.isin(of)`` as a boolean array, by one hash lookup per value: pandas' ``isin`` of
     an Arrow-backed string column builds an Arrow scalar for every element of ``of``, about
     30 us each (the training users of a large window would cost seconds)."""
-    keys = pd.Index(of).unique()
-    return np.asarray(keys.get_indexer(values) >= 0, dtype=bool)
+    return positions(pd.Index(of).unique(), values) >= 0
+
+
+def _arrow_strings(values: Any) -> Any:
+    """The Arrow array of an Arrow-backed string column (or index, or array), else None."""
+    array = getattr(values, "array", values)
+    dtype = getattr(array, "dtype", None)
+    is_string = (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow") or (
+        isinstance(dtype, pd.ArrowDtype) and str(dtype.pyarrow_dtype) in {"string", "large_string"}
+    )
+    return array.__arrow_array__() if is_string else None
+
+
+def positions(keys: pd.Index, values: Any) -> np.ndarray:
+    """``keys.get_indexer(values)`` (``keys`` distinct): each value's position among ``keys``,
+    -1 when absent. Arrow strings on both sides are matched by Arrow's ``index_in``: pandas
+    builds a Python string of every value to hash it (about ten times the CPU). Missing
+    values go through pandas."""
+    column, wanted = _arrow_strings(values), _arrow_strings(keys)
+    # a missing id is matched as pandas does (which depends on both dtypes)
+    if column is None or wanted is None or column.null_count or wanted.null_count:
+        return np.asarray(keys.get_indexer(values), dtype="int64")
+    import pyarrow.compute as pc  # the columns are Arrow's already
+
+    found = pc.index_in(column, value_set=wanted.cast(column.type))
+    return np.asarray(found.fill_null(-1).to_numpy(), dtype="int64")
 
 
 def _segment(metrics: pd.DataFrame, mask: np.ndarray, fallback: np.ndarray) -> SegmentScores:
