@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from retrain.errors import BacktestError, TrainingError
+from retrain.servable import arrow_strings
 from retrain.trainers.interactions import check_interactions, positive_mask
 from retrain.trainers.popularity import PopularityRecommender
 
@@ -166,19 +167,48 @@ def relevant_items(
     return positives.iloc[fresh].reset_index(drop=True)
 
 
-def user_metrics(recommendations: pd.DataFrame, relevant: pd.DataFrame, k: int) -> pd.DataFrame:
+@dataclass(frozen=True)
+class RelevantUsers:
+    """What :func:`user_metrics` reads of a ``relevant`` table, computed once for every model
+    scored on it: its users (in order of first appearance), their relevant counts, each
+    relevant row's user code and item id."""
+
+    users: pd.Index
+    counts: np.ndarray
+    row_user: np.ndarray
+    items: np.ndarray
+
+    @classmethod
+    def of(cls, relevant: pd.DataFrame) -> RelevantUsers:
+        n_relevant = relevant.groupby("user", sort=False).size()
+        users = n_relevant.index
+        return cls(
+            users,
+            n_relevant.to_numpy(dtype="int64"),
+            users.get_indexer(relevant["user"].to_numpy()),
+            relevant["item"].to_numpy(dtype=object),
+        )
+
+
+def user_metrics(
+    recommendations: pd.DataFrame,
+    relevant: pd.DataFrame,
+    k: int,
+    shared: RelevantUsers | None = None,
+) -> pd.DataFrame:
     """Per-user precision@k, AP@k and NDCG@k for every user of ``relevant``.
 
     ``recommendations`` has ``user, rank, item`` (rank 1 is the best); ranks above k are ignored.
     Returns ``user, relevant, hits, precision, ap, ndcg, implicit_precision_den`` (the last is
     min(k, |R|): sum(hits) / sum(den) is implicit's precision). Users without any
-    recommendation score 0.
+    recommendation score 0. ``shared``: ``RelevantUsers.of(relevant)``, when several models
+    are scored on the same pairs.
     """
     missing = [c for c in ("user", "rank", "item") if c not in recommendations.columns]
     if missing:
         raise BacktestError(f"recommendations lack column(s) {missing}: need user, rank, item")
-    n_relevant = relevant.groupby("user", sort=False).size()
-    users = n_relevant.index
+    shared = RelevantUsers.of(relevant) if shared is None else shared
+    users = shared.users
     n_users = len(users)
     # vectorised over every (user, recommendation): integer codes instead of pandas merges
     rank_all = recommendations["rank"].to_numpy()
@@ -187,10 +217,8 @@ def user_metrics(recommendations: pd.DataFrame, relevant: pd.DataFrame, k: int) 
     mine = rec_user >= 0
     rec_user, rank = rec_user[mine], rank_all[top][mine].astype("float64")
     rec_item_ids = recommendations["item"].to_numpy()[top][mine]
-    rel_user = users.get_indexer(relevant["user"].to_numpy())
-    item_codes, _ = pd.factorize(
-        np.concatenate([relevant["item"].to_numpy(dtype=object), rec_item_ids.astype(object)])
-    )
+    rel_user = shared.row_user
+    item_codes, _ = pd.factorize(np.concatenate([shared.items, rec_item_ids.astype(object)]))
     n_items = int(item_codes.max()) + 1 if item_codes.size else 1
     rel_key = rel_user.astype("int64") * n_items + item_codes[: len(rel_user)]
     rec_key = rec_user.astype("int64") * n_items + item_codes[len(rel_user) :]
@@ -208,7 +236,7 @@ def user_metrics(recommendations: pd.DataFrame, relevant: pd.DataFrame, k: int) 
     hits = np.bincount(rec_user, weights=hit, minlength=n_users)
     ap = np.bincount(rec_user, weights=hit * cum_hits / rank, minlength=n_users)
     dcg = np.bincount(rec_user, weights=hit / np.log2(rank + 1.0), minlength=n_users)
-    n_rel = n_relevant.to_numpy(dtype="int64")
+    n_rel = shared.counts
     den = np.minimum(n_rel, k)
     ideal = np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))[den - 1]
     return pd.DataFrame(
@@ -231,22 +259,12 @@ def member(values: pd.Series, of: Any) -> np.ndarray:
     return positions(pd.Index(of).unique(), values) >= 0
 
 
-def _arrow_strings(values: Any) -> Any:
-    """The Arrow array of an Arrow-backed string column (or index, or array), else None."""
-    array = getattr(values, "array", values)
-    dtype = getattr(array, "dtype", None)
-    is_string = (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow") or (
-        isinstance(dtype, pd.ArrowDtype) and str(dtype.pyarrow_dtype) in {"string", "large_string"}
-    )
-    return array.__arrow_array__() if is_string else None
-
-
 def positions(keys: pd.Index, values: Any) -> np.ndarray:
     """``keys.get_indexer(values)`` (``keys`` distinct): each value's position among ``keys``,
     -1 when absent. Arrow strings on both sides are matched by Arrow's ``index_in``: pandas
     builds a Python string of every value to hash it (about ten times the CPU). Missing
     values go through pandas."""
-    column, wanted = _arrow_strings(values), _arrow_strings(keys)
+    column, wanted = arrow_strings(values), arrow_strings(keys)
     # a missing id is matched as pandas does (which depends on both dtypes)
     if column is None or wanted is None or column.null_count or wanted.null_count:
         return np.asarray(keys.get_indexer(values), dtype="int64")

@@ -321,16 +321,12 @@ def _arrow_category_codes(values: pd.Series, cats: Sequence[str]) -> np.ndarray 
     (pandas' path costs about a millisecond a column in dtype resolution and masks); None
     when the column is not one, the categories are not distinct strings, or a value is not
     among them (:func:`_category_codes` then says which)."""
-    dtype = values.dtype
-    arrow_string = (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow") or (
-        isinstance(dtype, pd.ArrowDtype) and str(dtype.pyarrow_dtype) in {"string", "large_string"}
-    )
-    if not arrow_string or len(set(cats)) != len(cats) or not all(isinstance(c, str) for c in cats):
+    column = arrow_strings(values)
+    if column is None or len(set(cats)) != len(cats) or not all(isinstance(c, str) for c in cats):
         return None
     import pyarrow as pa  # the column is Arrow's already
     import pyarrow.compute as pc
 
-    column = values.array.__arrow_array__()
     found = pc.index_in(column, value_set=pa.array(list(cats), type=column.type))
     if found.null_count != column.null_count:  # an unseen category
         return None
@@ -468,13 +464,48 @@ def lookup(index: np.ndarray, values: Any) -> np.ndarray:
     """Row of each value in ``index`` (-1 when absent).
 
     Each distinct value is looked up once (a window of interactions repeats its ids many
-    times): the same rows as ``get_indexer`` of every value, at a fraction of the CPU."""
+    times): the same rows as ``get_indexer`` of every value, at a fraction of the CPU. An
+    Arrow string column without missing values, against an index of strings, is matched by
+    Arrow's ``index_in`` (no Python string per value). ``index`` holds distinct ids."""
+    found = _arrow_lookup(index, values)
+    if found is not None:
+        return found
     codes, distinct = pd.factorize(
         values if isinstance(values, pd.Series | pd.Index | np.ndarray) else pd.Index(values),
         use_na_sentinel=False,
     )
     rows = np.asarray(pd.Index(index).get_indexer(pd.Index(distinct)), dtype="int64")
     return rows[codes]
+
+
+def arrow_strings(values: Any) -> Any:
+    """The Arrow array of an Arrow-backed string column (or index, or array), else None."""
+    array = getattr(values, "array", values)
+    dtype = getattr(array, "dtype", None)
+    is_string = (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow") or (
+        isinstance(dtype, pd.ArrowDtype) and str(dtype.pyarrow_dtype) in {"string", "large_string"}
+    )
+    return array.__arrow_array__() if is_string else None
+
+
+def _arrow_lookup(index: np.ndarray, values: Any) -> np.ndarray | None:
+    """:func:`lookup` by Arrow's ``index_in``, or None when it does not apply (``values`` not
+    Arrow strings, a missing value, an index that is not all strings)."""
+    column = arrow_strings(values)
+    index = np.asarray(index)
+    if column is None or column.null_count or index.dtype != object or index.size == 0:
+        return None
+    import pyarrow as pa  # the column is Arrow's already
+    import pyarrow.compute as pc
+
+    try:
+        keys = pa.array(index, type=column.type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # an id that is not a string
+        return None
+    if keys.null_count:
+        return None
+    found = pc.index_in(column, value_set=keys)
+    return np.asarray(found.fill_null(-1).to_numpy(), dtype="int64")
 
 
 def coerce_ids(index: np.ndarray, ids: np.ndarray) -> np.ndarray:

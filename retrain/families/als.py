@@ -61,6 +61,7 @@ from retrain.ingest import TS
 from retrain.promotion import baseline_asked
 from retrain.ranking import (
     RankingBacktest,
+    RelevantUsers,
     evaluate_ranking,
     ranking_backtest,
     relevant_items,
@@ -402,7 +403,10 @@ def evaluate(
     )
     # one window: its per-user scores are those of the segment table, computed once
     one = relevant[0] if len(relevant) == 1 and not relevant[0].empty else None
-    scored = {} if one is None else {n: user_metrics(r, one, als.k) for n, r in recs.items()}
+    scored: dict[str, pd.DataFrame] = {}
+    if one is not None:
+        shared = RelevantUsers.of(one)  # the relevant side of every model's scores, once
+        scored = {n: user_metrics(r, one, als.k, shared) for n, r in recs.items()}
     ranking = ranking_backtest(
         trained.model,
         train,

@@ -135,7 +135,17 @@ def dedupe_last(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def sorted_unique(values: pd.Series, what: str) -> np.ndarray:
-    """Distinct ids in sorted order (so row numbers do not depend on the input's row order)."""
+    """Distinct ids in sorted order (so row numbers do not depend on the input's row order).
+
+    Arrow strings without missing values are made distinct and sorted by Arrow (UTF-8 byte
+    order is code point order: the order of Python's sort), as the same Python strings."""
+    column = servable.arrow_strings(values)
+    if column is not None and not column.null_count:
+        import pyarrow.compute as pc  # the column is Arrow's already
+
+        distinct = pc.unique(column)
+        ordered = distinct.take(pc.array_sort_indices(distinct))
+        return np.asarray(ordered.to_numpy(zero_copy_only=False), dtype=object)
     unique = id_array(pd.Series(pd.unique(values), dtype=values.dtype))
     try:
         return np.sort(unique)

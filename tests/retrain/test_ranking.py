@@ -337,6 +337,13 @@ def test_vectorised_user_metrics_match_the_merge_implementation(seed):
 
     pd.testing.assert_frame_equal(got, want, check_exact=True, check_dtype=False)
     assert got.dtypes.drop("user").equals(want.dtypes.drop("user"))
+    # the relevant side computed once and shared by several models: the same scores
+    from retrain.ranking import RelevantUsers
+
+    shared = RelevantUsers.of(relevant)
+    for lists in (recs, recs.iloc[::-1], recs.iloc[: n // 3]):
+        alone = user_metrics(lists, relevant, k)
+        pd.testing.assert_frame_equal(user_metrics(lists, relevant, k, shared), alone)
 
 
 def test_a_segments_means_are_pandas_means_of_its_rows_without_nan():

@@ -154,6 +154,14 @@ def test_categorical_codes_are_positions_in_the_frozen_categories_unseen_and_mis
         (np.array(["a", None], dtype=object), np.array([None, "a", np.nan], dtype=object)),
         (np.array([1.0, np.nan]), np.array([np.nan, 1.0, 2.0])),
         (np.array([1, 2, 3]), pd.Series([1, 2, None], dtype="Int64")),
+        # Arrow strings (index_in), and where it does not apply
+        (np.array(["a", "é", "c"], dtype=object), pd.Series(["c", "é", "x"] * 3, dtype="str")),
+        (np.array(["a", "b"], dtype=object), pd.Series(["b", "q"], dtype="string[pyarrow]")),
+        (np.array(["a", "b"], dtype=object), pd.Series(["b", "a"], dtype="large_string[pyarrow]")),
+        (np.array(["a", "b"], dtype=object), pd.Series(["b", None, "a"], dtype="str")),
+        (np.array(["1", 2], dtype=object), pd.Series(["2", "1"], dtype="str")),
+        (np.array(["a", None], dtype=object), pd.Series(["a", "b"], dtype="str")),
+        (np.array([1, 2]), pd.Series(["1", "2"], dtype="str")),
     ],
 )
 def test_lookup_finds_each_value_where_get_indexer_of_every_value_does(index, values):

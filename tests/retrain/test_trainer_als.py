@@ -719,3 +719,18 @@ def test_fold_in_on_real_movielens_ratings_keeps_its_promises(movielens_1990s):
         recs = model.recommend(users, k=10)
         assert recs.groupby("user").size().eq(10).all()
         assert set(recs["source"]) == {"als"}
+
+
+@pytest.mark.parametrize("dtype", ["str", "string[pyarrow]", "large_string[pyarrow]", object])
+def test_sorted_ids_are_pythons_sort_of_the_distinct_ids_whatever_the_string_type(dtype):
+    from retrain.trainers.interactions import sorted_unique
+
+    rng = np.random.default_rng(4)
+    pool = ["b", "a", "B", "é", "e", "z", "Ω", "😀", "a b", "", "10", "9", "ä"]
+    values = pd.Series(rng.choice(pool, 200), dtype=dtype)
+
+    got = sorted_unique(values, "item")
+
+    assert got.dtype == object
+    assert got.tolist() == sorted(set(values.astype(object)))
+    assert all(type(v) is str for v in got)
