@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from retrain.errors import BacktestError, TrainingError
+from retrain.servable import arrow_strings
 from retrain.trainers.interactions import check_interactions, positive_mask
 from retrain.trainers.popularity import PopularityRecommender
 
@@ -146,28 +147,68 @@ def relevant_items(
     """(user, item) pairs to find: holdout positives the user had not seen in training."""
     weights = holdout["weight"].to_numpy(dtype="float64")
     positives = holdout.loc[positive_mask(weights, min_rating), ["user", "item"]]
-    pairs = positives.drop_duplicates()
-    # only the holdout users' training rows can hide a pair
-    mine = train["user"].isin(pairs["user"].unique())
-    # the pairs not among them, in their order (what a left merge's "left_only" rows are)
-    seen = pd.MultiIndex.from_frame(train.loc[mine, ["user", "item"]])
-    fresh = pairs[~pd.MultiIndex.from_frame(pairs).isin(seen)]
-    return fresh.reset_index(drop=True)
+    # each pair as one integer key of (user code, item code) among the holdout's positives:
+    # hash lookups of the ids instead of tuples (a MultiIndex of Arrow strings)
+    user_codes, users = pd.factorize(positives["user"])
+    item_codes, items = pd.factorize(positives["item"])
+    n_items = max(len(items), 1)
+    keys = user_codes.astype("int64") * n_items + item_codes
+    # the first row of each pair, in their order (drop_duplicates)
+    _, first = np.unique(keys, return_index=True)
+    first.sort()
+    # only the holdout users' training rows can hide a pair, and only with a holdout item
+    train_user = positions(pd.Index(users), train["user"])
+    mine = train_user >= 0
+    train_item = positions(pd.Index(items), train["item"][mine])
+    known = train_item >= 0
+    seen = train_user[mine][known].astype("int64") * n_items + train_item[known]
+    # the pairs not among them (what a left merge's "left_only" rows are)
+    fresh = first[~np.isin(keys[first], seen)]
+    return positives.iloc[fresh].reset_index(drop=True)
 
 
-def user_metrics(recommendations: pd.DataFrame, relevant: pd.DataFrame, k: int) -> pd.DataFrame:
+@dataclass(frozen=True)
+class RelevantUsers:
+    """What :func:`user_metrics` reads of a ``relevant`` table, computed once for every model
+    scored on it: its users (in order of first appearance), their relevant counts, each
+    relevant row's user code and item id."""
+
+    users: pd.Index
+    counts: np.ndarray
+    row_user: np.ndarray
+    items: np.ndarray
+
+    @classmethod
+    def of(cls, relevant: pd.DataFrame) -> RelevantUsers:
+        n_relevant = relevant.groupby("user", sort=False).size()
+        users = n_relevant.index
+        return cls(
+            users,
+            n_relevant.to_numpy(dtype="int64"),
+            users.get_indexer(relevant["user"].to_numpy()),
+            relevant["item"].to_numpy(dtype=object),
+        )
+
+
+def user_metrics(
+    recommendations: pd.DataFrame,
+    relevant: pd.DataFrame,
+    k: int,
+    shared: RelevantUsers | None = None,
+) -> pd.DataFrame:
     """Per-user precision@k, AP@k and NDCG@k for every user of ``relevant``.
 
     ``recommendations`` has ``user, rank, item`` (rank 1 is the best); ranks above k are ignored.
     Returns ``user, relevant, hits, precision, ap, ndcg, implicit_precision_den`` (the last is
     min(k, |R|): sum(hits) / sum(den) is implicit's precision). Users without any
-    recommendation score 0.
+    recommendation score 0. ``shared``: ``RelevantUsers.of(relevant)``, when several models
+    are scored on the same pairs.
     """
     missing = [c for c in ("user", "rank", "item") if c not in recommendations.columns]
     if missing:
         raise BacktestError(f"recommendations lack column(s) {missing}: need user, rank, item")
-    n_relevant = relevant.groupby("user", sort=False).size()
-    users = n_relevant.index
+    shared = RelevantUsers.of(relevant) if shared is None else shared
+    users = shared.users
     n_users = len(users)
     # vectorised over every (user, recommendation): integer codes instead of pandas merges
     rank_all = recommendations["rank"].to_numpy()
@@ -176,10 +217,8 @@ def user_metrics(recommendations: pd.DataFrame, relevant: pd.DataFrame, k: int) 
     mine = rec_user >= 0
     rec_user, rank = rec_user[mine], rank_all[top][mine].astype("float64")
     rec_item_ids = recommendations["item"].to_numpy()[top][mine]
-    rel_user = users.get_indexer(relevant["user"].to_numpy())
-    item_codes, _ = pd.factorize(
-        np.concatenate([relevant["item"].to_numpy(dtype=object), rec_item_ids.astype(object)])
-    )
+    rel_user = shared.row_user
+    item_codes, _ = pd.factorize(np.concatenate([shared.items, rec_item_ids.astype(object)]))
     n_items = int(item_codes.max()) + 1 if item_codes.size else 1
     rel_key = rel_user.astype("int64") * n_items + item_codes[: len(rel_user)]
     rec_key = rec_user.astype("int64") * n_items + item_codes[len(rel_user) :]
@@ -197,7 +236,7 @@ def user_metrics(recommendations: pd.DataFrame, relevant: pd.DataFrame, k: int) 
     hits = np.bincount(rec_user, weights=hit, minlength=n_users)
     ap = np.bincount(rec_user, weights=hit * cum_hits / rank, minlength=n_users)
     dcg = np.bincount(rec_user, weights=hit / np.log2(rank + 1.0), minlength=n_users)
-    n_rel = n_relevant.to_numpy(dtype="int64")
+    n_rel = shared.counts
     den = np.minimum(n_rel, k)
     ideal = np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))[den - 1]
     return pd.DataFrame(
@@ -217,8 +256,22 @@ def member(values: pd.Series, of: Any) -> np.ndarray:
     """``values.isin(of)`` as a boolean array, by one hash lookup per value: pandas' ``isin`` of
     an Arrow-backed string column builds an Arrow scalar for every element of ``of``, about
     30 us each (the training users of a large window would cost seconds)."""
-    keys = pd.Index(of).unique()
-    return np.asarray(keys.get_indexer(values) >= 0, dtype=bool)
+    return positions(pd.Index(of).unique(), values) >= 0
+
+
+def positions(keys: pd.Index, values: Any) -> np.ndarray:
+    """``keys.get_indexer(values)`` (``keys`` distinct): each value's position among ``keys``,
+    -1 when absent. Arrow strings on both sides are matched by Arrow's ``index_in``: pandas
+    builds a Python string of every value to hash it (about ten times the CPU). Missing
+    values go through pandas."""
+    column, wanted = arrow_strings(values), arrow_strings(keys)
+    # a missing id is matched as pandas does (which depends on both dtypes)
+    if column is None or wanted is None or column.null_count or wanted.null_count:
+        return np.asarray(keys.get_indexer(values), dtype="int64")
+    import pyarrow.compute as pc  # the columns are Arrow's already
+
+    found = pc.index_in(column, value_set=wanted.cast(column.type))
+    return np.asarray(found.fill_null(-1).to_numpy(), dtype="int64")
 
 
 def _segment(metrics: pd.DataFrame, mask: np.ndarray, fallback: np.ndarray) -> SegmentScores:

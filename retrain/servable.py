@@ -284,39 +284,90 @@ def lightgbm_names(names: Sequence[str]) -> list[str]:
     return out
 
 
-def encode_frame(
-    X: pd.DataFrame, feature_names: Sequence[str], categories: Mapping[str, Sequence[str]]
-) -> pd.DataFrame:
-    """Columns in training order, named for LightGBM (:func:`lightgbm_names`); categoricals as
-    their frozen integer codes (unseen: NaN)."""
+def _require_features(X: pd.DataFrame, feature_names: Sequence[str]) -> None:
     missing = [c for c in feature_names if c not in X.columns]
     if missing:
         raise ServableError(
             f"feature column(s) {missing} are missing from the data the model is asked to "
             "score; the model was trained with " + ", ".join(feature_names)
         )
+
+
+def _category_codes(values: pd.Series, col: str, cats: Sequence[str]) -> pd.Series:
+    """A categorical column as positions in its frozen categories (float64; unseen and
+    missing: NaN), with the warning about unseen categories."""
+    as_str = values.astype("string")
+    index = pd.Index(cats, dtype="string")
+    if index.is_unique and not index.hasnans:
+        # one hash lookup per row: position in the frozen categories, -1 if absent
+        found = index.get_indexer(as_str)
+        mapped = pd.Series(np.where(found >= 0, found, np.nan), index=values.index)
+    else:
+        mapped = as_str.map({value: float(i) for i, value in enumerate(cats)})
+    unseen = mapped.isna() & as_str.notna()
+    if unseen.any():
+        logger.warning(
+            "feature %r: %d row(s) with categories the model never saw (e.g. %s) are "
+            "scored as missing",
+            col,
+            int(unseen.sum()),
+            as_str[unseen].unique()[:3].tolist(),
+        )
+    return mapped.astype("float64")
+
+
+def _arrow_category_codes(values: pd.Series, cats: Sequence[str]) -> np.ndarray | None:
+    """:func:`_category_codes` of an Arrow-backed string column, by one Arrow ``index_in``
+    (pandas' path costs about a millisecond a column in dtype resolution and masks); None
+    when the column is not one, the categories are not distinct strings, or a value is not
+    among them (:func:`_category_codes` then says which)."""
+    column = arrow_strings(values)
+    if column is None or len(set(cats)) != len(cats) or not all(isinstance(c, str) for c in cats):
+        return None
+    import pyarrow as pa  # the column is Arrow's already
+    import pyarrow.compute as pc
+
+    found = pc.index_in(column, value_set=pa.array(list(cats), type=column.type))
+    if found.null_count != column.null_count:  # an unseen category
+        return None
+    codes = found.to_numpy(zero_copy_only=False)  # nulls: NaN (as float64)
+    return np.asarray(codes, dtype="float64")
+
+
+def encode_frame(
+    X: pd.DataFrame, feature_names: Sequence[str], categories: Mapping[str, Sequence[str]]
+) -> pd.DataFrame:
+    """Columns in training order, named for LightGBM (:func:`lightgbm_names`); categoricals as
+    their frozen integer codes (unseen: NaN)."""
+    _require_features(X, feature_names)
     out = X[list(feature_names)].copy()
     for col, cats in categories.items():
-        as_str = out[col].astype("string")
-        index = pd.Index(cats, dtype="string")
-        if index.is_unique and not index.hasnans:
-            # one hash lookup per row: position in the frozen categories, -1 if absent
-            found = index.get_indexer(as_str)
-            mapped = pd.Series(np.where(found >= 0, found, np.nan), index=out.index)
-        else:
-            mapped = as_str.map({value: float(i) for i, value in enumerate(cats)})
-        unseen = mapped.isna() & as_str.notna()
-        if unseen.any():
-            logger.warning(
-                "feature %r: %d row(s) with categories the model never saw (e.g. %s) are "
-                "scored as missing",
-                col,
-                int(unseen.sum()),
-                as_str[unseen].unique()[:3].tolist(),
-            )
-        out[col] = mapped.astype("float64")
+        out[col] = _category_codes(out[col], col, cats)
     out.columns = lightgbm_names(list(feature_names))
     return out.astype("float64")
+
+
+def encode_matrix(
+    X: pd.DataFrame, feature_names: Sequence[str], categories: Mapping[str, Sequence[str]]
+) -> np.ndarray:
+    """``encode_frame(X, ...).to_numpy()`` without building the frame: rows x features in
+    training order, float64, column-major (as pandas hands LightGBM the frame's block). The
+    same values to the bit; ``X`` may hold other columns (they are not read)."""
+    _require_features(X, feature_names)
+    double = np.dtype("float64")
+    out = np.empty((len(X), len(feature_names)), dtype=double, order="F")
+    for j, col in enumerate(feature_names):
+        values = X[col]
+        if col in categories:
+            codes = _arrow_category_codes(values, categories[col])
+            if codes is None:
+                codes = _category_codes(values, col, categories[col]).to_numpy()
+            out[:, j] = codes
+        elif values.dtype == double:
+            out[:, j] = values.to_numpy()
+        else:  # by a dtype object: pandas resolves a dtype's name through every extension type
+            out[:, j] = values.astype(double).to_numpy()
+    return out
 
 
 # the column of the predicted class in a multiclass model's answer with probabilities
@@ -413,13 +464,48 @@ def lookup(index: np.ndarray, values: Any) -> np.ndarray:
     """Row of each value in ``index`` (-1 when absent).
 
     Each distinct value is looked up once (a window of interactions repeats its ids many
-    times): the same rows as ``get_indexer`` of every value, at a fraction of the CPU."""
+    times): the same rows as ``get_indexer`` of every value, at a fraction of the CPU. An
+    Arrow string column without missing values, against an index of strings, is matched by
+    Arrow's ``index_in`` (no Python string per value). ``index`` holds distinct ids."""
+    found = _arrow_lookup(index, values)
+    if found is not None:
+        return found
     codes, distinct = pd.factorize(
         values if isinstance(values, pd.Series | pd.Index | np.ndarray) else pd.Index(values),
         use_na_sentinel=False,
     )
     rows = np.asarray(pd.Index(index).get_indexer(pd.Index(distinct)), dtype="int64")
     return rows[codes]
+
+
+def arrow_strings(values: Any) -> Any:
+    """The Arrow array of an Arrow-backed string column (or index, or array), else None."""
+    array = getattr(values, "array", values)
+    dtype = getattr(array, "dtype", None)
+    is_string = (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow") or (
+        isinstance(dtype, pd.ArrowDtype) and str(dtype.pyarrow_dtype) in {"string", "large_string"}
+    )
+    return array.__arrow_array__() if is_string else None
+
+
+def _arrow_lookup(index: np.ndarray, values: Any) -> np.ndarray | None:
+    """:func:`lookup` by Arrow's ``index_in``, or None when it does not apply (``values`` not
+    Arrow strings, a missing value, an index that is not all strings)."""
+    column = arrow_strings(values)
+    index = np.asarray(index)
+    if column is None or column.null_count or index.dtype != object or index.size == 0:
+        return None
+    import pyarrow as pa  # the column is Arrow's already
+    import pyarrow.compute as pc
+
+    try:
+        keys = pa.array(index, type=column.type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # an id that is not a string
+        return None
+    if keys.null_count:
+        return None
+    found = pc.index_in(column, value_set=keys)
+    return np.asarray(found.fill_null(-1).to_numpy(), dtype="int64")
 
 
 def coerce_ids(index: np.ndarray, ids: np.ndarray) -> np.ndarray:

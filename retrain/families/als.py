@@ -61,6 +61,7 @@ from retrain.ingest import TS
 from retrain.promotion import baseline_asked
 from retrain.ranking import (
     RankingBacktest,
+    RelevantUsers,
     evaluate_ranking,
     ranking_backtest,
     relevant_items,
@@ -106,9 +107,13 @@ def interactions(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def load_interactions(spec: ModelSpec, window: Window) -> pd.DataFrame:
+def load_interactions(spec: ModelSpec, window: Window, materialize: bool = True) -> pd.DataFrame:
+    """The interactions of ``window`` from the feature cache (``materialize``: computing the
+    partitions not cached first; without, a missing or damaged file is still recomputed when
+    it is read, ``FeatureCache.read_table``)."""
     cache = FeatureCache(spec.state.features, spec)
-    cache.materialize(window.partitions)
+    if materialize:
+        cache.materialize(window.partitions)
     return interactions(spec, cache.load(window.partitions))
 
 
@@ -270,6 +275,7 @@ def fit(
             (prepared.train.version,),
             np.empty(0),
             last_row(frame["ts"]),
+            rows_read=frame,
         )
     if champion is None:
         raise TrainingError("a fold-in needs the champion")
@@ -293,6 +299,7 @@ def fit(
         data_versions,
         np.empty(0),
         last_row(frame["ts"]),
+        rows_read=frame if read is history else None,
     )
 
 
@@ -364,9 +371,15 @@ def evaluate(
     als = spec.als
     comparison = champion_comparison(holdout, champion, spec.gate.refit, spec.gate.equal_staleness)
     holdout, note, versus = comparison.holdout, comparison.note, comparison.model
-    train = load_interactions(spec, trained.window)
-    held = load_interactions(spec, holdout)
-    held = held[pd.to_datetime(held["ts"]) >= holdout.start]
+    # the fit's own table of its window when it read it whole (the same rows), else read;
+    # the gate's windows were materialised by prepare (a missing file is recomputed on read)
+    train = trained.rows_read
+    if train is None:
+        train = load_interactions(spec, trained.window, materialize=False)
+    held = load_interactions(spec, holdout, materialize=False)
+    after = (pd.to_datetime(held["ts"]) >= holdout.start).to_numpy()
+    if not after.all():  # a holdout judged from the champion's training end on
+        held = held[after]
     bounds, window_ids = split_windows(holdout, spec.gate.backtest_windows, held["ts"])
     relevant = [
         relevant_items(train, held[window_ids == i], als.min_rating) for i in range(len(bounds))
@@ -390,7 +403,10 @@ def evaluate(
     )
     # one window: its per-user scores are those of the segment table, computed once
     one = relevant[0] if len(relevant) == 1 and not relevant[0].empty else None
-    scored = {} if one is None else {n: user_metrics(r, one, als.k) for n, r in recs.items()}
+    scored: dict[str, pd.DataFrame] = {}
+    if one is not None:
+        shared = RelevantUsers.of(one)  # the relevant side of every model's scores, once
+        scored = {n: user_metrics(r, one, als.k, shared) for n, r in recs.items()}
     ranking = ranking_backtest(
         trained.model,
         train,

@@ -176,15 +176,18 @@ def fit_candidate(
     )
 
 
-def _score_both(model: Any, champion: Any, X: pd.DataFrame) -> tuple[np.ndarray, Any]:
-    """The candidate's and the champion's scores of ``X``; one encoding of ``X`` for both when
-    the two encode it the same way (the same scores as two ``predict`` calls)."""
-    if champion is None:
-        return model.predict(X), None
-    if isinstance(model, LightGBMTrainer) and model.same_encoding(champion):
-        encoded = model.encode(X)
-        return model.predict_encoded(encoded), champion.predict_encoded(encoded)
-    return model.predict(X), champion.predict(X)
+def _score_both(
+    model: Any, champion: Any, frame: pd.DataFrame, features: Sequence[str]
+) -> tuple[np.ndarray, Any]:
+    """The candidate's and the champion's scores of the rows of ``frame`` (its ``features``
+    columns); one encoding for both when the two encode them the same way, as one float64
+    matrix (the same scores as two ``predict`` calls)."""
+    if isinstance(model, LightGBMTrainer) and (champion is None or model.same_encoding(champion)):
+        encoded = model.encode_matrix(frame)  # reads the model's features only
+        other = None if champion is None else champion.predict_matrix(encoded)
+        return model.predict_matrix(encoded), other
+    X = frame[list(features)]
+    return model.predict(X), None if champion is None else champion.predict(X)
 
 
 def evaluate(
@@ -197,11 +200,13 @@ def evaluate(
     comparison = champion_comparison(holdout, champion, gate.refit, gate.equal_staleness)
     holdout, note, versus = comparison.holdout, comparison.note, comparison.model
     frame = FeatureCache(spec.state.features, spec).load(holdout.partitions)
-    frame = frame[pd.to_datetime(frame[TS]) >= holdout.start]
+    after = (pd.to_datetime(frame[TS]) >= holdout.start).to_numpy()
+    if not after.all():  # a holdout judged from the champion's training end on
+        frame = frame[after]
     if not len(frame):
         raise BacktestError(f"the holdout holds no row after {holdout.start}: {note}")
-    X, y = _xy(spec, frame)
-    candidate, champion_pred = _score_both(trained.model, versus, X)
+    y = frame[spec.label].to_numpy(dtype="float64")
+    candidate, champion_pred = _score_both(trained.model, versus, frame, spec.features.columns)
     bounds, window_ids = split_windows(holdout, gate.backtest_windows, frame[TS])
     settings = GateSettings.from_spec(spec)
     judged: dict[str, Any] = dict(

@@ -109,6 +109,9 @@ class Trained:
     y_train: np.ndarray = field(repr=False)
     # the timestamp of the last training row (the tag retrain.data_end; data age counts from it)
     data_end: pd.Timestamp | None = None
+    # the rows of ``window`` as the fit read them (the family's own table), when it read that
+    # whole window: the gate uses them instead of reading the window again (None: it reads)
+    rows_read: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

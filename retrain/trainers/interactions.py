@@ -135,7 +135,17 @@ def dedupe_last(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def sorted_unique(values: pd.Series, what: str) -> np.ndarray:
-    """Distinct ids in sorted order (so row numbers do not depend on the input's row order)."""
+    """Distinct ids in sorted order (so row numbers do not depend on the input's row order).
+
+    Arrow strings without missing values are made distinct and sorted by Arrow (UTF-8 byte
+    order is code point order: the order of Python's sort), as the same Python strings."""
+    column = servable.arrow_strings(values)
+    if column is not None and not column.null_count:
+        import pyarrow.compute as pc  # the column is Arrow's already
+
+        distinct = pc.unique(column)
+        ordered = distinct.take(pc.array_sort_indices(distinct))
+        return np.asarray(ordered.to_numpy(zero_copy_only=False), dtype=object)
     unique = id_array(pd.Series(pd.unique(values), dtype=values.dtype))
     try:
         return np.sort(unique)
@@ -143,6 +153,35 @@ def sorted_unique(values: pd.Series, what: str) -> np.ndarray:
         raise TrainingError(
             f"{what} ids mix types (e.g. 1 and '1'): cast the column to one type in ingest"
         ) from exc
+
+
+def id_rows(
+    values: pd.Series, what: str, where: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The id map of ``values[where]`` and the row of every value in it: ``(lookup(index,
+    values), index)`` with ``index = sorted_unique(values[where], what)`` (all values without
+    ``where``). Arrow strings without missing values take one dictionary encoding and one sort
+    of the distinct ids, instead of two hash passes over every value."""
+    column = servable.arrow_strings(values)
+    if column is None or column.null_count:
+        index = sorted_unique(values if where is None else values[where], what)
+        return lookup(index, values), index
+    import pyarrow as pa  # the column is Arrow's already
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(column.combine_chunks())
+    codes = np.asarray(encoded.indices.to_numpy(), dtype="int64")
+    kept = np.arange(len(encoded.dictionary))
+    if where is not None:
+        present = np.zeros(kept.size, dtype=bool)
+        present[codes[np.asarray(where, dtype=bool)]] = True
+        kept = np.flatnonzero(present)
+    distinct = encoded.dictionary.take(pa.array(kept))
+    order = np.asarray(pc.array_sort_indices(distinct), dtype="int64")
+    index = np.asarray(distinct.take(pa.array(order)).to_numpy(zero_copy_only=False), dtype=object)
+    rank = np.full(len(encoded.dictionary), -1, dtype="int64")
+    rank[kept[order]] = np.arange(order.size)
+    return rank[codes], index
 
 
 def encode_ids(
@@ -155,8 +194,7 @@ def encode_ids(
     sorted. An id with no positive row gets no row (-1).
     """
     if index is None or index.size == 0:
-        new_index = sorted_unique(values[positive], what)
-        return lookup(new_index, values), new_index
+        return id_rows(values, what, positive)
     codes = lookup(index, values)
     absent = codes < 0
     if not absent.any():

@@ -154,6 +154,16 @@ class LightGBMTrainer:
             raise NotFittedError("this LightGBMTrainer is not fitted yet: call fit(X, y) first")
         return encode_frame(X, self.feature_names_, self.categories_)
 
+    def encode_matrix(self, X: pd.DataFrame) -> np.ndarray:
+        """:meth:`encode` as a rows x features float64 array (the same values), for
+        :meth:`predict_matrix`; ``X`` may hold other columns."""
+        if not hasattr(self, "categories_"):
+            raise NotFittedError("this LightGBMTrainer is not fitted yet: call fit(X, y) first")
+        try:
+            return servable.encode_matrix(X, self.feature_names_, self.categories_)
+        except servable.ServableError as exc:
+            raise TrainingError(str(exc)) from None
+
     @property
     def lightgbm_categorical(self) -> list[str] | Literal["auto"]:
         """The categorical features as LightGBM names them (``auto``: none)."""
@@ -317,6 +327,13 @@ class LightGBMTrainer:
         as the fit (``num_threads``, one unless the params say otherwise): on a small frame
         LightGBM's default pool costs more CPU than the trees, and each row's score does not
         depend on the threads."""
+        self._check_fitted()
+        threads = int(self._lgb_params().get("num_threads", 0))
+        return np.asarray(self.booster_.predict(encoded, num_threads=threads), dtype="float64")
+
+    def predict_matrix(self, encoded: np.ndarray) -> np.ndarray:
+        """:meth:`predict_encoded` of rows encoded by :meth:`encode_matrix` (of this model, or
+        of one with the same encoding): the same scores, without pandas' conversion."""
         self._check_fitted()
         threads = int(self._lgb_params().get("num_threads", 0))
         return np.asarray(self.booster_.predict(encoded, num_threads=threads), dtype="float64")

@@ -19,10 +19,9 @@ from retrain.trainers.interactions import (
     check_min_rating,
     check_positives,
     check_window,
-    lookup,
+    id_rows,
     popularity_ranking,
     positive_mask,
-    sorted_unique,
     sparse_matrix,
 )
 
@@ -59,10 +58,8 @@ class PopularityRecommender:
         weights = frame["weight"].to_numpy(dtype="float64")
         positive = positive_mask(weights, self.min_rating)
         check_positives(positive, self.min_rating)
-        self.item_index_ = sorted_unique(frame["item"][positive], "item")
-        self.user_index_ = sorted_unique(frame["user"], "user")
-        users = lookup(self.user_index_, frame["user"])
-        items = lookup(self.item_index_, frame["item"])
+        items, self.item_index_ = id_rows(frame["item"], "item", positive)
+        users, self.user_index_ = id_rows(frame["user"], "user")
         known = items >= 0
         self.seen_ = sparse_matrix(
             users[known],

@@ -411,19 +411,32 @@ def test_vectorised_bootstrap_is_paired_the_same_rows_for_both_models():
     assert low <= point <= high
 
 
-def test_vectorised_bootstrap_draws_in_bounded_chunks_with_the_same_interval(monkeypatch):
+@pytest.mark.parametrize("metric", ["rmse", "mae", "mape", "accuracy", "logloss", "auc", "ndcg"])
+@pytest.mark.parametrize("rows", [300, 301, 7])
+def test_vectorised_bootstrap_gives_the_same_interval_to_the_bit_whatever_the_block(
+    monkeypatch, metric, rows
+):
     import retrain.backtest as bt
 
     rng = np.random.default_rng(5)
-    y = rng.uniform(0, 10, 300)
-    candidate, reference = y + rng.normal(0, 1, 300), y + rng.normal(0, 2, 300)
-    whole = paired_bootstrap("rmse", y, candidate, reference, 1000, 0, False)
-    monkeypatch.setattr(bt, "_BOOTSTRAP_CELLS", 300 * 7)  # 7 draws per chunk
+    if metric in {"accuracy", "logloss", "auc"}:
+        y = (rng.random(rows) < 0.4).astype("float64")
+        candidate, reference = rng.random(rows), rng.random(rows)
+    else:
+        y = rng.uniform(0, 10, rows)
+        y[::5] = 0.0  # mape: rows without a defined error
+        candidate, reference = y + rng.normal(0, 1, rows), y + rng.normal(0, 2, rows)
+    gib = metric in {"accuracy", "auc", "ndcg"}
+    monkeypatch.setattr(bt, "_BOOTSTRAP_CELLS", 10**9)  # one matrix of every draw
+    whole = paired_bootstrap(metric, y, candidate, reference, 500, 3, gib)
+    # the indices of one rng.integers call, whatever the block (odd blocks and rows included)
+    indices = np.random.default_rng(3).integers(0, rows, (500, rows))
+    for cells in (rows * 7, rows * 13 + 1, rows, 1):
+        monkeypatch.setattr(bt, "_BOOTSTRAP_CELLS", cells)
+        drawn = np.concatenate(list(bt._bootstrap_indices(np.random.default_rng(3), 500, rows)))
+        np.testing.assert_array_equal(drawn, indices)
 
-    chunked = paired_bootstrap("rmse", y, candidate, reference, 1000, 0, False)
-
-    width = whole[1] - whole[0]
-    assert chunked == pytest.approx(whole, abs=0.1 * width)
+        assert paired_bootstrap(metric, y, candidate, reference, 500, 3, gib) == whole
 
 
 def test_gate_settings_come_from_the_spec_and_the_slice_limit_only_applies_with_slices(

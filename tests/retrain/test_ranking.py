@@ -337,6 +337,13 @@ def test_vectorised_user_metrics_match_the_merge_implementation(seed):
 
     pd.testing.assert_frame_equal(got, want, check_exact=True, check_dtype=False)
     assert got.dtypes.drop("user").equals(want.dtypes.drop("user"))
+    # the relevant side computed once and shared by several models: the same scores
+    from retrain.ranking import RelevantUsers
+
+    shared = RelevantUsers.of(relevant)
+    for lists in (recs, recs.iloc[::-1], recs.iloc[: n // 3]):
+        alone = user_metrics(lists, relevant, k)
+        pd.testing.assert_frame_equal(user_metrics(lists, relevant, k, shared), alone)
 
 
 def test_a_segments_means_are_pandas_means_of_its_rows_without_nan():
@@ -372,15 +379,20 @@ def _relevant_by_merge(train, holdout, min_rating=None):
     return merged.loc[merged["_merge"] == "left_only", ["user", "item"]].reset_index(drop=True)
 
 
+@pytest.mark.parametrize("ids", ["string", "str", "int64", "object"])
 @pytest.mark.parametrize("min_rating", [None, 3.0, 9.0])
-def test_relevant_pairs_are_the_holdout_positives_a_merge_finds_unseen(min_rating):
+def test_relevant_pairs_are_the_holdout_positives_a_merge_finds_unseen(min_rating, ids):
     rng = np.random.default_rng(5)
+
+    def id_values(pool, n):
+        values = rng.choice(pool, n)
+        return pd.array(values.astype("int64") if ids == "int64" else values, dtype=ids)
 
     def rows(n, start):
         return pd.DataFrame(
             {
-                "user": pd.array(rng.choice(list("abcdef"), n), dtype="string"),
-                "item": pd.array(rng.choice([f"i{j}" for j in range(12)], n), dtype="string"),
+                "user": id_values(["1", "2", "3", "4", "5", "6"], n),
+                "item": id_values([f"{j + 10}" for j in range(12)], n),
                 "weight": rng.choice([0.0, 1.0, 3.0, 5.0], n),
                 "ts": pd.Timestamp(start) + pd.to_timedelta(np.arange(n), unit="min"),
             }
@@ -404,9 +416,38 @@ def test_relevant_pairs_are_the_holdout_positives_a_merge_finds_unseen(min_ratin
         (pd.Series(["a", "b"], dtype=object), pd.Series(["b", "c"], dtype="str")),
         (pd.Series([1, 2, 3]), pd.Series([3, 3, 1])),
         (pd.Series([1.0, np.nan]), [np.nan]),
+        (pd.Series(["a", None, "c"], dtype="str"), pd.Series(["c", None], dtype="str")),
+        (
+            pd.Series(["a", "b", None], dtype="large_string[pyarrow]"),
+            pd.Index(["b", "z"], dtype="string[pyarrow]"),
+        ),
     ],
 )
 def test_membership_is_what_pandas_isin_says(values, of):
     from retrain.ranking import member
 
     assert member(values, of).tolist() == values.isin(of).to_numpy().tolist()
+
+
+@pytest.mark.parametrize("keys_dtype", ["str", "string[pyarrow]", "large_string[pyarrow]", object])
+@pytest.mark.parametrize(
+    "values_dtype", ["str", "string[pyarrow]", "large_string[pyarrow]", object]
+)
+@pytest.mark.parametrize("with_null", [False, True])
+def test_positions_among_distinct_keys_are_pandas_get_indexer_whatever_the_string_type(
+    keys_dtype, values_dtype, with_null
+):
+    from retrain.ranking import positions
+
+    rng = np.random.default_rng(2)
+    keys = pd.Index(["k3", "k1", "k7", "k2"] + ([None] if with_null else []), dtype=keys_dtype)
+    values = pd.Series(
+        [*rng.choice(["k1", "k2", "k3", "k9", "k7", ""], 300), *([None] if with_null else [])],
+        dtype=values_dtype,
+    )
+
+    got = positions(keys, values)
+
+    want = keys.get_indexer(values)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, want)

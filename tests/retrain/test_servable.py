@@ -78,6 +78,48 @@ def test_query_keys_find_string_ids_by_integers_and_integer_ids_by_strings():
     assert found.tolist() == [0, 1]
 
 
+def test_the_matrix_encoding_holds_the_encoded_frames_values_to_the_bit(project_logs):
+    X = pd.DataFrame(
+        {
+            "w": ["3", "1", None, "9", "2", "1"],
+            "n": pd.array([1, None, 3, 4, 5, 6], dtype="Int64"),
+            "t": [1.5, np.nan, -0.0, 1e300, 5.0, 0.1],
+            "b": [True, False, True, True, False, False],
+            "i": np.arange(6, dtype="int32"),
+            "c": pd.Categorical(["x", "y", None, "x", "z", "y"]),
+            "other": ["not", "a", "feature", "of", "the", "model"],
+        }
+    )
+    names = ["t", "w", "n", "b", "i", "c"]
+    cats = {"w": ["1", "2", "3"], "c": ["y", "x"]}
+
+    matrix = servable.encode_matrix(X, names, cats)
+
+    frame = servable.encode_frame(X, names, cats).to_numpy()
+    assert matrix.dtype == frame.dtype == np.float64 and matrix.shape == frame.shape
+    assert matrix.tobytes() == np.asfortranarray(frame).tobytes()  # NaN, -0.0 included
+    for col, value in (("w", "9"), ("c", "z")):  # the unseen categories are said
+        said = f"feature '{col}': 1 row(s) with categories the model never saw (e.g. ['{value}'])"
+        assert said in project_logs.text
+    with pytest.raises(servable.ServableError, match="missing"):
+        servable.encode_matrix(X, ["t", "nope"], cats)
+
+
+@pytest.mark.parametrize("unseen", [False, True])
+@pytest.mark.parametrize("dtype", ["str", "string[pyarrow]", "large_string[pyarrow]", "object"])
+@pytest.mark.parametrize("cats", [["b", "a", "c"], ["a", "b", "a"]], ids=["frozen", "twice"])
+def test_the_matrix_encoding_of_a_category_column_is_the_frames_whatever_its_dtype(
+    dtype, cats, unseen
+):
+    values = ["a", None, "c", "b", "a"] + (["zz"] if unseen else [])
+    X = pd.DataFrame({"k": pd.Series(values, dtype=dtype), "t": np.arange(float(len(values)))})
+
+    matrix = servable.encode_matrix(X, ["k", "t"], {"k": cats})
+
+    frame = servable.encode_frame(X, ["k", "t"], {"k": cats}).to_numpy()
+    assert matrix.tobytes() == np.asfortranarray(frame).tobytes()
+
+
 @pytest.mark.parametrize(
     "cats", [["1", "2", "3"], ["2", "1", "2"]], ids=["frozen", "a category listed twice"]
 )
@@ -112,6 +154,14 @@ def test_categorical_codes_are_positions_in_the_frozen_categories_unseen_and_mis
         (np.array(["a", None], dtype=object), np.array([None, "a", np.nan], dtype=object)),
         (np.array([1.0, np.nan]), np.array([np.nan, 1.0, 2.0])),
         (np.array([1, 2, 3]), pd.Series([1, 2, None], dtype="Int64")),
+        # Arrow strings (index_in), and where it does not apply
+        (np.array(["a", "é", "c"], dtype=object), pd.Series(["c", "é", "x"] * 3, dtype="str")),
+        (np.array(["a", "b"], dtype=object), pd.Series(["b", "q"], dtype="string[pyarrow]")),
+        (np.array(["a", "b"], dtype=object), pd.Series(["b", "a"], dtype="large_string[pyarrow]")),
+        (np.array(["a", "b"], dtype=object), pd.Series(["b", None, "a"], dtype="str")),
+        (np.array(["1", 2], dtype=object), pd.Series(["2", "1"], dtype="str")),
+        (np.array(["a", None], dtype=object), pd.Series(["a", "b"], dtype="str")),
+        (np.array([1, 2]), pd.Series(["1", "2"], dtype="str")),
     ],
 )
 def test_lookup_finds_each_value_where_get_indexer_of_every_value_does(index, values):

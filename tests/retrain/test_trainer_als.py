@@ -719,3 +719,50 @@ def test_fold_in_on_real_movielens_ratings_keeps_its_promises(movielens_1990s):
         recs = model.recommend(users, k=10)
         assert recs.groupby("user").size().eq(10).all()
         assert set(recs["source"]) == {"als"}
+
+
+@pytest.mark.parametrize("dtype", ["str", "string[pyarrow]", "large_string[pyarrow]", object])
+def test_sorted_ids_are_pythons_sort_of_the_distinct_ids_whatever_the_string_type(dtype):
+    from retrain.trainers.interactions import sorted_unique
+
+    rng = np.random.default_rng(4)
+    pool = ["b", "a", "B", "é", "e", "z", "Ω", "😀", "a b", "", "10", "9", "ä"]
+    values = pd.Series(rng.choice(pool, 200), dtype=dtype)
+
+    got = sorted_unique(values, "item")
+
+    assert got.dtype == object
+    assert got.tolist() == sorted(set(values.astype(object)))
+    assert all(type(v) is str for v in got)
+
+
+@pytest.mark.parametrize(
+    "dtype", ["str", "string[pyarrow]", "large_string[pyarrow]", object, "int"]
+)
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_an_id_map_and_its_rows_are_sorted_unique_and_lookup_of_every_value(dtype, masked, chunks):
+    import pyarrow as pa
+
+    from retrain.trainers.interactions import id_rows, lookup, sorted_unique
+
+    rng = np.random.default_rng(6)
+    pool = ["b", "a", "é", "10", "9", "z", "", "Ω"] if dtype != "int" else ["3", "1", "20", "7"]
+    raw = rng.choice(pool, 120)
+    if dtype == "int":
+        values = pd.Series(raw.astype("int64"))
+    elif chunks > 1 and dtype is not object:
+        arrow = pa.large_string() if dtype.startswith("large") else pa.string()
+        parts = np.array_split(raw, chunks)
+        column = pa.chunked_array([pa.array(list(part), type=arrow) for part in parts])
+        values = pd.Series(pd.array(column.to_pylist(), dtype=dtype))
+        values = pd.Series(type(values.array)(column) if dtype != "str" else values.array)
+    else:
+        values = pd.Series(raw, dtype=dtype)
+    where = rng.random(120) < 0.5 if masked else None
+
+    rows, index = id_rows(values, "item", where)
+
+    want_index = sorted_unique(values if where is None else values[where], "item")
+    assert index.dtype == want_index.dtype and index.tolist() == want_index.tolist()
+    np.testing.assert_array_equal(rows, lookup(want_index, values))

@@ -267,6 +267,10 @@ def test_scores_in_the_fits_threads_are_the_scores_of_lightgbms_default_pool(fit
 
     np.testing.assert_array_equal(one_thread, fitted.booster_.predict(encoded))
     np.testing.assert_array_equal(fitted.predict(X), one_thread)
+    # the matrix path: the same encoding and the same scores, to the bit
+    matrix = fitted.encode_matrix(X.assign(extra="ignored"))
+    assert matrix.tobytes() == np.asfortranarray(encoded.to_numpy()).tobytes()
+    assert fitted.predict_matrix(matrix).tobytes() == one_thread.tobytes()
 
 
 def test_two_models_share_an_encoding_only_with_the_same_features_and_categories(data):

@@ -128,6 +128,11 @@ def test_the_gate_scores_candidate_and_champion_as_their_own_predict_does(bike_s
     other = LightGBMTrainer(params={"min_data_in_leaf": 5}, num_boost_round=5, categorical=[])
     other.fit(X[["temp", "hum"]], X["windspeed"].to_numpy())
     assert not candidate.model.same_encoding(other)
-    scores, theirs = _score_both(candidate.model, other, X)
+    scores, theirs = _score_both(candidate.model, other, X, list(X.columns))
     assert scores.tolist() == candidate.model.predict(X).tolist()
     assert theirs.tolist() == other.predict(X).tolist()
+    # no champion: the candidate alone, from its matrix
+    alone, none = _score_both(candidate.model, None, frame, bike_spec.features.columns)
+    assert none is None
+    full = candidate.model.predict(frame[list(bike_spec.features.columns)])
+    assert alone.tolist() == full.tolist()
