@@ -43,7 +43,7 @@ from flows.links import (
     run_name,
     tag_flow_run,
 )
-from flows.settings import resolve_spec
+from flows.settings import model_env_cache, resolve_spec
 from registry import CandidateRecord, ModelRegistry
 from registry.cards import log_card, read_card
 from registry.infra import validate_version
@@ -396,7 +396,7 @@ def validate_infra(
         version,
         source_rows(spec, prepared.holdout),
         params,
-        spec.state.dir / "model-envs",
+        model_env_cache(),  # machine-wide: 50 models of one requirements build one environment
         spec.gate.infra_timeout_seconds,
     )
     get_run_logger().info("%s", check.reason)
