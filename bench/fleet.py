@@ -492,8 +492,6 @@ def write_report(
         f"| training (`train_candidate`) | {mean('train_s'):.1f} |",
         f"| overhead inside the run (wall - ingest - training) | {mean('overhead_s'):.1f} |",
         "",
-        "| run | queued | start-up | wall | ingest | train | overhead |",
-        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     if timeline:
         lines += [
@@ -524,6 +522,10 @@ def write_report(
             ]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += [
+        "| run | queued | start-up | wall | ingest | train | overhead |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for i, f in enumerate(figures):
         lines.append(f"| {i} | " + " | ".join(f"{f[k]:.1f}" for k in columns) + " |")
     lines.append("")
