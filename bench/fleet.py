@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import cProfile
 import io
+import itertools
 import os
 import pstats
 import signal
@@ -239,7 +240,42 @@ def run_figures(client, run) -> dict[str, float]:
         "ingest_s": ingest,
         "train_s": train,
         "overhead_s": wall - ingest - train,
+        # when (epoch seconds): for the timeline of a sweep's subflow runs
+        "created_at": created.timestamp(),
+        "running_at": running.timestamp(),
+        "done_at": done.timestamp(),
     }
+
+
+def sweep_timeline(client, sweeps: list[dict], runs: list, figures: list[dict]) -> list[dict]:
+    """Where each sweep run's time went, from the server's timestamps: its start-up, from its
+    Running to its first subflow run's creation (the sweep's own work: reading the specs, the
+    first model's imports happen inside that model's run), each subflow run from its creation
+    to its final state (its Pending to Running, then its wall), the gaps between one subflow
+    run's final state and the next one's creation (what the sweep's process does between two
+    models: the run's teardown, returning its result, the next call), and the tail."""
+    by_parent: dict[object, list[dict]] = defaultdict(list)
+    for run, f in zip(runs, figures, strict=True):
+        by_parent[client.read_task_run(run.parent_task_run_id).flow_run_id].append(f)
+    out = []
+    for sweep in sweeps:
+        children = sorted(by_parent.get(sweep["id"], []), key=lambda f: f["created_at"])
+        if not children:
+            continue
+        gaps = [b["created_at"] - a["done_at"] for a, b in itertools.pairwise(children)]
+        out.append(
+            {
+                "models": len(children),
+                "wall": sweep["done_at"] - sweep["running_at"],
+                "lead": children[0]["created_at"] - sweep["running_at"],
+                "to_running": sum(f["running_at"] - f["created_at"] for f in children),
+                "subflow_wall": sum(f["done_at"] - f["running_at"] for f in children),
+                "gaps": sum(gaps),
+                "gap_mean": sum(gaps) / len(gaps) if gaps else 0.0,
+                "tail": sweep["done_at"] - children[-1]["done_at"],
+            }
+        )
+    return out
 
 
 OWN_MODULES = (
@@ -368,14 +404,19 @@ def main() -> None:
                         raise SystemExit("no run of the measured round completed")
                     figures = [run_figures(client, r) for r in done]
                     outcomes = statuses(specs, runs)
-                    sweeps = [run_figures(client, r) for r in parents] if args.sweep else None
+                    sweeps = (
+                        [{**run_figures(client, r), "id": r.id} for r in parents]
+                        if args.sweep
+                        else None
+                    )
+                    timeline = sweep_timeline(client, sweeps, done, figures) if sweeps else []
             finally:
                 for worker in workers:
                     stop(worker)
-            write_report(args, total, figures, states, outcomes, sweeps)
+            write_report(args, total, figures, states, outcomes, sweeps, timeline=timeline)
             print("profiling two more increments in this process ...", flush=True)
             profiled = profile_one(url, specs)
-    write_report(args, total, figures, states, outcomes, sweeps, profiled)
+    write_report(args, total, figures, states, outcomes, sweeps, profiled, timeline)
 
 
 DEPLOY_SWEEP = (
@@ -400,7 +441,9 @@ def statuses(specs: list[Path], runs) -> dict[str, int]:
     return dict(counts)
 
 
-def write_report(args, total, figures, states, outcomes, sweeps, profiled=None) -> None:
+def write_report(
+    args, total, figures, states, outcomes, sweeps, profiled=None, timeline=()
+) -> None:
     n = len(figures)
     columns = ("queued_s", "startup_s", "wall_s", "ingest_s", "train_s", "overhead_s")
 
@@ -449,6 +492,37 @@ def write_report(args, total, figures, states, outcomes, sweeps, profiled=None) 
         f"| training (`train_candidate`) | {mean('train_s'):.1f} |",
         f"| overhead inside the run (wall - ingest - training) | {mean('overhead_s'):.1f} |",
         "",
+    ]
+    if timeline:
+        lines += [
+            "| where a sweep run's time went (seconds; per model in brackets) | "
+            + " | ".join(f"sweep {i}" for i in range(len(timeline)))
+            + " |",
+            "|---|" + "---:|" * len(timeline),
+        ]
+        rows = [
+            ("models", "models", False),
+            ("sweep's wall (Running to Completed)", "wall", True),
+            ("its own work before the first model (specs read, checks)", "lead", False),
+            (
+                "subflow runs: creation to Running (create, name, Pending, Running)",
+                "to_running",
+                True,
+            ),
+            ("subflow runs: Running to Completed", "subflow_wall", True),
+            ("between models: one's final state to the next one's creation", "gaps", True),
+            ("after the last model", "tail", False),
+        ]
+        for label, key, per in rows:
+            cells = [
+                f"{t[key]:.0f}"
+                if key == "models"
+                else f"{t[key]:.1f}" + (f" ({t[key] / t['models']:.2f})" if per else "")
+                for t in timeline
+            ]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
         "| run | queued | start-up | wall | ingest | train | overhead |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]

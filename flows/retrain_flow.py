@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import logging
 import re
 import shutil
@@ -16,13 +17,12 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import pandas as pd
 from prefect import flow, get_run_logger, pause_flow_run, suspend_flow_run, task
 from prefect.artifacts import (
     create_image_artifact,
-    create_link_artifact,
     create_markdown_artifact,
     create_table_artifact,
 )
@@ -31,6 +31,7 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout, Pause
 from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
+from prefect.utilities.annotations import opaque
 
 from flows import events
 from flows.errors import ApprovalError
@@ -42,7 +43,7 @@ from flows.links import (
     run_name,
     tag_flow_run,
 )
-from flows.settings import resolve_spec
+from flows.settings import model_env_cache, resolve_spec
 from registry import CandidateRecord, ModelRegistry
 from registry.cards import log_card, read_card
 from registry.infra import validate_version
@@ -89,6 +90,9 @@ from retrain.statuses import Mode
 
 logger = logging.getLogger(__name__)
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 # A claim on a model outlives the approval timeout by this much before it counts as stale.
 CLAIM_MARGIN = pd.Timedelta(hours=12)
 # the ledger metric that holds why a fresh baseline was offered (its decision's first words)
@@ -128,6 +132,29 @@ class RetrainOutcome:
         return {"status": "promoted" if self.promoted else "rejected", **asdict(self)}
 
 
+def step(fn: Callable[P, R]) -> Callable[P, R]:
+    """A task of the retrain flow (no result cache), called like the function.
+
+    Prefect walks every argument of a task call looking for the futures and states of upstream
+    runs, into dataclasses and pydantic models: a prepared data set's every partition, the
+    spec's every table (13 ms of CPU a call for the demo's 108 partitions, several calls a
+    model). The flow passes values, never futures, so each argument goes in as ``opaque``:
+    resolved at its top level only, so the run graph still links a task to the task whose
+    result it was given, and not walked into.
+    """
+    run: Callable[..., R] = task(cache_policy=NO_CACHE)(fn)
+
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        return run(
+            *(opaque(value) for value in args),
+            **{name: opaque(value) for name, value in kwargs.items()},
+        )
+
+    call.task = run  # type: ignore[attr-defined]
+    return call
+
+
 def _artifact_key(*parts: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
 
@@ -142,7 +169,7 @@ def _flow_run_id() -> str | None:
     return str(value) if value else None
 
 
-@task(cache_policy=NO_CACHE)
+@step
 def prepare_data(spec: ModelSpec, as_of: pd.Timestamp | None, ledger: Ledger) -> Prepared:
     prepared = prepare(spec, as_of=as_of, ledger=ledger)
     get_run_logger().info(
@@ -167,7 +194,7 @@ def recover_alias_changes(registry: ModelRegistry) -> list[str]:
     return notes
 
 
-@task(cache_policy=NO_CACHE)
+@step
 def load_champion(registry: ModelRegistry) -> Champion | None:
     info = registry.alias_info("champion")  # the version, its run and tags: one read
     if info is None:
@@ -177,7 +204,7 @@ def load_champion(registry: ModelRegistry) -> Champion | None:
     return Champion.registered(info.version, model, info.tags, validated)
 
 
-@task(cache_policy=NO_CACHE)
+@step
 def train_candidate(
     spec: ModelSpec, mode: Mode, prepared: Prepared, champion: Champion | None
 ) -> Trained:
@@ -187,7 +214,7 @@ def train_candidate(
     return family.fit_candidate(spec, prepared, plan, champion)
 
 
-@task(cache_policy=NO_CACHE)
+@step
 def refit_candidate(
     spec: ModelSpec, prepared: Prepared, validated: Trained, champion: Champion | None
 ) -> Trained:
@@ -202,7 +229,7 @@ def refit_candidate(
     return served
 
 
-@task(cache_policy=NO_CACHE)
+@step
 def fit_baseline(spec: ModelSpec, prepared: Prepared, choice: BaselinePromotion) -> Trained:
     """The fresh baseline (gate.promote_baseline): fitted on the data up to the as-of."""
     fresh = fresh_baseline(spec, family_of(spec), prepared, choice.reason)
@@ -217,7 +244,7 @@ def fit_baseline(spec: ModelSpec, prepared: Prepared, choice: BaselinePromotion)
     return fresh
 
 
-@task(cache_policy=NO_CACHE)
+@step
 def backtest_candidate(
     spec: ModelSpec, trained: Trained, prepared: Prepared, champion: Champion | None
 ) -> Evaluated:
@@ -226,7 +253,7 @@ def backtest_candidate(
     return evaluated
 
 
-@task(cache_policy=NO_CACHE)
+@step
 def register_candidate(
     spec: ModelSpec,
     registry: ModelRegistry,
@@ -327,14 +354,10 @@ def register_candidate(
         )
         version = registry.register_candidate(record, actor=actor, flow_run_id=_flow_run_id())
         link = version_link(spec.state.tracking, spec.name, version)
-        create_link_artifact(
-            link=link,
-            link_text=f"{spec.name} version {version} in MLflow",
-            key=_artifact_key(spec.name, "mlflow-version"),
-            description=f"the MLflow model version this run registered ({record.description})",
-        )
         judged = validated if validated is not None else trained
-        publish_backtest(spec, judged, evaluated, champion, prepared.holdout.end, version, link)
+        publish_backtest(
+            spec, judged, evaluated, champion, prepared.holdout.end, version, link, record
+        )
         _plot_artifact(spec, evidence.get("backtest_plot"), result.metric, _md_link(version, link))
         return version
     finally:
@@ -362,7 +385,7 @@ def _in_deployment() -> bool:
     return deployment.id is not None
 
 
-@task(cache_policy=NO_CACHE)
+@step
 def validate_infra(
     spec: ModelSpec, registry: ModelRegistry, version: str, prepared: Prepared
 ) -> InfraCheck:
@@ -376,7 +399,7 @@ def validate_infra(
         version,
         source_rows(spec, prepared.holdout),
         params,
-        spec.state.dir / "model-envs",
+        model_env_cache(),  # machine-wide: 50 models of one requirements build one environment
         spec.gate.infra_timeout_seconds,
     )
     get_run_logger().info("%s", check.reason)
@@ -395,9 +418,16 @@ def publish_backtest(
     as_of: pd.Timestamp,
     version: str,
     link: str,
+    record: CandidateRecord,
 ) -> None:
-    """The backtest's verdict, tables and data age as Prefect artifacts, each linking to the
-    MLflow version they judged."""
+    """The backtest's verdict (its table of candidate, champion and baseline), the data age
+    and the link to the MLflow version it judged as one markdown artifact; the per-window and
+    ranking tables as table artifacts when there are several windows or segments, each linking
+    to the version too.
+
+    One artifact where there were three (a link to the version, the verdict, a table of the
+    three models' metric the verdict already showed): each is a call to the Prefect API, and a
+    fleet's sweep makes them for every model."""
     result = evaluated.result
     freshness = [
         "",
@@ -414,16 +444,12 @@ def publish_backtest(
         )
     create_markdown_artifact(
         key=_artifact_key(spec.name, "backtest"),
-        markdown=result.markdown()
+        markdown=f"**Registered as [{spec.name} version {version}]({link}) in MLflow** "
+        f"({record.description}).\n\n"
+        + result.markdown()
         + "\n".join(freshness)
         + f"\n\nRegistered as [{spec.name} version {version}]({link}) in MLflow.",
         description=f"backtest verdict for {spec.name} {_md_link(version, link)}",
-    )
-    create_table_artifact(
-        key=_artifact_key(spec.name, "backtest-table"),
-        table=_rounded(result.table()),
-        description=f"{result.metric} of candidate, champion and baseline on the same holdout; "
-        f"{_md_link(version, link)}",
     )
     if len(result.windows) > 1:
         create_table_artifact(
@@ -680,7 +706,7 @@ def resume_after_answer(
     }
 
 
-@task(cache_policy=NO_CACHE)
+@step
 def apply_decision(registry: ModelRegistry, decision: PromotionDecision, actor: str) -> str | None:
     """Tag the version with the decision; move ``champion`` only when it says promote."""
     registry.record_decision(decision)
@@ -710,7 +736,7 @@ def _links(spec: ModelSpec, version: str) -> dict[str, str]:
     return links
 
 
-@task(cache_policy=NO_CACHE)
+@step
 def publish_card(spec: ModelSpec, registry: ModelRegistry, facts: CardFacts) -> str:
     """The model card: ``model_card.md`` on the version's MLflow run and a Prefect artifact."""
     markdown = render_card(facts)
@@ -733,7 +759,7 @@ def decided_at() -> str:
     return f"{now().replace(microsecond=0).isoformat(sep=' ')} UTC"
 
 
-@task(cache_policy=NO_CACHE)
+@step
 def publish_decision(
     spec: ModelSpec, registry: ModelRegistry, decision: PromotionDecision, how: str
 ) -> str:

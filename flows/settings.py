@@ -19,6 +19,22 @@ ENV_OVERRIDES = {
 }
 
 
+# infra validation's model environments (registry.infra.model_environment), machine-wide
+MODEL_ENV_CACHE = "RETRAIN_MODEL_ENV_CACHE"
+
+
+def model_env_cache(environ: dict[str, str] | None = None) -> Path:
+    """Where infra validation caches its model environments: ``RETRAIN_MODEL_ENV_CACHE``, else
+    ``retrain/model-envs`` in the user's cache directory (``XDG_CACHE_HOME``, else
+    ``~/.cache``). One cache for every model and state directory of the machine: each
+    environment is keyed by its requirements and interpreter and built under a lock."""
+    env = os.environ if environ is None else environ
+    if env.get(MODEL_ENV_CACHE):
+        return Path(env[MODEL_ENV_CACHE]).expanduser()
+    base = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "retrain" / "model-envs"
+
+
 def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
     env = os.environ if environ is None else environ
     return {key: env[name] for name, key in ENV_OVERRIDES.items() if env.get(name)}

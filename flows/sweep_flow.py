@@ -27,9 +27,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from flows.errors import SweepRefused
+from flows.links import run_name
 from flows.retrain_flow import retrain_flow
 from flows.settings import resolve_spec
 from retrain.errors import RetrainError
@@ -38,17 +40,19 @@ from retrain.statuses import Mode
 
 def check_sweep(
     spec_paths: Sequence[str], auto_approve: bool, overrides: dict[str, Any] | None = None
-) -> None:
+) -> dict[str, str]:
     """Refuse, before any retrain, a sweep that names one model twice (its second retrain
     would find it claimed) or holds a model that would wait for an operator (the models
     after it would wait too). A spec that cannot be read is left to its own retrain, which
-    fails with the reason."""
+    fails with the reason. Returns the model name of each spec that could be read."""
     seen: dict[str, str] = {}
+    names: dict[str, str] = {}
     for path in spec_paths:
         try:
             spec = resolve_spec(path, overrides)
         except RetrainError:
             continue
+        names[str(path)] = spec.name
         if spec.name in seen:
             raise SweepRefused(
                 f"the sweep names model {spec.name!r} twice ({seen[spec.name]} and {path}): "
@@ -62,11 +66,10 @@ def check_sweep(
                 "auto_approve (--auto-approve), set gate.require_approval = false, or retrain "
                 "that model on its own"
             )
+    return names
 
 
 def _sweep_name() -> str:
-    from prefect.runtime import flow_run
-
     params: dict[str, Any] = flow_run.parameters
     return f"sweep-{params.get('mode', 'stateful')}-{len(params.get('spec_paths') or ())}-models"
 
@@ -83,14 +86,24 @@ def sweep_flow(
 ) -> list[dict[str, Any]]:
     """Retrain every spec's model in turn (each a retrain subflow run); one outcome each, in
     order: the retrain flow's, or ``{"status": "failed", "spec_path", "error"}``."""
-    check_sweep(spec_paths, auto_approve, overrides)
+    names = check_sweep(spec_paths, auto_approve, overrides)
     logger = get_run_logger()
     outcomes: list[dict[str, Any]] = []
+    label = None if as_of is None else str(as_of)
+
+    def model_run_name() -> str:  # the retrain flow's run name, from the spec read above
+        path = str(flow_run.parameters["spec_path"])
+        return run_name(names.get(path, "retrain"), mode, label)
+
+    # the sweep's parameters were validated as the sweep's run began (the same types as the
+    # retrain flow's), and each spec was read once above: each subflow run skips Prefect's
+    # validation of its parameters and a second read of its spec for its run name
+    retrain = retrain_flow.with_options(flow_run_name=model_run_name, validate_parameters=False)
     # once for the whole sweep (building Prefect's settings takes a tenth of a second or more):
     # the sweep's own heartbeats were started with its run, before this
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         for path in spec_paths:
-            state = retrain_flow(
+            state = retrain(
                 spec_path=str(path),
                 mode=mode,
                 reason=reason,

@@ -2,7 +2,7 @@
 
 The version's model is downloaded, an environment holding ONLY its declared requirements
 (``requirements.txt`` of the model, nothing of retrain) is built with ``python -m venv`` and
-pip, once per set of requirements (cached under the state directory, keyed by their hash),
+pip, once per set of requirements and interpreter (cached machine-wide, keyed by their hash),
 and ``mlflow models serve --env-manager local`` of that environment serves the model in a
 subprocess started in an empty folder (so nothing of this checkout can be imported). Raw rows
 go over HTTP (``POST /invocations``, ``dataframe_split``); the answers are compared with the
@@ -50,19 +50,22 @@ class InfraError(RegistryError):
 
 
 def requirements_key(requirements: str) -> str:
-    """The cache key of an environment: its requirements (sorted lines) and this Python."""
+    """The cache key of an environment: its requirements (sorted lines) and this interpreter
+    (its resolved path and full version: ``python -m venv`` links the environment to it), so
+    one cache can serve every state directory and every Python of the machine."""
     lines = sorted(line.strip() for line in requirements.splitlines() if line.strip())
     digest = hashlib.sha256("\n".join(lines).encode())
-    digest.update(f"|python{sys.version_info.major}.{sys.version_info.minor}".encode())
+    digest.update(f"|{Path(sys.executable).resolve()}|{sys.version}".encode())
     return digest.hexdigest()[:16]
 
 
 def model_environment(requirements_file: Path, cache_dir: Path, deadline: float) -> Path:
     """A virtualenv holding only what ``requirements_file`` lists, built once and cached.
 
-    Built in place under ``cache_dir/<hash>`` while holding a lock (two runs never build the
-    same environment at once); a marker file written last says it is complete, so a build cut
-    off halfway is thrown away and redone.
+    Built in place under ``cache_dir/<hash>`` while holding a lock (two runs, in one process
+    or in several, never build the same environment at once: the second waits, then finds it
+    built); a marker file written last says it is complete, so a build cut off halfway is
+    thrown away and redone.
     """
     # the commands run in another folder: absolute paths
     requirements_file, cache_dir = requirements_file.resolve(), cache_dir.resolve()

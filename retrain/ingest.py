@@ -206,6 +206,23 @@ def _read_files(
     return read, quarantined
 
 
+def source_stat_key(source: SourceSpec) -> tuple[tuple[str, int, int], ...] | None:
+    """What identifies a file source's current content without reading it: each file's
+    path, size and modification time (ns). None for a SQL source (a table has no such key).
+
+    A file written again changes its size or its modification time; one rewritten to the
+    same size with its old modification time put back (``touch -d``, ``cp -p`` of another
+    file of that size) would not be noticed. Only samples of the source's rows are keyed by
+    this (:func:`retrain.families.spine.source_rows`), never what a model trains on."""
+    if source.kind != "files":
+        return None
+    key = []
+    for path, _ in _source_files(source):
+        stat = path.stat()
+        key.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return tuple(key)
+
+
 def read_source(source: SourceSpec, text: Sequence[str] = ()) -> pd.DataFrame:
     """Read every row of the source as one frame (strings left as they are; ``text``: columns
     read as text whatever the format, see :func:`as_text`)."""

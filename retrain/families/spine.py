@@ -10,6 +10,8 @@ frozen decisions.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,7 +32,13 @@ from retrain.features import (
     make_window,
     plan_windows,
 )
-from retrain.ingest import IngestResult, ingest, parse_timestamps, read_source
+from retrain.ingest import (
+    IngestResult,
+    ingest,
+    parse_timestamps,
+    read_source,
+    source_stat_key,
+)
 from retrain.ledger import Ledger
 from retrain.stateful import STATEFUL_MODES, ChampionState, TrainingPlan
 
@@ -299,12 +307,44 @@ def source_rows(spec: ModelSpec, window: Window, n: int = 50) -> pd.DataFrame:
     or the SQL table, gives them): what a served model takes. The run's evidence samples and
     the model's input example are such rows, so they score as they are.
     """
-    raw = read_source(spec.source)
-    ts = _event_times(raw, spec)
+    raw, ts = _source_with_times(spec)
     inside = raw[((ts >= window.start) & (ts < window.end)).to_numpy()]
     picked = inside.sample(min(n, len(inside)), random_state=spec.seed)
     order = ts.loc[picked.index].sort_values(kind="stable").index
     return picked.loc[order].reset_index(drop=True)
+
+
+# the last file source read whole for samples, keyed by its files' stat (see
+# retrain.ingest.source_stat_key) and how it is read and its event times parse: a run takes
+# three samples (the evidence's train and holdout rows, the model's input example) and read
+# the source for each; a sweep's models that share a source read it once. One source only:
+# the frame is the whole source, held until another source is sampled.
+_SAMPLED: OrderedDict[tuple[Any, ...], tuple[pd.DataFrame, pd.Series]] = OrderedDict()
+_SAMPLED_SOURCES = 1
+_SAMPLED_LOCK = threading.Lock()
+
+
+def _source_with_times(spec: ModelSpec) -> tuple[pd.DataFrame, pd.Series]:
+    """The source's rows (read_source) and their event times; a file source whose files'
+    paths, sizes and modification times are unchanged since its last read is not read again
+    (a SQL source always is). Callers select from the frame, never change it."""
+    stat = source_stat_key(spec.source)
+    if stat is None:
+        raw = read_source(spec.source)
+        return raw, _event_times(raw, spec)
+    key = (stat, spec.source.model_dump_json(), spec.timestamp.model_dump_json())
+    with _SAMPLED_LOCK:
+        hit = _SAMPLED.get(key)
+        if hit is not None:
+            _SAMPLED.move_to_end(key)
+            return hit
+    raw = read_source(spec.source)
+    read = (raw, _event_times(raw, spec))
+    with _SAMPLED_LOCK:
+        _SAMPLED[key] = read
+        while len(_SAMPLED) > _SAMPLED_SOURCES:
+            _SAMPLED.popitem(last=False)
+    return read
 
 
 def _event_times(raw: pd.DataFrame, spec: ModelSpec) -> pd.Series:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flows.retrain_flow import retrain_flow
+from flows.settings import model_env_cache
 from registry import client
 from tests.flows.conftest import run_flow
 from tests.flows.test_retrain_flow import AS_OF, registry_for, write_spec
@@ -43,16 +44,20 @@ def test_a_candidate_whose_requirements_miss_a_package_is_refused_and_the_champi
     assert run.status == "rejected"
     assert run.error is not None and "infra validation failed" in run.error
     assert not run.metrics["passed"]
-    # the environment is cached under the state directory, keyed by the requirements
-    assert any((spec.state.dir / "model-envs").glob("*/.ready"))
+    # the environment is cached machine-wide (not under the state directory), keyed by the
+    # requirements and the interpreter
+    assert any(model_env_cache().glob("*/.ready"))
+    assert not (spec.state.dir / "model-envs").exists()
 
 
 def test_infra_validation_is_off_for_runs_outside_a_deployment_by_default(tmp_path, bike_dir):
     spec_path = write_spec(tmp_path, bike_dir, **{"gate.infra_validation": "deployments"})
+    cached = set(model_env_cache().glob("*"))
 
     outcome, _ = run_flow(retrain_flow, str(spec_path), as_of=AS_OF, auto_approve=True)
 
     registry, _, spec = registry_for(spec_path)
     assert outcome["promoted"]
     assert "retrain.infra_validation" not in registry.version(outcome["version"]).tags
+    assert set(model_env_cache().glob("*")) == cached  # no environment built
     assert not (spec.state.dir / "model-envs").exists()

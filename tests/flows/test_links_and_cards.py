@@ -63,14 +63,17 @@ def test_a_version_links_to_its_flow_run_and_the_run_links_to_the_version(tmp_pa
         flow_run = client.read_flow_run(flow_run_id)
     assert flow_run.name == f"bike-test-manual-{AS_OF}"
     assert {"model:bike-test", "mode:manual", "family:lightgbm"} <= set(flow_run.tags)
+    # the verdict opens with the link to the version and holds the table of the three models
     [verdict] = artifacts_of(flow_run_id, "bike-test-backtest")
-    assert link in verdict.data and link in (verdict.description or "")
-    [table] = artifacts_of(flow_run_id, "bike-test-backtest-table")
-    assert link in (table.description or "")
+    assert verdict.data.startswith(f"**Registered as [bike-test version {version}]({link})")
+    assert link in (verdict.description or "")
+    assert f"| candidate | (new) | {outcome['candidate']:.4f} |" in verdict.data
+    assert f"| baseline | - | {outcome['baseline']:.4f} |" in verdict.data
     [plot] = artifacts_of(flow_run_id, "bike-test-backtest-plot")
     assert link in (plot.description or "")
-    [to_mlflow] = artifacts_of(flow_run_id, "bike-test-mlflow-version")
-    assert to_mlflow.type == "markdown" and link in to_mlflow.data
+    # one artifact where there were three: no separate link or table of the same figures
+    assert not artifacts_of(flow_run_id, "bike-test-mlflow-version")
+    assert not artifacts_of(flow_run_id, "bike-test-backtest-table")
 
 
 def test_every_version_gets_a_model_card_in_mlflow_and_prefect_naming_who_approved(

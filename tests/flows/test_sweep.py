@@ -19,6 +19,7 @@ from flows.sweep_flow import sweep_flow
 from retrain.config import load_spec
 from retrain.ledger import Ledger
 from tests.conftest import spec_dict
+from tests.flows.conftest import artifacts_of
 
 runner = CliRunner()
 
@@ -114,6 +115,17 @@ def test_a_model_that_fails_does_not_stop_the_sweep(tmp_path, bike_dir):
     assert "no-such-spec.toml" in outcomes[0]["error"]
     assert outcomes[1]["status"] == "promoted"
     assert sweep_code(outcomes) == 1
+    # the model's subflow run is named and tagged as a run of its own is, and shows its
+    # verdict (with the link to the version) and its model card
+    run_id = _flow_run_of(good, outcomes[1]["version"])
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+    assert run.name == "sweep-good-manual-2011-04-15"
+    assert {"model:sweep-good", "mode:manual", "family:lightgbm"} <= set(run.tags)
+    [verdict] = artifacts_of(run.id, "sweep-good-backtest")
+    assert f"models:/sweep-good/{outcomes[1]['version']}" in verdict.data
+    [card] = artifacts_of(run.id, "sweep-good-model-card")
+    assert card.data.startswith(f"# Model card: sweep-good version {outcomes[1]['version']}")
 
 
 def test_a_sweep_that_names_a_model_twice_is_refused_before_any_work(tmp_path, bike_dir):

@@ -65,6 +65,14 @@ def test_toml_and_yaml_files_of_the_same_spec_load_to_equal_specs(tmp_path, spec
     assert from_toml.lightgbm.params == {"num_leaves": 15}
 
 
+def test_a_yaml_spec_is_read_with_a_safe_loader_that_builds_no_python_object(tmp_path, spec_data):
+    path = write_spec(tmp_path / "conf", spec_data, ".yaml")
+    path.write_text(path.read_text() + "evil: !!python/object/apply:os.getcwd []\n")
+
+    with pytest.raises(SpecError, match="does not parse"):
+        load_spec(path)
+
+
 def test_the_bundled_demo_spec_loads_and_its_data_folder_exists():
     spec = load_spec(ROOT / "retrain" / "demo" / "bike.toml")
 

@@ -385,3 +385,35 @@ def test_the_doctests_of_declared_partition_hold():
 
     result = doctest.testmod(ingest_module, verbose=False)
     assert result.attempted >= 3 and result.failed == 0
+
+
+def test_a_changed_source_file_is_read_again_for_the_samples_an_unchanged_one_is_not(
+    four_days, write_source, make_spec, monkeypatch
+):
+    import os
+
+    from retrain.families import spine
+    from retrain.features import Window
+
+    folder = write_source(four_days)
+    spec = make_spec(folder)
+    window = Window("holdout", pd.Timestamp("2011-03-01"), pd.Timestamp("2011-03-05"), (), "v")
+    reads = []
+    real_read = spine.read_source
+    monkeypatch.setattr(spine, "read_source", lambda *a: reads.append(1) or real_read(*a))
+
+    first = spine.source_rows(spec, window)
+    again = spine.source_rows(spec, window)
+    assert len(reads) == 1 and first.equals(again)  # unchanged files: read once
+
+    # the same number of bytes, another value, and a later modification time: read again
+    path = folder / "part0.csv"
+    stat = path.stat()
+    changed = four_days.assign(cnt=four_days["cnt"].astype(str).str.replace("1", "2"))
+    changed.to_csv(path, index=False)
+    assert path.stat().st_size == stat.st_size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    fresh = spine.source_rows(spec, window)
+
+    assert len(reads) == 2
+    assert not fresh["cnt"].astype(str).str.contains("1").any()
