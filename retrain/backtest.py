@@ -385,6 +385,59 @@ def significant_over_baseline(
     )
 
 
+@dataclass(frozen=True)
+class FoldEvidence:
+    """The forward fold of ``gate.undecided``: the candidate's recipe refitted on the older
+    part of its own training window (its own labels) and scored on the newest part, against
+    the trivial baseline of that older part. ``passed``: the recipe beats the baseline there
+    significantly (the lower end of the 95% paired interval above zero)."""
+
+    passed: bool
+    reason: str
+    rows: int
+    candidate: float
+    baseline: float
+    ci_low: float
+    ci_high: float
+
+
+def forward_fold_evidence(
+    metric: str,
+    task: str,
+    y_older: np.ndarray,
+    y_newest: np.ndarray,
+    pred_newest: np.ndarray,
+    samples: int,
+    seed: int,
+) -> FoldEvidence:
+    """Whether a recipe learned something that holds forward in time on its own training data:
+    fitted on ``y_older`` (the training window but its newest ``windows.holdout``), its
+    predictions ``pred_newest`` of the newest part beat the trivial baseline of the older part
+    significantly (:func:`significant_over_baseline`).
+
+    The evidence the holdout cannot give (``gate.undecided``): after an abrupt drift a model
+    trained on shuffled labels can be genuinely better than the baseline and a stale champion
+    on the holdout's rows (a random function of the features that lines up with the new
+    concept), but the labels it learned from carry no signal, so on its own window the fold's
+    fit cannot beat the baseline, except by the test's own error (2.5%).
+    """
+    y_newest = np.asarray(y_newest, dtype="float64")
+    pred_newest = np.asarray(pred_newest, dtype="float64")
+    n_classes = pred_newest.shape[1] if pred_newest.ndim == 2 else 0
+    base_pred = baseline_predictions(task, y_older, y_newest.size, metric, n_classes)
+    cand, base = score(metric, y_newest, pred_newest), score(metric, y_newest, base_pred)
+    gib = metric in GREATER_IS_BETTER
+    low, high = paired_bootstrap(metric, y_newest, pred_newest, base_pred, samples, seed, gib)
+    passed = bool(not np.isnan(low) and low > 0)
+    verdict = "beats" if passed else "does not beat"
+    reason = (
+        f"forward fold: the recipe fitted on the older part of the candidate's own training "
+        f"window {verdict} the baseline significantly on its newest {y_newest.size} rows "
+        f"({cand:.4f} vs {base:.4f}; 95% CI of the improvement {low:+.4f} to {high:+.4f})"
+    )
+    return FoldEvidence(passed, reason, int(y_newest.size), cand, base, low, high)
+
+
 def _better(a: float, b: float, greater_is_better: bool) -> bool:
     return a > b if greater_is_better else a < b
 
@@ -412,6 +465,9 @@ class GateSettings:
     # gate.significant_baseline: which candidates the baseline check asks for significance
     # ("always", "no_champion", "never"; prefer_fresh always asks it)
     significant_baseline: str = "never"
+    # gate.undecided: what a candidate the holdout cannot decide gets ("refuse": nothing, the
+    # strict rule; "forward_fold": the forward fold's evidence, see backtest)
+    undecided: str = "refuse"
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> GateSettings:
@@ -428,6 +484,7 @@ class GateSettings:
             min_slice_rows=gate.min_slice_rows,
             prefer_fresh=gate.prefer_fresh,
             significant_baseline=gate.significant_baseline,
+            undecided=gate.undecided,
         )
 
 
@@ -446,6 +503,8 @@ def backtest(
     window_bounds: Sequence[tuple[pd.Timestamp, pd.Timestamp]] = (),
     slices: Mapping[str, np.ndarray] | None = None,
     baseline_pred: np.ndarray | None = None,
+    same_recipe: bool = False,
+    forward_fold: Callable[[], FoldEvidence | None] | None = None,
 ) -> BacktestResult:
     """Score candidate, champion and baseline on the same holdout windows; give the verdict.
 
@@ -460,8 +519,33 @@ def backtest(
     must beat the baseline significantly: see :func:`significant_over_baseline`; so must every
     candidate with ``settings.significant_baseline = "always"`` (``gate.significant_baseline``), and
     every candidate without a champion with ``"no_champion"``.
+
+    ``settings.undecided = "forward_fold"`` (``gate.undecided``): a candidate the holdout cannot
+    decide is judged on more evidence, the forward fold (``forward_fold``, called at most once
+    and only then; the family fits it, see :func:`forward_fold_evidence`):
+
+    - a first model (no champion) that beats the baseline's point estimate but not
+      significantly passes when the fold shows its recipe beats the baseline significantly on
+      its own training data;
+    - a candidate that is a refit of the champion's recipe on moved data (``same_recipe``:
+      same family, parameters, features and window length, from scratch) and that the holdout
+      favours but not significantly (its point estimate at least the champion's, within
+      tolerance; the interval reaches below) passes as the fresher fit when the fold shows it
+      learned something. Its tie carries no evidence for the older data.
+
+    A candidate whose point estimate is worse than the champion's, or than the baseline's, is
+    refused as before; so is one whose fold fails, or that is not the champion's recipe.
     """
     metric, task, tolerance = settings.metric, settings.task, settings.tolerance
+    fold_cache: list[FoldEvidence | None] = []
+
+    def fold() -> FoldEvidence | None:
+        if settings.undecided != "forward_fold" or forward_fold is None:
+            return None
+        if not fold_cache:
+            fold_cache.append(forward_fold())
+        return fold_cache[0]
+
     max_windows_lost = settings.max_windows_lost
     max_slice_degradation = settings.max_slice_degradation
     min_slice_rows = settings.min_slice_rows
@@ -505,15 +589,43 @@ def backtest(
             settings.seed,
         )
         passed = base_passed
+        if not base_passed and champion_pred is None and _better(cand, base, gib):
+            # a first model the holdout cannot decide: the forward fold's evidence
+            evidence = fold()
+            if evidence is not None and evidence.passed:
+                passed = True
+                base_reason = (
+                    f"candidate beats the baseline ({cand:.4f} vs {base:.4f}), not "
+                    f"significantly on the holdout, and {evidence.reason}: it learned "
+                    "something (gate.undecided)"
+                )
+            elif evidence is not None:
+                base_reason += f"; nor on its own training data ({evidence.reason})"
         reasons.append(base_reason)
     elif _better(cand, base, gib):
         reasons.append(f"candidate beats the baseline ({cand:.4f} vs {base:.4f})")
     else:
-        passed = False
-        reasons.append(
-            f"candidate does not beat the trivial baseline ({cand:.4f} vs {base:.4f}): the "
-            "model learned nothing useful on this window"
+        stale = (
+            same_recipe
+            and champion_pred is not None
+            and not _better(score(metric, y, np.asarray(champion_pred, dtype="float64")), cand, gib)
         )
+        evidence = fold() if stale else None
+        if evidence is not None and evidence.passed:
+            # the champion does no better: both fits of the recipe are stale on this holdout;
+            # the champion comparison below decides, on the fold's evidence (gate.undecided)
+            reasons.append(
+                f"candidate does not beat the baseline on the holdout ({cand:.4f} vs "
+                f"{base:.4f}), nor does the champion's fit of the same recipe: both are stale "
+                f"here, and {evidence.reason}: it learned something (gate.undecided)"
+            )
+        else:
+            passed = False
+            reasons.append(
+                f"candidate does not beat the trivial baseline ({cand:.4f} vs {base:.4f}): the "
+                "model learned nothing useful on this window"
+                + (f"; {evidence.reason}" if evidence is not None else "")
+            )
 
     champ_pred = None if champion_pred is None else np.asarray(champion_pred, dtype="float64")
     leaked = champion_train_end is not None and champion_train_end > holdout_start
@@ -604,12 +716,28 @@ def backtest(
                 "better): the fresher candidate wins the tie (gate.prefer_fresh)"
             )
         elif improvement >= -allowed:
-            passed = False
-            reasons.append(
-                f"candidate may be worse than the champion v{champion_version}: the 95% CI of "
-                f"the improvement reaches {low:+.4f}, below the {tolerance:.1%} tolerance "
-                f"(-{allowed:.4f}): the champion stays"
-            )
+            evidence = fold() if same_recipe and passed else None
+            if evidence is not None and evidence.passed:
+                # a refresh of the champion's recipe that the holdout favours, not
+                # significantly: the fresher fit wins (gate.undecided)
+                reasons.append(
+                    f"candidate ties the champion v{champion_version} ({cand:.4f} vs "
+                    f"{champ:.4f}; 95% CI of the improvement {low:+.4f} to {high:+.4f}) and "
+                    "is a refit of its recipe on newer data: the fresher fit wins the tie "
+                    f"(gate.undecided); {evidence.reason}"
+                )
+            else:
+                passed = False
+                why = (
+                    f"; {evidence.reason}: no evidence that it learned something"
+                    if evidence is not None
+                    else ""
+                )
+                reasons.append(
+                    f"candidate may be worse than the champion v{champion_version}: the 95% CI "
+                    f"of the improvement reaches {low:+.4f}, below the {tolerance:.1%} "
+                    f"tolerance (-{allowed:.4f}): the champion stays{why}"
+                )
         else:
             passed = False
             significantly = (
