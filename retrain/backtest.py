@@ -170,8 +170,14 @@ def paired_bootstrap(
     samples: int,
     seed: int,
     greater_is_better: bool,
+    blocks: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """95% interval of the candidate's improvement over the reference (positive = better).
+
+    ``blocks`` (one id per row, e.g. its partition): each draw resamples whole blocks instead
+    of rows, so rows that share their conditions (the hours of one day) stay together and the
+    interval is not narrower than the data's independent units allow. A metric that is not a
+    mean of row losses (AUC, macro-F1) ignores it.
 
     Paired: every draw resamples the same rows for both models (the difference is computed row
     set by row set, so what the two share cancels). Vectorised: the draws are one seeded matrix
@@ -195,7 +201,20 @@ def paired_bootstrap(
         ref_rows = np.abs((y - reference) / safe)
     elif loss is not None:
         cand_rows, ref_rows = loss(y, candidate), loss(y, reference)
-    for idx in _bootstrap_indices(rng, samples, n):
+    if blocks is not None and (loss is not None or weights is not None):
+        codes = np.unique(np.asarray(blocks), return_inverse=True)[1].ravel()
+        w = np.ones(n) if weights is None else weights
+        count = np.bincount(codes, weights=w)
+        cand_sum = np.bincount(codes, weights=cand_rows * w)
+        ref_sum = np.bincount(codes, weights=ref_rows * w)
+        for idx in _bootstrap_indices(rng, samples, count.size):
+            total = count[idx].sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cand, ref = cand_sum[idx].sum(axis=1) / total, ref_sum[idx].sum(axis=1) / total
+            if metric == "rmse":
+                cand, ref = np.sqrt(cand), np.sqrt(ref)
+            parts.append(cand - ref)
+    for idx in _bootstrap_indices(rng, samples, n) if not parts else ():
         if loss is None and weights is None:  # AUC, macro-F1: not a mean of row losses
             parts.append(
                 np.array(
@@ -505,6 +524,7 @@ def backtest(
     baseline_pred: np.ndarray | None = None,
     same_recipe: bool = False,
     forward_fold: Callable[[], FoldEvidence | None] | None = None,
+    blocks: np.ndarray | None = None,
 ) -> BacktestResult:
     """Score candidate, champion and baseline on the same holdout windows; give the verdict.
 
@@ -528,13 +548,20 @@ def backtest(
       significantly passes when the fold shows its recipe beats the baseline significantly on
       its own training data;
     - a candidate that is a refit of the champion's recipe on moved data (``same_recipe``:
-      same family, parameters, features and window length, from scratch) and that the holdout
-      favours but not significantly (its point estimate at least the champion's, within
-      tolerance; the interval reaches below) passes as the fresher fit when the fold shows it
-      learned something. Its tie carries no evidence for the older data.
+      same family, parameters, features and window length, from scratch) that the holdout
+      does not show better (the interval reaches below ``-tolerance``) is judged for
+      non-inferiority: it is refused when it is significantly worse than the champion, by the
+      paired interval over the holdout's partitions (``blocks``: the rows of one partition
+      share its conditions), and otherwise passes as the fresher fit when the fold shows it
+      learned something. The two fits differ only by the newest cadence of data; which of
+      the two validated fits the holdout favours is mostly the luck of those fits, which does
+      not carry over to the served refits, so a tie carries no evidence for the older data;
+    - a refit of the champion's recipe below the baseline's point estimate, with the
+      champion no better (both stale on this holdout, e.g. after a concept came back), goes
+      on to the champion comparison when the fold shows it learned something.
 
-    A candidate whose point estimate is worse than the champion's, or than the baseline's, is
-    refused as before; so is one whose fold fails, or that is not the champion's recipe.
+    A candidate that is not the champion's recipe is judged by the strict rule as before; so
+    is every candidate with ``"refuse"``.
     """
     metric, task, tolerance = settings.metric, settings.task, settings.tolerance
     fold_cache: list[FoldEvidence | None] = []
@@ -707,6 +734,53 @@ def backtest(
                 f"champion v{champion_version} ({cand:.4f} vs {champ:.4f}; 95% CI of the "
                 f"improvement {low:+.4f} to {high:+.4f})"
             )
+        elif same_recipe and settings.undecided == "forward_fold" and not prefer_fresh:
+            # a refit of the champion's recipe (gate.undecided): non-inferiority over the
+            # holdout's partitions, and the fold's evidence that it learned something
+            block_low, block_high = (
+                paired_bootstrap(
+                    metric,
+                    y,
+                    candidate_pred,
+                    champ_pred,
+                    settings.bootstrap_samples,
+                    settings.seed,
+                    gib,
+                    blocks=blocks,
+                )
+                if blocks is not None
+                else (low, high)
+            )
+            top = improvement if np.isnan(block_high) else block_high
+            interval = f"95% CI of the improvement over partitions {block_low:+.4f} to {top:+.4f}"
+            evidence = fold() if passed and top >= -allowed else None
+            if top < -allowed:
+                passed = False
+                reasons.append(
+                    f"candidate is worse than the champion v{champion_version} ({cand:.4f} vs "
+                    f"{champ:.4f}): a refit of its recipe, significantly worse (the whole "
+                    f"{interval} is below -{allowed:.4f}): the champion stays (gate.undecided)"
+                )
+            elif evidence is not None and evidence.passed:
+                reasons.append(
+                    f"candidate ties the champion v{champion_version} ({cand:.4f} vs "
+                    f"{champ:.4f}; {interval}) and is a refit of its recipe on newer data: "
+                    f"the fresher fit wins the tie (gate.undecided); {evidence.reason}"
+                )
+            elif evidence is not None:
+                passed = False
+                reasons.append(
+                    f"candidate ties the champion v{champion_version} ({cand:.4f} vs "
+                    f"{champ:.4f}; {interval}) as a refit of its recipe, but {evidence.reason}: "
+                    "no evidence that it learned something; the champion stays (gate.undecided)"
+                )
+            else:
+                passed = False
+                reasons.append(
+                    f"candidate ties the champion v{champion_version} ({cand:.4f} vs "
+                    f"{champ:.4f}; {interval}) as a refit of its recipe: the champion stays "
+                    "(the checks above refuse it, or the forward fold could not be built)"
+                )
         elif prefer_fresh and upper >= -allowed:
             # a tie: the fresher candidate wins it (the baseline check above asked for
             # evidence that it learned something)
@@ -716,28 +790,12 @@ def backtest(
                 "better): the fresher candidate wins the tie (gate.prefer_fresh)"
             )
         elif improvement >= -allowed:
-            evidence = fold() if same_recipe and passed else None
-            if evidence is not None and evidence.passed:
-                # a refresh of the champion's recipe that the holdout favours, not
-                # significantly: the fresher fit wins (gate.undecided)
-                reasons.append(
-                    f"candidate ties the champion v{champion_version} ({cand:.4f} vs "
-                    f"{champ:.4f}; 95% CI of the improvement {low:+.4f} to {high:+.4f}) and "
-                    "is a refit of its recipe on newer data: the fresher fit wins the tie "
-                    f"(gate.undecided); {evidence.reason}"
-                )
-            else:
-                passed = False
-                why = (
-                    f"; {evidence.reason}: no evidence that it learned something"
-                    if evidence is not None
-                    else ""
-                )
-                reasons.append(
-                    f"candidate may be worse than the champion v{champion_version}: the 95% CI "
-                    f"of the improvement reaches {low:+.4f}, below the {tolerance:.1%} "
-                    f"tolerance (-{allowed:.4f}): the champion stays{why}"
-                )
+            passed = False
+            reasons.append(
+                f"candidate may be worse than the champion v{champion_version}: the 95% CI of "
+                f"the improvement reaches {low:+.4f}, below the {tolerance:.1%} tolerance "
+                f"(-{allowed:.4f}): the champion stays"
+            )
         else:
             passed = False
             significantly = (

@@ -42,6 +42,7 @@ from retrain.families.spine import (
     champion_comparison,
     evidence_tables,
     increment_window,
+    partition_ids,
     same_recipe,
     serving_prepared,
     source_rows,
@@ -260,6 +261,7 @@ def evaluate(
         candidate_pred=candidate,
         same_recipe=same_recipe(trained, comparison, champion),
         forward_fold=lambda: forward_fold(spec, trained),
+        blocks=partition_ids(holdout, frame[TS]),
         **judged,
     )
     baseline = baseline_predictions(

@@ -477,3 +477,11 @@ def same_recipe(trained: Trained, comparison: Comparison, champion: Champion | N
         return False
     features = [getattr(m, "feature_names_", None) for m in (trained.model, versus)]
     return bool(features[0] == features[1])
+
+
+def partition_ids(window: Window, timestamps: pd.Series) -> np.ndarray:
+    """Each row's partition in ``window`` (its index among the partitions that start at or
+    before the row): the blocks of the gate's partition bootstrap."""
+    starts = np.array([p.start for p in window.partitions], dtype="datetime64[ns]")
+    times = pd.to_datetime(timestamps).to_numpy(dtype="datetime64[ns]")
+    return np.searchsorted(starts, times, side="right")
