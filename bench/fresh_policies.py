@@ -17,7 +17,11 @@ production before any policy sees it):
   model is also fitted on the candidate's training window with its labels shuffled (seeded
   permutation) and judged by the same gate (``family.evaluate``) against the same champion on
   the same holdout. The policy never serves it; the table counts the gate's refusals. Its CPU
-  is left out of the policy's CPU.
+  is left out of the policy's CPU;
+* for each gated row, the difference to the fair no-gate loop at the same cadence with its 95%
+  paired bootstrap interval over the scored days (circular blocks of ``--blocks`` days), and
+  its decomposition by what the gate did at the cadence point whose no-gate fit serves each day
+  (a promotion there serves that very fit: difference 0).
 
     .venv/bin/python bench/fresh_policies.py --start 2011-01-01 --end 2011-07-01
     .venv/bin/python bench/fresh_policies.py --spec retrain/demo/drift.toml \\
