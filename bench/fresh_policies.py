@@ -17,7 +17,11 @@ production before any policy sees it):
   model is also fitted on the candidate's training window with its labels shuffled (seeded
   permutation) and judged by the same gate (``family.evaluate``) against the same champion on
   the same holdout. The policy never serves it; the table counts the gate's refusals. Its CPU
-  is left out of the policy's CPU.
+  is left out of the policy's CPU;
+* for each gated row, the difference to the fair no-gate loop at the same cadence with its 95%
+  paired bootstrap interval over the scored days (circular blocks of ``--blocks`` days), and
+  its decomposition by what the gate did at the cadence point whose no-gate fit serves each day
+  (a promotion there serves that very fit: difference 0).
 
     .venv/bin/python bench/fresh_policies.py --start 2011-01-01 --end 2011-07-01
     .venv/bin/python bench/fresh_policies.py --spec retrain/demo/drift.toml \\
@@ -106,6 +110,8 @@ def gated(
         "cpu": run.total_cpu_s - probe.cpu,
         "probe": f"{probe.refused}/{probe.asked}",
         "let_through": probe.let_through,
+        "days": [(s.partition, s.rows, s.metric) for s in run.steps],
+        "trainings": run.trainings,
     }
 
 
@@ -115,6 +121,7 @@ def no_gate_loop(spec: ModelSpec, data: ReplayData, every: int, days: Any) -> di
     columns = list(spec.features.columns)
     model = None
     ys, preds = [], []
+    daily: list[tuple[str, int, float]] = []
     cpu = 0.0
     fits = 0
     for t in range(t0, len(data.partitions)):
@@ -128,8 +135,131 @@ def no_gate_loop(spec: ModelSpec, data: ReplayData, every: int, days: Any) -> di
         rows = data.features(t)
         ys.append(rows[spec.label].to_numpy("float64"))
         preds.append(model.predict(rows[columns]))
+        daily.append((data.partitions[t].key, len(ys[-1]), score(spec.metric, ys[-1], preds[-1])))
     metric = score(spec.metric, np.concatenate(ys), np.concatenate(preds))
-    return {"metric": metric, "retrains": fits - 1, "cpu": cpu}
+    return {"metric": metric, "retrains": fits - 1, "cpu": cpu, "days": daily}
+
+
+# metrics whose pooled value over days is a row-weighted mean of the days' values (rmse: of
+# their squares): the day-block bootstrap and the decomposition below need that
+_MEAN_METRICS = {"mae", "accuracy", "logloss", "multi_logloss", "rmse"}
+
+
+def _pooled(metric: str, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The metric over every row of the days (the last axis), from each day's value."""
+    if metric == "rmse":
+        return np.sqrt((values**2 * rows).sum(axis=-1) / rows.sum(axis=-1))
+    return (values * rows).sum(axis=-1) / rows.sum(axis=-1)
+
+
+def day_block_interval(
+    metric: str,
+    greater_is_better: bool,
+    rows: np.ndarray,
+    gated_days: np.ndarray,
+    naive_days: np.ndarray,
+    block: int,
+    samples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float] | None:
+    """The gated policy's improvement over the no-gate loop (positive = the gated policy is
+    better) over the scored days, and its 95% paired block-bootstrap interval.
+
+    Paired: each draw resamples the same days for both policies. Blocks: a draw is made of
+    ``block`` consecutive days (circular), so a model that serves for a week, and the
+    difference it makes on each of those days, stays together; ``block = 1`` resamples single
+    days. None for a metric that is not pooled from per-day values (AUC, ranking metrics)."""
+    if metric not in _MEAN_METRICS:
+        return None
+    sign = 1.0 if greater_is_better else -1.0
+    n = len(rows)
+    point = sign * float(_pooled(metric, rows, gated_days) - _pooled(metric, rows, naive_days))
+    rng = np.random.default_rng(seed)
+    per_draw = -(-n // block)
+    starts = rng.integers(0, n, (samples, per_draw))
+    idx = ((starts[:, :, None] + np.arange(block)) % n).reshape(samples, -1)[:, :n]
+    diffs = sign * (
+        _pooled(metric, rows[idx], gated_days[idx]) - _pooled(metric, rows[idx], naive_days[idx])
+    )
+    low, high = np.quantile(diffs, [0.025, 0.975])
+    return point, float(low), float(high)
+
+
+def refusal_kind(record: Any) -> str:
+    """What a gated policy did at one cadence point, in a word (the decomposition's key)."""
+    if record is None:
+        return "no retrain"
+    if record.strategy in ("skipped", "failed"):
+        return record.strategy
+    if record.promoted:
+        return "promoted"
+    text = record.verdict
+    for needle, kind in (
+        ("no evidence that it learned something", "forward fold failed"),
+        ("does not beat the trivial baseline significantly", "not significant over the baseline"),
+        ("does not beat the trivial baseline", "lost to the baseline"),
+        ("may be worse than the champion", "tie (may be worse)"),
+        ("is worse than the champion", "worse than the champion"),
+        ("slice(s) degrade", "slice"),
+        ("backtest windows to the", "windows lost"),
+    ):
+        if needle in text:
+            return kind
+    return "refused, other"
+
+
+def decomposition(
+    spec: ModelSpec,
+    data: ReplayData,
+    every: int,
+    trainings: Any,
+    rows: np.ndarray,
+    gated_days: np.ndarray,
+    naive_days: np.ndarray,
+) -> list[tuple[str, int, int, float]] | None:
+    """Where the gated policy loses against the no-gate loop at the same cadence, by what the
+    gate did at the cadence point whose no-gate fit serves that day.
+
+    On every scored day the no-gate loop serves its fit of the last cadence point; the gated
+    policy serves the same fit (its refit at that point is a fit of the same rows) when it
+    promoted there, and an older model otherwise. So each day's difference belongs to the
+    decision at that point: a promotion (difference 0), a tie or a worse candidate kept the
+    champion, a first model not significantly above the baseline gave the day to the
+    baseline, and so on. Rows: (kind, cadence points, days, metric points lost: positive =
+    the gated policy is behind; the sum is the pooled difference)."""
+    if spec.metric not in _MEAN_METRICS or spec.metric == "rmse":
+        return None
+    t0 = first_step(data, spec)
+    at_point: dict[Any, list[Any]] = {}
+    for record in trainings:
+        at_point.setdefault(record.at, []).append(record)
+    sign = 1.0 if spec.greater_is_better else -1.0
+    total = rows.sum()
+    out: dict[str, list[Any]] = {}
+    points: dict[str, set[int]] = {}
+    for i, t in enumerate(range(t0, len(data.partitions))):
+        q = t0 + ((t - t0) // every) * every
+        records = at_point.get(data.partitions[q - 1].end, [])
+        kind = refusal_kind(records[0] if records else None)
+        if any(r.strategy == "baseline" and r.promoted for r in records):
+            kind = f"baseline promoted (candidate: {kind})"
+        if q == t0:
+            kind = f"first model: {kind}"
+        entry = out.setdefault(kind, [0, 0.0])
+        points.setdefault(kind, set()).add(q)
+        entry[0] += 1
+        entry[1] += sign * (naive_days[i] - gated_days[i]) * rows[i] / total
+    return [(k, len(points[k]), v[0], v[1]) for k, v in sorted(out.items(), key=lambda x: -x[1][1])]
+
+
+CADENCE_DAYS = {"daily": 1, "weekly": 7}
+
+
+def _interval_text(out: tuple[float, float, float] | None) -> str:
+    if out is None:
+        return "-"
+    point, low, high = out
+    return f"{point:+.4f} ({low:+.4f} to {high:+.4f})"
 
 
 def main() -> None:
@@ -140,32 +270,90 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="of the label shuffles")
     parser.add_argument("--out", type=Path, default=RESULTS / "fresh_policies.md")
     parser.add_argument("--trainings", type=Path, help="write each gated run's trainings here")
+    parser.add_argument("--days", type=Path, help="write each run's per-day metric here (CSV)")
     parser.add_argument(
         "--prefer-fresh",
         choices=("off", "on", "both", "none"),
         default="both",
         help="gated runs to replay (off: a tie keeps the champion; on: gate.prefer_fresh; none)",
     )
-    parser.add_argument("--no-naive", action="store_true", help="leave out the no-gate loops")
+    parser.add_argument(
+        "--no-naive",
+        action="store_true",
+        help="leave out the no-gate loop on windows.train + windows.holdout (the fair no-gate "
+        "loop at each gated cadence always runs: the gated rows are compared with it)",
+    )
     parser.add_argument("--cadences", default="daily,weekly", help="of the gated runs")
+    parser.add_argument(
+        "--blocks",
+        default="1,7",
+        help="block lengths (days) of the paired bootstrap of gated - no gate",
+    )
     parser.add_argument(
         "--set", dest="sets", action="append", default=[], help="KEY=VALUE on top of the spec"
     )
     args = parser.parse_args()
-    rows: list[tuple[str, float, str, str, float, str]] = []
+    blocks = [int(b) for b in args.blocks.split(",") if b.strip()]
+    cadences = [c for c in args.cadences.split(",") if c.strip()]
+    rows: list[tuple[str, float, str, str, float, list[str]]] = []
     notes: list[str] = []
+    decompositions: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         overrides = {**parse_sets(args.sets), "state.dir": tmp, "gate.refit": True}
         spec = load_spec(args.spec, overrides)
         data = load_replay(spec, start=args.start, end=args.end)
+        gib = spec.greater_is_better
+        naive: dict[str, dict[str, Any]] = {}
+        for name in cadences if args.prefer_fresh != "none" else ("daily", "weekly"):
+            if name in CADENCE_DAYS:
+                naive[name] = no_gate_loop(spec, data, CADENCE_DAYS[name], spec.windows.train_delta)
+        day_rows = np.array([r for _, r, _ in next(iter(naive.values()))["days"]], dtype="float64")
+        if args.days is not None:
+            args.days.mkdir(parents=True, exist_ok=True)
+            for name, out in naive.items():
+                with (args.days / f"{name}-nogate-days.csv").open("w") as f:
+                    f.write(f"partition,rows,{spec.metric}\n")
+                    f.writelines(f"{k},{r},{m!r}\n" for k, r, m in out["days"])
         variants = {"off": (False,), "on": (True,), "both": (False, True), "none": ()}[
             args.prefer_fresh
         ]
         for prefer_fresh in variants:
             spec = load_spec(args.spec, {**overrides, "gate.prefer_fresh": prefer_fresh})
-            for name in args.cadences.split(","):
+            for name in cadences:
                 out = gated(spec, data, name, args.seed, args.trainings)
-                label = f"{name}, gated, refit=on, prefer_fresh={'on' if prefer_fresh else 'off'}"
+                label = (
+                    f"{name}, gated, refit=on, prefer_fresh={'on' if prefer_fresh else 'off'}, "
+                    f"undecided={spec.gate.undecided}"
+                )
+                versus = ["-" for _ in blocks]
+                if name in naive:
+                    days = np.array([m for _, _, m in out["days"]], dtype="float64")
+                    base = np.array([m for _, _, m in naive[name]["days"]], dtype="float64")
+                    versus = [
+                        _interval_text(
+                            day_block_interval(spec.metric, gib, day_rows, days, base, b)
+                        )
+                        for b in blocks
+                    ]
+                    parts = decomposition(
+                        spec, data, CADENCE_DAYS[name], out["trainings"], day_rows, days, base
+                    )
+                    if parts is not None:
+                        decompositions += [
+                            "",
+                            f"{label} vs the no-gate loop (last {spec.windows.train}), "
+                            f"{spec.metric} points lost by the gated policy (positive: behind):",
+                            "",
+                            "| what the gate did at the cadence point | points | days | lost |",
+                            "|---|---|---|---|",
+                            *[f"| {k} | {n} | {d} | {v:+.4f} |" for k, n, d, v in parts],
+                            f"| total | | {len(days)} | {sum(v for *_, v in parts):+.4f} |",
+                        ]
+                    if args.days is not None:
+                        flag = "fresh" if prefer_fresh else "strict"
+                        with (args.days / f"{name}-{flag}-days.csv").open("w") as f:
+                            f.write(f"partition,rows,{spec.metric}\n")
+                            f.writelines(f"{k},{r},{m!r}\n" for k, r, m in out["days"])
                 rows.append(
                     (
                         label,
@@ -173,7 +361,7 @@ def main() -> None:
                         f"{out['promotions']}/{out['retrains']}",
                         out["probe"],
                         out["cpu"],
-                        "",
+                        versus,
                     )
                 )
                 notes += [f"{label}: passed at {x}" for x in out["let_through"]]
@@ -181,27 +369,31 @@ def main() -> None:
         first = data.partitions[first_step(data, spec)].key
         last = data.partitions[-1].key
         scored = len(data.partitions) - first_step(data, spec)
-        for days, why in (
-            ()
-            if args.no_naive
-            else (
-                (spec.windows.train_delta, f"last {spec.windows.train} = windows.train, fair"),
+        for name, out in naive.items():
+            rows.append(
                 (
-                    spec.windows.train_delta + spec.windows.holdout_delta,
-                    f"last {spec.windows.train} + {spec.windows.holdout}",
-                ),
+                    f"{name}, no gate, serve at once "
+                    f"(last {spec.windows.train} = windows.train, fair)",
+                    out["metric"],
+                    f"-/{out['retrains']}",
+                    "-",
+                    out["cpu"],
+                    ["-" for _ in blocks],
+                )
             )
-        ):
-            for name, every in (("daily", 1), ("weekly", 7)):
-                naive = no_gate_loop(spec, data, every, days)
+        if not args.no_naive:
+            days_back = spec.windows.train_delta + spec.windows.holdout_delta
+            why = f"last {spec.windows.train} + {spec.windows.holdout}"
+            for name, every in CADENCE_DAYS.items():
+                out = no_gate_loop(spec, data, every, days_back)
                 rows.append(
                     (
                         f"{name}, no gate, serve at once ({why})",
-                        naive["metric"],
-                        f"-/{naive['retrains']}",
+                        out["metric"],
+                        f"-/{out['retrains']}",
                         "-",
-                        naive["cpu"],
-                        "",
+                        out["cpu"],
+                        ["-" for _ in blocks],
                     )
                 )
                 print(rows[-1], flush=True)
@@ -219,21 +411,34 @@ def main() -> None:
         command += " --no-naive"
     if args.cadences != "daily,weekly":
         command += f" --cadences {args.cadences}"
+    better = "higher" if spec.greater_is_better else "lower"
     lines = [
         f"# Gated policies (gate.refit on) vs a no-gate loop: {spec.name}",
         "",
         f"Command: `{command}`",
         "",
         f"{scored} scored days ({first} .. {last}), prequential {spec.metric} "
-        f"({'higher' if spec.greater_is_better else 'lower'} is better). Promotions / "
+        f"({better} is better). Promotions / "
         "retrains after the first model; shuffled-label candidates refused by the gate / asked; "
-        "CPU s of fits, gates and decisions (the shuffled-label probe left out).",
+        "CPU s of fits, gates and decisions (the shuffled-label probe left out). "
+        f"\"vs no gate\": the gated policy's {spec.metric} minus the fair no-gate loop's at "
+        f"the same cadence, signed so that positive = the gated policy is better, with its "
+        "95% paired bootstrap interval over the scored days (blocks of 1 or 7 consecutive "
+        "days, circular; 2,000 draws).",
         "",
-        f"| policy | {spec.metric} | promotions / retrains | shuffled refused | cpu s |",
-        "|---|---|---|---|---|",
+        f"| policy | {spec.metric} | promotions / retrains | shuffled refused | cpu s | "
+        + " | ".join(f"vs no gate ({b}-day blocks)" for b in blocks)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(blocks),
     ]
-    for name, metric, promos, probe, cpu, _ in rows:
-        lines.append(f"| {name} | {metric:.4f} | {promos} | {probe} | {cpu:.1f} |")
+    for name, metric, promos, probe, cpu, versus in rows:
+        lines.append(
+            f"| {name} | {metric:.4f} | {promos} | {probe} | {cpu:.1f} | "
+            + " | ".join(versus)
+            + " |"
+        )
+    if decompositions:
+        lines += ["", "## Where the gated policies lose against the no-gate loop", *decompositions]
     if notes:
         lines += ["", "Shuffled-label candidates the gate let through:", ""]
         lines += [f"- {n}" for n in notes]

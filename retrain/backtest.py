@@ -175,8 +175,14 @@ def paired_bootstrap(
     samples: int,
     seed: int,
     greater_is_better: bool,
+    blocks: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """95% interval of the candidate's improvement over the reference (positive = better).
+
+    ``blocks`` (one id per row, e.g. its partition): each draw resamples whole blocks instead
+    of rows, so rows that share their conditions (the hours of one day) stay together and the
+    interval is not narrower than the data's independent units allow. A metric that is not a
+    mean of row losses (AUC, macro-F1) ignores it.
 
     Paired: every draw resamples the same rows for both models (the difference is computed row
     set by row set, so what the two share cancels). Vectorised: the draws are one seeded matrix
@@ -200,7 +206,20 @@ def paired_bootstrap(
         ref_rows = np.abs((y - reference) / safe)
     elif loss is not None:
         cand_rows, ref_rows = loss(y, candidate), loss(y, reference)
-    for idx in _bootstrap_indices(rng, samples, n):
+    if blocks is not None and (loss is not None or weights is not None):
+        codes = np.unique(np.asarray(blocks), return_inverse=True)[1].ravel()
+        w = np.ones(n) if weights is None else weights
+        count = np.bincount(codes, weights=w)
+        cand_sum = np.bincount(codes, weights=cand_rows * w)
+        ref_sum = np.bincount(codes, weights=ref_rows * w)
+        for idx in _bootstrap_indices(rng, samples, count.size):
+            total = count[idx].sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cand, ref = cand_sum[idx].sum(axis=1) / total, ref_sum[idx].sum(axis=1) / total
+            if metric == "rmse":
+                cand, ref = np.sqrt(cand), np.sqrt(ref)
+            parts.append(cand - ref)
+    for idx in _bootstrap_indices(rng, samples, n) if not parts else ():
         if loss is None and weights is None:  # AUC, macro-F1: not a mean of row losses
             parts.append(
                 np.array(
@@ -390,6 +409,59 @@ def significant_over_baseline(
     )
 
 
+@dataclass(frozen=True)
+class FoldEvidence:
+    """The forward fold of ``gate.undecided``: the candidate's recipe refitted on the older
+    part of its own training window (its own labels) and scored on the newest part, against
+    the trivial baseline of that older part. ``passed``: the recipe beats the baseline there
+    significantly (the lower end of the 95% paired interval above zero)."""
+
+    passed: bool
+    reason: str
+    rows: int
+    candidate: float
+    baseline: float
+    ci_low: float
+    ci_high: float
+
+
+def forward_fold_evidence(
+    metric: str,
+    task: str,
+    y_older: np.ndarray,
+    y_newest: np.ndarray,
+    pred_newest: np.ndarray,
+    samples: int,
+    seed: int,
+) -> FoldEvidence:
+    """Whether a recipe learned something that holds forward in time on its own training data:
+    fitted on ``y_older`` (the training window but its newest ``windows.holdout``), its
+    predictions ``pred_newest`` of the newest part beat the trivial baseline of the older part
+    significantly (:func:`significant_over_baseline`).
+
+    The evidence the holdout cannot give (``gate.undecided``): after an abrupt drift a model
+    trained on shuffled labels can be genuinely better than the baseline and a stale champion
+    on the holdout's rows (a random function of the features that lines up with the new
+    concept), but the labels it learned from carry no signal, so on its own window the fold's
+    fit cannot beat the baseline, except by the test's own error (2.5%).
+    """
+    y_newest = np.asarray(y_newest, dtype="float64")
+    pred_newest = np.asarray(pred_newest, dtype="float64")
+    n_classes = pred_newest.shape[1] if pred_newest.ndim == 2 else 0
+    base_pred = baseline_predictions(task, y_older, y_newest.size, metric, n_classes)
+    cand, base = score(metric, y_newest, pred_newest), score(metric, y_newest, base_pred)
+    gib = metric in GREATER_IS_BETTER
+    low, high = paired_bootstrap(metric, y_newest, pred_newest, base_pred, samples, seed, gib)
+    passed = bool(not np.isnan(low) and low > 0)
+    verdict = "beats" if passed else "does not beat"
+    reason = (
+        f"forward fold: the recipe fitted on the older part of the candidate's own training "
+        f"window {verdict} the baseline significantly on its newest {y_newest.size} rows "
+        f"({cand:.4f} vs {base:.4f}; 95% CI of the improvement {low:+.4f} to {high:+.4f})"
+    )
+    return FoldEvidence(passed, reason, int(y_newest.size), cand, base, low, high)
+
+
 def _better(a: float, b: float, greater_is_better: bool) -> bool:
     return a > b if greater_is_better else a < b
 
@@ -417,6 +489,9 @@ class GateSettings:
     # gate.significant_baseline: which candidates the baseline check asks for significance
     # ("always", "no_champion", "never"; prefer_fresh always asks it)
     significant_baseline: str = "never"
+    # gate.undecided: what a candidate the holdout cannot decide gets ("refuse": nothing, the
+    # strict rule; "forward_fold": the forward fold's evidence, see backtest)
+    undecided: str = "refuse"
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> GateSettings:
@@ -433,6 +508,7 @@ class GateSettings:
             min_slice_rows=gate.min_slice_rows,
             prefer_fresh=gate.prefer_fresh,
             significant_baseline=gate.significant_baseline,
+            undecided=gate.undecided,
         )
 
 
@@ -451,6 +527,9 @@ def backtest(
     window_bounds: Sequence[tuple[pd.Timestamp, pd.Timestamp]] = (),
     slices: Mapping[str, np.ndarray] | None = None,
     baseline_pred: np.ndarray | None = None,
+    same_recipe: bool = False,
+    forward_fold: Callable[[], FoldEvidence | None] | None = None,
+    blocks: np.ndarray | None = None,
 ) -> BacktestResult:
     """Score candidate, champion and baseline on the same holdout windows; give the verdict.
 
@@ -465,8 +544,40 @@ def backtest(
     must beat the baseline significantly: see :func:`significant_over_baseline`; so must every
     candidate with ``settings.significant_baseline = "always"`` (``gate.significant_baseline``), and
     every candidate without a champion with ``"no_champion"``.
+
+    ``settings.undecided = "forward_fold"`` (``gate.undecided``): a candidate the holdout cannot
+    decide is judged on more evidence, the forward fold (``forward_fold``, called at most once
+    and only then; the family fits it, see :func:`forward_fold_evidence`):
+
+    - a first model (no champion) that beats the baseline's point estimate but not
+      significantly passes when the fold shows its recipe beats the baseline significantly on
+      its own training data;
+    - a candidate that is a refit of the champion's recipe on moved data (``same_recipe``:
+      same family, parameters, features and window length, from scratch) that the holdout
+      does not show better (the interval reaches below ``-tolerance``) is judged for
+      non-inferiority: it is refused when it is significantly worse than the champion, by the
+      paired interval over the holdout's partitions (``blocks``: the rows of one partition
+      share its conditions), and otherwise passes as the fresher fit when the fold shows it
+      learned something. The two fits differ only by the newest cadence of data; which of
+      the two validated fits the holdout favours is mostly the luck of those fits, which does
+      not carry over to the served refits, so a tie carries no evidence for the older data;
+    - a refit of the champion's recipe below the baseline's point estimate, with the
+      champion no better (both stale on this holdout, e.g. after a concept came back), goes
+      on to the champion comparison when the fold shows it learned something.
+
+    A candidate that is not the champion's recipe is judged by the strict rule as before; so
+    is every candidate with ``"refuse"``.
     """
     metric, task, tolerance = settings.metric, settings.task, settings.tolerance
+    fold_cache: list[FoldEvidence | None] = []
+
+    def fold() -> FoldEvidence | None:
+        if settings.undecided != "forward_fold" or forward_fold is None:
+            return None
+        if not fold_cache:
+            fold_cache.append(forward_fold())
+        return fold_cache[0]
+
     max_windows_lost = settings.max_windows_lost
     max_slice_degradation = settings.max_slice_degradation
     min_slice_rows = settings.min_slice_rows
@@ -510,15 +621,43 @@ def backtest(
             settings.seed,
         )
         passed = base_passed
+        if not base_passed and champion_pred is None and _better(cand, base, gib):
+            # a first model the holdout cannot decide: the forward fold's evidence
+            evidence = fold()
+            if evidence is not None and evidence.passed:
+                passed = True
+                base_reason = (
+                    f"candidate beats the baseline ({cand:.4f} vs {base:.4f}), not "
+                    f"significantly on the holdout, and {evidence.reason}: it learned "
+                    "something (gate.undecided)"
+                )
+            elif evidence is not None:
+                base_reason += f"; nor on its own training data ({evidence.reason})"
         reasons.append(base_reason)
     elif _better(cand, base, gib):
         reasons.append(f"candidate beats the baseline ({cand:.4f} vs {base:.4f})")
     else:
-        passed = False
-        reasons.append(
-            f"candidate does not beat the trivial baseline ({cand:.4f} vs {base:.4f}): the "
-            "model learned nothing useful on this window"
+        stale = (
+            same_recipe
+            and champion_pred is not None
+            and not _better(score(metric, y, np.asarray(champion_pred, dtype="float64")), cand, gib)
         )
+        evidence = fold() if stale else None
+        if evidence is not None and evidence.passed:
+            # the champion does no better: both fits of the recipe are stale on this holdout;
+            # the champion comparison below decides, on the fold's evidence (gate.undecided)
+            reasons.append(
+                f"candidate does not beat the baseline on the holdout ({cand:.4f} vs "
+                f"{base:.4f}), nor does the champion's fit of the same recipe: both are stale "
+                f"here, and {evidence.reason}: it learned something (gate.undecided)"
+            )
+        else:
+            passed = False
+            reasons.append(
+                f"candidate does not beat the trivial baseline ({cand:.4f} vs {base:.4f}): the "
+                "model learned nothing useful on this window"
+                + (f"; {evidence.reason}" if evidence is not None else "")
+            )
 
     champ_pred = None if champion_pred is None else np.asarray(champion_pred, dtype="float64")
     leaked = champion_train_end is not None and champion_train_end > holdout_start
@@ -600,6 +739,53 @@ def backtest(
                 f"champion v{champion_version} ({cand:.4f} vs {champ:.4f}; 95% CI of the "
                 f"improvement {low:+.4f} to {high:+.4f})"
             )
+        elif same_recipe and settings.undecided == "forward_fold" and not prefer_fresh:
+            # a refit of the champion's recipe (gate.undecided): non-inferiority over the
+            # holdout's partitions, and the fold's evidence that it learned something
+            block_low, block_high = (
+                paired_bootstrap(
+                    metric,
+                    y,
+                    candidate_pred,
+                    champ_pred,
+                    settings.bootstrap_samples,
+                    settings.seed,
+                    gib,
+                    blocks=blocks,
+                )
+                if blocks is not None
+                else (low, high)
+            )
+            top = improvement if np.isnan(block_high) else block_high
+            interval = f"95% CI of the improvement over partitions {block_low:+.4f} to {top:+.4f}"
+            evidence = fold() if passed and top >= -allowed else None
+            if top < -allowed:
+                passed = False
+                reasons.append(
+                    f"candidate is worse than the champion v{champion_version} ({cand:.4f} vs "
+                    f"{champ:.4f}): a refit of its recipe, significantly worse (the whole "
+                    f"{interval} is below -{allowed:.4f}): the champion stays (gate.undecided)"
+                )
+            elif evidence is not None and evidence.passed:
+                reasons.append(
+                    f"candidate ties the champion v{champion_version} ({cand:.4f} vs "
+                    f"{champ:.4f}; {interval}) and is a refit of its recipe on newer data: "
+                    f"the fresher fit wins the tie (gate.undecided); {evidence.reason}"
+                )
+            elif evidence is not None:
+                passed = False
+                reasons.append(
+                    f"candidate ties the champion v{champion_version} ({cand:.4f} vs "
+                    f"{champ:.4f}; {interval}) as a refit of its recipe, but {evidence.reason}: "
+                    "no evidence that it learned something; the champion stays (gate.undecided)"
+                )
+            else:
+                passed = False
+                reasons.append(
+                    f"candidate ties the champion v{champion_version} ({cand:.4f} vs "
+                    f"{champ:.4f}; {interval}) as a refit of its recipe: the champion stays "
+                    "(the checks above refuse it, or the forward fold could not be built)"
+                )
         elif prefer_fresh and upper >= -allowed:
             # a tie: the fresher candidate wins it (the baseline check above asked for
             # evidence that it learned something)

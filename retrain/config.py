@@ -246,6 +246,27 @@ class GateSpec(_Strict):
     # "always" also refused real candidates that tied a champion gone stale after a drift
     # (measured: docs/fresh-and-safe.md)
     significant_baseline: Literal["always", "no_champion", "never"] = "no_champion"
+    # what the gate does with a candidate the holdout cannot decide (gate.prefer_fresh off).
+    # "forward_fold": such a candidate is judged on more evidence, the forward fold: its recipe
+    # refitted on its training window but the newest windows.holdout, with the candidate's own
+    # labels, must beat that older part's trivial baseline significantly on the newest part.
+    # Asked of (1) a first model above the baseline's point estimate but not significantly: it
+    # serves with the fold's evidence; (2) a refit of the champion's own recipe on newer data
+    # (scratch, same parameters, features and window length: only the data moved) that the
+    # holdout does not show better: it is refused only when significantly worse than the
+    # champion by the paired interval over the holdout's partitions (rows of one partition
+    # share its conditions), otherwise it wins the tie as the fresher fit with the fold's
+    # evidence (which of two such fits the holdout favours is mostly their luck, which the
+    # served refits do not share: the tie carries no evidence for the older data); (3) such a
+    # refit below the baseline's point estimate whose champion does no better (both stale):
+    # with the fold's evidence it goes on to the champion comparison. A model trained on
+    # shuffled labels can tie a stale champion and beat the baseline on the holdout after an
+    # abrupt drift; its own labels carry no signal, so its fold fails. Cost: one more fit (of
+    # the window but the holdout) per candidate that reaches the fold; LightGBM in process
+    # only (the ALS family and compute.engine = "dask" judge as "refuse"). "refuse": the
+    # strict rule before: such candidates are refused (the champion stays or the baseline
+    # serves). Measured: docs/fresh-and-safe.md
+    undecided: Literal["forward_fold", "refuse"] = "forward_fold"
     # the baseline is a model: when the candidate loses to the trivial baseline and the
     # baseline also passes this gate against the champion on the same holdout (or there is no
     # champion), a fresh baseline (fitted on the data up to the as-of with refit) is registered

@@ -114,6 +114,9 @@ def spec_dict(source_path: Path, state_dir: Path, **overrides: Any) -> dict[str,
             # baseline's point estimate (tiny holdouts); the rule is pinned in
             # tests/retrain/test_equal_staleness.py
             "significant_baseline": "never",
+            # the suites written before gate.undecided refuse a tie and a first model without
+            # significance as before; the rule is pinned in tests/retrain/test_undecided.py
+            "undecided": "refuse",
             "infra_validation": "never",
         },
         "lightgbm": {"num_boost_round": 20, "params": {"num_leaves": 15}},

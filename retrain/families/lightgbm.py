@@ -20,7 +20,14 @@ import numpy as np
 import pandas as pd
 
 from retrain import servable
-from retrain.backtest import GateSettings, backtest, baseline_predictions, score
+from retrain.backtest import (
+    FoldEvidence,
+    GateSettings,
+    backtest,
+    baseline_predictions,
+    forward_fold_evidence,
+    score,
+)
 from retrain.config import ModelSpec
 from retrain.errors import BacktestError, DataError, NoTreesAddedError, TrainingError
 from retrain.families.baseline import BaselineModel, baseline_verdict, is_baseline
@@ -35,6 +42,8 @@ from retrain.families.spine import (
     champion_comparison,
     evidence_tables,
     increment_window,
+    partition_ids,
+    same_recipe,
     serving_prepared,
     source_rows,
     split_windows,
@@ -190,6 +199,37 @@ def _score_both(
     return model.predict(X), None if champion is None else champion.predict(X)
 
 
+def forward_fold(spec: ModelSpec, trained: Trained) -> FoldEvidence | None:
+    """The forward fold of ``gate.undecided`` for a scratch candidate: its recipe fitted on its
+    training window but the newest ``windows.holdout`` (with the candidate's own labels,
+    ``trained.y_train``), scored on that newest part against the older part's trivial
+    baseline (:func:`retrain.backtest.forward_fold_evidence`). None when it cannot be built: an
+    increment, the dask engine (the rows are not collected in process), labels that do not
+    line up with the window's rows, or a part without rows."""
+    if trained.plan.strategy != "scratch" or spec.compute.engine == "dask":
+        return None
+    frame = FeatureCache(spec.state.features, spec).load(trained.window.partitions)
+    y = np.asarray(trained.y_train, dtype="float64")
+    if len(frame) != y.size:
+        return None
+    cut = trained.window.end - spec.windows.holdout_delta
+    older = (pd.to_datetime(frame[TS]) < cut).to_numpy()
+    if older.all() or not older.any():
+        return None
+    X = frame[list(spec.features.columns)]
+    model = make_trainer(spec).fit(X[older], y[older])
+    gate = spec.gate
+    return forward_fold_evidence(
+        spec.metric,
+        spec.task,
+        y[older],
+        y[~older],
+        model.predict(X[~older]),
+        gate.bootstrap_samples,
+        spec.seed,
+    )
+
+
 def evaluate(
     spec: ModelSpec, trained: Trained, holdout: Window, champion: Champion | None
 ) -> Evaluated:
@@ -221,7 +261,14 @@ def evaluate(
         window_bounds=bounds,
         slices={col: frame[col].to_numpy() for col in gate.slices},
     )
-    result = backtest(settings, candidate_pred=candidate, **judged)
+    result = backtest(
+        settings,
+        candidate_pred=candidate,
+        same_recipe=same_recipe(trained, comparison, champion),
+        forward_fold=lambda: forward_fold(spec, trained),
+        blocks=partition_ids(holdout, frame[TS]),
+        **judged,
+    )
     baseline = baseline_predictions(
         spec.task, trained.y_train, len(y), spec.metric, len(spec.class_labels)
     )

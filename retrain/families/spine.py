@@ -480,3 +480,51 @@ def judged_holdout(
         f"champion v{champion.version}'s training end, unseen by both models"
     )
     return replace(holdout, start=champion.train_end), note
+
+
+def same_recipe(trained: Trained, comparison: Comparison, champion: Champion | None) -> bool:
+    """Whether the candidate is a refit of the champion's own recipe with only the data moved
+    (``gate.undecided``): both from scratch, with the same parameters (the trainers'
+    ``non_default_params``: family, task, boosting rounds, seed, strategy, ...), the same
+    features in the same order and a training window of the same length. The counterpart is
+    the champion's fit the gate judges (``comparison.model``: its validated fit or the served
+    one). A trivial baseline champion, an increment (warm, refit, fold-in) or a champion whose
+    window is unknown is not the same recipe.
+
+    >>> class M:
+    ...     def __init__(self, rounds): self.rounds, self.feature_names_ = rounds, ["a"]
+    ...     def non_default_params(self): return {"num_boost_round": self.rounds}
+    >>> day = pd.Timedelta(days=1)
+    >>> w = Window("train", pd.Timestamp("2024-01-02"), pd.Timestamp("2024-03-02"), (), "v")
+    >>> cand = Trained(M(50), w, 1, {}, TrainingPlan("scratch", "", None, 0), (), np.empty(0))
+    >>> tags = {"retrain.window_start": "2024-01-01", "retrain.window_end": "2024-03-01"}
+    >>> champ = Champion("3", M(50), pd.Timestamp("2024-03-01"), (), tags)
+    >>> same_recipe(cand, Comparison(w, "served", champ.model), champ)
+    True
+    >>> same_recipe(cand, Comparison(w, "served", M(200)), champ)
+    False
+    """
+    versus = comparison.model
+    if champion is None or versus is None or trained.plan.strategy != "scratch":
+        return False
+    if getattr(versus, "is_baseline", False) or getattr(trained.model, "is_baseline", False):
+        return False
+    lineage = champion.lineage
+    start, end = lineage.window_start, lineage.window_end
+    if start is None or end is None:
+        return False
+    if end - start != trained.window.end - trained.window.start:
+        return False
+    params = [getattr(m, "non_default_params", None) for m in (trained.model, versus)]
+    if params[0] is None or params[1] is None or params[0]() != params[1]():
+        return False
+    features = [getattr(m, "feature_names_", None) for m in (trained.model, versus)]
+    return bool(features[0] == features[1])
+
+
+def partition_ids(window: Window, timestamps: pd.Series) -> np.ndarray:
+    """Each row's partition in ``window`` (its index among the partitions that start at or
+    before the row): the blocks of the gate's partition bootstrap."""
+    starts = np.array([p.start for p in window.partitions], dtype="datetime64[ns]")
+    times = pd.to_datetime(timestamps).to_numpy(dtype="datetime64[ns]")
+    return np.searchsorted(starts, times, side="right")

@@ -1,0 +1,334 @@
+"""gate.undecided: a candidate the holdout cannot decide (a first model above the baseline but
+not significantly; a refit of the champion's recipe that the holdout favours but not
+significantly, or that loses to the baseline like the champion) is judged on the forward fold,
+its recipe refitted on the older part of its own training window with its own labels; shuffled
+labels fail it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from retrain.backtest import (
+    FoldEvidence,
+    GateSettings,
+    backtest,
+    forward_fold_evidence,
+    paired_bootstrap,
+)
+from retrain.config import GateSpec, parse_spec
+from retrain.errors import SpecError
+from retrain.families.lightgbm import evaluate, fit, forward_fold
+from retrain.families.spine import Champion, Comparison, prepare, same_recipe
+from retrain.stateful import TrainingPlan, scratch
+from tests.conftest import spec_dict
+
+T = pd.Timestamp("2024-01-01")
+AS_OF = pd.Timestamp("2011-04-29")  # bike: 21-day training window, 7-day holdout
+
+
+class Fold:
+    """A stand-in for the family's forward fold: its verdict, and how often it was fitted."""
+
+    def __init__(self, passed: bool) -> None:
+        self.passed = passed
+        self.calls = 0
+
+    def __call__(self) -> FoldEvidence:
+        self.calls += 1
+        verdict = "beats" if self.passed else "does not beat"
+        return FoldEvidence(self.passed, f"forward fold: {verdict}", 100, 0.8, 0.5, 0.1, 0.2)
+
+
+def settings(undecided: str = "forward_fold", **kwargs) -> GateSettings:
+    return GateSettings(
+        metric="mae",
+        task="regression",
+        bootstrap_samples=500,
+        significant_baseline="no_champion",
+        undecided=undecided,
+        **kwargs,
+    )
+
+
+def tie(seed: int = 0, shift: float = 0.2):
+    """A holdout on which the candidate's MAE is the champion's minus ``shift`` (its point
+    estimate better for a positive shift), far too little for the interval to show it, and
+    both far better than the training mean (the baseline)."""
+    rng = np.random.default_rng(seed)
+    y = rng.uniform(0, 100, 300)
+    champion = y + rng.normal(0, 5, 300)
+    errors = rng.normal(0, 5, 300)  # independent of the champion's: a wide paired interval
+    target = np.mean(np.abs(champion - y)) - shift
+    candidate = y + errors * target / np.mean(np.abs(errors))
+    return dict(
+        y_holdout=y,
+        candidate_pred=candidate,
+        y_train=np.full(50, 50.0),
+        holdout_start=T,
+        holdout_end=T,
+        champion_pred=champion,
+        champion_version="3",
+    )
+
+
+def test_the_default_judges_undecided_candidates_on_the_forward_fold(tmp_path: Path):
+    assert GateSpec().undecided == "forward_fold"
+    for mode in ("forward_fold", "refuse"):
+        spec = parse_spec(spec_dict(tmp_path, tmp_path / "s", **{"gate.undecided": mode}))
+        assert GateSettings.from_spec(spec).undecided == mode
+    with pytest.raises(SpecError, match="undecided"):
+        parse_spec(spec_dict(tmp_path, tmp_path / "s", **{"gate.undecided": "toss"}))
+
+
+def test_a_refit_of_the_champions_recipe_that_the_holdout_favours_wins_the_tie_on_the_fold():
+    held = tie()
+    fold = Fold(True)
+    result = backtest(settings(), same_recipe=True, forward_fold=fold, **held)
+    assert result.improvement > 0 and result.ci_low < 0  # the holdout favours it, not significantly
+    assert result.passed
+    assert "the fresher fit wins the tie (gate.undecided)" in result.reasons[-1]
+    assert fold.calls == 1
+    # the strict rule before: the champion stays
+    strict = backtest(settings("refuse"), same_recipe=True, forward_fold=fold, **held)
+    assert not strict.passed
+    assert "may be worse than the champion" in strict.reasons[-1]
+    assert fold.calls == 1  # "refuse" fits no fold
+
+
+def test_a_tie_whose_fold_fails_keeps_the_champion():
+    result = backtest(settings(), same_recipe=True, forward_fold=Fold(False), **tie())
+    assert not result.passed
+    assert "the champion stays (gate.undecided)" in result.reasons[-1]
+    assert "no evidence that it learned something" in result.reasons[-1]
+
+
+def test_a_tie_with_another_recipe_keeps_the_champion_and_fits_no_fold():
+    fold = Fold(True)
+    result = backtest(settings(), same_recipe=False, forward_fold=fold, **tie())
+    assert not result.passed
+    assert fold.calls == 0
+
+
+def test_a_refit_slightly_worse_by_its_point_estimate_still_wins_the_tie_on_the_fold():
+    # non-inferiority: which validated fit the holdout favours is mostly their luck, which
+    # the served refits do not share
+    held = tie(shift=-0.2)
+    result = backtest(settings(), same_recipe=True, forward_fold=Fold(True), **held)
+    assert result.improvement < 0 < result.ci_high
+    assert result.passed
+    assert "the fresher fit wins the tie (gate.undecided)" in result.reasons[-1]
+    # another recipe is refused for it, as before
+    other = backtest(settings(), same_recipe=False, forward_fold=Fold(True), **held)
+    assert not other.passed
+    assert "is worse than the champion" in other.reasons[-1]
+
+
+def test_a_refit_significantly_worse_over_the_partitions_is_refused_and_fits_no_fold():
+    held = tie(shift=-2.0)
+    fold = Fold(True)
+    result = backtest(
+        settings(), same_recipe=True, forward_fold=fold, blocks=np.arange(300) // 10, **held
+    )
+    assert not result.passed
+    assert "significantly worse" in result.reasons[-1]
+    assert fold.calls == 0
+
+
+def test_the_partition_interval_keeps_the_rows_of_a_partition_together():
+    """Rows of one partition that share an error (one day's weather) are one piece of
+    evidence, not many: resampled by partition, the interval holds zero; by row it does not."""
+    rng = np.random.default_rng(5)
+    days = np.repeat(np.arange(14), 24)
+    y = rng.uniform(0, 100, days.size)
+    champion = y + rng.normal(0, 1, days.size)
+    # the candidate's error: a little better on most days, much worse on a few, the same
+    # for every hour of a day
+    shift = np.where(rng.random(14) < 0.7, -0.5, 1.5)[days]
+    candidate = champion + np.sign(champion - y) * shift
+    rows = paired_bootstrap("mae", y, candidate, champion, 1000, 0, False)
+    by_day = paired_bootstrap("mae", y, candidate, champion, 1000, 0, False, blocks=days)
+    assert by_day[0] < rows[0] and by_day[1] > rows[1]  # wider
+    assert not rows[0] <= 0 <= rows[1]
+    assert by_day[0] <= 0 <= by_day[1]
+
+
+def test_a_tie_that_loses_more_windows_than_allowed_is_still_refused():
+    held = tie()
+    windows = np.arange(300) % 2
+    bounds = [(T, T), (T, T)]
+    held["candidate_pred"] = held["candidate_pred"].copy()
+    held["candidate_pred"][windows == 1] = held["champion_pred"][windows == 1] + 3.0
+    result = backtest(
+        settings(max_windows_lost=0),
+        same_recipe=True,
+        forward_fold=Fold(True),
+        window_ids=windows,
+        window_bounds=bounds,
+        **held,
+    )
+    assert not result.passed
+    assert any("backtest windows to the champion" in r for r in result.reasons)
+
+
+def first_model(seed: int, right: float):
+    """A binary holdout, a candidate right on ``right`` of the rows (against a balanced label's
+    majority class at about half), and no champion."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(400) < 0.5).astype(float)
+    pred = np.where(rng.random(400) < right, y, 1 - y)
+    return dict(y_holdout=y, candidate_pred=pred, y_train=y[:200], holdout_start=T, holdout_end=T)
+
+
+def binary(undecided: str = "forward_fold") -> GateSettings:
+    return replace(settings(undecided), metric="accuracy", task="binary")
+
+
+def test_a_first_model_not_significant_over_the_baseline_serves_on_the_folds_evidence():
+    held = first_model(3, 0.53)
+    refused = backtest(binary(), forward_fold=Fold(False), **held)
+    assert refused.candidate > refused.baseline
+    assert not refused.passed
+    assert "does not beat the trivial baseline significantly" in refused.reasons[0]
+    assert "nor on its own training data" in refused.reasons[0]
+    passed = backtest(binary(), forward_fold=Fold(True), **held)
+    assert passed.passed
+    assert "it learned something (gate.undecided)" in passed.reasons[0]
+    assert not backtest(binary("refuse"), forward_fold=Fold(True), **held).passed
+
+
+def test_a_first_model_below_the_baseline_or_significant_over_it_fits_no_fold():
+    below, significant = Fold(True), Fold(True)
+    assert not backtest(binary(), forward_fold=below, **first_model(3, 0.40)).passed
+    assert backtest(binary(), forward_fold=significant, **first_model(3, 0.80)).passed
+    assert below.calls == significant.calls == 0
+
+
+def stale_pair():
+    """A holdout on which a concept came back: the training mean (the baseline) is right, the
+    champion and the candidate (two fits of the same recipe) are both off, the candidate a
+    little less."""
+    held = tie()
+    y = held["y_holdout"]
+    held["y_train"] = np.full(50, float(np.mean(y)))
+    held["champion_pred"] = y + 60 + np.random.default_rng(1).normal(0, 5, y.size)
+    held["candidate_pred"] = y + 59.5 + np.random.default_rng(2).normal(0, 5, y.size)
+    return held
+
+
+def test_a_refit_that_loses_to_the_baseline_like_its_champion_is_judged_against_the_champion():
+    held = stale_pair()
+    fold = Fold(True)
+    result = backtest(settings(), same_recipe=True, forward_fold=fold, **held)
+    assert result.baseline < result.candidate < result.champion  # mae: lower is better
+    assert result.passed
+    assert "both are stale here" in result.reasons[0]
+    assert fold.calls == 1  # fitted once for the baseline check and the tie
+    for refused in (
+        backtest(settings(), same_recipe=True, forward_fold=Fold(False), **held),
+        backtest(settings(), same_recipe=False, forward_fold=Fold(True), **held),
+        backtest(settings("refuse"), same_recipe=True, forward_fold=Fold(True), **held),
+    ):
+        assert not refused.passed
+        assert "does not beat the trivial baseline" in refused.reasons[0]
+
+
+def test_the_fold_passes_labels_that_carry_signal_and_refuses_shuffled_ones():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=600)
+    y = (x + rng.normal(0, 0.5, 600) > 0).astype(float)
+    learned = (x > 0).astype(float)  # what a model fitted on the older rows would say
+    good = forward_fold_evidence("accuracy", "binary", y[:400], y[400:], learned[400:], 500, 0)
+    assert good.passed and good.ci_low > 0 and good.rows == 200
+    refused = 0
+    for seed in range(12):
+        shuffled = np.random.default_rng(seed).permutation(y)
+        # any function of the features is at chance on labels that carry no signal
+        bad = forward_fold_evidence(
+            "accuracy", "binary", shuffled[:400], shuffled[400:], learned[400:], 500, 0
+        )
+        refused += not bad.passed
+    assert refused == 12
+
+
+@pytest.fixture
+def bike(tmp_path: Path, bike_dir: Path):
+    spec = parse_spec(spec_dict(bike_dir, tmp_path / "state", **{"gate.undecided": "forward_fold"}))
+    return spec, prepare(spec, AS_OF)
+
+
+def test_the_lightgbm_fold_learns_from_the_candidates_own_labels(bike):
+    spec, prepared = bike
+    trained = fit(spec, prepared, scratch("candidate"))
+    evidence = forward_fold(spec, trained)
+    assert evidence is not None and evidence.passed
+    assert evidence.rows == 7 * 24  # the newest windows.holdout of the training window
+    refused = 0
+    for seed in range(6):
+        shuffled = np.random.default_rng(seed).permutation(trained.y_train)
+        bad = forward_fold(spec, replace(trained, y_train=shuffled))
+        assert bad is not None
+        refused += not bad.passed
+    assert refused == 6
+    # an increment has no fold of its own
+    warm = replace(trained, plan=TrainingPlan("warm", "increment", "1", 1))
+    assert forward_fold(spec, warm) is None
+
+
+def champion_of(trained, model=None) -> Champion:
+    return Champion(
+        "1",
+        model if model is not None else trained.model,
+        trained.window.end,
+        trained.data_versions,
+        {
+            "retrain.window_start": str(trained.window.start),
+            "retrain.window_end": str(trained.window.end),
+        },
+    )
+
+
+def test_a_refit_of_the_same_recipe_is_recognised_and_another_recipe_is_not(bike, tmp_path):
+    spec, prepared = bike
+    earlier = prepare(spec, AS_OF - pd.Timedelta(days=1))
+    old = fit(spec, earlier, scratch("champion"))
+    new = fit(spec, prepared, scratch("candidate"))
+    champ = champion_of(old)
+    served = Comparison(prepared.holdout, "served", champ.model)
+    assert same_recipe(new, served, champ)
+    # other parameters, another window length, an increment, a baseline champion: not the same
+    other = spec.model_copy(
+        update={"lightgbm": spec.lightgbm.model_copy(update={"num_boost_round": 7})}
+    )
+    rounds = fit(other, earlier, scratch("champion"))
+    assert not same_recipe(new, replace(served, model=rounds.model), champion_of(rounds))
+    shorter = replace(champ, tags={**champ.tags, "retrain.window_start": str(AS_OF)})
+    assert not same_recipe(new, served, shorter)
+    warm = replace(new, plan=TrainingPlan("warm", "increment", "1", 1))
+    assert not same_recipe(warm, served, champ)
+    assert not same_recipe(new, Comparison(prepared.holdout, "none"), None)
+
+
+def test_the_lightgbm_gate_asks_the_fold_only_of_an_undecided_candidate(bike, monkeypatch):
+    spec, prepared = bike
+    candidate = fit(spec, prepared, scratch("candidate"))
+    calls: list[int] = []
+
+    import retrain.families.lightgbm as family
+
+    real = family.forward_fold
+
+    def counted(spec, trained):
+        calls.append(1)
+        return real(spec, trained)
+
+    monkeypatch.setattr(family, "forward_fold", counted)
+    # the candidate as its own champion: the same recipe, an exact tie (interval 0 to 0), which
+    # the strict rule already passes within tolerance: no fold
+    result = evaluate(spec, candidate, prepared.holdout, champion_of(candidate)).result
+    assert result.passed and result.improvement == 0
+    assert calls == []
