@@ -249,3 +249,27 @@ def test_a_refit_increment_learns_from_the_new_partitions_only(tmp_path, bike_di
 
     assert [p.start for p in trained.window.partitions] == [pd.Timestamp("2011-04-15")]
     assert trained.model.booster_.num_trees() == champion.model.booster_.num_trees()
+
+
+def test_the_dask_engine_is_handed_the_same_window_and_rounds_as_a_local_fit(
+    bike_spec, monkeypatch
+):
+    import retrain.compute
+
+    champion, later, plan = _champion_and_a_one_day_increment(bike_spec)
+    local = fit(bike_spec, later, plan, champion)
+    handed = {}
+
+    def fake_fit_on_dask(spec, window, trainer, client=None):
+        handed.update(window=window, rounds=trainer.num_boost_round)
+        return local.model, local.y_train
+
+    monkeypatch.setattr(retrain.compute, "fit_on_dask", fake_fit_on_dask)
+    on_dask = bike_spec.model_copy(
+        update={"compute": bike_spec.compute.model_copy(update={"engine": "dask"})}
+    )
+
+    fit(on_dask, later, plan, champion)
+
+    assert handed["window"] == local.window
+    assert handed["rounds"] == local.model.num_boost_round
