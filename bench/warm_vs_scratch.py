@@ -33,6 +33,7 @@ machine and read the ratios, which are measured in the same run.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ import pandas as pd
 from retrain.backtest import score
 from retrain.config import StatefulSpec
 from retrain.errors import TrainingError
+from retrain.stateful import increment_rounds
 from retrain.trainers import LightGBMTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +100,7 @@ class Stream:
     label: str
 
     def rows_upto(self, day: int) -> int:
-        return sum(len(d) for d in self.days[: day + 1])
+        return sum(len(d) for d in self.days[: day + 1]) if day >= 0 else 0
 
     def xy(self, first: int, last: int) -> tuple[pd.DataFrame, np.ndarray]:
         """Features and label of days first..last (inclusive)."""
@@ -120,6 +122,27 @@ def trainer(
         strategy=strategy,
         init_model=init,
     )
+
+
+def increment(
+    stream: Stream, stateful: StatefulSpec, strategy: str, first: int, last: int
+) -> tuple[pd.DataFrame, np.ndarray, int]:
+    """What an increment of days first..last fits on, as the product's warm start does
+    (``retrain.families.lightgbm.warm_increment``): its rows with the newest earlier days
+    replayed in front (``stateful.replay`` times its rows; the bench's training window is
+    the whole history), and the rounds for its share of the history
+    (``retrain.stateful.increment_rounds``). Refit: the increment's rows only."""
+    X, y = stream.xy(first, last)
+    new_rows = len(y)
+    if strategy != "warm":
+        return X, y, stateful.increment_rounds
+    rounds = increment_rounds(stateful, SCRATCH_ROUNDS, new_rows, stream.rows_upto(last))
+    wanted, start = math.ceil(stateful.replay * new_rows), first
+    while start > 0 and stream.rows_upto(first - 1) - stream.rows_upto(start - 1) < wanted:
+        start -= 1
+    if start < first:
+        X, y = stream.xy(start, last)
+    return X, y, rounds
 
 
 def timed_fit(
@@ -181,7 +204,7 @@ def row_of(
 
 
 def lineage_replay(
-    stream: Stream, first: int, horizon: int, cadence: int, every: int, rounds: int
+    stream: Stream, first: int, horizon: int, cadence: int, every: int, stateful: StatefulSpec
 ) -> list[Row]:
     """The stateful mode day by day: a run every ``cadence`` days, a scratch retrain every
     ``every`` runs; a scratch retrain on the whole history at every cutoff too.
@@ -208,7 +231,7 @@ def lineage_replay(
         since += 1
         for strategy in ("warm", "refit"):
             init = lineage[strategy]
-            Xi, yi = stream.xy(cutoff[strategy] + 1, day)
+            Xi, yi, rounds = increment(stream, stateful, strategy, cutoff[strategy] + 1, day)
             model, w, c, note = timed_fit(
                 trainer(stream.categorical, strategy, init, rounds), Xi, yi
             )
@@ -223,7 +246,11 @@ def lineage_replay(
 
 
 def checkpoint_replay(
-    stream: Stream, checkpoints: list[int], every: int, rounds: int, progress: bool = False
+    stream: Stream,
+    checkpoints: list[int],
+    every: int,
+    stateful: StatefulSpec,
+    progress: bool = False,
 ) -> list[Row]:
     """At each checkpoint c: a chain of ``every`` daily increments from a scratch champion on
     the days up to c - every, one increment from a scratch champion on the days up to c - 1,
@@ -244,7 +271,7 @@ def checkpoint_replay(
                 model: LightGBMTrainer | None = champion
                 for j in range(1, length + 1):
                     day = c - length + j
-                    Xi, yi = stream.xy(day, day)
+                    Xi, yi, rounds = increment(stream, stateful, strategy, day, day)
                     assert model is not None
                     model, w, cpu, note = timed_fit(
                         trainer(stream.categorical, strategy, model, rounds), Xi, yi
@@ -301,6 +328,22 @@ def synthetic_days(n_days: int, rows_per_day: int, seed: int = 0) -> list[pd.Dat
         frame["y"] = y.astype("float32")
         out.append(frame)
     return out
+
+
+def warm_words(stateful: StatefulSpec) -> str:
+    if not stateful.scale_rounds:
+        rounds = f"{stateful.increment_rounds} new trees"
+    else:
+        rounds = (
+            f"new trees for the increment's share of the history ({SCRATCH_ROUNDS} x its "
+            f"share, at least 1, at most {stateful.increment_rounds})"
+        )
+    replay = (
+        f" on its rows and {stateful.replay:g} times as many replayed from the days before"
+        if stateful.replay
+        else " on the increment's rows"
+    )
+    return rounds + replay
 
 
 def gap(a: float, b: float) -> str:
@@ -406,6 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--rows-per-day", type=int, default=100_000)
     parser.add_argument("--increment-rounds", type=int, default=DEFAULTS.increment_rounds)
+    parser.add_argument(
+        "--no-scale-rounds",
+        action="store_true",
+        help="every warm increment adds --increment-rounds (stateful.scale_rounds = false)",
+    )
+    parser.add_argument("--replay", type=float, default=DEFAULTS.replay)
     parser.add_argument("--scratch-every", type=int, default=DEFAULTS.scratch_every)
     parser.add_argument(
         "--checkpoints",
@@ -419,6 +468,12 @@ def main(argv: list[str] | None = None) -> int:
         args.days, args.rows_per_day = 40, 5_000
     args.out.mkdir(parents=True, exist_ok=True)
     every, rounds = args.scratch_every, args.increment_rounds
+    stateful = StatefulSpec(
+        increment_rounds=rounds,
+        scratch_every=every,
+        scale_rounds=not args.no_scale_rounds,
+        replay=args.replay,
+    )
     started = time.perf_counter()
 
     bike_all = bike_days()
@@ -431,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows: list[Row] = []
     for cadence in (1, 7):
-        rows += lineage_replay(bike, BIKE_FIRST_DAYS, BIKE_HORIZON, cadence, every, rounds)
+        rows += lineage_replay(bike, BIKE_FIRST_DAYS, BIKE_HORIZON, cadence, every, stateful)
     bike_s = time.perf_counter() - started
     print(f"bike replay done in {bike_s:.0f} s", flush=True)
 
@@ -444,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     wanted = [int(d) for d in args.checkpoints.split(",") if d.strip()]
     checkpoints = sorted({d for d in wanted if every <= d < args.days - 2} | {args.days - 2})
-    rows += checkpoint_replay(synth, checkpoints, every, rounds, progress=True)
+    rows += checkpoint_replay(synth, checkpoints, every, stateful, progress=True)
     elapsed = time.perf_counter() - started
 
     frame = pd.DataFrame([asdict(r) for r in rows])
@@ -465,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
             f"Command: `python bench/warm_vs_scratch.py {' '.join(argv or sys.argv[1:])}` "
             f"({elapsed / 60:.1f} min on this machine, Bike Sharing part {bike_s / 60:.1f} min). "
             f"Every fit uses num_threads=2; scratch = {SCRATCH_ROUNDS} rounds on the whole "
-            f"history; warm = {rounds} new trees on the increment's rows, continuing the "
+            f"history; warm = {warm_words(stateful)}, continuing the "
             "previous increment; refit = the previous model's trees, leaf values refitted on "
             f"the increment's rows; the lineage retrains from scratch every {every} increments "
             "(`[stateful]` defaults). Times are the wall seconds of `fit`.",

@@ -152,7 +152,7 @@ def _simulate(
     if model_spec.family == "lightgbm":
         notes.append(
             f"boosting rounds: {model_spec.lightgbm.num_boost_round} per scratch model, "
-            f"{model_spec.stateful.increment_rounds} per warm increment; {gate}"
+            f"{model_spec.stateful.warm_words()} per warm increment; {gate}"
         )
     else:
         als = model_spec.als

@@ -406,8 +406,36 @@ class StatefulSpec(_Strict):
     # warm: continue boosting from the champion on the new partitions; refit: same trees, new
     # leaf values (cheaper)
     strategy: Literal["warm", "refit"] = "warm"
-    # boosting rounds added by one warm increment
+    # the most boosting rounds one warm increment adds. An increment adds
+    # lightgbm.num_boost_round scaled by its share of the training window's rows (rounded up,
+    # at least one): a day of a 90-day window adds about a ninetieth of a scratch model's
+    # rounds, an increment of a whole window all of them, up to this cap; so a small increment
+    # cannot boost its few rows' residuals for many rounds (retrain.stateful.increment_rounds)
     increment_rounds: int = Field(default=50, ge=1)
+    # false: every warm increment adds increment_rounds whatever its size
+    scale_rounds: bool = True
+    # the trees a warm increment adds also learn from the champion's newest training rows,
+    # this many times the increment's rows (whole partitions, newest first, inside the
+    # training window), so one small increment's residuals cannot dominate them and an
+    # increment smaller than two leaves (2 x min_data_in_leaf) still splits. The version's
+    # window and data version hold the replayed partitions too. 0: the increment's rows only
+    replay: float = Field(default=3.0, ge=0.0)
+
+    def warm_words(self) -> str:
+        """A warm increment's rounds and replay, in words (the simulator's notes).
+
+        >>> StatefulSpec().warm_words()
+        "the scratch rounds x the increment's share of the training window (1 to 50), with 3 \
+times its rows replayed"
+        """
+        rounds = (
+            f"the scratch rounds x the increment's share of the training window (1 to "
+            f"{self.increment_rounds})"
+            if self.scale_rounds
+            else f"{self.increment_rounds} rounds"
+        )
+        return rounds + (f", with {self.replay:g} times its rows replayed" if self.replay else "")
+
     # a full retrain from scratch after this many warm/refit increments in a row
     scratch_every: int = Field(default=7, ge=1)
     # also train from scratch and keep whichever backtests better (costs a scratch fit)

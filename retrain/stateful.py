@@ -14,6 +14,7 @@ parent_version='4', increments=3)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -101,6 +102,33 @@ def plan_training(
         champion.version,
         increments,
     )
+
+
+def increment_rounds(
+    stateful: StatefulSpec, full_rounds: int, new_rows: int, window_rows: int
+) -> int:
+    """The boosting rounds a warm increment of ``new_rows`` adds: ``full_rounds`` (a scratch
+    model's, ``lightgbm.num_boost_round``) scaled by the increment's share of the training
+    window's ``window_rows``, rounded up, between one and ``stateful.increment_rounds``
+    (``stateful.scale_rounds = false``: always ``increment_rounds``).
+
+    A scratch model spends ``full_rounds`` on a window; rows that are a ninetieth of it get a
+    ninetieth of that effort, so over a window's worth of increments a lineage adds about one
+    scratch model's trees, and a day's few rows are not boosted until their noise is fitted.
+
+    >>> spec = StatefulSpec(increment_rounds=50)
+    >>> increment_rounds(spec, 300, 24, 2160), increment_rounds(spec, 300, 168, 2160)
+    (4, 24)
+    >>> increment_rounds(spec, 300, 2160, 2160), increment_rounds(spec, 300, 1, 10**9)
+    (50, 1)
+    >>> increment_rounds(StatefulSpec(scale_rounds=False), 300, 24, 2160)
+    50
+    """
+    cap = stateful.increment_rounds
+    if not stateful.scale_rounds:
+        return cap
+    share = new_rows / max(window_rows, 1)
+    return max(1, min(cap, math.ceil(full_rounds * share - 1e-9)))
 
 
 def skip_reason(

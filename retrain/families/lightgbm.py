@@ -11,6 +11,8 @@ trivial baseline on the same holdout rows.
 from __future__ import annotations
 
 import logging
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -47,12 +49,19 @@ from retrain.families.spine import (
     serving_prepared,
     source_rows,
     split_windows,
+    with_replay,
 )
 from retrain.features import FeatureCache, Window, make_window
 from retrain.freshness import last_row
 from retrain.ingest import TS, ingest
 from retrain.promotion import baseline_asked
-from retrain.stateful import STATEFUL_MODES, TrainingPlan, plan_training, scratch
+from retrain.stateful import (
+    STATEFUL_MODES,
+    TrainingPlan,
+    increment_rounds,
+    plan_training,
+    scratch,
+)
 from retrain.trainers import LightGBMTrainer
 
 logger = logging.getLogger(__name__)
@@ -80,8 +89,13 @@ def label_stats(task: str, y: np.ndarray, classes: Sequence[str] = ()) -> dict[s
 
 
 def make_trainer(
-    spec: ModelSpec, plan: TrainingPlan | None = None, init_model: Any = None
+    spec: ModelSpec,
+    plan: TrainingPlan | None = None,
+    init_model: Any = None,
+    rounds: int | None = None,
 ) -> LightGBMTrainer:
+    """The trainer a plan asks for; ``rounds``: a warm increment's boosting rounds
+    (:func:`retrain.stateful.increment_rounds`; None: ``stateful.increment_rounds``)."""
     strategy = plan.strategy if plan is not None else "scratch"
     return LightGBMTrainer(
         task=spec.task,
@@ -89,7 +103,7 @@ def make_trainer(
         num_boost_round=(
             spec.lightgbm.num_boost_round
             if strategy == "scratch"
-            else spec.stateful.increment_rounds
+            else rounds or spec.stateful.increment_rounds
         ),
         categorical=spec.features.categorical,
         random_state=spec.seed,
@@ -98,6 +112,30 @@ def make_trainer(
         refit_decay_rate=spec.stateful.refit_decay_rate,
         classes=spec.classes or (),
     )
+
+
+# what fit() adds to a warm plan's reason (the served refit of a validated plan says its own)
+HOW = re.compile(r": \d+ round\(s\) on [^;]*")
+
+
+def warm_increment(
+    spec: ModelSpec, prepared: Prepared, increment: Window, since: pd.Timestamp
+) -> tuple[Window, int, str]:
+    """What a warm increment learns from and for how long: the increment's partitions with the
+    champion's newest ones replayed in front (``stateful.replay`` times the increment's rows:
+    :func:`retrain.families.spine.with_replay`), the boosting rounds for the increment's share
+    of the training window (:func:`retrain.stateful.increment_rounds`), and both in words."""
+    new_rows, window_rows = increment.rows, prepared.train.rows
+    rounds = increment_rounds(spec.stateful, spec.lightgbm.num_boost_round, new_rows, window_rows)
+    wanted = math.ceil(spec.stateful.replay * new_rows)
+    window = with_replay(spec, prepared, increment, since, wanted)
+    replayed = window.rows - new_rows
+    how = f"{rounds} round(s) on {new_rows} new row(s)"
+    if spec.stateful.scale_rounds:
+        how += f" ({new_rows / max(window_rows, 1):.1%} of the training window's {window_rows})"
+    if replayed:
+        how += f" and {replayed} replayed row(s) of the champion's newest partitions"
+    return window, rounds, how
 
 
 def fit(
@@ -109,6 +147,7 @@ def fit(
     """Train the candidate the plan asks for (features read from the cache)."""
     plan = plan or scratch("from scratch")
     lineage: tuple[str, ...]
+    rounds: int | None = None
     if plan.strategy == "scratch":
         window, lineage = prepared.train, ()
     else:
@@ -116,7 +155,10 @@ def fit(
             raise TrainingError(f"a {plan.strategy} increment needs the champion's training end")
         window = increment_window(spec, prepared, champion.train_end)
         lineage = champion.data_versions
-    trainer = make_trainer(spec, plan, champion.model if champion else None)
+        if plan.strategy == "warm":
+            window, rounds, how = warm_increment(spec, prepared, window, champion.train_end)
+            plan = replace(plan, reason=f"{HOW.sub('', plan.reason)}: {how}")
+    trainer = make_trainer(spec, plan, champion.model if champion else None, rounds)
     end: pd.Timestamp | None = None  # the dask path does not collect the rows: window end
     if spec.compute.engine == "dask":
         from retrain.compute import fit_on_dask

@@ -271,6 +271,46 @@ def increment_window(spec: ModelSpec, prepared: Prepared, since: pd.Timestamp) -
     return window
 
 
+def with_replay(
+    spec: ModelSpec, prepared: Prepared, increment: Window, since: pd.Timestamp, rows: int
+) -> Window:
+    """``increment`` with the newest partitions the champion trained on (ending at or before
+    ``since``, its training end, and inside the training window) put in front of it, newest
+    first, until they hold at least ``rows`` rows (fewer when the training window has no more).
+
+    A warm increment's trees then learn from the champion's newest rows too
+    (``stateful.replay``): their residuals are small, so a few new rows cannot pull the new
+    trees far from what the champion already knows. The window (its start, its partitions, its
+    data version) holds the replayed partitions: a version records every partition it read.
+    """
+    if rows <= 0:
+        return increment
+    earlier = [
+        p
+        for p in prepared.ingest.partitions
+        if p.end <= since and p.start >= prepared.train.start and p not in increment.partitions
+    ]
+    replayed: list[Any] = []
+    got = 0
+    for part in reversed(earlier):
+        if got >= rows:
+            break
+        replayed.insert(0, part)
+        got += part.rows
+    if not replayed:
+        return increment
+    inside = (*replayed, *increment.partitions)
+    window = Window(
+        increment.name,
+        min(increment.start, replayed[0].start),
+        increment.end,
+        inside,
+        data_version(prepared.spec_hash, inside),
+    )
+    FeatureCache(spec.state.features, spec).materialize(window.partitions)
+    return window
+
+
 def split_windows(
     holdout: Window, k: int, timestamps: pd.Series
 ) -> tuple[list[tuple[pd.Timestamp, pd.Timestamp]], np.ndarray]:

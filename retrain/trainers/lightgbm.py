@@ -311,7 +311,8 @@ class LightGBMTrainer:
         raise NoTreesAddedError(
             f"warm start added no trees: LightGBM found no split in the increment's {rows} "
             f"row(s) (min_data_in_leaf = {leaf}: a split needs at least {2 * leaf} rows; "
-            "constant features or min_gain_to_split also stop it). Let more partitions "
+            "constant features or min_gain_to_split also stop it). Replay more of the "
+            "champion's newest rows with the increment (stateful.replay), let more partitions "
             "accumulate before a warm increment (a less frequent stateful schedule), lower "
             "min_data_in_leaf in the LightGBM params, use stateful.strategy = 'refit', or set "
             "stateful.compare_with_scratch = true to retrain from scratch instead"

@@ -39,7 +39,9 @@ def flat(result) -> str:
 
 @pytest.mark.slow
 def test_three_warm_increments_then_a_forced_scratch_retrain_with_lineage(tmp_path, bike_dir):
-    spec_path = write_spec(tmp_path, bike_dir)
+    # a lineage to follow: every increment promoted (a 4-day increment changes the champion
+    # little, and 7 holdout days cannot always show it at least as good within 10%)
+    spec_path = write_spec(tmp_path, bike_dir, **{"gate.tolerance": 0.25})
     as_of = ["2011-04-08", "2011-04-12", "2011-04-16", "2011-04-20", "2011-04-24"]
 
     outcomes = [
@@ -53,9 +55,11 @@ def test_three_warm_increments_then_a_forced_scratch_retrain_with_lineage(tmp_pa
     chain = registry.lineage("4")
     assert [v.version for v in chain] == ["4", "3", "2", "1"]
     assert [v.tags["retrain.increments"] for v in chain] == ["3", "2", "1", "0"]
-    # each warm increment trained only on the partitions after its parent's training end
+    # each warm increment trained on the partitions after its parent's training end, with its
+    # parent's newest ones replayed in front (stateful.replay): its window says so
     for child, parent in itertools.pairwise(chain):
-        assert child.tags["retrain.window_start"] == parent.tags["retrain.window_end"]
+        assert child.tags["retrain.window_start"] < parent.tags["retrain.window_end"]
+        assert "replayed row(s)" in child.tags["retrain.strategy_reason"]
     data_versions = chain[0].tags["retrain.data_versions"].split(",")
     assert data_versions == [v.tags["retrain.data_version"] for v in reversed(chain)]
     # row counts and label statistics of the rows each version trained on
@@ -71,7 +75,10 @@ def test_three_warm_increments_then_a_forced_scratch_retrain_with_lineage(tmp_pa
     assert forced["retrain.parent_version"] == "none"
     assert "3 increments since the last scratch model" in forced["retrain.strategy_reason"]
     assert forced["retrain.champion_at_training"] == "4"
-    assert registry.load_model("4").booster_.num_trees() == 20 + 3 * 10
+    # each increment adds 20 rounds x its share of the training window (at most 10)
+    added = [registry.load_model(v).num_boost_round for v in ("2", "3", "4")]
+    assert all(1 <= rounds < 10 for rounds in added)
+    assert registry.load_model("4").booster_.num_trees() == 20 + sum(added)
 
     shown = runner.invoke(app, ["lineage", spec.name, "4", "--spec", str(spec_path)])
     assert shown.exit_code == 0, shown.output

@@ -75,10 +75,21 @@ def test_a_warm_recipe_is_refitted_on_the_increment_through_the_holdout(refit_sp
 
     assert served.plan.strategy == "warm"
     assert validated.window.end == prepared.holdout.start
-    # from the champion's training end through the holdout, up to the as-of
-    assert served.window.start == champion.train_end == pd.Timestamp("2011-04-08")
+    # the new partitions: from the champion's training end through the holdout, up to the
+    # as-of; in front of them the champion's newest ones, replayed (stateful.replay)
+    since = champion.train_end
+    assert since == pd.Timestamp("2011-04-08")
+    new = [p for p in served.window.partitions if p.end > since]
+    assert new[0].start == since
     assert served.window.end == AS_OF
-    assert served.rows == validated.rows + sum(p.rows for p in prepared.holdout.partitions)
+    validated_new = [p for p in validated.window.partitions if p.end > since]
+    assert sum(p.rows for p in new) == sum(p.rows for p in validated_new) + sum(
+        p.rows for p in prepared.holdout.partitions
+    )
+    # (only inside the served training window, [as_of - 21D, as_of): here none is left)
+    replayed = [p for p in served.window.partitions if p.end <= since]
+    assert all(p.start >= AS_OF - pd.Timedelta("21D") for p in replayed)
+    assert served.window.start == (replayed[0].start if replayed else since)
 
 
 def test_a_champion_refitted_past_the_holdout_start_is_judged_only_on_rows_neither_saw(

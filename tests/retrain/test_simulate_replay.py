@@ -30,7 +30,9 @@ from tests.conftest import spec_dict
 
 DAY = pd.Timedelta(days=1)
 # 24 hourly rows a day: one day cannot grow a tree (a split needs 2 x min_data_in_leaf = 40 rows)
+# without the champion's rows replayed with it
 DAILY_WARM = Periodic("stateful-daily", DAY, mode="stateful")
+NO_REPLAY = {"stateful.replay": 0.0}
 
 
 def _spec(tmp_path: Path, bike_dir: Path, **overrides: object) -> ModelSpec:
@@ -44,7 +46,7 @@ def _replay(spec: ModelSpec) -> ReplayData:
 def test_a_replay_whose_daily_warm_increments_are_refused_completes_and_records_them(
     tmp_path, bike_dir
 ):
-    spec = _spec(tmp_path, bike_dir)
+    spec = _spec(tmp_path, bike_dir, **NO_REPLAY)
 
     run = replay_policy(spec, DAILY_WARM, _replay(spec))
 
@@ -61,13 +63,24 @@ def test_a_replay_whose_daily_warm_increments_are_refused_completes_and_records_
 def test_the_replay_falls_back_to_scratch_as_a_flow_does_with_compare_with_scratch(
     tmp_path, bike_dir
 ):
-    spec = _spec(tmp_path, bike_dir, **{"stateful.compare_with_scratch": True})
+    spec = _spec(tmp_path, bike_dir, **{"stateful.compare_with_scratch": True, **NO_REPLAY})
 
     run = replay_policy(spec, DAILY_WARM, _replay(spec))
 
     assert not [t for t in run.trainings if t.strategy == "failed"]
     fallbacks = [t for t in run.trainings if "warm start added no trees" in t.reason]
     assert fallbacks and all(t.strategy == "scratch" for t in fallbacks)
+
+
+def test_daily_warm_increments_with_the_champions_rows_replayed_are_never_refused(
+    tmp_path, bike_dir
+):
+    spec = _spec(tmp_path, bike_dir)
+
+    run = replay_policy(spec, DAILY_WARM, _replay(spec))
+
+    assert not [t for t in run.trainings if t.strategy == "failed"]
+    assert [t for t in run.trainings if t.strategy == "warm"]
 
 
 def test_the_replay_trains_and_gates_through_the_family_steps_the_flow_uses(

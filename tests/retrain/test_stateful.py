@@ -85,3 +85,27 @@ def test_a_rerun_at_the_same_as_of_with_refit_repeats_the_champion_and_is_skippe
     reason = stateful.unchanged_reason("3", tags, "dv-validated", "f" * 64, "c" * 64)
     assert reason is not None and "it would be the same model" in reason
     assert stateful.unchanged_reason("3", tags, "dv-served", "f" * 64, "c" * 64) is None
+
+
+@pytest.mark.parametrize(
+    ("new_rows", "window_rows", "rounds"),
+    [
+        (24, 2160, 4),  # a day of a 90-day window: a ninetieth of 300 rounds, rounded up
+        (168, 2160, 24),  # a week: seven times as many
+        (1080, 2160, 50),  # half a window would add 150: the cap
+        (2160, 2160, 50),  # a whole window: the cap (stateful.increment_rounds)
+        (1, 10**9, 1),  # never fewer than one round
+    ],
+)
+def test_an_increment_adds_rounds_for_its_share_of_the_training_window(
+    new_rows, window_rows, rounds
+):
+    spec = StatefulSpec(increment_rounds=50)
+
+    assert stateful.increment_rounds(spec, 300, new_rows, window_rows) == rounds
+
+
+def test_an_increment_adds_the_full_rounds_whatever_its_size_without_scaling():
+    spec = StatefulSpec(increment_rounds=50, scale_rounds=False)
+
+    assert stateful.increment_rounds(spec, 300, 24, 2160) == 50
