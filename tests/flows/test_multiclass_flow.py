@@ -126,8 +126,15 @@ def test_a_multiclass_model_is_promoted_warm_started_and_served_as_classes(tmp_p
 
 
 @pytest.mark.slow
-def test_a_multiclass_model_passes_infra_validation_on_a_real_model_server(tmp_path, bike_hourly):
+def test_a_multiclass_model_passes_infra_validation_on_a_real_model_server(
+    tmp_path, bike_hourly, model_env_cache
+):
     spec_path = weather_spec(tmp_path, bike_hourly)
+    # the run's environment cache is the session's: a LightGBM model's requirements are the
+    # same for every task, so the environment tests/registry/test_servable.py built is reused
+    # (the server, the rows and the answers are this model's own)
+    (tmp_path / "state").mkdir(exist_ok=True)
+    (tmp_path / "state" / "model-envs").symlink_to(model_env_cache, target_is_directory=True)
 
     outcome = retrain_flow(
         str(spec_path),
