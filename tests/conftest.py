@@ -347,3 +347,31 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
     return s3_server
+
+
+@pytest.fixture(scope="session")
+def model_env_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Infra validation's model environments, shared by every test of this pytest run.
+
+    Building one (a virtualenv, then pip installing mlflow and the family's packages) is the
+    costliest step of the suite, and an environment is keyed by its requirements: the tests
+    that serve a model of the same requirements reuse one build. Shared across xdist workers
+    too (the folder beside the workers' own temporary folders; :func:`model_environment` builds
+    under a lock, so a second worker waits for the first one's build instead of redoing it).
+    The tests about the cache itself (built once, an interrupted build redone) use their own.
+    """
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    cache = root / "model-envs"
+    cache.mkdir(exist_ok=True)
+    return cache
+
+
+@pytest.fixture(scope="session", autouse=True)
+def machine_env_cache(model_env_cache: Path) -> Iterator[None]:
+    """Infra validation's machine-wide environment cache (``RETRAIN_MODEL_ENV_CACHE``) is the
+    run's :func:`model_env_cache`, not the user's cache directory, for every test and the
+    processes they start; shared by the run's tests as it is by a machine's models."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RETRAIN_MODEL_ENV_CACHE", str(model_env_cache))
+        yield

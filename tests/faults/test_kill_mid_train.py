@@ -102,6 +102,11 @@ def test_a_retrain_killed_mid_train_leaves_no_trace_and_the_rerun_reuses_the_cac
     assert registry.versions() == []  # no half-registered model version
     assert registry.aliases() == {}  # no alias change
 
+    # the rerun trains the suite's small model: only the killed run had to train for long
+    # (the feature cache it reuses is keyed by the feature spec, not by the trees)
+    spec_path.write_text(
+        yaml.safe_dump(spec_dict(data, tmp_path / "state", **{"windows.train": "120D"}))
+    )
     fast = subprocess.run(
         [*command, "--json"],
         cwd=tmp_path,

@@ -43,15 +43,6 @@ FIRE_TIMEOUT = 180
 
 
 @pytest.fixture(scope="session", autouse=True)
-def model_env_cache(tmp_path_factory):
-    """Infra validation's machine-wide environment cache, for this session only (not the
-    user's cache directory); shared by the session's tests as it is by a machine's models."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RETRAIN_MODEL_ENV_CACHE", str(tmp_path_factory.mktemp("model-envs")))
-        yield
-
-
-@pytest.fixture(scope="session", autouse=True)
 def prefect_server():
     """A real (temporary) Prefect server and database for every flow test."""
     with prefect_test_harness(server_startup_timeout=180):

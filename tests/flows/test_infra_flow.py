@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 import pytest
 
 from flows.retrain_flow import retrain_flow
@@ -18,8 +19,11 @@ def test_a_candidate_whose_requirements_miss_a_package_is_refused_and_the_champi
     spec_path = write_spec(tmp_path, bike_dir)
     first, _ = run_flow(retrain_flow, str(spec_path), as_of="2011-04-22", auto_approve=True)
     assert first["promoted"], first["decision"]
-    # the next version declares requirements without lightgbm: it loads here, not on a server
-    monkeypatch.setitem(client.SERVED_PACKAGES, "lightgbm", ("mlflow", "numpy", "pandas"))
+    # the next version declares requirements without lightgbm: it loads here, not on a server.
+    # They are the ALS family's (no lightgbm among them), so the machine-wide environment
+    # cache (the test run's) serves the environment built for an ALS model elsewhere.
+    monkeypatch.setitem(client.SERVED_PACKAGES, "lightgbm", client.SERVED_PACKAGES["als"])
+    assert "lightgbm" not in client.SERVED_PACKAGES["als"]
 
     outcome, _ = run_flow(
         retrain_flow,

@@ -128,9 +128,10 @@ def champions(tmp_path_factory, tracking_uri, bike_hourly) -> dict[str, Champion
 
 
 @pytest.fixture(scope="module")
-def env_cache(tmp_path_factory) -> Path:
-    """Model environments for the slow tests (and the infra validation), built once."""
-    return tmp_path_factory.mktemp("model-envs")
+def env_cache(model_env_cache: Path) -> Path:
+    """Model environments for the slow tests (and the infra validation), built once per run
+    (the session's shared cache: the flow tests serving a LightGBM model reuse its build)."""
+    return model_env_cache
 
 
 def in_process(champion: Champion, rows: pd.DataFrame) -> Any:
