@@ -126,9 +126,7 @@ def test_a_multiclass_model_is_promoted_warm_started_and_served_as_classes(tmp_p
 
 
 @pytest.mark.slow
-def test_a_multiclass_model_passes_infra_validation_on_a_real_model_server(
-    tmp_path, bike_hourly
-):
+def test_a_multiclass_model_passes_infra_validation_on_a_real_model_server(tmp_path, bike_hourly):
     spec_path = weather_spec(tmp_path, bike_hourly)
     # the environment cache is machine-wide (the test run's): a LightGBM model's requirements
     # are the same for every task, so the environment tests/registry/test_servable.py built is
