@@ -21,6 +21,11 @@ def load_bench():
     return module
 
 
+# the recipe these tests pin: 5 new trees an increment on its own rows (stateful.scale_rounds
+# and stateful.replay are pinned in tests/retrain/test_stateful.py and the family's tests)
+FIXED = {"increment_rounds": 5, "scale_rounds": False, "replay": 0.0}
+
+
 def synthetic(bench, days: int = 12, rows: int = 2_000):
     return bench.Stream(
         "synthetic",
@@ -35,7 +40,9 @@ def test_the_lineage_replay_retrains_from_scratch_every_n_increments():
     bench = load_bench()
     stream = synthetic(bench)
 
-    rows = bench.lineage_replay(stream, first=2, horizon=1, cadence=1, every=3, rounds=5)
+    rows = bench.lineage_replay(
+        stream, first=2, horizon=1, cadence=1, every=3, stateful=bench.StatefulSpec(**FIXED)
+    )
 
     scratch = [r.day for r in rows if r.strategy == "scratch"]
     assert scratch == list(range(2, 11))  # a scratch retrain at every cutoff to compare with
@@ -51,7 +58,9 @@ def test_a_refused_increment_keeps_the_champion_serving_and_the_next_one_covers_
     bench = load_bench()
     stream = synthetic(bench, days=8, rows=30)  # min_data_in_leaf 20: 30 rows cannot split
 
-    rows = bench.lineage_replay(stream, first=2, horizon=1, cadence=1, every=7, rounds=5)
+    rows = bench.lineage_replay(
+        stream, first=2, horizon=1, cadence=1, every=7, stateful=bench.StatefulSpec(**FIXED)
+    )
     summary = bench.lineage_summary(bench.pd.DataFrame([bench.asdict(r) for r in rows]))
 
     warm = [r for r in rows if r.strategy == "warm"]
@@ -74,7 +83,7 @@ def test_a_checkpoint_compares_one_and_n_increments_with_scratch_at_the_same_cut
     bench = load_bench()
     stream = synthetic(bench)
 
-    rows = bench.checkpoint_replay(stream, [9], every=3, rounds=5)
+    rows = bench.checkpoint_replay(stream, [9], every=3, stateful=bench.StatefulSpec(**FIXED))
     table = bench.checkpoint_summary(bench.pd.DataFrame([bench.asdict(r) for r in rows]), 3)
 
     chain = [(r.day, r.increments) for r in rows if r.strategy == "warm" and r.chain]
