@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -307,7 +306,8 @@ def with_replay(
         inside,
         data_version(prepared.spec_hash, inside),
     )
-    FeatureCache(spec.state.features, spec).materialize(window.partitions)
+    # nothing to materialize: the replayed partitions are the training window's and the
+    # increment's are cached by increment_window, both before this
     return window
 
 
@@ -359,8 +359,7 @@ def source_rows(spec: ModelSpec, window: Window, n: int = 50) -> pd.DataFrame:
 # three samples (the evidence's train and holdout rows, the model's input example) and read
 # the source for each; a sweep's models that share a source read it once. One source only:
 # the frame is the whole source, held until another source is sampled.
-_SAMPLED: OrderedDict[tuple[Any, ...], tuple[pd.DataFrame, pd.Series]] = OrderedDict()
-_SAMPLED_SOURCES = 1
+_SAMPLED: list[tuple[tuple[Any, ...], tuple[pd.DataFrame, pd.Series]]] = []
 _SAMPLED_LOCK = threading.Lock()
 
 
@@ -374,16 +373,12 @@ def _source_with_times(spec: ModelSpec) -> tuple[pd.DataFrame, pd.Series]:
         return raw, _event_times(raw, spec)
     key = (stat, spec.source.model_dump_json(), spec.timestamp.model_dump_json())
     with _SAMPLED_LOCK:
-        hit = _SAMPLED.get(key)
-        if hit is not None:
-            _SAMPLED.move_to_end(key)
-            return hit
+        if _SAMPLED and _SAMPLED[0][0] == key:
+            return _SAMPLED[0][1]
     raw = read_source(spec.source)
     read = (raw, _event_times(raw, spec))
     with _SAMPLED_LOCK:
-        _SAMPLED[key] = read
-        while len(_SAMPLED) > _SAMPLED_SOURCES:
-            _SAMPLED.popitem(last=False)
+        _SAMPLED[:] = [(key, read)]
     return read
 
 
