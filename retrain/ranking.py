@@ -22,7 +22,7 @@ hit(i) = 1 when the item at rank i is in R:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -125,9 +125,11 @@ class RankingBacktest:
         return "\n".join(lines)
 
 
-def _check_split(train: pd.DataFrame, holdout: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _check_split(
+    train: pd.DataFrame, holdout: pd.DataFrame, train_checked: bool = False
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     try:
-        train = check_interactions(train)
+        train = train if train_checked else check_interactions(train)
         holdout = check_interactions(holdout)
     except TrainingError as exc:
         raise BacktestError(f"cannot backtest: {exc}") from exc
@@ -274,7 +276,42 @@ def positions(keys: pd.Index, values: Any) -> np.ndarray:
     return np.asarray(found.fill_null(-1).to_numpy(), dtype="int64")
 
 
-def _segment(metrics: pd.DataFrame, mask: np.ndarray, fallback: np.ndarray) -> SegmentScores:
+class _WarmUsers:
+    """The warm mask of scored users, ``member(users, train_users)``, found by one lookup of
+    the training rows' users among the scored ones (a few holdout users against a window of
+    rows: no distinct set of the window's users is built) and computed once for the models
+    scored on the same users (each model's per-user table lists the relevant users in the
+    same order)."""
+
+    def __init__(self, train_users: pd.Series) -> None:
+        self.train_users = train_users
+        self.users: np.ndarray | None = None
+        self.mask: np.ndarray | None = None
+
+    def __call__(self, users: pd.Series) -> np.ndarray:
+        values = np.asarray(users.to_numpy())
+        if self.mask is not None and self.users is not None and _same(self.users, values):
+            return self.mask
+        keys = pd.Index(users)
+        if not keys.is_unique:  # (never for per-user tables) the plain membership test
+            mask = member(users, pd.Index(self.train_users.unique()))
+        else:
+            mask = np.zeros(len(values), dtype=bool)
+            found = positions(keys, self.train_users)
+            mask[found[found >= 0]] = True
+        self.users, self.mask = values, mask
+        return mask
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and bool((a == b).all())
+
+
+def _segment(
+    metrics: Mapping[str, np.ndarray], mask: np.ndarray, fallback: np.ndarray
+) -> SegmentScores:
+    """``metrics``: the per-user ``precision``, ``ap`` and ``ndcg`` columns as float64 arrays
+    (taken from the per-user table once for the three segments)."""
     users = int(mask.sum())
     if users == 0:
         nan = float("nan")
@@ -289,8 +326,8 @@ def _segment(metrics: pd.DataFrame, mask: np.ndarray, fallback: np.ndarray) -> S
     )
 
 
-def _mean(column: pd.Series, mask: np.ndarray) -> float:
-    values = column.to_numpy(dtype="float64")[mask]
+def _mean(column: np.ndarray, mask: np.ndarray) -> float:
+    values = column[mask]
     kept = values[~np.isnan(values)]
     return float(kept.mean()) if kept.size else float("nan")
 
@@ -299,33 +336,40 @@ def _score(
     name: str,
     model: Recommender,
     relevant: pd.DataFrame,
-    warm_users: pd.Index,
+    warm_users: pd.Index | None,
     k: int,
     fallback_source: str,
     recs: pd.DataFrame | None = None,
     metrics: pd.DataFrame | None = None,
+    warm_of: Callable[[pd.Series], np.ndarray] | None = None,
+    users: pd.Series | None = None,
 ) -> RankingScores:
     """``recs``: the model's lists already computed for (at least) every user of ``relevant``
     (with ``filter_seen``, the top ``k`` or more); they are computed here otherwise.
-    ``metrics``: ``user_metrics(recs, relevant, k)`` of those lists, already computed."""
-    users = relevant["user"].drop_duplicates()
+    ``metrics``: ``user_metrics(recs, relevant, k)`` of those lists, already computed.
+    ``warm_of``: the warm mask of the scored users (``member(scored, warm_users)``), when the
+    caller computes it once for every model; ``users``: ``relevant["user"].drop_duplicates()``,
+    already computed."""
+    if users is None:
+        users = relevant["user"].drop_duplicates()
     if recs is None or not member(users, recs["user"]).all():
         recs, metrics = model.recommend(users.tolist(), k=k, filter_seen=True), None
     if metrics is None:
         metrics = user_metrics(recs, relevant, k)
-    warm = member(metrics["user"], warm_users)
+    warm = member(metrics["user"], warm_users) if warm_of is None else warm_of(metrics["user"])
     if "source" in recs.columns:
         fell_back = recs.loc[recs["source"] == fallback_source, "user"].unique()
     else:
         fell_back = np.array([])
     fallback = member(metrics["user"], fell_back)
     everyone = np.ones(len(metrics), dtype=bool)
+    columns = {c: metrics[c].to_numpy(dtype="float64") for c in ("precision", "ap", "ndcg")}
     return RankingScores(
         model=name,
         k=k,
-        all=_segment(metrics, everyone, fallback),
-        warm=_segment(metrics, warm, fallback),
-        cold=_segment(metrics, ~warm, fallback),
+        all=_segment(columns, everyone, fallback),
+        warm=_segment(columns, warm, fallback),
+        cold=_segment(columns, ~warm, fallback),
     )
 
 
@@ -375,6 +419,7 @@ def ranking_backtest(
     recommendations: Mapping[str, pd.DataFrame] | None = None,
     relevant: pd.DataFrame | None = None,
     user_scores: Mapping[str, pd.DataFrame] | None = None,
+    train_checked: bool = False,
 ) -> RankingBacktest:
     """Candidate, champion and the popularity baseline, scored on the same holdout users.
 
@@ -387,11 +432,13 @@ def ranking_backtest(
     the users scored, is asked here. ``relevant``: ``relevant_items(train, holdout,
     min_rating)`` already computed (computed here otherwise). ``user_scores``: by model name,
     ``user_metrics`` of its ``recommendations`` on ``relevant``, already computed (used only
-    with those lists).
+    with those lists). ``train_checked``: ``train`` is a table that ``check_interactions``
+    accepted, unchanged since (the caller's popularity fit checked this very table): it is not
+    checked again (the holdout always is).
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise BacktestError(f"k must be a positive integer, got {k!r}")
-    train, holdout = _check_split(train, holdout)
+    train, holdout = _check_split(train, holdout, train_checked)
     relevant_given = relevant is not None
     if relevant is None:
         relevant = relevant_items(train, holdout, min_rating)
@@ -409,7 +456,9 @@ def ranking_backtest(
             baseline.fit(train)
         except TrainingError as exc:
             raise BacktestError(f"cannot fit the popularity baseline: {exc}") from exc
-    warm = pd.Index(train["user"].unique())
+    # the scored users and their warm mask, once for the three models
+    warm = _WarmUsers(train["user"])
+    users = relevant["user"].drop_duplicates()
     recs = dict(recommendations or {})
     scored = dict(user_scores or {}) if relevant_given else {}
     return RankingBacktest(
@@ -422,11 +471,13 @@ def ranking_backtest(
             "candidate",
             candidate,
             relevant,
-            warm,
+            None,
             k,
             "popularity",
             recs.get("candidate"),
             scored.get("candidate"),
+            warm,
+            users,
         ),
         champion=None
         if champion is None
@@ -434,20 +485,24 @@ def ranking_backtest(
             "champion",
             champion,
             relevant,
-            warm,
+            None,
             k,
             "popularity",
             recs.get("champion"),
             scored.get("champion"),
+            warm,
+            users,
         ),
         baseline=_score(
             "popularity",
             baseline,
             relevant,
-            warm,
+            None,
             k,
             "_none_",
             recs.get("popularity"),
             scored.get("popularity"),
+            warm,
+            users,
         ),
     )

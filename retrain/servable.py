@@ -563,18 +563,38 @@ def recommendation_frame(
 
     Entries whose score is -inf (filtered) are left out, so a user may get fewer than k rows.
     """
+    return pd.DataFrame(_recommendation_columns(users, items, scores, source))
+
+
+def _recommendation_columns(
+    users: np.ndarray, items: np.ndarray, scores: np.ndarray, source: str
+) -> dict[str, np.ndarray]:
+    """The columns of :func:`recommendation_frame`, as arrays."""
     width = items.shape[1]
     keep = np.isfinite(scores)
     ranks = np.cumsum(keep, axis=1)
-    return pd.DataFrame(
-        {
-            "user": np.repeat(users, width)[keep.ravel()],
-            "rank": ranks[keep].astype("int64"),
-            "item": items[keep],
-            "score": scores[keep].astype("float64"),
-            "source": np.full(int(keep.sum()), source, dtype=object),
-        }
-    )
+    return {
+        "user": np.repeat(users, width)[keep.ravel()],
+        "rank": ranks[keep].astype("int64"),
+        "item": items[keep],
+        "score": scores[keep].astype("float64"),
+        "source": np.full(int(keep.sum()), source, dtype=object),
+    }
+
+
+def _rows_in_order(parts: list[dict[str, np.ndarray]], order: np.ndarray | None) -> pd.DataFrame:
+    """The rows of ``parts`` (columns of :func:`recommendation_frame`), taken in ``order``
+    (None: as they come): what ``pd.concat`` of their frames and ``iloc[order]`` give (the
+    same values and dtypes, a fresh RangeIndex), built as one frame. A part without rows goes
+    through ``pd.concat``, whose dtype of an empty column is its own."""
+    if any(part["rank"].size == 0 for part in parts):
+        out = pd.concat([pd.DataFrame(part) for part in parts], ignore_index=True)
+        return out if order is None else out.iloc[order].reset_index(drop=True)
+    columns = {}
+    for name in parts[0]:
+        values = parts[0][name] if len(parts) == 1 else np.concatenate([p[name] for p in parts])
+        columns[name] = values if order is None else values[order]
+    return pd.DataFrame(columns)
 
 
 def empty_recommendations() -> pd.DataFrame:
@@ -609,13 +629,13 @@ def recommend(
             seen = factors.seen[batch_rows].tocoo()
             scores[seen.row, seen.col] = -np.inf
         cols, best = top_k(scores, k)
-        parts.append(recommendation_frame(users[batch], factors.item_index[cols], best, "als"))
+        parts.append(_recommendation_columns(users[batch], factors.item_index[cols], best, "als"))
         positions.append(np.repeat(batch, (np.isfinite(best)).sum(axis=1)))
     fallback = np.flatnonzero(~als)
     if fallback.size:
         head = factors.popular_items[:k]
         parts.append(
-            recommendation_frame(
+            _recommendation_columns(
                 users[fallback],
                 np.broadcast_to(factors.item_index[head], (fallback.size, head.size)),
                 np.broadcast_to(factors.popular_scores[:k], (fallback.size, head.size)),
@@ -623,9 +643,9 @@ def recommend(
             )
         )
         positions.append(np.repeat(fallback, head.size))
-    out = pd.concat(parts, ignore_index=True)
+    # the rows in the order of the users asked (one frame, not a concat and a reorder)
     order = np.argsort(np.concatenate(positions), kind="stable")
-    return out.iloc[order].reset_index(drop=True)
+    return _rows_in_order(parts, order)
 
 
 @dataclass(frozen=True)
@@ -786,8 +806,8 @@ def recommend_popular(
             best = np.take_along_axis(best, order, axis=1)
         else:
             items, best = items[:, :k], best[:, :k]
-        parts.append(recommendation_frame(part_users, item_index[items], best, source))
-    return pd.concat(parts, ignore_index=True)
+        parts.append(_recommendation_columns(part_users, item_index[items], best, source))
+    return _rows_in_order(parts, None)
 
 
 class PopularityModel:

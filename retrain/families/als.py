@@ -385,7 +385,7 @@ def evaluate(
         relevant_items(train, held[window_ids == i], als.min_rating) for i in range(len(bounds))
     ]
     kept = [(i, rel) for i, rel in enumerate(relevant) if not rel.empty]
-    users = sorted({u for _, rel in kept for u in rel["user"]})
+    users = sorted(set().union(*(rel["user"].unique().tolist() for _, rel in kept)))
     try:
         baseline = popularity(train, als.popularity_window, als.min_rating)
     except TrainingError as exc:
@@ -420,6 +420,8 @@ def evaluate(
         # one window: its relevant pairs are the whole holdout's
         relevant=relevant[0] if len(relevant) == 1 else None,
         user_scores=scored,
+        # the popularity fit above checked this very table (check_interactions)
+        train_checked=True,
     )
     rels = [rel for _, rel in kept]
     row_window = np.concatenate([np.full(len(rel["user"].unique()), i) for i, rel in kept])

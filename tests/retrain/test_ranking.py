@@ -451,3 +451,54 @@ def test_positions_among_distinct_keys_are_pandas_get_indexer_whatever_the_strin
     want = keys.get_indexer(values)
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("ids", [int, str])
+def test_the_segment_table_is_each_models_own_scoring_with_its_warm_mask_found_once(ids):
+    """ranking_backtest finds the scored users and their warm mask once for the three models
+    (the warm mask by one lookup of the training rows' users among the scored ones) and, with
+    ``train_checked``, does not check the training table again: the same table as scoring each
+    model on its own against the distinct training users (``_score`` with ``warm_users``)."""
+    from retrain.ranking import _score
+
+    train, holdout = two_taste_history()
+    train = train.assign(user=train["user"].map(ids), item=train["item"].map(ids))
+    holdout = holdout.assign(user=holdout["user"].map(ids), item=holdout["item"].map(ids))
+    model = ALSTrainer(**SMALL, popularity_window="30D").fit(train)
+    champion = ALSTrainer(**{**SMALL, "factors": 4}, popularity_window="30D").fit(train)
+    baseline = PopularityRecommender("30D").fit(train)
+    relevant = relevant_items(train, holdout)
+    warm_users = pd.Index(train["user"].unique())
+    want = [
+        _score("candidate", model, relevant, warm_users, 3, "popularity"),
+        _score("champion", champion, relevant, warm_users, 3, "popularity"),
+        _score("popularity", baseline, relevant, warm_users, 3, "_none_"),
+    ]
+    assert want[0].warm.users == 24 and want[0].cold.users == 1  # both segments scored
+
+    for checked in (False, True):
+        got = ranking_backtest(
+            model, train, holdout, k=3, popularity_window="30D", champion=champion,
+            baseline=baseline, train_checked=checked,
+        )  # fmt: skip
+        # NaN-aware and exact
+        pd.testing.assert_frame_equal(
+            pd.DataFrame(got.table()),
+            pd.DataFrame(RankingBacktest(3, "", "", "", "", *want[::2], want[1]).table()),
+            check_exact=True,
+        )
+
+
+def test_the_training_table_is_checked_unless_the_caller_checked_it():
+    train, holdout = two_taste_history()
+    bad = train.assign(weight=-1.0)
+    baseline = PopularityRecommender("30D").fit(train)
+
+    with pytest.raises(BacktestError, match="negative weights"):
+        ranking_backtest(Fixed({}), bad, holdout, k=2, baseline=baseline)
+    # the holdout is always checked
+    with pytest.raises(BacktestError, match="negative weights"):
+        ranking_backtest(
+            Fixed({}), train, holdout.assign(weight=-1.0), k=2, baseline=baseline,
+            train_checked=True,
+        )  # fmt: skip

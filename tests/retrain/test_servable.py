@@ -170,3 +170,120 @@ def test_lookup_finds_each_value_where_get_indexer_of_every_value_does(index, va
     want = np.asarray(pd.Index(index).get_indexer(pd.Index(values)), dtype="int64")
     assert got.dtype == want.dtype
     assert got.tolist() == want.tolist()
+
+
+def _concatenated_recommendations(
+    factors: servable.RecommenderFactors, user_ids: list, k: int, filter_seen: bool
+) -> pd.DataFrame:
+    """``servable.recommend`` as it assembled its rows before: one frame per part (ALS batch,
+    popularity fallback), ``pd.concat`` and ``iloc`` into the order of the users asked."""
+    users = servable.query_ids(user_ids)
+    rows = servable.lookup(factors.user_index, servable.coerce_ids(factors.user_index, users))
+    als = rows >= 0
+    als[als] = factors.has_history[rows[als]]
+    parts, positions = [], []
+    batch = np.flatnonzero(als)
+    if batch.size:
+        scores = factors.user_factors[rows[batch]] @ factors.item_factors.T
+        if filter_seen:
+            seen = factors.seen[rows[batch]].tocoo()
+            scores[seen.row, seen.col] = -np.inf
+        cols, best = servable.top_k(scores, k)
+        frame = servable.recommendation_frame(users[batch], factors.item_index[cols], best, "als")
+        parts.append(frame)
+        positions.append(np.repeat(batch, np.isfinite(best).sum(axis=1)))
+    fallback = np.flatnonzero(~als)
+    if fallback.size:
+        head = factors.popular_items[:k]
+        parts.append(
+            servable.recommendation_frame(
+                users[fallback],
+                np.broadcast_to(factors.item_index[head], (fallback.size, head.size)),
+                np.broadcast_to(factors.popular_scores[:k], (fallback.size, head.size)),
+                "popularity",
+            )
+        )
+        positions.append(np.repeat(fallback, head.size))
+    out = pd.concat(parts, ignore_index=True)
+    order = np.argsort(np.concatenate(positions), kind="stable")
+    return out.iloc[order].reset_index(drop=True)
+
+
+@pytest.mark.parametrize("ids", ["str", "int"])
+@pytest.mark.parametrize("density", [0.3, 0.95, 1.0])
+def test_recommendations_are_assembled_in_one_frame_as_the_concat_of_their_parts_gave(ids, density):
+    """The rows of the ALS part and the popularity fallback are taken into the users' order
+    and built as one frame: the same values, order, dtypes and index as the frames of each
+    part concatenated and reordered (parts without rows included: every item seen)."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    n_users, n_items = 40, 12
+    if ids == "str":
+        user_index = np.array([f"u{i}" for i in range(n_users)], dtype=object)
+        item_index = np.array([f"i{i}" for i in range(n_items)], dtype=object)
+        strangers = ["zz", "yy"]
+    else:
+        user_index = np.arange(n_users, dtype="int64") * 3
+        item_index = np.arange(n_items, dtype="int64") + 100
+        strangers = [7, 8]
+    seen = sp.csr_matrix((rng.random((n_users, n_items)) < density).astype("float64"))
+    factors = servable.RecommenderFactors(
+        user_index=user_index,
+        item_index=item_index,
+        user_factors=rng.normal(size=(n_users, 4)).astype("float32"),
+        item_factors=rng.normal(size=(n_items, 4)).astype("float32"),
+        seen=seen,
+        has_history=rng.random(n_users) < 0.8,
+        popular_items=rng.permutation(n_items),
+        popular_scores=np.sort(rng.random(n_items))[::-1].copy(),
+    )
+    known = list(user_index)
+    asked = [known[:10], known[::3] + strangers, strangers[:1], known[:5] * 2, known[::-1]]
+    for users in asked:
+        for k in (1, 3, 20):
+            for filter_seen in (True, False):
+                got = servable.recommend(factors, users, k=k, filter_seen=filter_seen)
+                want = _concatenated_recommendations(factors, users, k, filter_seen)
+                pd.testing.assert_frame_equal(got, want, check_exact=True)
+                assert list(got.dtypes) == list(want.dtypes)
+                # the popularity baseline's lists: one batch, as its one frame gave
+                got = servable.recommend_popular(
+                    item_index, user_index, factors.popular_items, factors.popular_scores,
+                    seen, users, k, filter_seen,
+                )  # fmt: skip
+                want = _concatenated_popular(
+                    item_index, user_index, factors.popular_items, factors.popular_scores,
+                    seen, users, k, filter_seen,
+                )  # fmt: skip
+                pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def _concatenated_popular(
+    item_index, user_index, ranking, scores, seen, user_ids, k, filter_seen
+) -> pd.DataFrame:
+    """``servable.recommend_popular`` of one batch as it built its frame before."""
+    users = servable.query_ids(user_ids)
+    rows = servable.lookup(user_index, servable.coerce_ids(user_index, users))
+    known = rows >= 0
+    width = k
+    if filter_seen and known.any():
+        width = k + int(seen.getnnz(axis=1)[rows[known]].max())
+    width = min(width, ranking.size)
+    head = ranking[:width]
+    items = np.broadcast_to(head, (users.size, width))
+    best = np.broadcast_to(scores[:width], (users.size, width)).copy()
+    if filter_seen and known.any():
+        position = np.full(item_index.size, -1, dtype="int64")
+        position[head] = np.arange(width)
+        hits = seen[rows[known]].tocoo()
+        pos = position[hits.col]
+        hit = pos >= 0
+        best[np.flatnonzero(known)[hits.row[hit]], pos[hit]] = -np.inf
+        order = np.argsort(~np.isfinite(best), axis=1, kind="stable")[:, :k]
+        items = np.take_along_axis(items, order, axis=1)
+        best = np.take_along_axis(best, order, axis=1)
+    else:
+        items, best = items[:, :k], best[:, :k]
+    frame = servable.recommendation_frame(users, item_index[items], best, "popularity")
+    return pd.concat([frame], ignore_index=True)
