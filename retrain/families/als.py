@@ -374,6 +374,9 @@ def evaluate(
     # the fit's own table of its window when it read it whole (the same rows), else read;
     # the gate's windows were materialised by prepare (a missing file is recomputed on read)
     train = trained.rows_read
+    # the candidate's fit of this very table (a recompute that read its window whole): its
+    # item map and popularity order are the baseline's when it dropped no row
+    ranked = trained.model if train is not None and trained.plan.strategy == "scratch" else None
     if train is None:
         train = load_interactions(spec, trained.window, materialize=False)
     held = load_interactions(spec, holdout, materialize=False)
@@ -387,7 +390,7 @@ def evaluate(
     kept = [(i, rel) for i, rel in enumerate(relevant) if not rel.empty]
     users = sorted(set().union(*(rel["user"].unique().tolist() for _, rel in kept)))
     try:
-        baseline = popularity(train, als.popularity_window, als.min_rating)
+        baseline = popularity(train, als.popularity_window, als.min_rating, ranked)
     except TrainingError as exc:
         raise BacktestError(f"cannot fit the popularity baseline: {exc}") from exc
     models: dict[str, ALSTrainer | PopularityRecommender] = {

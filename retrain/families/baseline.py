@@ -158,10 +158,12 @@ class BaselineModel:
 
 
 def popularity(
-    interactions: pd.DataFrame, window: str, min_rating: float | None
+    interactions: pd.DataFrame, window: str, min_rating: float | None, ranked: Any = None
 ) -> PopularityRecommender:
-    """The ranking baseline fitted on a ``user, item, weight, ts`` table."""
-    return PopularityRecommender(window, min_rating).fit(interactions)
+    """The ranking baseline fitted on a ``user, item, weight, ts`` table (``ranked``: a model
+    fitted on this very table, whose item map and popularity order the baseline reuses when
+    they are its own: :meth:`PopularityRecommender.shares_ranking`)."""
+    return PopularityRecommender(window, min_rating).fit(interactions, ranked)
 
 
 def load_baseline(directory: Path) -> BaselineModel | PopularityRecommender:

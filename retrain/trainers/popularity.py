@@ -20,6 +20,7 @@ from retrain.trainers.interactions import (
     check_positives,
     check_window,
     id_rows,
+    lookup,
     popularity_ranking,
     positive_mask,
     sparse_matrix,
@@ -51,14 +52,23 @@ class PopularityRecommender:
         self.window = window
         self.min_rating = min_rating
 
-    def fit(self, interactions: pd.DataFrame) -> PopularityRecommender:
+    def fit(self, interactions: pd.DataFrame, ranked: Any = None) -> PopularityRecommender:
+        """``ranked``: a model fitted on this very table whose item map and popularity order
+        are this fit's (:func:`shares_ranking`: an ALS recompute that dropped no row, with the
+        same ``min_rating`` and window), reused instead of counted again; None: counted."""
         frame = check_interactions(interactions)
         window = check_window(self.window)
         check_min_rating(self.min_rating)
         weights = frame["weight"].to_numpy(dtype="float64")
         positive = positive_mask(weights, self.min_rating)
         check_positives(positive, self.min_rating)
-        items, self.item_index_ = id_rows(frame["item"], "item", positive)
+        if ranked is not None and not self.shares_ranking(ranked, len(frame)):
+            ranked = None
+        if ranked is None:
+            items, self.item_index_ = id_rows(frame["item"], "item", positive)
+        else:  # the same sorted ids of the positive rows: the same row of every value
+            self.item_index_ = ranked.item_index_
+            items = lookup(self.item_index_, frame["item"])
         users, self.user_index_ = id_rows(frame["user"], "user")
         known = items >= 0
         self.seen_ = sparse_matrix(
@@ -68,12 +78,36 @@ class PopularityRecommender:
             (self.user_index_.size, self.item_index_.size),
         )
         self.train_end_ = pd.Timestamp(frame["ts"].max())
+        if ranked is not None:
+            # its order of the same positives: distinct users per item in the window, then
+            # over all of them, then item row (the counts do not depend on the users' rows)
+            self.ranking_, self.scores_ = ranked.popular_items_, ranked.popular_scores_
+            return self
         ts = frame["ts"].to_numpy()
         self.ranking_, self.scores_ = popularity_ranking(
             users[positive], items[positive], ts[positive], self.item_index_.size,
             self.train_end_, window,
         )  # fmt: skip
         return self
+
+    def shares_ranking(self, model: Any, rows: int) -> bool:
+        """Whether ``model``, fitted on the table of ``rows`` rows this baseline is fitted on,
+        holds this fit's item map and popularity order: an ALS recompute without an init
+        model (its ids are the table's alone) that kept every row (none dropped as a duplicate:
+        the same positives in the same order), with this baseline's ``min_rating`` and window
+        (its positives and its window of distinct users are this fit's)."""
+        try:
+            return bool(
+                getattr(model, "strategy", None) == "recompute"
+                and getattr(model, "init_model", False) is None
+                and getattr(model, "increments_", None) == 0
+                and getattr(model, "n_train_rows_", None) == rows
+                and model.min_rating == self.min_rating
+                and check_window(model.popularity_window) == check_window(self.window)
+                and model.popular_items_.size == model.item_index_.size
+            )
+        except AttributeError:
+            return False
 
     # a trivial baseline: no increment continues from it (retrain.families.baseline)
     is_baseline = True

@@ -766,3 +766,59 @@ def test_an_id_map_and_its_rows_are_sorted_unique_and_lookup_of_every_value(dtyp
     want_index = sorted_unique(values if where is None else values[where], "item")
     assert index.dtype == want_index.dtype and index.tolist() == want_index.tolist()
     np.testing.assert_array_equal(rows, lookup(want_index, values))
+
+
+def _popularity_state(model) -> dict:
+    return {
+        "item_index": model.item_index_,
+        "user_index": model.user_index_,
+        "ranking": model.ranking_,
+        "scores": model.scores_,
+        "seen": model.seen_.toarray(),
+        "train_end": model.train_end_,
+    }
+
+
+@pytest.mark.parametrize("ids", [int, str])
+@pytest.mark.parametrize("min_rating", [None, 3.0])
+@pytest.mark.parametrize("duplicates", ["sum", "last"])
+def test_the_popularity_baseline_reuses_an_als_recomputes_item_map_and_order_exactly(
+    ids, min_rating, duplicates
+):
+    """A popularity fit given the ALS recompute of the same table (``ranked``) takes the
+    recompute's item map and popularity order instead of counting them: the same baseline,
+    array by array, as its own fit. Users with no positive (not in the ALS model's users) and
+    ties of recent popularity are in the table; a fit that dropped duplicate rows, or with
+    another min_rating or window, is not reused."""
+    from retrain.trainers import PopularityRecommender
+
+    table = taste_data(seed=3)
+    # a user whose every row is below min_rating, and recent ties (two items, one user each)
+    late = table["ts"].max() + pd.Timedelta(hours=1)
+    extra = [(777, 100, 1.0, late), (777, 111, 1.0, late), (5, 130, 5.0, late), (6, 131, 5.0, late)]
+    table = pd.concat([table, pd.DataFrame(extra, columns=table.columns)], ignore_index=True)
+    table = table.assign(user=table["user"].map(ids), item=table["item"].map(ids))
+    if ids is str:
+        table = table.astype({"user": "str", "item": "str"})
+    als = ALSTrainer(**SMALL, min_rating=min_rating, duplicates=duplicates, popularity_window="2D")
+    als.fit(table)
+    plain = PopularityRecommender("2D", min_rating).fit(table)
+    reused = PopularityRecommender("2D", min_rating)
+    assert reused.shares_ranking(als, len(table))
+    reused.fit(table, ranked=als)
+    for name, value in _popularity_state(plain).items():
+        np.testing.assert_array_equal(_popularity_state(reused)[name], value, err_msg=name)
+    assert reused.ranking_ is als.popular_items_  # taken, not counted
+
+    # not reused: another window or min_rating, or a fit that dropped a duplicate row
+    assert not PopularityRecommender("3D", min_rating).shares_ranking(als, len(table))
+    assert not PopularityRecommender("2D", 4.5).shares_ranking(als, len(table))
+    doubled = pd.concat([table, table.iloc[:1]], ignore_index=True)
+    again = ALSTrainer(**SMALL, min_rating=min_rating, duplicates="last", popularity_window="2D")
+    again.fit(doubled)
+    assert not PopularityRecommender("2D", min_rating).shares_ranking(again, len(doubled))
+    fallback = PopularityRecommender("2D", min_rating).fit(doubled, ranked=again)
+    for name, value in _popularity_state(
+        PopularityRecommender("2D", min_rating).fit(doubled)
+    ).items():
+        np.testing.assert_array_equal(_popularity_state(fallback)[name], value, err_msg=name)
