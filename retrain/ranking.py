@@ -127,7 +127,8 @@ class RankingBacktest:
 
 def _check_split(
     train: pd.DataFrame, holdout: pd.DataFrame, train_checked: bool = False
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> tuple[pd.DataFrame, pd.DataFrame, Any, Any]:
+    """Both tables checked, the training end and the holdout's start."""
     try:
         train = train if train_checked else check_interactions(train)
         holdout = check_interactions(holdout)
@@ -140,7 +141,7 @@ def _check_split(
             "a ranking backtest needs a time split; take the holdout rows strictly after the "
             "training window"
         )
-    return train, holdout
+    return train, holdout, train_end, holdout_start
 
 
 def relevant_items(
@@ -357,11 +358,18 @@ def _score(
     if metrics is None:
         metrics = user_metrics(recs, relevant, k)
     warm = member(metrics["user"], warm_users) if warm_of is None else warm_of(metrics["user"])
-    if "source" in recs.columns:
-        fell_back = recs.loc[recs["source"] == fallback_source, "user"].unique()
-    else:
-        fell_back = np.array([])
-    fallback = member(metrics["user"], fell_back)
+    # the users a fallback served (by their rows' source, compared as Python objects: what
+    # the column's ``==`` gives), none without such a row
+    served_by = (
+        recs["source"].to_numpy(dtype=object) == fallback_source
+        if "source" in recs.columns
+        else np.zeros(len(recs), dtype=bool)
+    )
+    fallback = (
+        member(metrics["user"], recs["user"].to_numpy()[served_by])
+        if served_by.any()
+        else np.zeros(len(metrics), dtype=bool)
+    )
     everyone = np.ones(len(metrics), dtype=bool)
     columns = {c: metrics[c].to_numpy(dtype="float64") for c in ("precision", "ap", "ndcg")}
     return RankingScores(
@@ -385,7 +393,7 @@ def evaluate_ranking(
     """One model's precision/MAP/NDCG@k on the users active in the holdout, by segment."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise BacktestError(f"k must be a positive integer, got {k!r}")
-    train, holdout = _check_split(train, holdout)
+    train, holdout, _, _ = _check_split(train, holdout)
     relevant = relevant_items(train, holdout, min_rating)
     if relevant.empty:
         raise BacktestError(
@@ -396,9 +404,12 @@ def evaluate_ranking(
     return _score(name, model, relevant, pd.Index(train["user"].unique()), k, "popularity")
 
 
-def _check_model_end(model: Recommender, holdout: pd.DataFrame) -> None:
+def _check_model_end(
+    model: Recommender, holdout: pd.DataFrame, start: pd.Timestamp | None = None
+) -> None:
+    """``start``: the holdout's first timestamp, already found."""
     end = getattr(model, "train_end_", None)
-    start = holdout["ts"].min()
+    start = holdout["ts"].min() if start is None else start
     if end is not None and pd.Timestamp(end) >= start:
         raise BacktestError(
             f"the model trained on data up to {end}, inside the holdout that starts at {start}: "
@@ -438,7 +449,7 @@ def ranking_backtest(
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise BacktestError(f"k must be a positive integer, got {k!r}")
-    train, holdout = _check_split(train, holdout, train_checked)
+    train, holdout, train_end, holdout_start = _check_split(train, holdout, train_checked)
     relevant_given = relevant is not None
     if relevant is None:
         relevant = relevant_items(train, holdout, min_rating)
@@ -449,7 +460,7 @@ def ranking_backtest(
         )
     for model in (candidate, champion):
         if model is not None:
-            _check_model_end(model, holdout)
+            _check_model_end(model, holdout, holdout_start)
     if baseline is None:
         try:
             baseline = PopularityRecommender(window=popularity_window, min_rating=min_rating)
@@ -463,8 +474,8 @@ def ranking_backtest(
     scored = dict(user_scores or {}) if relevant_given else {}
     return RankingBacktest(
         k=k,
-        train_end=str(train["ts"].max()),
-        holdout_start=str(holdout["ts"].min()),
+        train_end=str(train_end),
+        holdout_start=str(holdout_start),
         holdout_end=str(holdout["ts"].max()),
         popularity_window=str(pd.Timedelta(popularity_window)),
         candidate=_score(

@@ -475,6 +475,12 @@ def test_the_segment_table_is_each_models_own_scoring_with_its_warm_mask_found_o
         _score("popularity", baseline, relevant, warm_users, 3, "_none_"),
     ]
     assert want[0].warm.users == 24 and want[0].cold.users == 1  # both segments scored
+    # the users a fallback served, as the rows' source column said them (pandas' ==)
+    users = relevant["user"].drop_duplicates()
+    lists = model.recommend(users.tolist(), k=3)
+    fell_back = lists.loc[lists["source"] == "popularity", "user"].unique()
+    assert want[0].all.fallback_users == users.isin(fell_back).sum() == 1
+    assert want[2].all.fallback_users == 0
 
     for checked in (False, True):
         got = ranking_backtest(
