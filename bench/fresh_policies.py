@@ -195,7 +195,7 @@ def refusal_kind(record: Any) -> str:
         return "promoted"
     text = record.verdict
     for needle, kind in (
-        ("no evidence that it learned something", "forward fold failed"),
+        ("no evidence that it learned something", "fold failed"),
         ("does not beat the trivial baseline significantly", "not significant over the baseline"),
         ("does not beat the trivial baseline", "lost to the baseline"),
         ("may be worse than the champion", "tie (may be worse)"),

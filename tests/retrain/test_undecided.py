@@ -17,7 +17,7 @@ from retrain.backtest import (
     FoldEvidence,
     GateSettings,
     backtest,
-    forward_fold_evidence,
+    fold_evidence,
     paired_bootstrap,
 )
 from retrain.config import GateSpec, parse_spec
@@ -44,7 +44,7 @@ class Fold:
         return FoldEvidence(self.passed, f"forward fold: {verdict}", 100, 0.8, 0.5, 0.1, 0.2)
 
 
-def settings(undecided: str = "forward_fold", **kwargs) -> GateSettings:
+def settings(undecided: str = "interleaved_fold", **kwargs) -> GateSettings:
     return GateSettings(
         metric="mae",
         task="regression",
@@ -76,9 +76,9 @@ def tie(seed: int = 0, shift: float = 0.2):
     )
 
 
-def test_the_default_judges_undecided_candidates_on_the_forward_fold(tmp_path: Path):
-    assert GateSpec().undecided == "forward_fold"
-    for mode in ("forward_fold", "refuse"):
+def test_the_default_judges_undecided_candidates_on_the_interleaved_fold(tmp_path: Path):
+    assert GateSpec().undecided == "interleaved_fold"
+    for mode in ("interleaved_fold", "forward_fold", "refuse"):
         spec = parse_spec(spec_dict(tmp_path, tmp_path / "s", **{"gate.undecided": mode}))
         assert GateSettings.from_spec(spec).undecided == mode
     with pytest.raises(SpecError, match="undecided"):
@@ -88,20 +88,20 @@ def test_the_default_judges_undecided_candidates_on_the_forward_fold(tmp_path: P
 def test_a_refit_of_the_champions_recipe_that_the_holdout_favours_wins_the_tie_on_the_fold():
     held = tie()
     fold = Fold(True)
-    result = backtest(settings(), same_recipe=True, forward_fold=fold, **held)
+    result = backtest(settings(), same_recipe=True, fold=fold, **held)
     assert result.improvement > 0 and result.ci_low < 0  # the holdout favours it, not significantly
     assert result.passed
     assert "the fresher fit wins the tie (gate.undecided)" in result.reasons[-1]
     assert fold.calls == 1
     # the strict rule before: the champion stays
-    strict = backtest(settings("refuse"), same_recipe=True, forward_fold=fold, **held)
+    strict = backtest(settings("refuse"), same_recipe=True, fold=fold, **held)
     assert not strict.passed
     assert "may be worse than the champion" in strict.reasons[-1]
     assert fold.calls == 1  # "refuse" fits no fold
 
 
 def test_a_tie_whose_fold_fails_keeps_the_champion():
-    result = backtest(settings(), same_recipe=True, forward_fold=Fold(False), **tie())
+    result = backtest(settings(), same_recipe=True, fold=Fold(False), **tie())
     assert not result.passed
     assert "the champion stays (gate.undecided)" in result.reasons[-1]
     assert "no evidence that it learned something" in result.reasons[-1]
@@ -109,7 +109,7 @@ def test_a_tie_whose_fold_fails_keeps_the_champion():
 
 def test_a_tie_with_another_recipe_keeps_the_champion_and_fits_no_fold():
     fold = Fold(True)
-    result = backtest(settings(), same_recipe=False, forward_fold=fold, **tie())
+    result = backtest(settings(), same_recipe=False, fold=fold, **tie())
     assert not result.passed
     assert fold.calls == 0
 
@@ -118,12 +118,12 @@ def test_a_refit_slightly_worse_by_its_point_estimate_still_wins_the_tie_on_the_
     # non-inferiority: which validated fit the holdout favours is mostly their luck, which
     # the served refits do not share
     held = tie(shift=-0.2)
-    result = backtest(settings(), same_recipe=True, forward_fold=Fold(True), **held)
+    result = backtest(settings(), same_recipe=True, fold=Fold(True), **held)
     assert result.improvement < 0 < result.ci_high
     assert result.passed
     assert "the fresher fit wins the tie (gate.undecided)" in result.reasons[-1]
     # another recipe is refused for it, as before
-    other = backtest(settings(), same_recipe=False, forward_fold=Fold(True), **held)
+    other = backtest(settings(), same_recipe=False, fold=Fold(True), **held)
     assert not other.passed
     assert "is worse than the champion" in other.reasons[-1]
 
@@ -131,9 +131,7 @@ def test_a_refit_slightly_worse_by_its_point_estimate_still_wins_the_tie_on_the_
 def test_a_refit_significantly_worse_over_the_partitions_is_refused_and_fits_no_fold():
     held = tie(shift=-2.0)
     fold = Fold(True)
-    result = backtest(
-        settings(), same_recipe=True, forward_fold=fold, blocks=np.arange(300) // 10, **held
-    )
+    result = backtest(settings(), same_recipe=True, fold=fold, blocks=np.arange(300) // 10, **held)
     assert not result.passed
     assert "significantly worse" in result.reasons[-1]
     assert fold.calls == 0
@@ -166,7 +164,7 @@ def test_a_tie_that_loses_more_windows_than_allowed_is_still_refused():
     result = backtest(
         settings(max_windows_lost=0),
         same_recipe=True,
-        forward_fold=Fold(True),
+        fold=Fold(True),
         window_ids=windows,
         window_bounds=bounds,
         **held,
@@ -184,27 +182,27 @@ def first_model(seed: int, right: float):
     return dict(y_holdout=y, candidate_pred=pred, y_train=y[:200], holdout_start=T, holdout_end=T)
 
 
-def binary(undecided: str = "forward_fold") -> GateSettings:
+def binary(undecided: str = "interleaved_fold") -> GateSettings:
     return replace(settings(undecided), metric="accuracy", task="binary")
 
 
 def test_a_first_model_not_significant_over_the_baseline_serves_on_the_folds_evidence():
     held = first_model(3, 0.53)
-    refused = backtest(binary(), forward_fold=Fold(False), **held)
+    refused = backtest(binary(), fold=Fold(False), **held)
     assert refused.candidate > refused.baseline
     assert not refused.passed
     assert "does not beat the trivial baseline significantly" in refused.reasons[0]
     assert "nor on its own training data" in refused.reasons[0]
-    passed = backtest(binary(), forward_fold=Fold(True), **held)
+    passed = backtest(binary(), fold=Fold(True), **held)
     assert passed.passed
     assert "it learned something (gate.undecided)" in passed.reasons[0]
-    assert not backtest(binary("refuse"), forward_fold=Fold(True), **held).passed
+    assert not backtest(binary("refuse"), fold=Fold(True), **held).passed
 
 
 def test_a_first_model_below_the_baseline_or_significant_over_it_fits_no_fold():
     below, significant = Fold(True), Fold(True)
-    assert not backtest(binary(), forward_fold=below, **first_model(3, 0.40)).passed
-    assert backtest(binary(), forward_fold=significant, **first_model(3, 0.80)).passed
+    assert not backtest(binary(), fold=below, **first_model(3, 0.40)).passed
+    assert backtest(binary(), fold=significant, **first_model(3, 0.80)).passed
     assert below.calls == significant.calls == 0
 
 
@@ -223,15 +221,15 @@ def stale_pair():
 def test_a_refit_that_loses_to_the_baseline_like_its_champion_is_judged_against_the_champion():
     held = stale_pair()
     fold = Fold(True)
-    result = backtest(settings(), same_recipe=True, forward_fold=fold, **held)
+    result = backtest(settings(), same_recipe=True, fold=fold, **held)
     assert result.baseline < result.candidate < result.champion  # mae: lower is better
     assert result.passed
     assert "both are stale here" in result.reasons[0]
     assert fold.calls == 1  # fitted once for the baseline check and the tie
     for refused in (
-        backtest(settings(), same_recipe=True, forward_fold=Fold(False), **held),
-        backtest(settings(), same_recipe=False, forward_fold=Fold(True), **held),
-        backtest(settings("refuse"), same_recipe=True, forward_fold=Fold(True), **held),
+        backtest(settings(), same_recipe=True, fold=Fold(False), **held),
+        backtest(settings(), same_recipe=False, fold=Fold(True), **held),
+        backtest(settings("refuse"), same_recipe=True, fold=Fold(True), **held),
     ):
         assert not refused.passed
         assert "does not beat the trivial baseline" in refused.reasons[0]
@@ -242,13 +240,13 @@ def test_the_fold_passes_labels_that_carry_signal_and_refuses_shuffled_ones():
     x = rng.normal(size=600)
     y = (x + rng.normal(0, 0.5, 600) > 0).astype(float)
     learned = (x > 0).astype(float)  # what a model fitted on the older rows would say
-    good = forward_fold_evidence("accuracy", "binary", y[:400], y[400:], learned[400:], 500, 0)
+    good = fold_evidence("accuracy", "binary", y[:400], y[400:], learned[400:], 500, 0)
     assert good.passed and good.ci_low > 0 and good.rows == 200
     refused = 0
     for seed in range(12):
         shuffled = np.random.default_rng(seed).permutation(y)
         # any function of the features is at chance on labels that carry no signal
-        bad = forward_fold_evidence(
+        bad = fold_evidence(
             "accuracy", "binary", shuffled[:400], shuffled[400:], learned[400:], 500, 0
         )
         refused += not bad.passed
