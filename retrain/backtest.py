@@ -810,13 +810,13 @@ def backtest(
                 )
             elif served:
                 passed = False
-                why = (
-                    base_reason
-                    if not base_ok
-                    else (
-                        evidence.reason if evidence is not None else "the fold could not be built"
+                if not base_ok:
+                    why = (
+                        f"it does not beat the baseline significantly on the holdout ({cand:.4f} "
+                        f"vs {base:.4f})"
                     )
-                )
+                else:
+                    why = evidence.reason if evidence is not None else "no fold could be built"
                 reasons.append(
                     f"candidate is worse than the champion v{champion_version} ({cand:.4f} vs "
                     f"{champ:.4f}): a refit of its recipe, significantly worse (the whole "

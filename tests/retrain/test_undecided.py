@@ -21,9 +21,18 @@ from retrain.backtest import (
     paired_bootstrap,
 )
 from retrain.config import GateSpec, parse_spec
+from retrain.demo import synth
 from retrain.errors import SpecError
-from retrain.families.lightgbm import evaluate, fit, forward_fold
-from retrain.families.spine import Champion, Comparison, prepare, same_recipe
+from retrain.families.lightgbm import evaluate, fit, forward_fold, interleaved_fold, own_fold
+from retrain.families.spine import (
+    Champion,
+    Comparison,
+    Trained,
+    interleaved_partitions,
+    prepare,
+    same_recipe,
+    shift_served,
+)
 from retrain.stateful import TrainingPlan, scratch
 from tests.conftest import spec_dict
 
@@ -330,3 +339,239 @@ def test_the_lightgbm_gate_asks_the_fold_only_of_an_undecided_candidate(bike, mo
     result = evaluate(spec, candidate, prepared.holdout, champion_of(candidate)).result
     assert result.passed and result.improvement == 0
     assert calls == []
+
+
+def test_the_interleaved_fold_holds_out_every_kth_partition_counted_back_from_the_newest():
+    from retrain.features import Window
+    from retrain.ingest import Partition
+
+    day = pd.Timedelta(days=1)
+
+    def window(n: int) -> Window:
+        parts = tuple(
+            Partition(f"{i}", T + i * day, T + (i + 1) * day, "f", pd.DataFrame()) for i in range(n)
+        )
+        return Window("train", T, T + n * day, parts, "v")
+
+    every, held = interleaved_partitions(window(21), 7 * day)
+    assert every == 3 and held.nonzero()[0].tolist() == [2, 5, 8, 11, 14, 17, 20]
+    every, held = interleaved_partitions(window(90), 14 * day)  # bike.toml: 90 and 14 days
+    assert every == 7 and held.sum() == 13 and held[-1]  # at most the holdout's 14, the newest
+    every, held = interleaved_partitions(window(3), 7 * day)  # a holdout as long as the window
+    assert every == 2 and held.tolist() == [True, False, True]
+    assert interleaved_partitions(window(1), 7 * day) is None
+
+
+def drift_spec(tmp_path: Path, seed: int, **overrides):
+    """The generated drifting stream (retrain/demo/synth.py), 35 days of 100 rows: concept A
+    for 21 days, then abruptly B. At the as-of (day 35) the 21-day training window holds 14
+    days of A and its newest 7 days are B: the concept changes inside the window."""
+    data = tmp_path / f"drift{seed}"
+    synth.write_stream(
+        data,
+        seed=seed,
+        days=35,
+        rows_per_day=100,
+        schedule=[synth.Segment(0, 21, "A"), synth.Segment(21, 35, "B")],
+    )
+    spec = {
+        "name": "drift-test",
+        "task": "binary",
+        "label": "y",
+        "metric": "accuracy",
+        "source": {"kind": "files", "path": str(data), "format": "parquet"},
+        "timestamp": {"column": "ts"},
+        "features": {
+            "numeric": list(synth.FEATURES),
+            "categorical": ["channel"],
+            "leakage": ["concept"],
+        },
+        "partitions": {"freq": "D"},
+        "windows": {"train": "21D", "holdout": "7D"},
+        "gate": {"bootstrap_samples": 500, "require_approval": False, **overrides},
+        "lightgbm": {"num_boost_round": 50, "params": {"num_leaves": 15}},
+        "state": {"dir": str(tmp_path / f"state{seed}")},
+    }
+    parsed = parse_spec(spec)
+    return parsed, prepare(parsed, pd.Timestamp("2024-02-05"))  # day 35
+
+
+def test_the_interleaved_fold_passes_a_recipe_across_a_concept_change_the_forward_fold_fails(
+    tmp_path: Path,
+):
+    """A concept change inside the window: the forward fold fits on the old concept and scores
+    the new one, at chance; the interleaved fold holds out partitions of both concepts and
+    fits on both, so a recipe that learns passes it."""
+    forward_failed = 0
+    for seed in range(3):
+        spec, prepared = drift_spec(tmp_path, seed)
+        trained = fit(spec, prepared, scratch("candidate"))
+        assert trained.window.end == pd.Timestamp("2024-01-29")  # days 7 .. 27, B from day 21
+        interleaved = interleaved_fold(spec, trained)
+        assert interleaved is not None and interleaved.kind == "interleaved"
+        assert interleaved.passed, interleaved.reason
+        assert "without every 3-th partition" in interleaved.reason
+        forward = forward_fold(spec, trained)
+        assert forward is not None and forward.kind == "forward"
+        forward_failed += not forward.passed
+        # the spec's key chooses the fold the gate fits
+        assert own_fold(spec, trained) == interleaved
+        as_forward = spec.model_copy(
+            update={"gate": spec.gate.model_copy(update={"undecided": "forward_fold"})}
+        )
+        assert own_fold(as_forward, trained) == forward
+        as_strict = spec.model_copy(
+            update={"gate": spec.gate.model_copy(update={"undecided": "refuse"})}
+        )
+        assert own_fold(as_strict, trained) is None
+    assert forward_failed == 3
+
+
+def test_the_interleaved_fold_refuses_shuffled_labels(tmp_path: Path, bike):
+    spec, prepared = drift_spec(tmp_path, 0)
+    trained = fit(spec, prepared, scratch("candidate"))
+    bike_spec, bike_prepared = bike
+    bike_trained = fit(bike_spec, bike_prepared, scratch("candidate"))
+    assert interleaved_fold(bike_spec, bike_trained).passed  # real labels: it learns
+    refused = 0
+    for seed in range(6):
+        for s, t in ((spec, trained), (bike_spec, bike_trained)):
+            shuffled = np.random.default_rng(seed).permutation(t.y_train)
+            bad = interleaved_fold(s, replace(t, y_train=shuffled))
+            assert bad is not None
+            refused += not bad.passed
+    assert refused == 12
+
+
+def served_tie(seed: int = 0):
+    """A holdout of 30 partitions of 10 rows on which the candidate is significantly worse
+    than the champion's validated fit over the partitions (2 more MAE on every row), and
+    both far better than the training mean."""
+    held = tie(seed, shift=-2.0)
+    held["blocks"] = np.arange(300) // 10
+    return held
+
+
+def test_a_refit_worse_than_a_validated_fit_the_served_champion_learned_from_serves():
+    """The served champion already trained on every row the candidate's window added over
+    the champion's validated fit, and on none of those it dropped: refusing the candidate
+    would keep serving the very change of data the holdout judged, so the fresher fit serves
+    when it learned something on two row sets (the holdout against the baseline, the fold)."""
+    fold = Fold(True)
+    result = backtest(settings(), same_recipe=True, fold=fold, shift_served=True, **served_tie())
+    assert result.improvement < 0 and result.ci_high < 0  # significantly worse
+    assert result.passed
+    assert "would not undo the change of data the holdout judged" in result.reasons[-1]
+    assert "candidate beats the baseline significantly" in result.reasons[-1]
+    assert "forward fold: beats" in result.reasons[-1]
+    assert fold.calls == 1
+    # a champion whose served fit is the fit judged (or a tail): refused as before, no fold
+    before = Fold(True)
+    kept = backtest(settings(), same_recipe=True, fold=before, shift_served=False, **served_tie())
+    assert not kept.passed and "significantly worse" in kept.reasons[-1]
+    assert before.calls == 0
+    # the strict rule and another recipe: refused
+    for refused in (
+        backtest(
+            settings("refuse"), same_recipe=True, fold=Fold(True), shift_served=True, **served_tie()
+        ),
+        backtest(settings(), same_recipe=False, fold=Fold(True), shift_served=True, **served_tie()),
+    ):
+        assert not refused.passed
+
+
+def test_such_a_refit_is_refused_without_evidence_on_both_row_sets():
+    failed = backtest(
+        settings(), same_recipe=True, fold=Fold(False), shift_served=True, **served_tie()
+    )
+    assert not failed.passed
+    assert "no evidence on two row sets that it learned something" in failed.reasons[-1]
+    assert "forward fold: does not beat" in failed.reasons[-1]
+    # not significantly better than the baseline on the holdout: refused, no fold fitted
+    held = served_tie()
+    y = held["y_holdout"]
+    held["y_train"] = np.full(50, float(np.mean(y)))
+    mean = float(np.mean(y))
+    noise = np.random.default_rng(3).normal(0, 10, y.size)
+    held["candidate_pred"] = mean + 0.08 * (y - mean) + noise  # a little better than the mean
+    fold = Fold(True)
+    weak = backtest(settings(), same_recipe=True, fold=fold, shift_served=True, **held)
+    assert weak.baseline > weak.candidate  # better than the baseline by its point estimate only
+    assert not weak.passed
+    assert fold.calls == 0
+    assert "it does not beat the baseline significantly on the holdout" in weak.reasons[-1]
+
+
+def test_shift_served_holds_when_the_served_refit_covers_the_rows_the_candidate_added():
+    from retrain.features import Window
+
+    day = pd.Timedelta(days=1)
+    t = pd.Timestamp("2011-06-10")  # the as-of; bike.toml: 90-day window, 14-day holdout
+    window = Window("train", t - 104 * day, t - 14 * day, (), "v")  # the candidate's
+    cand = Trained(None, window, 1, {}, TrainingPlan("scratch", "", None, 0), (), np.empty(0))
+
+    def champion(served_end: pd.Timestamp, validated_end: pd.Timestamp) -> Champion:
+        tags = {
+            "retrain.window_start": str(served_end - 90 * day),
+            "retrain.window_end": str(served_end),
+        }
+        return Champion("8", object(), served_end, (), tags, object(), validated_end)
+
+    weekly = champion(t - 7 * day, t - 21 * day)  # served to 06-03, validated to 05-20
+    validated = Comparison(window, "validated", weekly.validated, weekly.validated_end)
+    assert shift_served(cand, validated, weekly)
+    served = Comparison(window, "served", weekly.model, weekly.train_end)
+    assert not shift_served(cand, served, weekly)  # the fit judged is the fit that serves
+    assert not shift_served(cand, validated, None)
+    # a served refit that ends before the candidate's window (not past the holdout's start)
+    early = champion(t - 15 * day, t - 29 * day)
+    assert not shift_served(cand, replace(validated, train_end=early.validated_end), early)
+    # a served window that starts after the validated fit's end (a holdout longer than the
+    # window): rows the candidate added are missing from it
+    gap = champion(t - 7 * day, t - 200 * day)
+    assert not shift_served(cand, replace(validated, train_end=gap.validated_end), gap)
+
+
+def test_the_lightgbm_gate_lets_the_served_refit_rule_refuse_shuffled_labels(tmp_path, bike_dir):
+    """The family's gate tells the backtest when the served champion learned the change; a
+    shuffled-label refit in that position is still refused (6 seeds)."""
+    spec = parse_spec(
+        spec_dict(
+            bike_dir,
+            tmp_path / "state",
+            **{"gate.undecided": "interleaved_fold", "gate.refit": True},
+        )
+    )
+    prepared = prepare(spec, AS_OF)
+    earlier = prepare(spec, AS_OF - pd.Timedelta(days=1))
+    validated = fit(spec, earlier, scratch("champion's validated fit"))
+    served_end = AS_OF - pd.Timedelta(days=1)
+    tags = {
+        "retrain.window_start": str(served_end - spec.windows.train_delta),
+        "retrain.window_end": str(served_end),
+        "retrain.validated.window_end": str(validated.window.end),
+    }
+    champ = Champion.registered("2", validated.model, tags, validated=validated.model)
+    candidate = fit(spec, prepared, scratch("candidate"))
+    seen: list[bool] = []
+
+    import retrain.families.lightgbm as family
+
+    real = family.backtest
+
+    def recorded(settings, **kwargs):
+        seen.append(kwargs["shift_served"])
+        return real(settings, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(family, "backtest", recorded)
+        evaluate(spec, candidate, prepared.holdout, champ)
+    assert seen == [True]
+    refused = 0
+    for seed in range(6):
+        shuffled = np.random.default_rng(seed).permutation(candidate.y_train)
+        X = family.FeatureCache(spec.state.features, spec).load(candidate.window.partitions)
+        bad_model = family.make_trainer(spec).fit(X[list(spec.features.columns)], shuffled)
+        bad = replace(candidate, model=bad_model, y_train=shuffled)
+        refused += not evaluate(spec, bad, prepared.holdout, champ).result.passed
+    assert refused == 6
