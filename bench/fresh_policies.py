@@ -204,7 +204,7 @@ def verdict_kind(text: str) -> str:
     """What refused a candidate, in a word, from the gate's reasons."""
     for needle, kind in (
         (
-            "it does not beat the baseline significantly on the holdout",
+            "it does not beat the baseline significantly on the holdout over its partitions",
             "worse, served change: not significant over the baseline on the holdout",
         ),
         ("no evidence on two row sets", "worse, served change: fold failed"),

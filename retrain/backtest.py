@@ -381,6 +381,7 @@ def significant_over_baseline(
     base: float,
     samples: int,
     seed: int,
+    blocks: np.ndarray | None = None,
 ) -> tuple[bool, str]:
     """The baseline check of ``gate.significant_baseline`` (and ``gate.prefer_fresh``): the
     candidate beats the trivial baseline *significantly*, the lower end of the 95% paired
@@ -393,10 +394,14 @@ def significant_over_baseline(
     that learned nothing (e.g. one trained on shuffled labels) when the champion has itself
     gone stale, and a first model has no champion to tie with: this check asks every candidate
     for evidence that it learned something. Returns whether it passes and the reason.
+    ``blocks``: the interval resamples whole partitions (see :func:`paired_bootstrap`).
     """
     gib = metric in GREATER_IS_BETTER
-    low, high = paired_bootstrap(metric, y, candidate_pred, baseline_pred, samples, seed, gib)
-    interval = f"95% CI of the improvement {low:+.4f} to {high:+.4f}"
+    low, high = paired_bootstrap(
+        metric, y, candidate_pred, baseline_pred, samples, seed, gib, blocks=blocks
+    )
+    over = " over partitions" if blocks is not None else ""
+    interval = f"95% CI of the improvement{over} {low:+.4f} to {high:+.4f}"
     if not np.isnan(low) and low > 0:
         return (
             True,
@@ -583,9 +588,9 @@ def backtest(
       added over that validated fit and none of those it dropped (``shift_served``, see
       :func:`retrain.families.spine.shift_served`): keeping the champion would not undo the
       change of data the holdout judged, so the evidence is not against the candidate's refit.
-      It serves as the fresher fit when it beats the baseline significantly on the holdout and
-      the fold shows it learned something (two independent row sets: the evidence that it is
-      not broken must not rest on the fold alone);
+      It serves as the fresher fit when it beats the baseline significantly on the holdout, by
+      the interval over its partitions, and the fold shows it learned something (two disjoint
+      row sets: the evidence that it is not broken must not rest on the fold alone);
     - a refit of the champion's recipe below the baseline's point estimate, with the
       champion no better (both stale on this holdout, e.g. after a concept came back), goes
       on to the champion comparison when the fold shows it learned something.
@@ -794,6 +799,7 @@ def backtest(
                     base,
                     settings.bootstrap_samples,
                     settings.seed,
+                    blocks=blocks,
                 )
                 if served
                 else (False, "")
@@ -812,8 +818,8 @@ def backtest(
                 passed = False
                 if not base_ok:
                     why = (
-                        f"it does not beat the baseline significantly on the holdout ({cand:.4f} "
-                        f"vs {base:.4f})"
+                        f"it does not beat the baseline significantly on the holdout over its "
+                        f"partitions ({cand:.4f} vs {base:.4f})"
                     )
                 else:
                     why = evidence.reason if evidence is not None else "no fold could be built"
