@@ -203,11 +203,8 @@ def refusal_kind(record: Any) -> str:
 def verdict_kind(text: str) -> str:
     """What refused a candidate, in a word, from the gate's reasons."""
     for needle, kind in (
-        (
-            "it does not beat the baseline significantly on the holdout over its partitions",
-            "worse, served change: not significant over the baseline on the holdout",
-        ),
-        ("no evidence on two row sets", "worse, served change: fold failed"),
+        ("it loses more than half of the champion's", "worse, served change: lost half the skill"),
+        ("is the same recipe's fit of those rows", "worse, served change: fold failed"),
         ("no evidence that it learned something", "fold failed"),
         ("does not beat the trivial baseline significantly", "not significant over the baseline"),
         ("does not beat the trivial baseline", "lost to the baseline"),

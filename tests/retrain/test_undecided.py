@@ -456,13 +456,14 @@ def test_a_refit_worse_than_a_validated_fit_the_served_champion_learned_from_ser
     """The served champion already trained on every row the candidate's window added over
     the champion's validated fit, and on none of those it dropped: refusing the candidate
     would keep serving the very change of data the holdout judged, so the fresher fit serves
-    when it learned something on two row sets (the holdout against the baseline, the fold)."""
+    when it keeps at least half of the champion's improvement over the baseline (over the
+    partitions) and its fold passes."""
     fold = Fold(True)
     result = backtest(settings(), same_recipe=True, fold=fold, shift_served=True, **served_tie())
     assert result.improvement < 0 and result.ci_high < 0  # significantly worse
     assert result.passed
     assert "would not undo the change of data the holdout judged" in result.reasons[-1]
-    assert "candidate beats the baseline significantly" in result.reasons[-1]
+    assert "it keeps at least half of the champion's" in result.reasons[-1]
     assert "95% CI of the improvement over partitions" in result.reasons[-1]
     assert "forward fold: beats" in result.reasons[-1]
     assert fold.calls == 1
@@ -481,14 +482,15 @@ def test_a_refit_worse_than_a_validated_fit_the_served_champion_learned_from_ser
         assert not refused.passed
 
 
-def test_such_a_refit_is_refused_without_evidence_on_both_row_sets():
+def test_such_a_refit_is_refused_when_its_fold_fails_or_it_loses_half_the_champions_skill():
     failed = backtest(
         settings(), same_recipe=True, fold=Fold(False), shift_served=True, **served_tie()
     )
     assert not failed.passed
-    assert "no evidence on two row sets that it learned something" in failed.reasons[-1]
+    assert "no evidence that it is the same recipe's fit of those rows" in failed.reasons[-1]
     assert "forward fold: does not beat" in failed.reasons[-1]
-    # not significantly better than the baseline on the holdout: refused, no fold fitted
+    # barely better than the baseline (a fit of labels without signal looks like this next to
+    # a real champion): it lost more than half the champion's skill; refused, no fold fitted
     held = served_tie()
     y = held["y_holdout"]
     held["y_train"] = np.full(50, float(np.mean(y)))
@@ -500,7 +502,7 @@ def test_such_a_refit_is_refused_without_evidence_on_both_row_sets():
     assert weak.baseline > weak.candidate  # better than the baseline by its point estimate only
     assert not weak.passed
     assert fold.calls == 0
-    assert "it does not beat the baseline significantly on the holdout" in weak.reasons[-1]
+    assert "it loses more than half of the champion's" in weak.reasons[-1]
 
 
 def test_shift_served_holds_when_the_served_refit_covers_the_rows_the_candidate_added():
@@ -576,3 +578,23 @@ def test_the_lightgbm_gate_lets_the_served_refit_rule_refuse_shuffled_labels(tmp
         bad = replace(candidate, model=bad_model, y_train=shuffled)
         refused += not evaluate(spec, bad, prepared.holdout, champ).result.passed
     assert refused == 6
+
+
+def test_a_fit_significantly_above_the_baseline_but_far_below_the_champion_is_refused():
+    """The 2024-11-19 case of the drift stream's replay: a shuffled-label candidate beat the
+    majority class over the partitions and its fold passed (each test's own 2.5%), but it was
+    far below the champion's validated fit; it keeps less than half of the champion's skill."""
+    held = served_tie()
+    y = held["y_holdout"]
+    mean = float(np.mean(y))
+    held["y_train"] = np.full(50, mean)
+    held["candidate_pred"] = mean + 0.3 * (y - mean)  # better than the mean on every row
+    fold = Fold(True)
+    result = backtest(settings(), same_recipe=True, fold=fold, shift_served=True, **held)
+    over_baseline = paired_bootstrap(
+        "mae", y, held["candidate_pred"], held["y_train"][:1].repeat(y.size), 500, 0, False
+    )
+    assert over_baseline[0] > 0  # significantly better than the baseline
+    assert not result.passed
+    assert "it loses more than half of the champion's" in result.reasons[-1]
+    assert fold.calls == 0
