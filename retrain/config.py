@@ -265,8 +265,9 @@ class GateSpec(_Strict):
     # served refits do not share: the tie carries no evidence for the older data); and even
     # when significantly worse than the champion's *validated* fit, it serves when the
     # champion's served refit already learned every row it added over that fit (keeping the
-    # champion would not undo the change the holdout judged), it beats the baseline
-    # significantly on the holdout and its fold passes; (3) such a refit below the baseline's
+    # champion would not undo the change the holdout judged), it keeps at least half of the
+    # champion's improvement over the baseline (a non-inferiority margin, over the holdout's
+    # partitions) and its fold passes; (3) such a refit below the baseline's
     # point estimate whose champion does no better (both stale): with the fold's evidence it
     # goes on to the champion comparison. A model trained on shuffled labels can tie a stale
     # champion and beat the baseline on the holdout after an abrupt drift; its own labels
