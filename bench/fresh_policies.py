@@ -65,6 +65,7 @@ class ShuffledProbe:
         self.refused = 0
         self.cpu = 0.0
         self.let_through: list[str] = []
+        self.refused_by: dict[str, int] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._family, name)
@@ -83,6 +84,8 @@ class ShuffledProbe:
                 self.let_through.append(f"{holdout.end}: {'; '.join(verdict.reasons)}")
             else:
                 self.refused += 1
+                kind = verdict_kind("; ".join(verdict.reasons))
+                self.refused_by[kind] = self.refused_by.get(kind, 0) + 1
             self.cpu += time.process_time() - start
         return evaluated
 
@@ -110,6 +113,7 @@ def gated(
         "cpu": run.total_cpu_s - probe.cpu,
         "probe": f"{probe.refused}/{probe.asked}",
         "let_through": probe.let_through,
+        "refused_by": probe.refused_by,
         "days": [(s.partition, s.rows, s.metric) for s in run.steps],
         "trainings": run.trainings,
     }
@@ -193,9 +197,15 @@ def refusal_kind(record: Any) -> str:
         return record.strategy
     if record.promoted:
         return "promoted"
-    text = record.verdict
+    return verdict_kind(record.verdict)
+
+
+def verdict_kind(text: str) -> str:
+    """What refused a candidate, in a word, from the gate's reasons."""
     for needle, kind in (
-        ("no evidence that it learned something", "forward fold failed"),
+        ("it loses more than half of the champion's", "worse, served change: lost half the skill"),
+        ("is the same recipe's fit of those rows", "worse, served change: fold failed"),
+        ("no evidence that it learned something", "fold failed"),
         ("does not beat the trivial baseline significantly", "not significant over the baseline"),
         ("does not beat the trivial baseline", "lost to the baseline"),
         ("may be worse than the champion", "tie (may be worse)"),
@@ -298,6 +308,7 @@ def main() -> None:
     rows: list[tuple[str, float, str, str, float, list[str]]] = []
     notes: list[str] = []
     decompositions: list[str] = []
+    refusals: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         overrides = {**parse_sets(args.sets), "state.dir": tmp, "gate.refit": True}
         spec = load_spec(args.spec, overrides)
@@ -365,6 +376,11 @@ def main() -> None:
                     )
                 )
                 notes += [f"{label}: passed at {x}" for x in out["let_through"]]
+                if out["refused_by"]:
+                    refusals.append(
+                        f"- {label}: "
+                        + ", ".join(f"{k} {n}" for k, n in sorted(out["refused_by"].items()))
+                    )
                 print(rows[-1], flush=True)
         first = data.partitions[first_step(data, spec)].key
         last = data.partitions[-1].key
@@ -439,6 +455,8 @@ def main() -> None:
         )
     if decompositions:
         lines += ["", "## Where the gated policies lose against the no-gate loop", *decompositions]
+    if refusals:
+        lines += ["", "Shuffled-label candidates refused, by what refused them:", "", *refusals]
     if notes:
         lines += ["", "Shuffled-label candidates the gate let through:", ""]
         lines += [f"- {n}" for n in notes]

@@ -411,10 +411,11 @@ def significant_over_baseline(
 
 @dataclass(frozen=True)
 class FoldEvidence:
-    """The forward fold of ``gate.undecided``: the candidate's recipe refitted on the older
-    part of its own training window (its own labels) and scored on the newest part, against
-    the trivial baseline of that older part. ``passed``: the recipe beats the baseline there
-    significantly (the lower end of the 95% paired interval above zero)."""
+    """The fold of ``gate.undecided``: the candidate's recipe refitted on part of its own
+    training window (its own labels) and scored on the rest, against the trivial baseline of
+    the part it was fitted on. ``kind``: ``interleaved`` (every k-th partition held out) or
+    ``forward`` (the newest ``windows.holdout`` held out). ``passed``: the recipe beats the
+    baseline there significantly (the lower end of the 95% paired interval above zero)."""
 
     passed: bool
     reason: str
@@ -423,43 +424,58 @@ class FoldEvidence:
     baseline: float
     ci_low: float
     ci_high: float
+    kind: str = "forward"
 
 
-def forward_fold_evidence(
+def fold_evidence(
     metric: str,
     task: str,
-    y_older: np.ndarray,
-    y_newest: np.ndarray,
-    pred_newest: np.ndarray,
+    y_fit: np.ndarray,
+    y_held: np.ndarray,
+    pred_held: np.ndarray,
     samples: int,
     seed: int,
+    kind: str = "forward",
+    every: int | None = None,
 ) -> FoldEvidence:
-    """Whether a recipe learned something that holds forward in time on its own training data:
-    fitted on ``y_older`` (the training window but its newest ``windows.holdout``), its
-    predictions ``pred_newest`` of the newest part beat the trivial baseline of the older part
-    significantly (:func:`significant_over_baseline`).
+    """Whether a recipe learned something on its own training data: fitted on the rows of
+    ``y_fit``, its predictions ``pred_held`` of the held-out rows beat the trivial baseline of
+    the fitted rows significantly (:func:`significant_over_baseline`). ``kind``: which rows were
+    held out, for the reason (``forward``: the window's newest ``windows.holdout``;
+    ``interleaved``: every ``every``-th partition of the window).
 
     The evidence the holdout cannot give (``gate.undecided``): after an abrupt drift a model
     trained on shuffled labels can be genuinely better than the baseline and a stale champion
     on the holdout's rows (a random function of the features that lines up with the new
-    concept), but the labels it learned from carry no signal, so on its own window the fold's
-    fit cannot beat the baseline, except by the test's own error (2.5%).
+    concept), but the labels it learned from carry no signal: given the fitted rows, the
+    held-out labels are independent of everything the fold's fit saw and of the held-out
+    features, so its predictions cannot beat the baseline except by the test's own error
+    (2.5%), whichever rows are held out.
     """
-    y_newest = np.asarray(y_newest, dtype="float64")
-    pred_newest = np.asarray(pred_newest, dtype="float64")
-    n_classes = pred_newest.shape[1] if pred_newest.ndim == 2 else 0
-    base_pred = baseline_predictions(task, y_older, y_newest.size, metric, n_classes)
-    cand, base = score(metric, y_newest, pred_newest), score(metric, y_newest, base_pred)
+    y_held = np.asarray(y_held, dtype="float64")
+    pred_held = np.asarray(pred_held, dtype="float64")
+    n_classes = pred_held.shape[1] if pred_held.ndim == 2 else 0
+    base_pred = baseline_predictions(task, y_fit, y_held.size, metric, n_classes)
+    cand, base = score(metric, y_held, pred_held), score(metric, y_held, base_pred)
     gib = metric in GREATER_IS_BETTER
-    low, high = paired_bootstrap(metric, y_newest, pred_newest, base_pred, samples, seed, gib)
+    low, high = paired_bootstrap(metric, y_held, pred_held, base_pred, samples, seed, gib)
     passed = bool(not np.isnan(low) and low > 0)
     verdict = "beats" if passed else "does not beat"
+    if kind == "interleaved":
+        fitted = (
+            f"interleaved fold: the recipe fitted on the candidate's own training window "
+            f"without every {every}-th partition {verdict} the baseline significantly on "
+            f"those partitions' {y_held.size} rows"
+        )
+    else:
+        fitted = (
+            f"forward fold: the recipe fitted on the older part of the candidate's own training "
+            f"window {verdict} the baseline significantly on its newest {y_held.size} rows"
+        )
     reason = (
-        f"forward fold: the recipe fitted on the older part of the candidate's own training "
-        f"window {verdict} the baseline significantly on its newest {y_newest.size} rows "
-        f"({cand:.4f} vs {base:.4f}; 95% CI of the improvement {low:+.4f} to {high:+.4f})"
+        f"{fitted} ({cand:.4f} vs {base:.4f}; 95% CI of the improvement {low:+.4f} to {high:+.4f})"
     )
-    return FoldEvidence(passed, reason, int(y_newest.size), cand, base, low, high)
+    return FoldEvidence(passed, reason, int(y_held.size), cand, base, low, high, kind)
 
 
 def _better(a: float, b: float, greater_is_better: bool) -> bool:
@@ -490,7 +506,7 @@ class GateSettings:
     # ("always", "no_champion", "never"; prefer_fresh always asks it)
     significant_baseline: str = "never"
     # gate.undecided: what a candidate the holdout cannot decide gets ("refuse": nothing, the
-    # strict rule; "forward_fold": the forward fold's evidence, see backtest)
+    # strict rule; "interleaved_fold" / "forward_fold": the fold's evidence, see backtest)
     undecided: str = "refuse"
 
     @classmethod
@@ -528,8 +544,9 @@ def backtest(
     slices: Mapping[str, np.ndarray] | None = None,
     baseline_pred: np.ndarray | None = None,
     same_recipe: bool = False,
-    forward_fold: Callable[[], FoldEvidence | None] | None = None,
+    fold: Callable[[], FoldEvidence | None] | None = None,
     blocks: np.ndarray | None = None,
+    shift_served: bool = False,
 ) -> BacktestResult:
     """Score candidate, champion and baseline on the same holdout windows; give the verdict.
 
@@ -545,9 +562,9 @@ def backtest(
     candidate with ``settings.significant_baseline = "always"`` (``gate.significant_baseline``), and
     every candidate without a champion with ``"no_champion"``.
 
-    ``settings.undecided = "forward_fold"`` (``gate.undecided``): a candidate the holdout cannot
-    decide is judged on more evidence, the forward fold (``forward_fold``, called at most once
-    and only then; the family fits it, see :func:`forward_fold_evidence`):
+    ``settings.undecided`` other than ``"refuse"`` (``gate.undecided``): a candidate the holdout
+    cannot decide is judged on more evidence, the fold (``fold``, called at most once and only
+    then; the family fits it, interleaved or forward, see :func:`fold_evidence`):
 
     - a first model (no champion) that beats the baseline's point estimate but not
       significantly passes when the fold shows its recipe beats the baseline significantly on
@@ -561,6 +578,16 @@ def backtest(
       learned something. The two fits differ only by the newest cadence of data; which of
       the two validated fits the holdout favours is mostly the luck of those fits, which does
       not carry over to the served refits, so a tie carries no evidence for the older data;
+    - such a refit that the partition interval shows significantly worse than the champion's
+      *validated* fit, when the champion's served refit already learned every row this fit
+      added over that validated fit and none of those it dropped (``shift_served``, see
+      :func:`retrain.families.spine.shift_served`): keeping the champion would not undo the
+      change of data the holdout judged, so the evidence is not against the candidate's refit.
+      It serves as the fresher fit when it keeps at least half of the champion's improvement
+      over the baseline (the partition interval of its improvement over the champion above
+      minus half the champion's improvement over the baseline: the usual margin of
+      non-inferiority designs, which a fit of the same recipe on mostly the same rows keeps
+      and a fit of labels without signal does not) and the fold shows it learned something;
     - a refit of the champion's recipe below the baseline's point estimate, with the
       champion no better (both stale on this holdout, e.g. after a concept came back), goes
       on to the champion comparison when the fold shows it learned something.
@@ -571,11 +598,11 @@ def backtest(
     metric, task, tolerance = settings.metric, settings.task, settings.tolerance
     fold_cache: list[FoldEvidence | None] = []
 
-    def fold() -> FoldEvidence | None:
-        if settings.undecided != "forward_fold" or forward_fold is None:
+    def own_fold() -> FoldEvidence | None:
+        if settings.undecided == "refuse" or fold is None:
             return None
         if not fold_cache:
-            fold_cache.append(forward_fold())
+            fold_cache.append(fold())
         return fold_cache[0]
 
     max_windows_lost = settings.max_windows_lost
@@ -623,7 +650,7 @@ def backtest(
         passed = base_passed
         if not base_passed and champion_pred is None and _better(cand, base, gib):
             # a first model the holdout cannot decide: the forward fold's evidence
-            evidence = fold()
+            evidence = own_fold()
             if evidence is not None and evidence.passed:
                 passed = True
                 base_reason = (
@@ -642,7 +669,7 @@ def backtest(
             and champion_pred is not None
             and not _better(score(metric, y, np.asarray(champion_pred, dtype="float64")), cand, gib)
         )
-        evidence = fold() if stale else None
+        evidence = own_fold() if stale else None
         if evidence is not None and evidence.passed:
             # the champion does no better: both fits of the recipe are stale on this holdout;
             # the champion comparison below decides, on the fold's evidence (gate.undecided)
@@ -739,7 +766,7 @@ def backtest(
                 f"champion v{champion_version} ({cand:.4f} vs {champ:.4f}; 95% CI of the "
                 f"improvement {low:+.4f} to {high:+.4f})"
             )
-        elif same_recipe and settings.undecided == "forward_fold" and not prefer_fresh:
+        elif same_recipe and settings.undecided != "refuse" and not prefer_fresh:
             # a refit of the champion's recipe (gate.undecided): non-inferiority over the
             # holdout's partitions, and the fold's evidence that it learned something
             block_low, block_high = (
@@ -758,8 +785,47 @@ def backtest(
             )
             top = improvement if np.isnan(block_high) else block_high
             interval = f"95% CI of the improvement over partitions {block_low:+.4f} to {top:+.4f}"
-            evidence = fold() if passed and top >= -allowed else None
-            if top < -allowed:
+            served = top < -allowed and shift_served and passed
+            # non-inferiority with a margin of half the champion's effect over the trivial
+            # baseline (the usual margin of non-inferiority designs: keep at least half the
+            # active control's effect over placebo). A refit of the same recipe on rows its
+            # champion's refit mostly shares cannot lose half the recipe's skill unless its
+            # data differ from those rows, which is what the served-change argument assumes
+            margin = 0.5 * max(_improvement(champ, base, gib), 0.0)
+            bottom = improvement if np.isnan(block_low) else block_low
+            kept = served and bottom > -margin
+            evidence = own_fold() if passed and (top >= -allowed or kept) else None
+            held = (
+                f"it keeps at least half of the champion's {_improvement(champ, base, gib):+.4f} "
+                f"over the baseline ({base:.4f}): the {interval} is above -{margin:.4f}"
+            )
+            if kept and evidence is not None and evidence.passed:
+                reasons.append(
+                    f"candidate is worse than the champion v{champion_version}'s validated fit "
+                    f"({cand:.4f} vs {champ:.4f}; the whole {interval} is below "
+                    f"-{allowed:.4f}), but the champion's served refit already learned every "
+                    "row this fit added over that fit and none of those it dropped: keeping "
+                    "it would not undo the change of data the holdout judged; the fresher fit "
+                    f"serves (gate.undecided); {held}; {evidence.reason}"
+                )
+            elif served:
+                passed = False
+                if not kept:
+                    why = (
+                        f"it loses more than half of the champion's "
+                        f"{_improvement(champ, base, gib):+.4f} over the baseline ({base:.4f}): "
+                        f"the {interval} reaches below -{margin:.4f}"
+                    )
+                else:
+                    why = evidence.reason if evidence is not None else "no fold could be built"
+                reasons.append(
+                    f"candidate is worse than the champion v{champion_version} ({cand:.4f} vs "
+                    f"{champ:.4f}): a refit of its recipe, significantly worse (the whole "
+                    f"{interval} is below -{allowed:.4f}), and no evidence that it is the same "
+                    f"recipe's fit of those rows and learned something ({why}): the champion "
+                    "stays (gate.undecided)"
+                )
+            elif top < -allowed:
                 passed = False
                 reasons.append(
                     f"candidate is worse than the champion v{champion_version} ({cand:.4f} vs "
@@ -784,7 +850,7 @@ def backtest(
                 reasons.append(
                     f"candidate ties the champion v{champion_version} ({cand:.4f} vs "
                     f"{champ:.4f}; {interval}) as a refit of its recipe: the champion stays "
-                    "(the checks above refuse it, or the forward fold could not be built)"
+                    "(the checks above refuse it, or the fold could not be built)"
                 )
         elif prefer_fresh and upper >= -allowed:
             # a tie: the fresher candidate wins it (the baseline check above asked for

@@ -247,9 +247,14 @@ class GateSpec(_Strict):
     # (measured: docs/fresh-and-safe.md)
     significant_baseline: Literal["always", "no_champion", "never"] = "no_champion"
     # what the gate does with a candidate the holdout cannot decide (gate.prefer_fresh off).
-    # "forward_fold": such a candidate is judged on more evidence, the forward fold: its recipe
-    # refitted on its training window but the newest windows.holdout, with the candidate's own
-    # labels, must beat that older part's trivial baseline significantly on the newest part.
+    # "interleaved_fold" (the default) / "forward_fold": such a candidate is judged on more
+    # evidence, a fold of its own training window with its own labels: its recipe refitted on
+    # the window without some partitions must beat the fitted part's trivial baseline
+    # significantly on the partitions held out. "interleaved_fold" holds out every k-th
+    # partition across the window (about as many as windows.holdout holds), "forward_fold"
+    # the newest windows.holdout; a forward fold crosses any concept change inside the window
+    # and refused real candidates in a gradual drift, the interleaved one tests only whether
+    # the labels carry signal the recipe learns (docs/fresh-and-safe.md).
     # Asked of (1) a first model above the baseline's point estimate but not significantly: it
     # serves with the fold's evidence; (2) a refit of the champion's own recipe on newer data
     # (scratch, same parameters, features and window length: only the data moved) that the
@@ -257,16 +262,21 @@ class GateSpec(_Strict):
     # champion by the paired interval over the holdout's partitions (rows of one partition
     # share its conditions), otherwise it wins the tie as the fresher fit with the fold's
     # evidence (which of two such fits the holdout favours is mostly their luck, which the
-    # served refits do not share: the tie carries no evidence for the older data); (3) such a
-    # refit below the baseline's point estimate whose champion does no better (both stale):
-    # with the fold's evidence it goes on to the champion comparison. A model trained on
-    # shuffled labels can tie a stale champion and beat the baseline on the holdout after an
-    # abrupt drift; its own labels carry no signal, so its fold fails. Cost: one more fit (of
-    # the window but the holdout) per candidate that reaches the fold; LightGBM in process
-    # only (the ALS family and compute.engine = "dask" judge as "refuse"). "refuse": the
-    # strict rule before: such candidates are refused (the champion stays or the baseline
-    # serves). Measured: docs/fresh-and-safe.md
-    undecided: Literal["forward_fold", "refuse"] = "forward_fold"
+    # served refits do not share: the tie carries no evidence for the older data); and even
+    # when significantly worse than the champion's *validated* fit, it serves when the
+    # champion's served refit already learned every row it added over that fit (keeping the
+    # champion would not undo the change the holdout judged), it keeps at least half of the
+    # champion's improvement over the baseline (a non-inferiority margin, over the holdout's
+    # partitions) and its fold passes; (3) such a refit below the baseline's
+    # point estimate whose champion does no better (both stale): with the fold's evidence it
+    # goes on to the champion comparison. A model trained on shuffled labels can tie a stale
+    # champion and beat the baseline on the holdout after an abrupt drift; its own labels
+    # carry no signal, so its fold fails. Cost: one more fit (of the window but about
+    # windows.holdout of it) per candidate that reaches the fold; LightGBM in process only
+    # (the ALS family and compute.engine = "dask" judge as "refuse"). "refuse": the strict
+    # rule before: such candidates are refused (the champion stays or the baseline serves).
+    # Measured: docs/fresh-and-safe.md
+    undecided: Literal["interleaved_fold", "forward_fold", "refuse"] = "interleaved_fold"
     # the baseline is a model: when the candidate loses to the trivial baseline and the
     # baseline also passes this gate against the champion on the same holdout (or there is no
     # champion), a fresh baseline (fitted on the data up to the as-of with refit) is registered

@@ -27,7 +27,7 @@ from retrain.backtest import (
     GateSettings,
     backtest,
     baseline_predictions,
-    forward_fold_evidence,
+    fold_evidence,
     score,
 )
 from retrain.config import ModelSpec
@@ -44,9 +44,11 @@ from retrain.families.spine import (
     champion_comparison,
     evidence_tables,
     increment_window,
+    interleaved_partitions,
     partition_ids,
     same_recipe,
     serving_prepared,
+    shift_served,
     source_rows,
     split_windows,
     with_replay,
@@ -241,35 +243,95 @@ def _score_both(
     return model.predict(X), None if champion is None else champion.predict(X)
 
 
-def forward_fold(spec: ModelSpec, trained: Trained) -> FoldEvidence | None:
-    """The forward fold of ``gate.undecided`` for a scratch candidate: its recipe fitted on its
-    training window but the newest ``windows.holdout`` (with the candidate's own labels,
-    ``trained.y_train``), scored on that newest part against the older part's trivial
-    baseline (:func:`retrain.backtest.forward_fold_evidence`). None when it cannot be built: an
-    increment, the dask engine (the rows are not collected in process), labels that do not
-    line up with the window's rows, or a part without rows."""
+def _fold_rows(spec: ModelSpec, trained: Trained) -> tuple[pd.DataFrame, np.ndarray] | None:
+    """The candidate's training rows and its own labels, for a fold (None: an increment, the
+    dask engine whose rows are not collected in process, or labels that do not line up)."""
     if trained.plan.strategy != "scratch" or spec.compute.engine == "dask":
         return None
     frame = FeatureCache(spec.state.features, spec).load(trained.window.partitions)
     y = np.asarray(trained.y_train, dtype="float64")
     if len(frame) != y.size:
         return None
-    cut = trained.window.end - spec.windows.holdout_delta
-    older = (pd.to_datetime(frame[TS]) < cut).to_numpy()
-    if older.all() or not older.any():
-        return None
+    return frame, y
+
+
+def _fold_fit(
+    spec: ModelSpec, frame: pd.DataFrame, y: np.ndarray, held: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The recipe fitted on the rows not ``held``: their labels, the held rows' labels and
+    the fit's predictions of them."""
     X = frame[list(spec.features.columns)]
-    model = make_trainer(spec).fit(X[older], y[older])
+    model = make_trainer(spec).fit(X[~held], y[~held])
+    return y[~held], y[held], model.predict(X[held])
+
+
+def forward_fold(spec: ModelSpec, trained: Trained) -> FoldEvidence | None:
+    """The forward fold of ``gate.undecided = "forward_fold"`` for a scratch candidate: its
+    recipe fitted on its training window but the newest ``windows.holdout`` (with the
+    candidate's own labels, ``trained.y_train``), scored on that newest part against the
+    older part's trivial baseline (:func:`retrain.backtest.fold_evidence`). None when it
+    cannot be built (see :func:`_fold_rows`, and a part without rows)."""
+    rows = _fold_rows(spec, trained)
+    if rows is None:
+        return None
+    frame, y = rows
+    cut = trained.window.end - spec.windows.holdout_delta
+    held = (pd.to_datetime(frame[TS]) >= cut).to_numpy()
+    if held.all() or not held.any():
+        return None
+    y_fit, y_held, pred = _fold_fit(spec, frame, y, held)
     gate = spec.gate
-    return forward_fold_evidence(
+    return fold_evidence(
+        spec.metric, spec.task, y_fit, y_held, pred, gate.bootstrap_samples, spec.seed
+    )
+
+
+def interleaved_fold(spec: ModelSpec, trained: Trained) -> FoldEvidence | None:
+    """The interleaved fold of ``gate.undecided = "interleaved_fold"`` for a scratch candidate:
+    its recipe fitted on its training window without every k-th partition (counted back from
+    the newest, about as many partitions as ``windows.holdout`` holds:
+    :func:`retrain.families.spine.interleaved_partitions`), with the candidate's own labels,
+    scored on those partitions against the fitted part's trivial baseline
+    (:func:`retrain.backtest.fold_evidence`). The held-out partitions lie across the whole
+    window, so a concept change inside the window (a gradual drift, a concept that comes
+    back) is on both sides of the fold and does not fail a recipe that learns; labels with
+    no signal still fail it. None when it cannot be built (see :func:`_fold_rows`, and a
+    window of one partition)."""
+    rows = _fold_rows(spec, trained)
+    if rows is None:
+        return None
+    frame, y = rows
+    chosen = interleaved_partitions(trained.window, spec.windows.holdout_delta)
+    if chosen is None:
+        return None
+    every, held_parts = chosen
+    ids = partition_ids(trained.window, frame[TS]) - 1  # 0-based partition of each row
+    held = held_parts[np.clip(ids, 0, held_parts.size - 1)]
+    if held.all() or not held.any():
+        return None
+    y_fit, y_held, pred = _fold_fit(spec, frame, y, held)
+    gate = spec.gate
+    return fold_evidence(
         spec.metric,
         spec.task,
-        y[older],
-        y[~older],
-        model.predict(X[~older]),
+        y_fit,
+        y_held,
+        pred,
         gate.bootstrap_samples,
         spec.seed,
+        kind="interleaved",
+        every=every,
     )
+
+
+def own_fold(spec: ModelSpec, trained: Trained) -> FoldEvidence | None:
+    """The fold ``gate.undecided`` names (None with ``"refuse"``: no fold is fitted)."""
+    mode = spec.gate.undecided
+    if mode == "interleaved_fold":
+        return interleaved_fold(spec, trained)
+    if mode == "forward_fold":
+        return forward_fold(spec, trained)
+    return None
 
 
 def evaluate(
@@ -307,8 +369,9 @@ def evaluate(
         settings,
         candidate_pred=candidate,
         same_recipe=same_recipe(trained, comparison, champion),
-        forward_fold=lambda: forward_fold(spec, trained),
+        fold=lambda: own_fold(spec, trained),
         blocks=partition_ids(holdout, frame[TS]),
+        shift_served=shift_served(trained, comparison, champion),
         **judged,
     )
     baseline = baseline_predictions(

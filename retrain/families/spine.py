@@ -557,6 +557,64 @@ def same_recipe(trained: Trained, comparison: Comparison, champion: Champion | N
     return bool(features[0] == features[1])
 
 
+def shift_served(trained: Trained, comparison: Comparison, champion: Champion | None) -> bool:
+    """Whether the champion's served refit already learned the change of data that the gate
+    judges (``gate.undecided``): the gate compares the candidate's validated fit with the
+    champion's *validated* fit (``comparison.fit == "validated"``), and the champion's served
+    window holds every row the candidate's window added over that validated fit and none of
+    the rows it dropped. With windows of one length ``[a, b)``: the served window ``[a3, b3)``
+    starts no earlier than the candidate's ``[a2, b2)`` and no later than ``max(a2, b1)``
+    (``b1`` the validated fit's end), and ends no earlier than ``b2``. A refusal of such a
+    candidate would keep serving the very data change that the holdout judged.
+
+    >>> day = pd.Timedelta(days=1)
+    >>> t = pd.Timestamp("2024-03-01")
+    >>> w = Window("train", t - 90 * day, t, (), "v")  # the candidate's validated window
+    >>> tags = {"retrain.window_start": str(t + 7 * day - 90 * day),
+    ...         "retrain.window_end": str(t + 7 * day)}  # the champion's served refit
+    >>> champ = Champion("3", None, t + 7 * day, (), tags, object(), t - 7 * day)
+    >>> cand = Trained(None, w, 1, {}, TrainingPlan("scratch", "", None, 0), (), np.empty(0))
+    >>> shift_served(cand, Comparison(w, "validated", champ.validated, t - 7 * day), champ)
+    True
+    >>> shift_served(cand, Comparison(w, "served", None, t - 7 * day), champ)
+    False
+    """
+    if champion is None or comparison.fit != "validated" or comparison.train_end is None:
+        return False
+    start, end = champion.lineage.window_start, champion.lineage.window_end
+    if start is None or end is None:
+        return False
+    a2, b2 = trained.window.start, trained.window.end
+    return bool(a2 <= start <= max(a2, comparison.train_end) and end >= b2)
+
+
+def interleaved_partitions(window: Window, holdout: pd.Timedelta) -> tuple[int, np.ndarray] | None:
+    """The partitions of ``window`` that the interleaved fold holds out (``gate.undecided``):
+    every k-th, counted back from the newest, with ``k = ceil(n / m)`` for ``n`` partitions
+    of which ``m`` (at least 1) start in the window's newest ``holdout``, and ``k`` at least
+    2. So at most ``m`` partitions are held out, as many as the forward fold holds out when
+    ``holdout`` divides the window evenly, spread over the whole window. Returns ``k`` and one
+    flag per partition (None for a window of fewer than two partitions).
+
+    >>> from retrain.ingest import Partition
+    >>> day, t = pd.Timedelta(days=1), pd.Timestamp("2024-01-01")
+    >>> def part(i):
+    ...     return Partition(f"{i}", t + i * day, t + (i + 1) * day, "f", pd.DataFrame())
+    >>> parts = tuple(part(i) for i in range(10))
+    >>> every, held = interleaved_partitions(Window("train", t, t + 10 * day, parts, "v"), 3 * day)
+    >>> every, held.nonzero()[0].tolist()
+    (4, [1, 5, 9])
+    """
+    n = len(window.partitions)
+    if n < 2:
+        return None
+    cut = window.end - holdout
+    m = max(1, sum(1 for p in window.partitions if p.start >= cut))
+    every = max(2, -(-n // m))
+    held = ((n - 1 - np.arange(n)) % every) == 0
+    return every, held
+
+
 def partition_ids(window: Window, timestamps: pd.Series) -> np.ndarray:
     """Each row's partition in ``window`` (its index among the partitions that start at or
     before the row): the blocks of the gate's partition bootstrap."""
