@@ -399,6 +399,9 @@ class ModelRegistry:
         self._client: MlflowClient | None = None
         # version -> the id of the run that logged it (a version's run never changes)
         self._runs: dict[str, str | None] = {}
+        # the registered model was found or created by this object: not read again to register
+        # (a read that loads every version of the model)
+        self._model_exists = False
         # called before each step of an alias change (see _fault_point): fault injection
         self.fault_hook: Callable[[int, str], None] | None = None
 
@@ -472,6 +475,8 @@ class ModelRegistry:
         )
 
     def _ensure_registered_model(self) -> None:
+        if self._model_exists:  # read or created by this registry object: it exists
+            return
         try:
             self.client.get_registered_model(self.model_name)
         except MlflowException as exc:
@@ -481,6 +486,7 @@ class ModelRegistry:
                 self.model_name,
                 description="managed by retrain: aliases champion/challenger/previous",
             )
+        self._model_exists = True
 
     # -- reading ------------------------------------------------------------------------------
     @reachable
@@ -497,6 +503,7 @@ class ModelRegistry:
             if _is_not_found(exc):
                 return None
             raise
+        self._model_exists = True  # a version of it was found
         return _version_info(mv)
 
     @reachable

@@ -346,3 +346,25 @@ def test_an_evidence_folder_is_logged_in_one_call_and_a_file_elsewhere_on_its_ow
     }
     assert [a[1] for a in folders if a[2:] == ("evidence",)] == [str(folder)]
     assert [a[1] for a in files] == [str(report)]
+
+
+def test_registering_after_the_champion_was_read_reads_the_registered_model_once(
+    registry, make_record, monkeypatch
+):
+    """A retrain reads its champion, then registers: the registered model is read once (the
+    challenger alias change's read of the aliases), not again to check that it exists (it
+    does: its champion was just read) nor to check that it is not a prompt. Each such read
+    loads every version of the model: a cost that grows with its history."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+
+    champion = promote_new(registry, make_record)
+    retrain = ModelRegistry(
+        registry.tracking_uri, registry.model_name, registry.ledger, registry.artifact_root
+    )
+    reads = counting_calls(monkeypatch, RegistryStore, "get_registered_model")
+
+    assert retrain.alias_info("champion").version == champion
+    version = retrain.register_candidate(make_record(), actor="t")
+
+    assert retrain.aliases() == {"champion": champion, "challenger": version}
+    assert len(reads) == 2  # the alias change's, then this test's own
