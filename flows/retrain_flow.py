@@ -143,8 +143,8 @@ def step(fn: Callable[P, R]) -> Callable[P, R]:
     result it was given, and not walked into.
 
     A task run costs the Prefect server three events (its Pending, Running and Completed
-    states) and a log line: about 26 ms of the server's CPU each on SQLite, measured, for a
-    fleet seven task runs a model. So the steps that read (:func:`load_champion`), compute
+    states) and a log line: about 26 ms of the server's CPU each on SQLite (measured; a
+    fleet's models ran seven each). So the steps that read (:func:`load_champion`), compute
     only (:func:`backtest_candidate`) or write one card (:func:`publish_card`) are steps of
     the flow itself, logged in its run; the task runs are the steps that ingest, train,
     register and decide (and refit, fit a baseline, validate the served model).
