@@ -11,6 +11,15 @@ its time by package (own time of the functions of each) and the flow's steps.
 
     python bench/sweep_profile.py --models 8
     python bench/sweep_profile.py --models 8 --no-profile   # wall time without cProfile's cost
+    python bench/sweep_profile.py --models 8 --timer cpu    # the profile in CPU seconds
+    python bench/sweep_profile.py --models 8 --database-url postgresql+asyncpg://...
+
+With ``--timer cpu`` the profile counts this process's CPU time (all its threads), not wall
+time: on a shared machine the other processes' load does not show in it. Besides the profile,
+the report counts, per model of the measured sweep, what a model costs the machine whatever
+its load: the Prefect API requests, events and task runs, the MLflow store calls, the SQL
+statements and commits (MLflow's and the ledger's), and the CPU time of the Prefect server's
+processes (started here: its share of a fleet's two cores).
 
 Results go to bench/results/sweep_profile.md (``--out``). Wall time on whatever machine runs
 it: the load average is printed with it.
@@ -32,11 +41,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import psutil  # noqa: E402
+
 from bench.fleet import prefect_server, run_figures, write_specs  # noqa: E402
 from retrain.statuses import Mode  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
 FIRST, WARM, MEASURED = "2011-04-15", "2011-04-17", "2011-04-19"
+IDLE = 10.0  # seconds of the idle server's CPU measured before the measured sweep
 
 
 def package_of(filename: str) -> str:
@@ -73,6 +85,48 @@ def own_steps(profile: cProfile.Profile) -> list[tuple[str, int, float]]:
     return sorted(rows, key=lambda r: -r[2])[:40]
 
 
+# what a model costs, counted in the profile (function name patterns: file, then function)
+COUNTED = {
+    "Prefect API requests": ("httpx/_client.py", "send"),
+    "Prefect events emitted": ("prefect/events/utilities.py", "emit_event"),
+    "Prefect task runs": ("prefect/task_engine.py", "run_task_sync"),
+    "Prefect flow runs created": ("prefect/flow_engine.py", "create_flow_run"),
+    "SQL statements (MLflow, ledger)": ("sqlalchemy/engine/base.py", "execute"),
+    "SQL commits (MLflow, ledger)": ("sqlalchemy/engine/base.py", "_commit_impl"),
+}
+MLFLOW_STORES = ("mlflow/store/tracking/sqlalchemy_store.py", "mlflow/store/model_registry/")
+
+
+def counts(profile: cProfile.Profile) -> list[tuple[str, int, float]]:
+    """The counted calls, then MLflow's store methods (public ones, by calls), with the
+    cumulative time of each."""
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    rows = []
+    for label, (where, name) in COUNTED.items():
+        calls = [(v[1], v[3]) for k, v in stats.items() if k[0].endswith(where) and k[2] == name]
+        rows.append((label, sum(c for c, _ in calls), sum(t for _, t in calls)))
+    store = [
+        (f"MLflow store `{k[2]}`", v[1], v[3])
+        for k, v in stats.items()
+        if any(s in k[0] for s in MLFLOW_STORES)
+        and not k[2].startswith(("_", "<"))
+        and k[2] not in ("to_mlflow_entity", "sanitize_metric_value")
+    ]
+    return rows + sorted(store, key=lambda r: (-r[1], -r[2]))
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's child processes: the Prefect server."""
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cpu = child.cpu_times()
+        except psutil.Error:
+            continue
+        total += cpu.user + cpu.system
+    return total
+
+
 def sweep(specs: list[Path], mode: Mode, as_of: str) -> tuple[list[dict], float, float]:
     """One sweep's outcomes, wall time and this process's CPU time (all its threads)."""
     from flows.sweep_flow import sweep_flow
@@ -88,6 +142,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=8)
     parser.add_argument("--no-profile", action="store_true", help="measure without cProfile")
+    parser.add_argument(
+        "--timer",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="what the profile counts: wall time, or this process's CPU time",
+    )
+    parser.add_argument("--database-url", default=None, help="Prefect server database URL")
     parser.add_argument("--out", type=Path, default=RESULTS / "sweep_profile.md")
     args = parser.parse_args()
     from prefect.client.orchestration import SyncPrefectClient
@@ -97,7 +158,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sweep-profile-") as tmp:
         root = Path(tmp)
         specs = write_specs(root, args.models)
-        with prefect_server(root, None) as url, temporary_settings({PREFECT_API_URL: url}):
+        with (
+            prefect_server(root, args.database_url) as url,
+            temporary_settings({PREFECT_API_URL: url}),
+        ):
             started = time.perf_counter()
             import flows.sweep_flow  # noqa: F401
 
@@ -106,12 +170,24 @@ def main() -> None:
             print(f"scratch sweep: {first:.1f} s", flush=True)
             _, warm, _ = sweep(specs, "stateful", WARM)
             print(f"warm-up sweep: {warm:.1f} s", flush=True)
-            profile = cProfile.Profile()
+            profile = (
+                cProfile.Profile(time.process_time) if args.timer == "cpu" else cProfile.Profile()
+            )
+            # the server's own loops (scheduler, late runs, ...) use CPU while idle: measured
+            # over IDLE seconds first and taken off its CPU during the sweep
+            time.sleep(2)
+            idle = children_cpu()
+            time.sleep(IDLE)
+            server = children_cpu()
+            idle_rate = (server - idle) / IDLE
+            started = time.perf_counter()
             if not args.no_profile:
                 profile.enable()
             outcomes, wall, cpu = sweep(specs, "stateful", MEASURED)
             if not args.no_profile:
                 profile.disable()
+            time.sleep(2)  # the server handles what the sweep sent last (events, logs)
+            server = children_cpu() - server - idle_rate * (time.perf_counter() - started)
             print(f"measured sweep: {wall:.1f} s", flush=True)
             if not args.no_profile:
                 profile.dump_stats(args.out.with_suffix(".prof"))
@@ -126,10 +202,10 @@ def main() -> None:
     statuses: dict[str, int] = defaultdict(int)
     for outcome in outcomes:
         statuses[outcome["status"]] += 1
-    write(args, imports, first, warm, wall, cpu, figures, dict(statuses), profile)
+    write(args, imports, first, warm, wall, cpu, server, figures, dict(statuses), profile)
 
 
-def write(args, imports, first, warm, wall, cpu, figures, statuses, profile) -> None:
+def write(args, imports, first, warm, wall, cpu, server, figures, statuses, profile) -> None:
     n = args.models
     load = os.getloadavg()
 
@@ -137,8 +213,11 @@ def write(args, imports, first, warm, wall, cpu, figures, statuses, profile) -> 
         return sum(f[key] for f in figures) / len(figures) if figures else float("nan")
 
     per_model = wall / n
-    command = f"python bench/sweep_profile.py --models {n}" + (
-        " --no-profile" if args.no_profile else ""
+    command = (
+        f"python bench/sweep_profile.py --models {n}"
+        + (" --no-profile" if args.no_profile else "")
+        + (f" --timer {args.timer}" if args.timer != "wall" else "")
+        + (" --database-url ..." if args.database_url else "")
     )
     lines = [
         "# One-process sweep: a later model's stateful increment",
@@ -154,6 +233,10 @@ def write(args, imports, first, warm, wall, cpu, figures, statuses, profile) -> 
         f"- this process's CPU time in the measured sweep: {cpu:.1f} s "
         f"({cpu / n:.2f} s per model; the rest of the wall time it waited: for the "
         "Prefect server, the disk, other processes)",
+        f"- the Prefect server's processes' CPU time meanwhile (and 2 s after), less what it "
+        f"uses idle: {server:.1f} s ({server / n:.2f} s per model; server on "
+        f"{'PostgreSQL' if args.database_url else 'SQLite'}; the database's own processes "
+        "not counted)",
         f"- per model, from the server's task runs ({len(figures)} subflow runs): ingest + "
         f"features {mean('ingest_s'):.2f} s, training {mean('train_s'):.2f} s, subflow wall "
         f"{mean('wall_s'):.2f} s",
@@ -166,13 +249,18 @@ def write(args, imports, first, warm, wall, cpu, figures, statuses, profile) -> 
     ]
     if not args.no_profile:
         total = sum(t for _, t in by_package(profile))
+        unit = "CPU seconds" if args.timer == "cpu" else "seconds"
         lines += [
-            "| package (own time of its functions, the measured sweep) | seconds | per model |",
+            f"| counted in the measured sweep | calls | per model | {unit} (cumulative) |",
+            "|---|---:|---:|---:|",
+            *(f"| {label} | {c} | {c / n:.1f} | {t:.2f} |" for label, c, t in counts(profile)),
+            "",
+            f"| package (own time of its functions, the measured sweep) | {unit} | per model |",
             "|---|---:|---:|",
             *(f"| {p} | {t:.2f} | {t / n:.3f} |" for p, t in by_package(profile)),
             f"| (listed) | {total:.2f} | {total / n:.3f} |",
             "",
-            "| retrain's own functions (cumulative, nested) | calls | seconds | per model |",
+            f"| retrain's own functions (cumulative, nested) | calls | {unit} | per model |",
             "|---|---:|---:|---:|",
             *(f"| {name} | {c} | {t:.2f} | {t / n:.3f} |" for name, c, t in own_steps(profile)),
             "",
@@ -182,7 +270,7 @@ def write(args, imports, first, warm, wall, cpu, figures, statuses, profile) -> 
         lines += ["```", text.getvalue().strip(), "```", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
-    print("\n".join(lines[:13]))
+    print("\n".join(lines[:14]))
 
 
 if __name__ == "__main__":

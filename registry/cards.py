@@ -18,7 +18,7 @@ CARD_FILE = "model_card.md"
 @reachable
 def log_card(registry: ModelRegistry, version: str, markdown: str) -> None:
     """Write (or replace) ``model_card.md`` on the run that logged ``version``."""
-    run_id = registry.version(version).run_id
+    run_id = registry.run_of(version)
     if run_id is None:
         logger.warning("version %s of %s has no run: its card is not logged", version, registry)
         return
@@ -28,7 +28,7 @@ def log_card(registry: ModelRegistry, version: str, markdown: str) -> None:
 @reachable
 def read_card(registry: ModelRegistry, version: str) -> str:
     """The card of ``version`` as logged ("" when it has none)."""
-    run_id = registry.version(version).run_id
+    run_id = registry.run_of(version)
     if run_id is None:
         return ""
     with tempfile.TemporaryDirectory(prefix="retrain-card-") as tmp:

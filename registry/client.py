@@ -17,7 +17,7 @@ import sqlite3
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -397,6 +397,11 @@ class ModelRegistry:
         self.ledger = ledger
         self.artifact_root = artifact_root
         self._client: MlflowClient | None = None
+        # version -> the id of the run that logged it (a version's run never changes)
+        self._runs: dict[str, str | None] = {}
+        # the registered model was found or created by this object: not read again to register
+        # (a read that loads every version of the model)
+        self._model_exists = False
         # called before each step of an alias change (see _fault_point): fault injection
         self.fault_hook: Callable[[int, str], None] | None = None
 
@@ -419,6 +424,33 @@ class ModelRegistry:
                 tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
             )
         return self._client
+
+    @property
+    def versions_client(self) -> Any:
+        """MLflow's model-registry client under :attr:`client`, for writes to versions and
+        aliases of this registry's own model.
+
+        ``MlflowClient`` first checks, for each model call, that the name is not an MLflow
+        prompt: one more read of the registered model (its aliases, tags and every version's
+        row: a cost that grows with the model's history), seven times a retrain for its tags,
+        alias and download location. The model is the one this registry creates and manages,
+        never a prompt, so its calls go to the registry client directly: the same store, the
+        same writes.
+        """
+        return self.client._get_registry_client()
+
+    def set_version_tags(self, version: str, tags: Mapping[str, str]) -> None:
+        """Set tags on a version (MLflow has no batch call for them: one write each)."""
+        models = self.versions_client
+        for key, value in tags.items():
+            models.set_model_version_tag(self.model_name, str(version), str(key), value)
+
+    def run_of(self, version: str) -> str | None:
+        """The id of the MLflow run that logged ``version`` (a version's run never changes:
+        the versions this registry object registered are not read again)."""
+        if str(version) not in self._runs:
+            self._runs[str(version)] = self.version(version).run_id
+        return self._runs[str(version)]
 
     # -- experiment and registered model ------------------------------------------------------
     def _experiment_id(self) -> str:
@@ -443,6 +475,8 @@ class ModelRegistry:
         )
 
     def _ensure_registered_model(self) -> None:
+        if self._model_exists:  # read or created by this registry object: it exists
+            return
         try:
             self.client.get_registered_model(self.model_name)
         except MlflowException as exc:
@@ -452,6 +486,7 @@ class ModelRegistry:
                 self.model_name,
                 description="managed by retrain: aliases champion/challenger/previous",
             )
+        self._model_exists = True
 
     # -- reading ------------------------------------------------------------------------------
     @reachable
@@ -468,6 +503,7 @@ class ModelRegistry:
             if _is_not_found(exc):
                 return None
             raise
+        self._model_exists = True  # a version of it was found
         return _version_info(mv)
 
     @reachable
@@ -544,7 +580,7 @@ class ModelRegistry:
         location (normalised and resolved: registry.trust.inside), is loaded.
         """
         run_id = (info or self.version(version)).run_id
-        uri = self.client.get_model_version_download_uri(self.model_name, version)
+        uri = self.versions_client.get_model_version_download_uri(self.model_name, version)
         where = f"version {version} of {self.model_name!r} points at {redact_url(uri)}"
         fix = self._untrusted_fix()
         if not run_id:
@@ -635,8 +671,7 @@ class ModelRegistry:
                     params=params if start == 0 else [],
                     tags=tags if start == 0 else [],
                 )
-            for path in record.artifacts.values():
-                self.client.log_artifact(run_id, str(path), artifact_path="evidence")
+            self._log_evidence(run_id, record.artifacts.values())
             with tempfile.TemporaryDirectory(prefix="retrain-pyfunc-") as tmp:
                 model_path = save_servable(record, Path(tmp))
                 digest = model_digest(model_path)  # what load_model verifies before loading
@@ -654,9 +689,27 @@ class ModelRegistry:
             raise
         self.client.set_terminated(run_id, status="FINISHED")
         version = str(mv.version)
+        self._runs[version] = run_id
         self._move_alias(CHALLENGER, version, actor, "new candidate registered", flow_run_id)
         logger.info("registered %s version %s (run %s)", self.model_name, version, run_id)
         return version
+
+    def _log_evidence(self, run_id: str, paths: Iterable[Path]) -> None:
+        """The evidence files under the run's ``evidence/``: a folder that holds exactly the
+        listed files in one call (a family writes its evidence into one folder), any other
+        file on its own."""
+        files = [Path(p) for p in paths]
+        by_folder: dict[Path, set[str]] = {}
+        for path in files:
+            by_folder.setdefault(path.parent, set()).add(path.name)
+        for folder, names in by_folder.items():
+            if {p.name for p in folder.iterdir()} == names and all(
+                (folder / n).is_file() for n in names
+            ):
+                self.client.log_artifacts(run_id, str(folder), artifact_path="evidence")
+            else:
+                for name in sorted(names):
+                    self.client.log_artifact(run_id, str(folder / name), artifact_path="evidence")
 
     @reachable
     def record_decision(self, decision: PromotionDecision) -> None:
@@ -684,8 +737,12 @@ class ModelRegistry:
             Tag.APPROVAL_AUTOMATIC: str(decision.automatic).lower(),
             Tag.DECISION: decision.reason,
         }
-        for key, value in tags.items():
-            self.client.set_model_version_tag(self.model_name, decision.version, str(key), value)
+        # a tag that already says what the decision says is not written again (the gate's, set
+        # at registration, unless infra validation failed the version after it)
+        self.set_version_tags(
+            decision.version,
+            {str(k): v for k, v in tags.items() if earlier.get(str(k)) != v},
+        )
 
     # -- alias changes: one intent in the ledger, the moves in MLflow, then done + audit ------
     def _fault_point(self, step: int, what: str) -> None:
@@ -697,12 +754,12 @@ class ModelRegistry:
     def _set_alias(self, alias: str, version: str | None) -> None:
         if version is None:
             try:
-                self.client.delete_registered_model_alias(self.model_name, alias)
+                self.versions_client.delete_registered_model_alias(self.model_name, alias)
             except MlflowException as exc:
                 if not _is_not_found(exc):
                     raise
         else:
-            self.client.set_registered_model_alias(self.model_name, alias, version)
+            self.versions_client.set_registered_model_alias(self.model_name, alias, version)
 
     def _change_aliases(
         self,

@@ -4,6 +4,7 @@ each its own retrain subflow run and ledger run, the per-model claim kept."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -126,6 +127,36 @@ def test_a_model_that_fails_does_not_stop_the_sweep(tmp_path, bike_dir):
     assert f"models:/sweep-good/{outcomes[1]['version']}" in verdict.data
     [card] = artifacts_of(run.id, "sweep-good-model-card")
     assert card.data.startswith(f"# Model card: sweep-good version {outcomes[1]['version']}")
+    # its task runs are the steps that ingest, train, register and decide; loading the
+    # champion, the backtest and the card are steps of the flow run itself (a task run costs
+    # the server three events and a log line)
+    assert _task_names(run.id, until={"apply_decision"}) == {
+        "prepare_data",
+        "train_candidate",
+        "register_candidate",
+        "apply_decision",
+    }
+
+
+def _task_names(flow_run_id, until: set[str], timeout: float = 60) -> set[str]:
+    """The names of a flow run's task runs, once those in ``until`` are recorded and
+    completed (the server records task runs from their events, a moment after they ran), and
+    two seconds more for any later one."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    def names() -> dict[str, str]:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+        return {r.name.rsplit("-", 1)[0]: r.state_type.value if r.state_type else "" for r in runs}
+
+    deadline = time.monotonic() + timeout
+    while any(names().get(name) != "COMPLETED" for name in until):
+        assert time.monotonic() < deadline, names()
+        time.sleep(0.5)
+    time.sleep(2)
+    return set(names())
 
 
 def test_a_sweep_that_names_a_model_twice_is_refused_before_any_work(tmp_path, bike_dir):

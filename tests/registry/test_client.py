@@ -230,3 +230,141 @@ def test_one_registry_builds_one_mlflow_client_and_one_store_of_each_kind(
     assert registry.alias_version("champion") == first
     kinds = [kind for kind, _ in built]
     assert sorted(kinds) == ["client", "registry", "tracking"], built
+
+
+def counting_calls(monkeypatch, cls, name: str) -> list[tuple]:
+    """Record every call of ``cls.name`` (its arguments after self, then its keyword
+    arguments' values), calling it through."""
+    calls: list[tuple] = []
+    method = getattr(cls, name)
+
+    def counted(self, *args, **kwargs):
+        calls.append(args + tuple(kwargs.values()))
+        return method(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, counted)
+    return calls
+
+
+DECISION_TAGS = (
+    "retrain.gate",
+    "retrain.approval",
+    "retrain.approver",
+    "retrain.approval_comment",
+    "retrain.approval_automatic",
+    "retrain.decision",
+)
+
+
+def test_a_decision_writes_every_decision_tag_and_never_reads_the_registered_model(
+    registry, make_record, monkeypatch
+):
+    """The six decision tags are on the version after ``record_decision``; the gate tag,
+    written at registration with the same value, is not written again; and neither the tags
+    nor the challenger alias make MLflow read the registered model (MlflowClient's check that
+    the name is not a prompt, one read of the model and its versions per call)."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+
+    version = registry.register_candidate(make_record(**{"retrain.gate": "passed"}), actor="t")
+    reads = counting_calls(monkeypatch, RegistryStore, "get_registered_model")
+    writes = counting_calls(monkeypatch, RegistryStore, "set_model_version_tag")
+    decision = approved(version, who="ana")
+    registry.record_decision(decision)
+
+    tags = registry.version(version).tags
+    assert {key: tags.get(key) for key in DECISION_TAGS} == {
+        "retrain.gate": "passed",
+        "retrain.approval": "approved",
+        "retrain.approver": "ana",
+        "retrain.approval_comment": "ok",
+        "retrain.approval_automatic": "false",
+        "retrain.decision": decision.reason,
+    }
+    assert sorted(w[2].key for w in writes) == [
+        "retrain.approval",
+        "retrain.approval_automatic",
+        "retrain.approval_comment",
+        "retrain.approver",
+        "retrain.decision",
+    ]
+    assert reads == []
+
+    registry.promote(decision, actor="ana")  # sets champion, deletes challenger
+    assert len(reads) == 2  # promote's own reads of the aliases (its check, then the change)
+    assert registry.aliases() == {"champion": version}
+
+
+def test_a_gate_that_infra_validation_failed_is_written_over_the_registered_gate_tag(
+    registry, make_record
+):
+    version = registry.register_candidate(make_record(**{"retrain.gate": "passed"}), actor="t")
+    failed = decide(
+        version=version, gate_passed=False, gate_reasons=("infra validation failed",), approval=None
+    )
+
+    registry.record_decision(failed)
+
+    tags = registry.version(version).tags
+    assert (tags["retrain.gate"], tags["retrain.approval"]) == ("failed", "none")
+
+
+def test_an_evidence_folder_is_logged_in_one_call_and_a_file_elsewhere_on_its_own(
+    registry, make_record, tracking_uri, tmp_path, monkeypatch
+):
+    """A family writes its evidence into one folder: logged with one ``log_artifacts``; a file
+    in a folder of other files too (a drift report among the earlier checks') with
+    ``log_artifact``; every listed file under ``evidence/``, nothing else."""
+    from dataclasses import replace
+
+    folder = tmp_path / "evidence-folder"
+    folder.mkdir()
+    (folder / "backtest.csv").write_text("model,mae\ncandidate,1.0\n")
+    (folder / "backtest.md").write_text("# backtest\n")
+    report = tmp_path / "reports" / "drift-check-7.png"
+    report.parent.mkdir()
+    report.write_bytes(b"png")
+    (report.parent / "drift-check-6.png").write_bytes(b"an earlier check's, not evidence")
+    record = replace(
+        make_record(),
+        artifacts={
+            "backtest_table": folder / "backtest.csv",
+            "backtest_report": folder / "backtest.md",
+            "drift_report": report,
+        },
+    )
+    folders = counting_calls(monkeypatch, MlflowClient, "log_artifacts")
+    files = counting_calls(monkeypatch, MlflowClient, "log_artifact")
+
+    version = registry.register_candidate(record, actor="tester")
+
+    run_id = registry.version(version).run_id
+    evidence = {f.path for f in MlflowClient(tracking_uri).list_artifacts(run_id, "evidence")}
+    assert evidence == {
+        "evidence/backtest.csv",
+        "evidence/backtest.md",
+        "evidence/drift-check-7.png",
+    }
+    assert [a[1] for a in folders if a[2:] == ("evidence",)] == [str(folder)]
+    assert [a[1] for a in files] == [str(report)]
+
+
+def test_registering_after_the_champion_was_read_reads_the_registered_model_once(
+    registry, make_record, monkeypatch
+):
+    """A retrain reads its champion, then registers: the registered model is read once (the
+    challenger alias change's read of the aliases), not again to check that it exists (it
+    does: its champion was just read) nor to check that it is not a prompt. Each such read
+    loads every version of the model: a cost that grows with its history."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+
+    champion = promote_new(registry, make_record)
+    retrain = ModelRegistry(
+        registry.tracking_uri, registry.model_name, registry.ledger, registry.artifact_root
+    )
+    reads = counting_calls(monkeypatch, RegistryStore, "get_registered_model")
+
+    assert retrain.alias_info("champion").version == champion
+    version = retrain.register_candidate(make_record(), actor="t")
+
+    assert retrain.aliases() == {"champion": champion, "challenger": version}
+    assert len(reads) == 2  # the alias change's, then this test's own

@@ -460,3 +460,42 @@ def test_concurrent_first_migrations_on_postgresql_all_succeed_once(postgres_url
         assert ledgers[0].current_version() == SCHEMA_VERSION
         for ledger in ledgers:
             ledger.dispose()
+
+
+def _journal_mode(path: Path) -> str:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        return str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+    finally:
+        conn.close()
+
+
+def test_a_sqlite_ledger_is_kept_in_wal_mode_and_still_reads_through_a_read_only_uri(
+    tmp_path: Path,
+):
+    """Each ledger write commits on its own: in WAL mode a commit appends to the log instead
+    of creating, syncing and deleting a journal file. An existing file in the default mode is
+    switched at its next use; a read-only ``file:`` URI reads it as it is and writes nothing."""
+    import sqlite3
+
+    path = tmp_path / "state" / "ledger.db"
+    ledger = Ledger(f"sqlite:///{path}")
+    ledger.migrate()
+    run = ledger.start_run("m", "manual", "test", actor="t")
+    ledger.dispose()
+    assert _journal_mode(path) == "wal"
+
+    old = tmp_path / "old.db"  # a ledger made before: rollback-journal mode
+    conn = sqlite3.connect(old)
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.close()
+    Ledger(f"sqlite:///{old}").migrate()
+    assert _journal_mode(old) == "wal"
+
+    read_only = Ledger(f"sqlite:///file:{path}?mode=ro&uri=true")
+    assert read_only.run(run).model == "m"
+    with pytest.raises(sa.exc.OperationalError, match="readonly"):
+        read_only.start_run("m", "manual", "test", actor="t")
+    read_only.dispose()
