@@ -112,11 +112,13 @@ def trainer(
     categorical: list[str],
     strategy: str = "scratch",
     init: LightGBMTrainer | None = None,
-    rounds: int = SCRATCH_ROUNDS,
+    rounds: int | None = None,
 ) -> LightGBMTrainer:
+    """A fit with the bench's ``PARAMS``; ``rounds`` defaults to ``SCRATCH_ROUNDS`` (both read
+    at call time: the smoke tests run the same replays with fewer rounds on one thread)."""
     return LightGBMTrainer(
         params=dict(PARAMS),
-        num_boost_round=rounds,
+        num_boost_round=SCRATCH_ROUNDS if rounds is None else rounds,
         categorical=categorical,
         random_state=7,
         strategy=strategy,

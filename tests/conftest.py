@@ -350,6 +350,18 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 
 
 @pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Prefect's test harness (a temporary server and database) for the in-process flow runs
+    of every test that asks for it, started once per test process: the flow tests (through
+    ``tests/flows/conftest.py``) and the fault tests share it, instead of one start per file
+    (about 25 to 60 s on the shared 2-core machine)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="session")
 def model_env_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Infra validation's model environments, shared by every test of this pytest run.
 

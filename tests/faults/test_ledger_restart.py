@@ -180,13 +180,11 @@ def test_a_restart_inside_a_ledger_transaction_leaves_nothing_half_written(
 
 
 def test_a_retrain_survives_the_ledger_server_restarting_mid_run(
-    tmp_path: Path, bike_dir: Path, ledger_url, restart_postgres, monkeypatch
+    tmp_path: Path, bike_dir: Path, ledger_url, restart_postgres, monkeypatch, prefect_harness
 ):
     """The restart cuts the pooled ledger connections while the model trains: the run's next
     ledger writes reconnect (pool pre-ping) and the run ends promoted, with a consistent
     ledger and registry."""
-    from prefect.testing.utilities import prefect_test_harness
-
     import flows.retrain_flow as retrain_flow_module
     from flows.retrain_flow import make_registry, retrain_flow
     from flows.settings import resolve_spec
@@ -205,8 +203,7 @@ def test_a_retrain_survives_the_ledger_server_restarting_mid_run(
 
     monkeypatch.setattr(retrain_flow_module, "train_candidate", fit_with_a_restart)
 
-    with prefect_test_harness(server_startup_timeout=180):
-        outcome = retrain_flow(str(spec_path), as_of="2011-04-29", auto_approve=True)
+    outcome = retrain_flow(str(spec_path), as_of="2011-04-29", auto_approve=True)
 
     assert len(restarts) == 1
     assert outcome["promoted"]

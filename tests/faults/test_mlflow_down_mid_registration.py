@@ -32,11 +32,8 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
+def prefect_server(prefect_harness: None) -> None:
+    """The in-process flows run on the test process's Prefect harness (tests/conftest.py)."""
 
 
 def free_port() -> int:

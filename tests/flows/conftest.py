@@ -35,7 +35,6 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import Artifact, FlowRun, StateType
-from prefect.testing.utilities import prefect_test_harness
 
 BIN = Path(sys.executable).parent
 SERVER_START_TIMEOUT = 180
@@ -43,10 +42,9 @@ FIRE_TIMEOUT = 180
 
 
 @pytest.fixture(scope="session", autouse=True)
-def prefect_server():
-    """A real (temporary) Prefect server and database for every flow test."""
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
+def prefect_server(prefect_harness: None) -> None:
+    """A real (temporary) Prefect server and database for every flow test: the test
+    process's ``prefect_harness`` (tests/conftest.py)."""
 
 
 def run_flow(flow: Any, *args: Any, **kwargs: Any) -> tuple[Any, UUID]:
