@@ -10,20 +10,26 @@ retrain flow calls (``retrain.families.lightgbm.fit``).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from retrain.backtest import score
 from retrain.config import parse_spec
+from retrain.families import als
 from retrain.families.lightgbm import fit
 from retrain.families.spine import Champion, prepare
 from retrain.features import FeatureCache
 from retrain.stateful import plan_training
-from tests.conftest import spec_dict
+from retrain.stateful import scratch as scratch_plan
+from tests.conftest import als_spec_dict, spec_dict
 from tests.dask_cluster import dask_cluster, training_workers
+from tests.retrain.families.test_als import champion_of
 
 distributed = pytest.importorskip("distributed")
+FOLDIN_TASK = "_solve_user_chunk"  # retrain.trainers.als: one chunk of a fold-in's users
 FIRST, LATER = pd.Timestamp("2011-04-22"), pd.Timestamp("2011-04-29")
 
 
@@ -125,3 +131,37 @@ def test_a_warm_start_on_the_cluster_continues_the_champion(
     assert warm_mae == pytest.approx(
         holdout_mae(local_spec, local_later, local_warm.model), rel=0.15
     )
+
+
+@pytest.mark.slow
+def test_an_als_fold_in_of_a_spec_with_a_scheduler_address_solves_its_users_on_the_cluster(
+    scheduler, observer, taste_csv: Path, tmp_path: Path
+):
+    """The fold-in step the flows call, pointed at the cluster by the spec's address: each of
+    the two `dask worker` processes solves a chunk of the changed users, and the factors are
+    the local fold-in's bit for bit (the recompute stays in the retrain process)."""
+    local = parse_spec(als_spec_dict(taste_csv, tmp_path / "local"))
+    on_cluster = parse_spec(
+        als_spec_dict(
+            taste_csv,
+            tmp_path / "cluster",
+            **{"compute.engine": "dask", "compute.scheduler": scheduler},
+        )
+    )
+    first_day, later_day = pd.Timestamp("2024-01-25"), pd.Timestamp("2024-01-29")
+    folded = {}
+    for name, spec in (("local", local), ("cluster", on_cluster)):
+        champion = champion_of(als.fit(spec, prepare(spec, first_day), scratch_plan("first"), None))
+        plan = als.plan("stateful", spec, champion)
+        assert plan.strategy == "foldin"
+        with distributed.get_task_stream(client=observer) as stream:
+            folded[name] = als.fit(spec, prepare(spec, later_day), plan, champion).model
+        chunks = {t["worker"] for t in stream.data if FOLDIN_TASK in str(t["key"])}
+        if name == "local":
+            assert not chunks  # the local spec never reaches the cluster
+        else:
+            assert chunks == set(observer.scheduler_info()["workers"])  # both workers solved
+
+    assert folded["cluster"].strategy == "foldin" and folded["cluster"].updated_users_.size > 1
+    np.testing.assert_array_equal(folded["cluster"].user_factors_, folded["local"].user_factors_)
+    np.testing.assert_array_equal(folded["cluster"].item_factors_, folded["local"].item_factors_)
