@@ -461,6 +461,8 @@ def write_report(
         else "one run per model (a deployment each)"
     )
     command = f"python bench/fleet.py --models {args.models}" + (" --sweep" if args.sweep else "")
+    if args.database_url:  # the Prefect server's database, as given (a local trust-auth URL)
+        command += f" --database-url {args.database_url}"
     lines = [
         f"# Fleet benchmark: stateful increments on one work pool with {args.workers} workers",
         "",
