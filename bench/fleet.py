@@ -50,6 +50,8 @@ from pathlib import Path
 
 import yaml
 
+from retrain.redact import redact_url
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("results")
 BIN = Path(sys.executable).parent
@@ -461,8 +463,8 @@ def write_report(
         else "one run per model (a deployment each)"
     )
     command = f"python bench/fleet.py --models {args.models}" + (" --sweep" if args.sweep else "")
-    if args.database_url:  # the Prefect server's database, as given (a local trust-auth URL)
-        command += f" --database-url {args.database_url}"
+    if args.database_url:  # the Prefect server's database, its password masked
+        command += f" --database-url {redact_url(args.database_url)}"
     lines = [
         f"# Fleet benchmark: stateful increments on one work pool with {args.workers} workers",
         "",
