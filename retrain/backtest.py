@@ -791,12 +791,13 @@ def backtest(
             # active control's effect over placebo). A refit of the same recipe on rows its
             # champion's refit mostly shares cannot lose half the recipe's skill unless its
             # data differ from those rows, which is what the served-change argument assumes
-            margin = 0.5 * max(_improvement(champ, base, gib), 0.0)
+            effect = _improvement(champ, base, gib)  # the champion's over the baseline
+            margin = 0.5 * max(effect, 0.0)
             bottom = improvement if np.isnan(block_low) else block_low
             kept = served and bottom > -margin
             evidence = own_fold() if passed and (top >= -allowed or kept) else None
             held = (
-                f"it keeps at least half of the champion's {_improvement(champ, base, gib):+.4f} "
+                f"it keeps at least half of the champion's {effect:+.4f} "
                 f"over the baseline ({base:.4f}): the {interval} is above -{margin:.4f}"
             )
             if kept and evidence is not None and evidence.passed:
@@ -813,7 +814,7 @@ def backtest(
                 if not kept:
                     why = (
                         f"it loses more than half of the champion's "
-                        f"{_improvement(champ, base, gib):+.4f} over the baseline ({base:.4f}): "
+                        f"{effect:+.4f} over the baseline ({base:.4f}): "
                         f"the {interval} reaches below -{margin:.4f}"
                     )
                 else:
